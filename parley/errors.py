@@ -1,0 +1,100 @@
+"""The one exception family of Parley.
+
+Every error Parley raises on purpose derives from ``ParleyError`` so callers can catch the family
+in one place. HTTP status codes are chosen in ``webhook/``, never here: the core does not know it
+is being served over HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Root of every deliberate Parley error."""
+
+
+class ConfigurationError(ParleyError):
+    """Settings that must not be used, e.g. demo secrets in production."""
+
+
+class NotFound(ParleyError):
+    """A conversation, contact, message or campaign that does not exist."""
+
+
+class ConcurrentUpdate(ParleyError):
+    """An optimistic-lock check failed: someone else changed the row first."""
+
+
+# --- inbound webhooks -------------------------------------------------------------------------
+
+
+class WebhookError(ParleyError):
+    """A provider callback we refuse; nothing from it is stored."""
+
+
+class InvalidSignature(WebhookError):
+    """Missing or wrong HMAC signature: the request did not come from the provider."""
+
+
+class MalformedPayload(WebhookError):
+    """The body is not JSON, or not a payload of the provider we expect."""
+
+
+# --- campaigns --------------------------------------------------------------------------------
+
+
+class CampaignInvalid(ParleyError):
+    """A campaign graph that fails validation; ``problems`` lists each one with its node id."""
+
+    def __init__(self, problems: list[tuple[str | None, str]]) -> None:
+        self.problems = problems
+        lines = [f"{node or '<campaign>'}: {message}" for node, message in problems]
+        super().__init__("invalid campaign:\n" + "\n".join(lines))
+
+
+# --- channels (provider clients) --------------------------------------------------------------
+
+
+class ChannelError(ParleyError):
+    """A provider refused or failed a call. ``retryable`` says whether trying again can help."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+
+
+class TransientChannelError(ChannelError):
+    """5xx, timeouts, connection errors: the same call may succeed shortly."""
+
+    retryable = True
+
+
+class RateLimited(ChannelError):
+    """The provider throttles us: retry later, ideally after ``retry_after`` seconds."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class IdentityExpired(ChannelError):
+    """Our credentials for the sending identity are expired or revoked: a human must renew them."""
+
+
+class OutsideCustomerWindow(ChannelError):
+    """WhatsApp 131047: more than 24 h since the user last wrote; only templates may be sent."""
+
+
+class PermanentChannelError(ChannelError):
+    """Any other refusal: sending the same thing again will fail the same way."""
