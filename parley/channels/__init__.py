@@ -1,0 +1,1 @@
+"""Provider clients, webhook parsing and loopback fakes for the channels Parley speaks."""

@@ -1,0 +1,584 @@
+"""A loopback fake of the WhatsApp Cloud API's ``/messages`` endpoint, served over real HTTP.
+
+The demo and the tests exercise the real client, real sockets and signed status callbacks
+without a Meta account; failure injection makes rate limits, expired tokens and "provider
+accepted but the caller never heard back" reproducible on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import queue
+import re
+import secrets
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Final, Self, TypeGuard, cast
+from urllib.parse import urlsplit
+
+import httpx
+
+from parley.channels.whatsapp_webhook import (
+    SIGNATURE_HEADER,
+    build_status_payload,
+    new_wamid,
+    sign,
+)
+
+logger = logging.getLogger(__name__)
+
+JSONDict = dict[str, Any]
+
+DEFAULT_ACCESS_TOKEN: Final = "parley-demo-access-token"
+DEFAULT_PHONE_NUMBER_ID: Final = "100000000000001"
+DEFAULT_STANDALONE_PORT: Final = 8089
+CALLBACK_STATUSES: Final = ("sent", "delivered")
+CALLBACK_ATTEMPTS: Final = 4
+CALLBACK_FIRST_BACKOFF: Final = 0.1
+
+# Meta's titles for the codes the demo and the tests inject.
+ERROR_TITLES: Final[dict[int, str]] = {
+    4: "(#4) Application request limit reached",
+    100: "(#100) Invalid parameter",
+    190: "Invalid OAuth access token - Cannot parse access token",
+    80007: "(#80007) Rate limit issues",
+    130429: "(#130429) Rate limit hit",
+    131000: "(#131000) Something went wrong",
+    131047: "(#131047) Re-engagement message",
+    131056: "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+}
+
+_MESSAGES_PATH: Final = re.compile(r"^/(?P<version>[^/]+)/(?P<phone_number_id>[^/]+)/messages$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    code: int
+    http_status: int
+    message: str
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    hold_seconds: float = 0.0
+    callbacks_done: threading.Event | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _CallbackJob:
+    record: JSONDict
+    done: threading.Event
+
+
+class FakeWhatsAppAPI:
+    """Accepts sends like Meta would, records them, and reports their status to a webhook."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_token: str = DEFAULT_ACCESS_TOKEN,
+        phone_number_id: str = DEFAULT_PHONE_NUMBER_ID,
+        webhook_url: str | None = None,
+        app_secret: str | None = None,
+        version: str = "v21.0",
+    ) -> None:
+        self.access_token = access_token
+        self.phone_number_id = phone_number_id
+        self.webhook_url = webhook_url
+        self.app_secret = app_secret
+        self.version = version
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._received_changed = threading.Condition(self._lock)
+        self._received: list[JSONDict] = []
+        self._failures: deque[_Failure] = deque()
+        self._hold_seconds = 0.0
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._callbacks: queue.Queue[_CallbackJob | None] = queue.Queue()
+        self._stopping = threading.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the fake WhatsApp API is already running")
+        self._server = _Server(self._address, self)
+        self._stopping.clear()
+        self._callbacks = queue.Queue()
+        self._spawn("fake-whatsapp-http", self._server.serve_forever, 0.05)
+        if self._delivers_callbacks:
+            self._spawn("fake-whatsapp-callbacks", self._deliver_callbacks, self._callbacks)
+        logger.info("fake WhatsApp Cloud API listening on %s", self.api_url)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        self._stopping.set()
+        self._callbacks.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # --- what clients and tests use -----------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """Root of the server, where the ``/_fake/...`` control endpoints live."""
+        if self._server is None:
+            raise RuntimeError("the fake WhatsApp API is not running; call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """What a ``WhatsAppClient`` takes as ``api_url``."""
+        return f"{self.base_url}/{self.version}"
+
+    @property
+    def received(self) -> list[JSONDict]:
+        with self._lock:
+            return copy.deepcopy(self._received)
+
+    def texts_to(self, phone: str) -> list[str]:
+        return [
+            text
+            for record in self.received
+            if record.get("to") == phone and (text := _visible_text(record)) is not None
+        ]
+
+    def wait_for_messages(self, n: int, timeout: float) -> bool:
+        with self._received_changed:
+            return self._received_changed.wait_for(lambda: len(self._received) >= n, timeout)
+
+    def fail_next(
+        self,
+        code: int,
+        http_status: int,
+        *,
+        count: int = 1,
+        message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Answer the next ``count`` sends with a Meta-format error instead of accepting them."""
+        failure = _Failure(
+            code, http_status, message or ERROR_TITLES.get(code, "Error"), retry_after
+        )
+        with self._lock:
+            self._failures.extend([failure] * count)
+
+    def hold_next(self, seconds: float) -> None:
+        """Delay the next answer, after recording the send and reporting its status."""
+        with self._lock:
+            self._hold_seconds = seconds
+
+    def reset(self) -> None:
+        with self._lock:
+            self._received.clear()
+            self._failures.clear()
+            self._hold_seconds = 0.0
+
+    # --- serving sends ------------------------------------------------------------------------
+
+    def _handle_send(self, phone_number_id: str, authorization: str | None, raw: bytes) -> _Reply:
+        if authorization != f"Bearer {self.access_token}":
+            return _Reply(401, meta_error(190, ERROR_TITLES[190]))
+        if phone_number_id != self.phone_number_id:
+            details = f"Object with ID '{phone_number_id}' does not exist"
+            return _Reply(400, meta_error(100, ERROR_TITLES[100], details=details, subcode=33))
+        hold, failure = self._take_hold_and_failure()
+        reply = self._reply_to_send(raw) if failure is None else _failure_reply(failure)
+        reply.hold_seconds = hold
+        return reply
+
+    def _take_hold_and_failure(self) -> tuple[float, _Failure | None]:
+        with self._lock:
+            hold, self._hold_seconds = self._hold_seconds, 0.0
+            failure = self._failures.popleft() if self._failures else None
+        return hold, failure
+
+    def _reply_to_send(self, raw: bytes) -> _Reply:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        problem = send_problem(body)
+        if problem is not None:
+            return _Reply(400, meta_error(100, ERROR_TITLES[100], details=problem))
+        record = self._record(body)
+        success = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+            "messages": [{"id": record["_wamid"]}],
+        }
+        return _Reply(200, success, callbacks_done=self._queue_callbacks(record))
+
+    def _record(self, body: JSONDict) -> JSONDict:
+        record = {**body, "_wamid": new_wamid(str(body["to"]))}
+        with self._received_changed:
+            self._received.append(record)
+            self._received_changed.notify_all()
+        return copy.deepcopy(record)
+
+    # --- status callbacks ---------------------------------------------------------------------
+
+    @property
+    def _delivers_callbacks(self) -> bool:
+        return bool(self.webhook_url and self.app_secret)
+
+    def _queue_callbacks(self, record: JSONDict) -> threading.Event:
+        done = threading.Event()
+        if self._delivers_callbacks:
+            self._callbacks.put(_CallbackJob(record, done))
+        else:
+            done.set()
+        return done
+
+    def _deliver_callbacks(self, jobs: queue.Queue[_CallbackJob | None]) -> None:
+        """One worker, so each message's "sent" reaches the webhook before its "delivered"."""
+        with httpx.Client(timeout=5.0) as http:
+            while (job := jobs.get()) is not None and not self._stopping.is_set():
+                try:
+                    for status in CALLBACK_STATUSES:
+                        self._deliver_status(http, job.record, status)
+                except Exception:
+                    # A dead worker would silently stop every later callback.
+                    logger.exception("status callbacks for %s failed", job.record["_wamid"])
+                finally:
+                    job.done.set()
+
+    def _deliver_status(self, http: httpx.Client, record: JSONDict, status: str) -> None:
+        payload = build_status_payload(
+            phone_number_id=self.phone_number_id,
+            message_id=record["_wamid"],
+            status=status,
+            recipient=str(record["to"]),
+            client_ref=record.get("biz_opaque_callback_data"),
+        )
+        raw = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(raw, cast(str, self.app_secret)),
+        }
+        for attempt in range(CALLBACK_ATTEMPTS):
+            if self._post_callback(http, raw, headers):
+                return
+            if self._stopping.wait(CALLBACK_FIRST_BACKOFF * 2**attempt):
+                logger.info("stopping: dropped %r status of %s", status, record["_wamid"])
+                return
+        logger.warning(
+            "gave up delivering %r status of %s to %s after %d attempts",
+            status,
+            record["_wamid"],
+            self.webhook_url,
+            CALLBACK_ATTEMPTS,
+        )
+
+    def _post_callback(self, http: httpx.Client, raw: bytes, headers: dict[str, str]) -> bool:
+        try:
+            response = http.post(cast(str, self.webhook_url), content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            logger.info("status callback to %s failed: %r", self.webhook_url, exc)
+            return False
+        if response.is_success:
+            return True
+        logger.info("status callback to %s got HTTP %d", self.webhook_url, response.status_code)
+        return False
+
+
+# --- Meta's wire format -----------------------------------------------------------------------
+
+
+def meta_error(
+    code: int,
+    message: str,
+    *,
+    details: str | None = None,
+    subcode: int | None = None,
+) -> JSONDict:
+    """An error body shaped like the Graph API's."""
+    error: JSONDict = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    if details is not None:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    error["fbtrace_id"] = "A" + secrets.token_urlsafe(16)
+    return {"error": error}
+
+
+def send_problem(body: Any) -> str | None:
+    """Why Meta would refuse this send body with code 100, or None when it would accept it."""
+    if not isinstance(body, dict):
+        return "Request body must be a JSON object"
+    if body.get("messaging_product") != "whatsapp":
+        return "The parameter messaging_product is required."
+    if not _is_filled_str(body.get("to")):
+        return "The parameter to is required."
+    kind = body.get("type")
+    if not _is_filled_str(kind):
+        return "The parameter type is required."
+    if not isinstance(body.get(kind), dict):
+        return f"Param {kind} is required for messages of type {kind}"
+    check = _CONTENT_CHECKS.get(kind)
+    return check(body[kind]) if check is not None else None
+
+
+def _text_problem(text: JSONDict) -> str | None:
+    if not _is_filled_str(text.get("body")):
+        return "Param text['body'] is required and must be a non-empty string"
+    if len(text["body"]) > 4096:
+        return "Param text['body'] must be at most 4096 characters"
+    return None
+
+
+def _interactive_problem(interactive: JSONDict) -> str | None:
+    if interactive.get("type") != "button":
+        return None
+    body = interactive.get("body")
+    if not isinstance(body, dict) or not _is_filled_str(body.get("text")):
+        return "Param interactive['body']['text'] is required"
+    action = interactive.get("action")
+    buttons = action.get("buttons") if isinstance(action, dict) else None
+    if not isinstance(buttons, list) or not 1 <= len(buttons) <= 3:
+        return "Param interactive['action']['buttons'] must hold 1 to 3 buttons"
+    return _buttons_problem(buttons)
+
+
+def _buttons_problem(buttons: list[Any]) -> str | None:
+    if not all(_is_reply_button(button) for button in buttons):
+        return "Each button must be {'type': 'reply', 'reply': {'id': ..., 'title': ...}}"
+    replies: list[JSONDict] = [button["reply"] for button in buttons]
+    if not all(_is_filled_str(reply.get("id")) for reply in replies):
+        return "Each button must have a reply id"
+    if not all(_is_filled_str(title := r.get("title")) and len(title) <= 20 for r in replies):
+        return "Button title length invalid. Min length: 1, Max length: 20"
+    if len({reply["id"] for reply in replies}) != len(replies):
+        return "Button ids must be unique"
+    return None
+
+
+def _is_reply_button(button: Any) -> bool:
+    return (
+        isinstance(button, dict)
+        and button.get("type") == "reply"
+        and isinstance(button.get("reply"), dict)
+    )
+
+
+_CONTENT_CHECKS: Final = {"text": _text_problem, "interactive": _interactive_problem}
+
+
+def _is_filled_str(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value)
+
+
+def _failure_reply(failure: _Failure) -> _Reply:
+    headers = {}
+    if failure.retry_after is not None:
+        headers["Retry-After"] = f"{failure.retry_after:g}"
+    details = failure.message.removeprefix(f"(#{failure.code}) ")
+    body = meta_error(failure.code, failure.message, details=details)
+    return _Reply(failure.http_status, body, headers=headers)
+
+
+def _visible_text(record: JSONDict) -> str | None:
+    for path in (("text", "body"), ("interactive", "body", "text")):
+        current: Any = record
+        for key in path:
+            current = current.get(key) if isinstance(current, dict) else None
+        if isinstance(current, str):
+            return current
+    return None
+
+
+# --- HTTP plumbing ----------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeWhatsAppAPI) -> None:
+        super().__init__(address, _Handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeWhatsAppCloudAPI/1.0"
+
+    @property
+    def fake(self) -> FakeWhatsAppAPI:
+        return cast(_Server, self.server).fake
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/_fake/messages":
+            self._write(_Reply(200, self.fake.received))
+        else:
+            self._write(_not_found(self.path))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        raw = self._read_body()
+        match = _MESSAGES_PATH.match(path)
+        if match and match["version"] == self.fake.version:
+            reply = self.fake._handle_send(
+                match["phone_number_id"], self.headers.get("Authorization"), raw
+            )
+            self._hold(reply)
+        elif path in _CONTROL_ROUTES:
+            reply = _control(self.fake, path, raw)
+        else:
+            reply = _not_found(path)
+        self._write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _hold(self, reply: _Reply) -> None:
+        """Let the status callbacks land first: the caller must learn of the send only later."""
+        if reply.hold_seconds <= 0:
+            return
+        deadline = time.monotonic() + reply.hold_seconds
+        if reply.callbacks_done is not None:
+            reply.callbacks_done.wait(reply.hold_seconds)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _write(self, reply: _Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError as exc:
+            # The caller gave up (e.g. timed out during a hold); that is the point of a hold.
+            logger.info("client went away before the response was written: %r", exc)
+
+
+def _not_found(path: str) -> _Reply:
+    return _Reply(404, meta_error(2500, f"Unknown path components: {path}"))
+
+
+# --- control surface for other processes ------------------------------------------------------
+
+
+def _control(fake: FakeWhatsAppAPI, path: str, raw: bytes) -> _Reply:
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+        if not isinstance(body, dict):
+            raise TypeError("body must be a JSON object")
+        _CONTROL_ROUTES[path](fake, body)
+    except (ValueError, TypeError, KeyError) as exc:
+        return _Reply(400, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return _Reply(200, {"ok": True})
+
+
+def _control_fail(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    message = body.get("message")
+    retry_after = body.get("retry_after")
+    fake.fail_next(
+        int(body["code"]),
+        int(body["http_status"]),
+        count=int(body.get("count", 1)),
+        message=str(message) if message is not None else None,
+        retry_after=float(retry_after) if retry_after is not None else None,
+    )
+
+
+def _control_hold(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    fake.hold_next(float(body["seconds"]))
+
+
+def _control_reset(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    fake.reset()
+
+
+_CONTROL_ROUTES: Final = {
+    "/_fake/fail": _control_fail,
+    "/_fake/hold": _control_hold,
+    "/_fake/reset": _control_reset,
+}
+
+
+# --- standalone -------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Loopback fake of the WhatsApp Cloud API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_STANDALONE_PORT)
+    parser.add_argument("--webhook-url", default=None, help="where to POST status callbacks")
+    parser.add_argument("--app-secret", default=None, help="signs the status callbacks")
+    parser.add_argument("--access-token", default=DEFAULT_ACCESS_TOKEN)
+    parser.add_argument("--phone-number-id", default=DEFAULT_PHONE_NUMBER_ID)
+    parser.add_argument("--version", default="v21.0")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    fake = FakeWhatsAppAPI(
+        host=args.host,
+        port=args.port,
+        access_token=args.access_token,
+        phone_number_id=args.phone_number_id,
+        webhook_url=args.webhook_url,
+        app_secret=args.app_secret,
+        version=args.version,
+    )
+    with fake:
+        while not stopping.wait(0.5):
+            pass
+    logger.info("fake WhatsApp Cloud API stopped")
+
+
+if __name__ == "__main__":
+    main()
