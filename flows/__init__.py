@@ -1,0 +1,1 @@
+"""Flow definitions: orchestration only; every side effect is a task."""

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         description="flow-name/deployment-name that runs one conversation.",
     )
 
+    worker_concurrency: int = Field(
+        default=50, ge=1, description="How many conversation runs one worker process runs at once."
+    )
     hot_wait_seconds: float = Field(
         default=20.0,
         ge=0,

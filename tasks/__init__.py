@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that give ``parley`` side effects retries and cache keys."""

@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine (Python 3.11 + git): `make demo` and `make test`.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export UV_PYTHON := 3.11
+
+.PHONY: setup demo dev test lint typecheck contracts unit e2e bench clean
+
+setup:
+	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
+	$(UV) sync --frozen
+
+demo: setup
+	$(UV) run parley demo
+
+dev: setup
+	$(UV) run parley dev
+
+lint: setup
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: setup
+	$(UV) run mypy
+
+contracts: setup
+	$(UV) run lint-imports
+
+test: lint typecheck contracts
+	$(UV) run pytest -n 2 --dist loadfile -q
+
+bench: setup
+	$(UV) run python -m bench.turn_latency
+
+clean:
+	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""One conversation = one durable flow run.
+
+The flow reads like the business process: take the conversation over, then step through the
+campaign graph; when the graph waits for the person, wait hot for a while and then suspend so
+the run costs nothing until the webhook resumes it. A resumed (or crash-rescheduled) run
+starts again from the top, loads the cursor from the database and goes on from the current
+step: O(1), however long the conversation already is.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+
+from parley.settings import get_settings
+from tasks.conversation import (
+    advance_step,
+    begin_run,
+    fail_conversation,
+    prepare_suspend,
+    wait_for_reply,
+)
+from tasks.runtime import keep_lease
+
+
+class Wakeup(RunInput):
+    """What a resume hands the run. The message itself is in the inbox, not in the input."""
+
+    reason: Literal["message", "timer", "operator", "sweep"] = "message"
+    conversation_id: int
+
+
+def _current_flow_run_id() -> str | None:
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
+
+
+@flow(name="conversation", persist_result=True, log_prints=True)
+async def conversation(conversation_id: int) -> str:
+    logger = get_run_logger()
+    cursor = await begin_run(conversation_id, _current_flow_run_id())
+    hot_seconds = get_settings().hot_wait_seconds
+    async with keep_lease(conversation_id):
+        while cursor.active:
+            if cursor.awaiting_reply and not await wait_for_reply(
+                conversation_id, cursor.step, hot_seconds
+            ):
+                decision = await prepare_suspend(conversation_id, cursor.step)
+                if decision.suspend:
+                    logger.info("waiting for the contact; suspending (%s)", decision.key)
+                    await suspend_flow_run(wait_for_input=Wakeup, key=decision.key, timeout=None)
+                continue
+            try:
+                cursor = await advance_step(conversation_id, cursor.step)
+            except Exception as exc:
+                logger.error("step %s failed after its retries: %r", cursor.step, exc)
+                await fail_conversation(conversation_id, f"step {cursor.step}: {exc!r}")
+                raise
+    logger.info("conversation %s ended: %s", conversation_id, cursor.status)
+    return cursor.status

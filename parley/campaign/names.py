@@ -1,0 +1,47 @@
+"""Constrained strings shared by the campaign model and its templates.
+
+Variable names are restricted to identifiers because they must be writable as ``{name}`` in a
+template; anything looser could never be referenced and would only hide a typo.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+from pydantic import AfterValidator
+
+VARIABLE_PATTERN: Final = r"[A-Za-z_][A-Za-z0-9_]*"
+
+_VARIABLE = re.compile(VARIABLE_PATTERN)
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
+_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _check_variable_name(value: str) -> str:
+    if not _VARIABLE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid variable name: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    return value
+
+
+def _check_node_id(value: str) -> str:
+    if not _NODE_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid node id: use letters, digits, '_' and '-'")
+    return value
+
+
+def _check_slug(value: str) -> str:
+    if not _SLUG.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid campaign name: use lowercase letters, digits and "
+            "single dashes, e.g. 'spring-onboarding'"
+        )
+    return value
+
+
+VariableName = Annotated[str, AfterValidator(_check_variable_name)]
+NodeId = Annotated[str, AfterValidator(_check_node_id)]
+Slug = Annotated[str, AfterValidator(_check_slug)]

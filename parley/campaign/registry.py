@@ -1,0 +1,40 @@
+"""Campaign versions in the database: install a file, load the version a conversation pinned.
+
+A conversation keeps the campaign version it started on, so editing a YAML file never changes a
+conversation that is already under way (old runs finish on old logic, new runs start on new).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.campaign.loading import campaign_digest, parse_campaign
+from parley.campaign.model import Campaign
+from parley.db import queries
+from parley.db.models import CampaignVersion
+
+
+async def install_campaign(session: AsyncSession, path: Path) -> CampaignVersion:
+    """Validate ``path`` and store it as the newest version unless its content is known."""
+    source = path.read_text(encoding="utf-8")
+    campaign = parse_campaign(source, source=str(path))
+    return await queries.ensure_campaign_version(
+        session, campaign.name, campaign_digest(source), source
+    )
+
+
+class CampaignCache:
+    """Parsed campaign versions by id. Versions are immutable, so caching them is always safe."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Campaign] = {}
+
+    async def get(self, session: AsyncSession, version_id: int) -> Campaign:
+        cached = self._by_id.get(version_id)
+        if cached is None:
+            row = await queries.get_campaign_version(session, version_id)
+            cached = parse_campaign(row.source, source=f"{row.name} v{row.version}")
+            self._by_id[version_id] = cached
+        return cached

@@ -1,0 +1,193 @@
+"""SQLAlchemy models: Parley's own state, kept apart from Prefect's database.
+
+The conversation row is the compact state a resumed run loads (DESIGN rule 2); full transcripts
+live in ``messages`` and never travel through Prefect (rule 5).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+ACTIVE_STATUSES = ("pending", "running", "hot", "suspended")
+_ACTIVE_SQL = "status IN ('pending', 'running', 'hot', 'suspended')"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are UTC-aware on both backends (SQLite would hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {  # noqa: RUF012  (SQLAlchemy reads it as a class attribute)
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON,
+    }
+
+
+class Identity(Base):
+    """A sender account of ours: a WhatsApp business phone number, a mailbox, a LinkedIn seat."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Contact(Base):
+    """The person on the other side, identified by their address on one channel."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignVersion(Base):
+    """One immutable version of a campaign graph; conversations pin the version they started on."""
+
+    __tablename__ = "campaign_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        UniqueConstraint("name", "digest", name="uq_campaign_versions_name_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Conversation(Base):
+    """The compact, durable state of one conversation (one Prefect flow run)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        # signal-with-start: at most one active conversation per identity and contact.
+        Index(
+            "uq_conversations_active_pair",
+            "identity_id",
+            "contact_id",
+            unique=True,
+            sqlite_where=text(_ACTIVE_SQL),
+            postgresql_where=text(_ACTIVE_SQL),
+        ),
+        Index("ix_conversations_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Globally unique: names the conversation's Prefect flow run (idempotency key) so a reset
+    # database can never be mistaken for an old one that reused the same integer ids.
+    uid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuid4()))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    campaign_version_id: Mapped[int] = mapped_column(ForeignKey("campaign_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    current_node: Mapped[str] = mapped_column(String(100))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    waiting_for: Mapped[str | None] = mapped_column(String(32))
+    waiting_since: Mapped[datetime | None]
+    wake_at: Mapped[datetime | None]
+    sleeps: Mapped[int] = mapped_column(Integer, default=0)
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+
+    # Optimistic locking: every UPDATE checks and bumps ``version`` (StaleDataError on conflict).
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+
+class Message(Base):
+    """One message in or out. Inbound rows are the inbox; outbound rows are send intents first."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_inbox", "conversation_id", "direction", "consumed_step", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    direction: Mapped[str] = mapped_column(String(3))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    client_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
+    type: Mapped[str] = mapped_column(String(32), default="text")
+    text: Mapped[str | None] = mapped_column(Text)
+    reply_id: Mapped[str | None] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int | None] = mapped_column(Integer)
+    consumed_step: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEvent(Base):
+    """What a provider sent that we recorded but did not act on (other fields, unknown types)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

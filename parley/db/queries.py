@@ -1,0 +1,408 @@
+"""Every query Parley runs. Callers pass a session inside ``Database.transaction()``.
+
+Row locks: ``lock_conversation`` is ``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the
+transaction already holds the database write lock (``BEGIN IMMEDIATE``), which is stronger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.db.models import (
+    ACTIVE_STATUSES,
+    CampaignVersion,
+    Contact,
+    Conversation,
+    Identity,
+    Message,
+    WebhookEvent,
+    utcnow,
+)
+from parley.errors import NotFound
+
+# Delivery statuses only move forward: a late "sent" never overwrites "read".
+DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 5}
+
+
+def _insert(session: AsyncSession, model: Any) -> Any:
+    dialect = session.bind.dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+async def _insert_ignoring_conflict(
+    session: AsyncSession, model: Any, values: dict[str, Any], conflict_on: Sequence[str]
+) -> None:
+    stmt = (
+        _insert(session, model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=list(conflict_on))
+    )
+    await session.execute(stmt)
+
+
+# --- identities, contacts, campaigns ---------------------------------------------------------
+
+
+async def ensure_identity(session: AsyncSession, channel: str, address: str) -> Identity:
+    await _insert_ignoring_conflict(
+        session,
+        Identity,
+        {"channel": channel, "address": address, "created_at": utcnow()},
+        ("channel", "address"),
+    )
+    stmt = select(Identity).where(Identity.channel == channel, Identity.address == address)
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def ensure_contact(
+    session: AsyncSession, channel: str, address: str, name: str | None
+) -> Contact:
+    await _insert_ignoring_conflict(
+        session,
+        Contact,
+        {"channel": channel, "address": address, "name": name, "created_at": utcnow()},
+        ("channel", "address"),
+    )
+    stmt = select(Contact).where(Contact.channel == channel, Contact.address == address)
+    contact = (await session.execute(stmt)).scalar_one()
+    if name and contact.name != name:
+        contact.name = name
+    return contact
+
+
+async def ensure_campaign_version(
+    session: AsyncSession, name: str, digest: str, source: str
+) -> CampaignVersion:
+    """Store a campaign's source once per distinct content; a new digest is a new version."""
+    stmt = select(CampaignVersion).where(
+        CampaignVersion.name == name, CampaignVersion.digest == digest
+    )
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is not None:
+        return found
+    latest = await session.scalar(
+        select(func.max(CampaignVersion.version)).where(CampaignVersion.name == name)
+    )
+    row = CampaignVersion(name=name, version=(latest or 0) + 1, digest=digest, source=source)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def latest_campaign_version(session: AsyncSession, name: str) -> CampaignVersion:
+    stmt = (
+        select(CampaignVersion)
+        .where(CampaignVersion.name == name)
+        .order_by(CampaignVersion.version.desc())
+        .limit(1)
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"campaign {name!r} is not loaded")
+    return row
+
+
+async def get_campaign_version(session: AsyncSession, version_id: int) -> CampaignVersion:
+    row = await session.get(CampaignVersion, version_id)
+    if row is None:
+        raise NotFound(f"campaign version {version_id} does not exist")
+    return row
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+async def lock_conversation(session: AsyncSession, conversation_id: int) -> Conversation:
+    stmt = (
+        select(Conversation)
+        .where(Conversation.id == conversation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} does not exist")
+    return row
+
+
+async def get_conversation(session: AsyncSession, conversation_id: int) -> Conversation:
+    row = await session.get(Conversation, conversation_id)
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} does not exist")
+    return row
+
+
+async def lock_active_conversation(
+    session: AsyncSession, identity_id: int, contact_id: int
+) -> Conversation | None:
+    stmt = (
+        select(Conversation)
+        .where(
+            Conversation.identity_id == identity_id,
+            Conversation.contact_id == contact_id,
+            Conversation.status.in_(ACTIVE_STATUSES),
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def open_conversation(
+    session: AsyncSession,
+    identity_id: int,
+    contact_id: int,
+    campaign: CampaignVersion,
+    start_node: str,
+) -> tuple[Conversation, bool]:
+    """Signal-with-start: the active conversation of this pair, or a new one (created=True)."""
+    found = await lock_active_conversation(session, identity_id, contact_id)
+    if found is not None:
+        return found, False
+    row = Conversation(
+        identity_id=identity_id,
+        contact_id=contact_id,
+        campaign_version_id=campaign.id,
+        status="pending",
+        current_node=start_node,
+        variables={},
+    )
+    try:
+        async with session.begin_nested():
+            session.add(row)
+            await session.flush()
+    except IntegrityError:
+        # A concurrent webhook created it first (PostgreSQL); take theirs.
+        found = await lock_active_conversation(session, identity_id, contact_id)
+        if found is None:
+            raise
+        return found, False
+    return row, True
+
+
+def touch(conversation: Conversation) -> None:
+    conversation.updated_at = utcnow()
+
+
+async def list_conversations(
+    session: AsyncSession, *, limit: int = 100, status: str | None = None
+) -> list[tuple[Conversation, Contact, CampaignVersion]]:
+    stmt = (
+        select(Conversation, Contact, CampaignVersion)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .join(CampaignVersion, CampaignVersion.id == Conversation.campaign_version_id)
+        .order_by(Conversation.id.desc())
+        .limit(limit)
+    )
+    if status:
+        stmt = stmt.where(Conversation.status == status)
+    return [(c, ct, cv) for c, ct, cv in (await session.execute(stmt)).all()]
+
+
+async def get_contact(session: AsyncSession, contact_id: int) -> Contact:
+    row = await session.get(Contact, contact_id)
+    if row is None:
+        raise NotFound(f"contact {contact_id} does not exist")
+    return row
+
+
+async def get_identity(session: AsyncSession, identity_id: int) -> Identity:
+    row = await session.get(Identity, identity_id)
+    if row is None:
+        raise NotFound(f"identity {identity_id} does not exist")
+    return row
+
+
+# --- the inbox -------------------------------------------------------------------------------
+
+
+async def insert_inbound(session: AsyncSession, values: dict[str, Any]) -> int | None:
+    """Store an inbound message once; ``None`` means the provider re-delivered a known id."""
+    stmt = (
+        _insert(session, Message)
+        .values(
+            direction="in", status="received", created_at=utcnow(), updated_at=utcnow(), **values
+        )
+        .on_conflict_do_nothing(index_elements=["provider_message_id"])
+        .returning(Message.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def _unconsumed(conversation_id: int) -> Any:
+    return (
+        (Message.conversation_id == conversation_id)
+        & (Message.direction == "in")
+        & Message.consumed_step.is_(None)
+    )
+
+
+async def first_unconsumed_inbound(session: AsyncSession, conversation_id: int) -> Message | None:
+    stmt = select(Message).where(_unconsumed(conversation_id)).order_by(Message.id).limit(1)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def has_unconsumed_inbound(session: AsyncSession, conversation_id: int) -> bool:
+    return bool(await session.scalar(select(exists().where(_unconsumed(conversation_id)))))
+
+
+async def mark_consumed(session: AsyncSession, message_id: int, step: int) -> None:
+    await session.execute(
+        update(Message)
+        .where(Message.id == message_id)
+        .values(consumed_step=step, status="consumed", updated_at=utcnow())
+    )
+
+
+# --- outbound messages -----------------------------------------------------------------------
+
+
+async def outbound_by_ref(session: AsyncSession, client_ref: str) -> Message | None:
+    stmt = (
+        select(Message)
+        .where(Message.client_ref == client_ref)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def ensure_outbound_intent(
+    session: AsyncSession,
+    *,
+    conversation_id: int,
+    step: int,
+    client_ref: str,
+    text: str,
+    payload: dict[str, Any],
+) -> Message:
+    """Record what we are about to send before sending it (DESIGN rule 4)."""
+    await _insert_ignoring_conflict(
+        session,
+        Message,
+        {
+            "conversation_id": conversation_id,
+            "direction": "out",
+            "client_ref": client_ref,
+            "type": payload.get("type", "text"),
+            "text": text,
+            "payload": payload,
+            "status": "pending",
+            "step": step,
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        },
+        ("client_ref",),
+    )
+    row = await outbound_by_ref(session, client_ref)
+    assert row is not None
+    return row
+
+
+async def set_outbound_status(
+    session: AsyncSession,
+    message: Message,
+    status: str,
+    *,
+    provider_message_id: str | None = None,
+    error: str | None = None,
+) -> None:
+    if provider_message_id and not message.provider_message_id:
+        message.provider_message_id = provider_message_id
+    if status in ("pending", "sending") or DELIVERY_RANK[status] > DELIVERY_RANK[message.status]:
+        message.status = status
+    if error:
+        message.error = error
+    message.updated_at = utcnow()
+
+
+async def apply_delivery_status(
+    session: AsyncSession,
+    *,
+    provider_message_id: str,
+    client_ref: str | None,
+    status: str,
+    error: str | None,
+) -> Message | None:
+    """A provider status callback; matched by our client_ref first (it can arrive before the
+    send call has returned), then by the provider's id."""
+    message = await outbound_by_ref(session, client_ref) if client_ref else None
+    if message is None:
+        stmt = select(Message).where(
+            Message.provider_message_id == provider_message_id, Message.direction == "out"
+        )
+        message = (await session.execute(stmt)).scalar_one_or_none()
+    if message is None:
+        return None
+    rank = DELIVERY_RANK.get(status)
+    if rank is None:
+        return message
+    await set_outbound_status(
+        session, message, status, provider_message_id=provider_message_id, error=error
+    )
+    return message
+
+
+async def transcript(session: AsyncSession, conversation_id: int) -> list[Message]:
+    stmt = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def record_webhook_event(
+    session: AsyncSession, provider: str, kind: str, payload: dict[str, Any]
+) -> None:
+    session.add(WebhookEvent(provider=provider, kind=kind, payload=payload))
+
+
+async def count_webhook_events(session: AsyncSession, kind: str | None = None) -> int:
+    stmt = select(func.count(WebhookEvent.id))
+    if kind:
+        stmt = stmt.where(WebhookEvent.kind == kind)
+    return int(await session.scalar(stmt) or 0)
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+
+async def conversations_to_start(session: AsyncSession, limit: int = 100) -> list[Conversation]:
+    stmt = (
+        select(Conversation)
+        .where(Conversation.status == "pending", Conversation.flow_run_id.is_(None))
+        .order_by(Conversation.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def conversations_to_resume(session: AsyncSession, limit: int = 100) -> list[Conversation]:
+    """Suspended although a message is waiting: a resume was lost or never got through."""
+    stmt = (
+        select(Conversation)
+        .where(Conversation.status == "suspended", exists().where(_unconsumed(Conversation.id)))
+        .order_by(Conversation.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def conversations_with_expired_lease(
+    session: AsyncSession, now: datetime, limit: int = 100
+) -> list[Conversation]:
+    """Running or hot, but nobody renewed the lease: the process that ran it is gone."""
+    stmt = (
+        select(Conversation)
+        .where(
+            Conversation.status.in_(("running", "hot")),
+            Conversation.lease_until.is_not(None),
+            Conversation.lease_until < now,
+        )
+        .order_by(Conversation.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())

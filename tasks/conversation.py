@@ -1,0 +1,63 @@
+"""The conversation's tasks. Step results are cached under the step counter, never call order.
+
+``conv:{id}:step:{n}`` names step *n* of conversation *id*; the flow run id is appended because
+ids restart with a fresh database while Prefect's result store does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from parley import step as steps
+from parley.conversation import Cursor
+from tasks.runtime import get_runtime
+
+
+def step_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    run = context.task_run.flow_run_id
+    return f"conv:{parameters['conversation_id']}:step:{parameters['step']}:run:{run}"
+
+
+@task(
+    name="begin-run", retries=5, retry_delay_seconds=exponential_backoff(1), retry_jitter_factor=0.5
+)
+async def begin_run(conversation_id: int, flow_run_id: str | None) -> Cursor:
+    return await steps.begin_run(await get_runtime(), conversation_id, flow_run_id)
+
+
+@task(
+    name="step",
+    task_run_name="step-{step}",
+    cache_key_fn=step_cache_key,
+    persist_result=True,
+    retries=6,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_jitter_factor=0.5,
+)
+async def advance_step(conversation_id: int, step: int) -> Cursor:
+    return await steps.advance(await get_runtime(), conversation_id, step)
+
+
+@task(
+    name="wait-for-reply", task_run_name="wait-for-reply-{step}", retries=3, retry_delay_seconds=1
+)
+async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> bool:
+    rt = await get_runtime()
+    return await steps.wait_hot(rt, conversation_id, step, seconds)
+
+
+@task(
+    name="prepare-suspend", task_run_name="prepare-suspend-{step}", retries=3, retry_delay_seconds=1
+)
+async def prepare_suspend(conversation_id: int, step: int) -> steps.SuspendDecision:
+    rt = await get_runtime()
+    return await steps.prepare_suspend(rt, conversation_id, step)
+
+
+@task(name="fail-conversation", retries=5, retry_delay_seconds=exponential_backoff(1))
+async def fail_conversation(conversation_id: int, reason: str) -> Cursor:
+    return await steps.fail(await get_runtime(), conversation_id, reason)

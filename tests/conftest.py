@@ -1,0 +1,104 @@
+"""Session-wide real services: PostgreSQL databases cloned from a migrated template, SQLite
+files copied from a migrated template, and one Prefect server for the whole test session.
+
+Prefect's environment is set here, at import, before anything imports prefect, so the test
+process, the workers and the webhooks the tests start all talk to the same server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from parley.stack import free_port, prefect_env
+
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="parley-tests-"))
+PREFECT_PORT = free_port()
+PREFECT_API_URL = f"http://127.0.0.1:{PREFECT_PORT}/api"
+os.environ.update(prefect_env(SESSION_DIR / "prefect", PREFECT_API_URL))
+os.environ.setdefault("PARLEY_DATA_DIR", str(SESSION_DIR / "data"))
+
+from parley.db import Database  # noqa: E402
+from parley.db.migrate import upgrade  # noqa: E402
+from parley.stack import Stack  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("PARLEY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", PG_ADMIN_URL, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _pg_url(name: str) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    name = f"parley_tpl_{RUN_ID}"
+    _psql(f"CREATE DATABASE {name}")
+    upgrade(_pg_url(name))
+    yield name
+    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template() -> Path:
+    path = SESSION_DIR / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def database_factory(pg_template: str, sqlite_template: Path) -> Iterator[object]:
+    created: list[str] = []
+    counter = iter(range(10**6))
+
+    def make(backend: str) -> str:
+        n = next(counter)
+        if backend == "sqlite":
+            path = SESSION_DIR / f"db-{n}.db"
+            shutil.copy(sqlite_template, path)
+            return f"sqlite+aiosqlite:///{path}"
+        name = f"parley_t_{RUN_ID}_{n}"
+        _psql(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+        created.append(name)
+        return _pg_url(name)
+
+    yield make
+    for name in created:
+        _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def db(database_factory: object, backend: str) -> AsyncIterator[Database]:
+    url = database_factory(backend)  # type: ignore[operator]
+    database = Database(url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    stack = Stack(SESSION_DIR)
+    stack.start_prefect_server(PREFECT_PORT)
+    yield PREFECT_API_URL
+    stack.stop()

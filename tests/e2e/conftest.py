@@ -1,0 +1,168 @@
+"""End-to-end stacks: a real worker and a real webhook (subprocesses) against the session's
+Prefect server, a loopback fake of the WhatsApp Cloud API and a loopback CRM.
+
+Each stack serves its own deployment name so several stacks share one Prefect server without
+picking up each other's runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley import report
+from parley.channels.http_fake import RecordingEndpoint
+from parley.channels.whatsapp_fake import FakeWhatsAppAPI
+from parley.channels.whatsapp_user import WhatsAppUser
+from parley.db import Database
+from parley.stack import Stack, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ONBOARDING = ROOT / "examples" / "campaigns" / "onboarding.yaml"
+APP_SECRET = "test-app-secret"
+PHONE_NUMBER_ID = "100000000000777"
+_phones = itertools.count(1)
+
+
+@dataclass
+class E2EStack:
+    name: str
+    db_url: str
+    env: dict[str, str]
+    fake: FakeWhatsAppAPI
+    crm: RecordingEndpoint
+    stack: Stack
+    webhook_port: int
+    users: list[WhatsAppUser] = field(default_factory=list)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.webhook_port}/webhooks/whatsapp"
+
+    def user(self, name: str = "Alice") -> WhatsAppUser:
+        phone = f"4915{os.getpid() % 1000:03d}{next(_phones):06d}"
+        user = WhatsAppUser(
+            phone=phone,
+            name=name,
+            webhook_url=self.webhook_url,
+            app_secret=APP_SECRET,
+            phone_number_id=PHONE_NUMBER_ID,
+            fake=self.fake,
+        )
+        self.users.append(user)
+        return user
+
+    def start_worker(self) -> None:
+        self.stack.start_worker()
+
+    def kill_worker(self) -> None:
+        self.stack.kill("worker")
+
+    async def conversation_of(self, user: WhatsAppUser) -> dict[str, Any]:
+        db = Database(self.db_url)
+        try:
+            rows = [r for r in await report.list_conversations(db) if r["contact"] == user.phone]
+            assert rows, f"no conversation for {user.phone}"
+            return await report.show_conversation(db, rows[0]["id"])
+        finally:
+            await db.dispose()
+
+    async def wait_for_status(
+        self, user: WhatsAppUser, status: str, timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        detail: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                detail = await self.conversation_of(user)
+            except AssertionError:
+                detail = {}
+            if detail.get("status") == status:
+                return detail
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{user.phone} never reached {status!r}: {detail.get('status')}")
+
+    def stop(self) -> None:
+        self.stack.stop()
+        self.fake.stop()
+        self.crm.stop()
+
+
+def _campaign_for(crm: RecordingEndpoint, directory: Path) -> Path:
+    text = ONBOARDING.read_text().replace("http://127.0.0.1:8090/crm", f"{crm.url}/crm")
+    path = directory / "onboarding.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_factory(
+    prefect_server: str, database_factory: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    stacks: list[E2EStack] = []
+
+    def start(
+        backend: str = "postgresql",
+        *,
+        hot_wait: float = 2.0,
+        extra_env: dict[str, str] | None = None,
+        campaign: Path | None = None,
+        prefect_api_url: str | None = None,
+    ) -> E2EStack:
+        name = f"e2e-{uuid.uuid4().hex[:6]}"
+        directory = tmp_path_factory.mktemp(name)
+        db_url = database_factory(backend)
+        webhook_port = free_port()
+        crm = RecordingEndpoint().start()
+        fake = FakeWhatsAppAPI(
+            access_token="test-token",
+            phone_number_id=PHONE_NUMBER_ID,
+            webhook_url=f"http://127.0.0.1:{webhook_port}/webhooks/whatsapp",
+            app_secret=APP_SECRET,
+        )
+        fake.start()
+        env = {
+            "PARLEY_DATABASE_URL": db_url,
+            "PARLEY_DATA_DIR": str(directory),
+            "PARLEY_WHATSAPP_API_URL": fake.api_url,
+            "PARLEY_WHATSAPP_ACCESS_TOKEN": "test-token",
+            "PARLEY_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+            "PARLEY_WHATSAPP_APP_SECRET": APP_SECRET,
+            "PARLEY_WHATSAPP_VERIFY_TOKEN": "test-verify-token",
+            "PARLEY_DEFAULT_CAMPAIGN": str(campaign or _campaign_for(crm, directory)),
+            "PARLEY_CONVERSATION_DEPLOYMENT": f"conversation/{name}",
+            "PARLEY_HOT_WAIT_SECONDS": str(hot_wait),
+            "PARLEY_LEASE_SECONDS": "3",
+            "PARLEY_SWEEP_INTERVAL_SECONDS": "0.5",
+            "PARLEY_SEND_RECONCILE_SECONDS": "10",
+            "PARLEY_RESUME_RETRY_SECONDS": "30",
+            **(extra_env or {}),
+        }
+        stack = Stack(directory, env=dict(env))
+        stack.use_prefect_api(prefect_server, Path(os.environ["PREFECT_HOME"]))
+        handle = E2EStack(name, db_url, env, fake, crm, stack, webhook_port)
+        stacks.append(handle)
+        stack.start_worker()
+        stack.wait_for_deployment(env["PARLEY_CONVERSATION_DEPLOYMENT"])
+        webhook_env = {"PREFECT_API_URL": prefect_api_url} if prefect_api_url else None
+        stack.start_webhook("127.0.0.1", webhook_port, webhook_env)
+        return handle
+
+    yield start
+    for handle in stacks:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_stack(stack_factory: Any) -> E2EStack:
+    """The shared PostgreSQL stack most scenarios run on (each with its own phone numbers)."""
+    return stack_factory("postgresql")  # type: ignore[no-any-return]
