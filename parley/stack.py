@@ -47,7 +47,6 @@ def prefect_env(prefect_home: Path, api_url: str | None = None) -> dict[str, str
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url

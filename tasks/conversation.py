@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
@@ -23,7 +24,11 @@ def step_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 @task(
-    name="begin-run", retries=5, retry_delay_seconds=exponential_backoff(1), retry_jitter_factor=0.5
+    name="begin-run",
+    cache_policy=NO_CACHE,
+    retries=5,
+    retry_delay_seconds=exponential_backoff(1),
+    retry_jitter_factor=0.5,
 )
 async def begin_run(conversation_id: int, flow_run_id: str | None) -> Cursor:
     return await steps.begin_run(await get_runtime(), conversation_id, flow_run_id)
@@ -43,7 +48,11 @@ async def advance_step(conversation_id: int, step: int) -> Cursor:
 
 
 @task(
-    name="wait-for-reply", task_run_name="wait-for-reply-{step}", retries=3, retry_delay_seconds=1
+    name="wait-for-reply",
+    cache_policy=NO_CACHE,
+    task_run_name="wait-for-reply-{step}",
+    retries=3,
+    retry_delay_seconds=1,
 )
 async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> bool:
     rt = await get_runtime()
@@ -51,13 +60,22 @@ async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> boo
 
 
 @task(
-    name="prepare-suspend", task_run_name="prepare-suspend-{step}", retries=3, retry_delay_seconds=1
+    name="prepare-suspend",
+    cache_policy=NO_CACHE,
+    task_run_name="prepare-suspend-{step}",
+    retries=3,
+    retry_delay_seconds=1,
 )
 async def prepare_suspend(conversation_id: int, step: int) -> steps.SuspendDecision:
     rt = await get_runtime()
     return await steps.prepare_suspend(rt, conversation_id, step)
 
 
-@task(name="fail-conversation", retries=5, retry_delay_seconds=exponential_backoff(1))
+@task(
+    name="fail-conversation",
+    cache_policy=NO_CACHE,
+    retries=5,
+    retry_delay_seconds=exponential_backoff(1),
+)
 async def fail_conversation(conversation_id: int, reason: str) -> Cursor:
     return await steps.fail(await get_runtime(), conversation_id, reason)
