@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from flows.conversation import conversation
 from parley.settings import get_settings
@@ -19,11 +20,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     settings = get_settings()
     _flow_name, deployment_name = settings.conversation_deployment.split("/", 1)
-    deployment = conversation.to_deployment(
+    deployment = conversation.to_deployment(  # sync outside an event loop
         name=deployment_name,
         tags=["parley"],
         description="One durable Parley conversation per run.",
     )
+    assert isinstance(deployment, RunnerDeployment)
     serve(deployment, limit=settings.worker_concurrency, print_starting_message=True)
 
 

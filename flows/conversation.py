@@ -13,7 +13,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.flow_runs import suspend_flow_run
+from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
 
 from parley.settings import get_settings
@@ -52,7 +52,7 @@ async def conversation(conversation_id: int) -> str:
                 decision = await prepare_suspend(conversation_id, cursor.step)
                 if decision.suspend:
                     logger.info("waiting for the contact; suspending (%s)", decision.key)
-                    await suspend_flow_run(wait_for_input=Wakeup, key=decision.key, timeout=None)
+                    await asuspend_flow_run(wait_for_input=Wakeup, key=decision.key, timeout=None)
                 continue
             try:
                 cursor = await advance_step(conversation_id, cursor.step)

@@ -33,7 +33,7 @@ async def database_url_from_block(settings: Settings) -> str | None:
     try:
         from prefect_sqlalchemy import SqlAlchemyConnector
 
-        block = await SqlAlchemyConnector.aload(settings.db_block)  # type: ignore[attr-defined]
+        block = await SqlAlchemyConnector.aload(settings.db_block)
     except (ValueError, ImportError) as exc:  # block not registered / not found
         log.debug("no %s block (%s); using PARLEY_DATABASE_URL", settings.db_block, exc)
         return None

@@ -32,6 +32,7 @@ DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 
 
 
 def _insert(session: AsyncSession, model: Any) -> Any:
+    assert session.bind is not None, "sessions are always bound to an engine"
     dialect = session.bind.dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
@@ -236,7 +237,7 @@ async def insert_inbound(session: AsyncSession, values: dict[str, Any]) -> int |
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-def _unconsumed(conversation_id: int) -> Any:
+def _unconsumed(conversation_id: Any) -> Any:
     return (
         (Message.conversation_id == conversation_id)
         & (Message.direction == "in")
