@@ -60,8 +60,8 @@ def campaign_validate(path: Path) -> None:
         for node, message in exc.problems:
             err_console.print(f"[red]{path}[/]: [bold]{node or '<campaign>'}[/]: {message}")
         raise typer.Exit(2) from exc
-    except OSError as exc:
-        err_console.print(f"[red]{path}[/]: {exc.strerror or exc}")
+    except (OSError, NotFound) as exc:
+        err_console.print(f"[red]{path}[/]: {exc}")
         raise typer.Exit(2) from exc
     console.print(
         f"[green]ok[/] {campaign.name} v{campaign.version}: "

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from parley import report
@@ -43,7 +44,7 @@ def _expect(user: WhatsAppUser, got: list[str], wanted: str) -> tuple[str, list[
     ok = bool(got) and got[-1] == wanted
     mark = "[green]✓[/]" if ok else f"[red]✗ expected {wanted!r}[/]"
     for text in got:
-        console.print(f"  [cyan]{user.name:>6}[/] ← bot: {text} {mark}")
+        console.print(f"  [cyan]{user.name:>6}[/] ← bot: {escape(text)} {mark}")
     return wanted, got
 
 
@@ -94,12 +95,12 @@ async def _thinker(user: WhatsAppUser) -> list[tuple[str, list[str]]]:
 
 
 async def _say(user: WhatsAppUser, text: str) -> list[str]:
-    console.print(f"  [cyan]{user.name:>6}[/] → {text}")
+    console.print(f"  [cyan]{user.name:>6}[/] → {escape(text)}")
     return await user.say(text)
 
 
 async def _press(user: WhatsAppUser, reply_id: str, title: str) -> list[str]:
-    console.print(f"  [cyan]{user.name:>6}[/] → [button {title}]")
+    console.print(f"  [cyan]{user.name:>6}[/] → " + escape(f"[button {title}]"))
     return await user.press(reply_id, title)
 
 

@@ -1,0 +1,111 @@
+"""The operator's surface: `parley` commands and the settings guard."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from parley import inbox
+from parley.campaign.registry import install_campaign
+from parley.channels.whatsapp_webhook import build_text_message_payload, parse_webhook
+from parley.cli import app
+from parley.db import Database
+from parley.errors import ConfigurationError
+from parley.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
+    get_settings.cache_clear()
+    yield db
+    get_settings.cache_clear()
+
+
+def test_validate_accepts_the_onboarding_example() -> None:
+    result = runner.invoke(
+        app, ["campaign", "validate", str(ROOT / "examples/campaigns/onboarding.yaml")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ok onboarding" in result.output
+
+
+def test_validate_lists_every_problem_with_its_node_and_exits_2() -> None:
+    result = runner.invoke(
+        app, ["campaign", "validate", str(ROOT / "tests/campaign/fixtures/broken.yaml")]
+    )
+    assert result.exit_code == 2
+    assert "ask_email" in result.output and "lonely" in result.output
+
+
+def test_validate_a_missing_file_exits_2() -> None:
+    result = runner.invoke(app, ["campaign", "validate", "/nonexistent/campaign.yaml"])
+    assert result.exit_code == 2
+
+
+async def test_conversations_list_and_show_as_json(cli_db: Database) -> None:
+    async with cli_db.transaction() as session:
+        version = await install_campaign(session, ROOT / "examples/campaigns/onboarding.yaml")
+    payload = build_text_message_payload(
+        phone_number_id="1", from_phone="34600999888", text="hi", message_id="wamid.cli-1"
+    )
+    await inbox.store_batch(cli_db, parse_webhook(json.dumps(payload).encode()), version.name)
+
+    listed = await asyncio.to_thread(runner.invoke, app, ["conversations", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert {k: rows[0][k] for k in ("channel", "contact", "status")} == {
+        "channel": "whatsapp",
+        "contact": "34600999888",
+        "status": "pending",
+    }
+
+    shown = await asyncio.to_thread(
+        runner.invoke, app, ["conversations", "show", str(rows[0]["id"]), "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    detail = json.loads(shown.output)
+    assert detail["id"] == rows[0]["id"]
+    assert detail["messages"][0]["direction"] == "in"
+    assert detail["messages"][0]["text"] == "hi"
+    assert detail["messages"][0]["provider_message_id"] == "wamid.cli-1"
+    assert set(detail["messages"][0]) >= {
+        "direction",
+        "text",
+        "provider_message_id",
+        "status",
+        "created_at",
+    }
+
+
+async def test_showing_an_unknown_conversation_fails_clearly(cli_db: Database) -> None:
+    result = await asyncio.to_thread(runner.invoke, app, ["conversations", "show", "999999"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+
+
+def test_production_refuses_demo_secrets() -> None:
+    with pytest.raises(ConfigurationError, match="PARLEY_WHATSAPP_APP_SECRET"):
+        Settings(
+            environment="production",
+            whatsapp_access_token="real-token",
+            whatsapp_verify_token="real-verify",
+        )
+
+
+def test_production_accepts_real_secrets() -> None:
+    settings = Settings(
+        environment="production",
+        whatsapp_access_token="t",
+        whatsapp_app_secret="s",
+        whatsapp_verify_token="v",
+    )
+    assert settings.environment == "production"
