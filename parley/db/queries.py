@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.db.models import (
     ACTIVE_STATUSES,
+    Base,
     CampaignVersion,
     Contact,
     Conversation,
@@ -26,6 +27,8 @@ from parley.db.models import (
     utcnow,
 )
 from parley.errors import NotFound
+
+_Row = TypeVar("_Row", bound=Base)
 
 # Delivery statuses only move forward: a late "sent" never overwrites "read".
 DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 5}
@@ -110,11 +113,15 @@ async def latest_campaign_version(session: AsyncSession, name: str) -> CampaignV
     return row
 
 
-async def get_campaign_version(session: AsyncSession, version_id: int) -> CampaignVersion:
-    row = await session.get(CampaignVersion, version_id)
+async def _get(session: AsyncSession, model: type[_Row], key: int, what: str) -> _Row:
+    row = await session.get(model, key)
     if row is None:
-        raise NotFound(f"campaign version {version_id} does not exist")
+        raise NotFound(f"{what} {key} does not exist")
     return row
+
+
+async def get_campaign_version(session: AsyncSession, version_id: int) -> CampaignVersion:
+    return await _get(session, CampaignVersion, version_id, "campaign version")
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -134,10 +141,7 @@ async def lock_conversation(session: AsyncSession, conversation_id: int) -> Conv
 
 
 async def get_conversation(session: AsyncSession, conversation_id: int) -> Conversation:
-    row = await session.get(Conversation, conversation_id)
-    if row is None:
-        raise NotFound(f"conversation {conversation_id} does not exist")
-    return row
+    return await _get(session, Conversation, conversation_id, "conversation")
 
 
 async def lock_active_conversation(
@@ -208,17 +212,7 @@ async def list_conversations(
 
 
 async def get_contact(session: AsyncSession, contact_id: int) -> Contact:
-    row = await session.get(Contact, contact_id)
-    if row is None:
-        raise NotFound(f"contact {contact_id} does not exist")
-    return row
-
-
-async def get_identity(session: AsyncSession, identity_id: int) -> Identity:
-    row = await session.get(Identity, identity_id)
-    if row is None:
-        raise NotFound(f"identity {identity_id} does not exist")
-    return row
+    return await _get(session, Contact, contact_id, "contact")
 
 
 # --- the inbox -------------------------------------------------------------------------------

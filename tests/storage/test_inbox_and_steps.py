@@ -5,86 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
-
-import pytest
 
 from parley import inbox, report
 from parley import step as steps
-from parley.campaign.registry import CampaignCache, install_campaign
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.sender import WhatsAppSender
-from parley.channels.whatsapp import WhatsAppClient
 from parley.channels.whatsapp_fake import FakeWhatsAppAPI
 from parley.channels.whatsapp_webhook import (
     build_status_payload,
-    build_text_message_payload,
     parse_webhook,
 )
 from parley.db import Database, queries
-from parley.http_action import post_json
-
-ROOT = Path(__file__).resolve().parents[2]
-PHONE_ID = "100000000000001"
-USER = "34600111222"
-
-
-@pytest.fixture
-def crm() -> Iterator[RecordingEndpoint]:
-    endpoint = RecordingEndpoint().start()
-    yield endpoint
-    endpoint.stop()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeWhatsAppAPI]:
-    api = FakeWhatsAppAPI(access_token="t", phone_number_id=PHONE_ID)
-    api.start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-async def campaign_name(db: Database, crm: RecordingEndpoint, tmp_path: Path) -> str:
-    text = (ROOT / "examples/campaigns/onboarding.yaml").read_text()
-    path = tmp_path / "onboarding.yaml"
-    path.write_text(text.replace("http://127.0.0.1:8090/crm", f"{crm.url}/crm"))
-    async with db.transaction() as session:
-        return (await install_campaign(session, path)).name
-
-
-@pytest.fixture
-async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[steps.StepRuntime]:
-    client = WhatsAppClient(fake.api_url, "t", PHONE_ID, timeout=2)
-    yield steps.StepRuntime(
-        db=db,
-        sender=WhatsAppSender(client),
-        post_json=post_json,
-        campaigns=CampaignCache(),
-        lease_seconds=5,
-        reconcile_seconds=1,
-        poll_seconds=0.01,
-    )
-    await client.aclose()
-
-
-def _batch(text: str, message_id: str | None = None) -> Any:
-    payload = build_text_message_payload(
-        phone_number_id=PHONE_ID,
-        from_phone=USER,
-        text=text,
-        contact_name="Ana",
-        message_id=message_id,
-    )
-    return parse_webhook(json.dumps(payload).encode())
+from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 
 async def test_first_message_creates_contact_and_conversation_and_asks_to_start(
     db: Database, campaign_name: str
 ) -> None:
-    result = await inbox.store_batch(db, _batch("hi"), campaign_name)
+    result = await inbox.store_batch(db, make_batch("hi"), campaign_name)
     assert (result.stored, result.duplicates) == (1, 0)
     assert [w.action for w in result.wakeups] == ["start"]
     rows = await report.list_conversations(db)
@@ -94,8 +30,8 @@ async def test_first_message_creates_contact_and_conversation_and_asks_to_start(
 
 
 async def test_a_redelivered_message_is_stored_once(db: Database, campaign_name: str) -> None:
-    await inbox.store_batch(db, _batch("hi", "wamid.same"), campaign_name)
-    again = await inbox.store_batch(db, _batch("hi", "wamid.same"), campaign_name)
+    await inbox.store_batch(db, make_batch("hi", "wamid.same"), campaign_name)
+    again = await inbox.store_batch(db, make_batch("hi", "wamid.same"), campaign_name)
     assert (again.stored, again.duplicates, again.wakeups) == (0, 1, [])
     detail = await report.show_conversation(db, (await report.list_conversations(db))[0]["id"])
     assert [m["text"] for m in detail["messages"]] == ["hi"]
@@ -104,7 +40,7 @@ async def test_a_redelivered_message_is_stored_once(db: Database, campaign_name:
 async def test_one_active_conversation_per_contact_even_under_concurrent_webhooks(
     db: Database, campaign_name: str
 ) -> None:
-    batches = [_batch(f"m{i}") for i in range(6)]
+    batches = [make_batch(f"m{i}") for i in range(6)]
     await asyncio.gather(*(inbox.store_batch(db, b, campaign_name) for b in batches))
     rows = await report.list_conversations(db)
     assert len(rows) == 1
@@ -112,17 +48,10 @@ async def test_one_active_conversation_per_contact_even_under_concurrent_webhook
     assert sorted(m["text"] for m in detail["messages"]) == [f"m{i}" for i in range(6)]
 
 
-async def _start(db: Database, rt: steps.StepRuntime, campaign_name: str) -> int:
-    await inbox.store_batch(db, _batch("hi"), campaign_name)
-    conversation_id = int((await report.list_conversations(db))[0]["id"])
-    await steps.begin_run(rt, conversation_id, None)
-    return conversation_id
-
-
 async def test_replaying_a_committed_step_sends_nothing_again(
     db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     first = await steps.advance(runtime, cid, 0)
     replay = await steps.advance(runtime, cid, 0)
     assert first == replay and first.step == 1 and first.awaiting_reply
@@ -132,7 +61,7 @@ async def test_replaying_a_committed_step_sends_nothing_again(
 async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_resent(
     db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     ref = steps.step_ref(cid, 0)
     async with db.transaction() as session:
         intent = await queries.ensure_outbound_intent(
@@ -160,7 +89,7 @@ async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_res
 async def test_an_uncertain_send_with_no_callback_is_sent_again_after_the_window(
     db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     async with db.transaction() as session:
         intent = await queries.ensure_outbound_intent(
             session,
@@ -179,7 +108,7 @@ async def test_an_uncertain_send_with_no_callback_is_sent_again_after_the_window
 async def test_a_late_sent_status_never_overwrites_read(
     db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     await steps.advance(runtime, cid, 0)
     wamid = fake.received[-1]["_wamid"]
     for status in ("read", "sent", "delivered"):
@@ -196,10 +125,10 @@ async def test_a_late_sent_status_never_overwrites_read(
 async def test_suspend_is_refused_when_a_message_is_already_waiting(
     db: Database, runtime: steps.StepRuntime, campaign_name: str
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     cursor = await steps.advance(runtime, cid, 0)  # greets, then waits for the name
     assert cursor.awaiting_reply
-    await inbox.store_batch(db, _batch("Ana"), campaign_name)
+    await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     decision = await steps.prepare_suspend(runtime, cid, cursor.step)
     assert decision.suspend is False
 
@@ -207,9 +136,9 @@ async def test_suspend_is_refused_when_a_message_is_already_waiting(
 async def test_suspend_marks_the_row_and_a_later_message_asks_for_a_resume(
     db: Database, runtime: steps.StepRuntime, campaign_name: str
 ) -> None:
-    cid = await _start(db, runtime, campaign_name)
+    cid = await start_conversation(db, runtime, campaign_name)
     cursor = await steps.advance(runtime, cid, 0)
     first = await steps.prepare_suspend(runtime, cid, cursor.step)
     assert first.suspend and first.key == f"wait-{cursor.step}-1"
-    result = await inbox.store_batch(db, _batch("Ana"), campaign_name)
+    result = await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     assert [(w.action, w.conversation_id) for w in result.wakeups] == [("resume", cid)]

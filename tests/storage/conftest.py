@@ -1,0 +1,83 @@
+"""Shared fixtures for storage behaviour: a migrated database (SQLite and PostgreSQL), the
+onboarding campaign installed in it, the loopback Graph API and CRM, and a step runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parley import inbox, report
+from parley import step as steps
+from parley.campaign.registry import CampaignCache, install_campaign
+from parley.channels.http_fake import RecordingEndpoint
+from parley.channels.sender import WhatsAppSender
+from parley.channels.whatsapp import WhatsAppClient
+from parley.channels.whatsapp_fake import FakeWhatsAppAPI
+from parley.channels.whatsapp_webhook import build_text_message_payload, parse_webhook
+from parley.db import Database
+from parley.http_action import post_json
+
+ROOT = Path(__file__).resolve().parents[2]
+PHONE_ID = "100000000000001"
+USER = "34600111222"
+
+
+@pytest.fixture
+def crm() -> Iterator[RecordingEndpoint]:
+    endpoint = RecordingEndpoint().start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeWhatsAppAPI]:
+    api = FakeWhatsAppAPI(access_token="t", phone_number_id=PHONE_ID)
+    api.start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+async def campaign_name(db: Database, crm: RecordingEndpoint, tmp_path: Path) -> str:
+    text = (ROOT / "examples/campaigns/onboarding.yaml").read_text()
+    path = tmp_path / "onboarding.yaml"
+    path.write_text(text.replace("http://127.0.0.1:8090/crm", f"{crm.url}/crm"))
+    async with db.transaction() as session:
+        return (await install_campaign(session, path)).name
+
+
+@pytest.fixture
+async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[steps.StepRuntime]:
+    client = WhatsAppClient(fake.api_url, "t", PHONE_ID, timeout=2)
+    yield steps.StepRuntime(
+        db=db,
+        sender=WhatsAppSender(client),
+        post_json=post_json,
+        campaigns=CampaignCache(),
+        lease_seconds=5,
+        reconcile_seconds=1,
+        poll_seconds=0.01,
+    )
+    await client.aclose()
+
+
+def make_batch(text: str, message_id: str | None = None) -> Any:
+    payload = build_text_message_payload(
+        phone_number_id=PHONE_ID,
+        from_phone=USER,
+        text=text,
+        contact_name="Ana",
+        message_id=message_id,
+    )
+    return parse_webhook(json.dumps(payload).encode())
+
+
+async def start_conversation(db: Database, rt: steps.StepRuntime, campaign_name: str) -> int:
+    await inbox.store_batch(db, make_batch("hi"), campaign_name)
+    conversation_id = int((await report.list_conversations(db))[0]["id"])
+    await steps.begin_run(rt, conversation_id, None)
+    return conversation_id
