@@ -18,6 +18,7 @@ from parley.campaign.registry import CampaignCache
 from parley.channels.sender import WhatsAppSender
 from parley.channels.whatsapp import WhatsAppClient
 from parley.db import Database
+from parley.db.engine import async_url
 from parley.http_action import post_json
 from parley.settings import Settings, get_settings
 
@@ -27,18 +28,28 @@ _runtime: step.StepRuntime | None = None
 _lock = asyncio.Lock()
 
 
-async def database_url_from_block(settings: Settings) -> str | None:
-    if settings.database_url or not settings.db_block:
+async def database_url_from_block(block_name: str) -> str | None:
+    """The URL in the ``SqlAlchemyConnector`` block, or None when there is no such block."""
+    if not block_name:
         return None
-    try:
-        from prefect_sqlalchemy import SqlAlchemyConnector
+    from prefect_sqlalchemy import SqlAlchemyConnector
+    from prefect_sqlalchemy.credentials import ConnectionComponents
 
-        block = await SqlAlchemyConnector.aload(settings.db_block)
-    except (ValueError, ImportError) as exc:  # block not registered / not found
-        log.debug("no %s block (%s); using PARLEY_DATABASE_URL", settings.db_block, exc)
+    try:
+        block = await SqlAlchemyConnector.aload(block_name)
+    except ValueError as exc:  # "Unable to find block document named ..."
+        log.debug("no %s block (%s); using PARLEY_DATABASE_URL", block_name, exc)
         return None
-    url = block.connection_info.rendered_url
-    return str(url.render_as_string(hide_password=False))
+    info = block.connection_info
+    url = info.create_url() if isinstance(info, ConnectionComponents) else str(info)
+    rendered = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return async_url(rendered)
+
+
+async def resolve_database_url(settings: Settings) -> str:
+    """Deployments take credentials from the ``parley-db`` block (managed in the Prefect UI)
+    when it exists, else from PARLEY_DATABASE_URL / the embedded SQLite default."""
+    return await database_url_from_block(settings.db_block) or settings.resolved_database_url
 
 
 async def get_runtime() -> step.StepRuntime:
@@ -46,7 +57,7 @@ async def get_runtime() -> step.StepRuntime:
     async with _lock:
         if _runtime is None:
             settings = get_settings()
-            url = await database_url_from_block(settings) or settings.resolved_database_url
+            url = await resolve_database_url(settings)
             client = WhatsAppClient(
                 settings.whatsapp_api_url,
                 settings.whatsapp_access_token,

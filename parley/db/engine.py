@@ -29,6 +29,19 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
+def async_url(url: str) -> str:
+    """The async-driver form of a database URL (a block or an operator may give a sync one:
+    ``postgresql://…`` or ``postgresql+psycopg2://…`` → ``postgresql+asyncpg://…``)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in _ASYNC_DRIVERS and parsed.drivername != _ASYNC_DRIVERS[backend]:
+        parsed = parsed.set(drivername=_ASYNC_DRIVERS[backend])
+    return parsed.render_as_string(hide_password=False)
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
