@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON := 3.11
 
-.PHONY: setup demo dev test lint typecheck contracts unit e2e clean
+.PHONY: setup demo dev test lint typecheck contracts bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -31,3 +31,6 @@ test: lint typecheck contracts
 
 clean:
 	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache
+
+bench: setup
+	$(UV) run python -m bench.turn_latency

@@ -52,7 +52,10 @@ class Settings(BaseSettings):
     )
 
     worker_concurrency: int = Field(
-        default=50, ge=1, description="How many conversation runs one worker process runs at once."
+        default=200, ge=1, description="How many conversation runs one worker process runs at once."
+    )
+    worker_poll_seconds: float = Field(
+        default=0.25, gt=0, description="How often the in-process worker asks Prefect for due runs."
     )
     hot_wait_seconds: float = Field(
         default=20.0,

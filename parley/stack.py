@@ -132,7 +132,7 @@ class Stack:
         self.api_url = api_url
 
     def start_worker(self, name: str = "worker") -> Process:
-        return self.spawn(name, [sys.executable, "-m", "deployments.serve"])
+        return self.spawn(name, [sys.executable, "-m", "deployments.worker"])
 
     def wait_for_deployment(self, deployment: str, timeout: float = 90) -> None:
         flow, name = deployment.split("/", 1)

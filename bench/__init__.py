@@ -1,0 +1,1 @@
+"""Benchmarks: figures are printed with the settings that produced them, never asserted."""

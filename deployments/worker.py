@@ -1,0 +1,135 @@
+"""An in-process worker: runs conversation flow runs as asyncio tasks of one long-lived process.
+
+``serve()`` and process workers start a new Python process per flow run — and a resumed run is
+a new flow-run start. Importing Prefect and Parley costs ~1.5 s of CPU per start, so on a small
+machine ten conversations waking at once queue for tens of seconds. Conversations are I/O-bound
+(database, provider HTTP), so here one process runs them all: a resumed run starts in
+milliseconds after the poll that finds it.
+
+It claims runs the way Prefect's runner does (propose Pending; another worker that wins the
+race makes ours abort) and then drives them with Prefect's own flow engine, so states, task
+caching, suspend/resume and the UI behave exactly as with ``serve``. The price: a crash of this
+process takes all its runs down at once; their leases expire and the sweep reschedules them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import Abort, Pause
+from prefect.flow_engine import run_flow_async
+from prefect.states import Pending
+from prefect.utilities.engine import propose_state
+
+from flows.conversation import conversation
+from parley.settings import get_settings
+
+log = logging.getLogger("parley.worker")
+
+
+class InProcessWorker:
+    def __init__(
+        self, flow: Flow[..., Any], deployment_name: str, *, limit: int, poll_seconds: float
+    ) -> None:
+        self.flow = flow
+        self.deployment_name = deployment_name
+        self.limit = limit
+        self.poll_seconds = poll_seconds
+        self.active: dict[UUID, asyncio.Task[None]] = {}
+        self.stopping = asyncio.Event()
+
+    async def register(self) -> UUID:
+        deployment = await self.flow.ato_deployment(
+            name=self.deployment_name,
+            tags=["parley"],
+            description="One durable Parley conversation per run.",
+        )
+        assert isinstance(deployment, RunnerDeployment)
+        deployment_id: UUID = await deployment.aapply()
+        return deployment_id
+
+    async def run(self) -> None:
+        deployment_id = await self.register()
+        log.info("worker serving %s/%s in-process", self.flow.name, self.deployment_name)
+        async with get_client() as client:
+            while not self.stopping.is_set():
+                try:
+                    await self._submit_due_runs(client, deployment_id)
+                except Exception:  # the API may be briefly unavailable; keep polling
+                    log.exception("polling for scheduled runs failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.poll_seconds)
+        await self._drain()
+
+    async def _submit_due_runs(self, client: PrefectClient, deployment_id: UUID) -> None:
+        free = self.limit - len(self.active)
+        if free <= 0:
+            return
+        runs = await client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=[deployment_id],
+            scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
+            limit=free,
+        )
+        for run in runs:
+            if run.id not in self.active and await self._claim(client, run):
+                self.active[run.id] = asyncio.create_task(self._execute(run))
+
+    async def _claim(self, client: PrefectClient, run: FlowRun) -> bool:
+        try:
+            state = await propose_state(client, Pending(), flow_run_id=run.id)
+        except Abort:
+            return False
+        return state.is_pending()
+
+    async def _execute(self, run: FlowRun) -> None:
+        try:
+            await run_flow_async(
+                self.flow, flow_run=run, parameters=run.parameters, return_type="state"
+            )
+        except (Pause, Abort):
+            pass  # suspended (or taken over): the engine has already reported the state
+        except Exception:
+            log.exception("flow run %s raised", run.id)
+        finally:
+            self.active.pop(run.id, None)
+
+    async def _drain(self) -> None:
+        """On shutdown, let running conversations reach their next wait (they suspend or
+        finish); what does not finish in time is left to lease expiry and the sweep."""
+        if self.active:
+            log.info("waiting for %d running conversations", len(self.active))
+            await asyncio.wait(list(self.active.values()), timeout=30)
+
+
+async def main_async() -> None:
+    settings = get_settings()
+    _flow_name, deployment_name = settings.conversation_deployment.split("/", 1)
+    worker = InProcessWorker(
+        conversation,
+        deployment_name,
+        limit=settings.worker_concurrency,
+        poll_seconds=settings.worker_poll_seconds,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stopping.set)
+    await worker.run()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(main_async())
+
+
+if __name__ == "__main__":
+    main()
