@@ -10,8 +10,12 @@ message by itself. The wake-up is done after commit, so a Prefect outage never l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.campaign import parse_campaign
 from parley.channels.whatsapp_webhook import InboundMessage, StatusUpdate, WebhookBatch
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Conversation
@@ -98,17 +102,21 @@ async def store_message(
         return _wakeup_for(conversation, created), True
 
 
-async def _campaign_for_new(session: object, name: str) -> CampaignVersion:
+async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:
     try:
-        return await queries.latest_campaign_version(session, name)  # type: ignore[arg-type]
+        return await queries.latest_campaign_version(session, name)
     except NotFound as exc:
-        raise NotFound(f"{exc}; run `parley campaign install FILE` or start the webhook") from exc
+        raise NotFound(f"{exc}; the webhook installs PARLEY_DEFAULT_CAMPAIGN at start") from exc
 
 
 def _start_node(campaign: CampaignVersion) -> str:
-    from parley.campaign import parse_campaign
+    return _start_node_of(campaign.id, campaign.source)
 
-    return parse_campaign(campaign.source, source=campaign.name).start
+
+@lru_cache(maxsize=64)
+def _start_node_of(version_id: int, source: str) -> str:
+    """Versions are immutable: parse each once per process, not once per inbound message."""
+    return parse_campaign(source, source=f"campaign version {version_id}").start
 
 
 def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict[str, object]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from parley.campaign import Campaign
 from parley.campaign.registry import CampaignCache
 from parley.conversation import (
@@ -123,7 +125,7 @@ def _snapshot(row: Conversation) -> Snapshot:
     return Snapshot(row.current_node, dict(row.variables), row.attempts, row.waiting_for)
 
 
-async def _next_reply(session: Any, row: Conversation) -> Reply | None:
+async def _next_reply(session: AsyncSession, row: Conversation) -> Reply | None:
     if row.waiting_for != WAITING_FOR_REPLY:
         return None
     message = await queries.first_unconsumed_inbound(session, row.id)
@@ -132,7 +134,7 @@ async def _next_reply(session: Any, row: Conversation) -> Reply | None:
     return Reply(message.id, message.text, message.reply_id)
 
 
-async def _record_intent(session: Any, row: Conversation, t: Transition) -> Message | None:
+async def _record_intent(session: AsyncSession, row: Conversation, t: Transition) -> Message | None:
     if t.outbound is None:
         return None
     return await queries.ensure_outbound_intent(

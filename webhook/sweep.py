@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -23,35 +24,51 @@ from webhook.wakeups import PREFECT_UNAVAILABLE, resume_run, start_run
 
 log = logging.getLogger(__name__)
 
-RESCHEDULABLE = {StateType.RUNNING, StateType.CRASHED}
+# A run in one of these states for longer than a lease, while our row says nobody works on
+# it, was claimed or run by a process that is gone.
+ORPHANABLE = {StateType.RUNNING, StateType.PENDING}
 
 
 async def sweep_once(db: Database, settings: Settings) -> dict[str, int]:
     counts = {"started": 0, "resumed": 0, "rescheduled": 0}
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.lease_seconds)
     async with db.read() as session:
         to_start = await queries.conversations_to_start(session)
         to_resume = await queries.conversations_to_resume(session)
-        stalled = await queries.conversations_with_expired_lease(session, utcnow())
+        stalled = await queries.conversations_with_expired_lease(session, now)
+        unclaimed = await queries.conversations_never_taken_over(session, stale_before)
     for conv in to_start:
         counts["started"] += int(await start_run(db, settings, conv.id) is not None)
     for conv in to_resume:
-        if conv.flow_run_id and await resume_run(db, conv.id, conv.flow_run_id, give_up_after=1):
+        assert conv.flow_run_id is not None
+        if await resume_run(db, conv.id, conv.flow_run_id, give_up_after=1):
             counts["resumed"] += 1
-    for conv in stalled:
-        if conv.flow_run_id and await reschedule_if_dead(conv.flow_run_id):
+        else:
+            stalled.append(conv)
+    for conv in [*stalled, *unclaimed]:
+        if conv.flow_run_id and await reschedule_if_orphaned(conv.flow_run_id, stale_before):
             counts["rescheduled"] += 1
     return counts
 
 
-async def reschedule_if_dead(flow_run_id: str) -> bool:
+async def reschedule_if_orphaned(flow_run_id: str, stale_before: datetime) -> bool:
+    """Put a run whose process died back to Scheduled; the same flow run starts again from
+    the top, and cached steps plus send intents make the replay safe."""
     async with get_client() as client:
         run = await client.read_flow_run(UUID(flow_run_id))
-        if run.state is None or run.state.type not in RESCHEDULABLE:
+        state = run.state
+        if state is None:
+            return False
+        orphaned = state.type == StateType.CRASHED or (
+            state.type in ORPHANABLE and state.timestamp < stale_before
+        )
+        if not orphaned:
             return False
         await client.set_flow_run_state(
             UUID(flow_run_id), Scheduled(name="Rescheduled"), force=True
         )
-    log.warning("flow run %s lost its process (lease expired); rescheduled", flow_run_id)
+    log.warning("flow run %s lost its process (%s); rescheduled", flow_run_id, state.type.value)
     return True
 
 

@@ -60,6 +60,7 @@ async def start_run(db: Database, settings: Settings, conversation_id: int) -> s
         conv = await queries.lock_conversation(session, conversation_id)
         if conv.flow_run_id is None:
             conv.flow_run_id = str(run.id)
+            queries.touch(conv)
     log.info("started flow run %s for conversation %s", run.id, conversation_id)
     return str(run.id)
 

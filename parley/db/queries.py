@@ -386,6 +386,23 @@ async def conversations_to_resume(session: AsyncSession, limit: int = 100) -> li
     return list((await session.execute(stmt)).scalars())
 
 
+async def conversations_never_taken_over(
+    session: AsyncSession, stale_before: datetime, limit: int = 100
+) -> list[Conversation]:
+    """A flow run was created long ago, but no run has begun the conversation."""
+    stmt = (
+        select(Conversation)
+        .where(
+            Conversation.status == "pending",
+            Conversation.flow_run_id.is_not(None),
+            Conversation.updated_at < stale_before,
+        )
+        .order_by(Conversation.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 async def conversations_with_expired_lease(
     session: AsyncSession, now: datetime, limit: int = 100
 ) -> list[Conversation]:
