@@ -36,6 +36,7 @@ from parley.conversation import (
 from parley.db import Database, queries
 from parley.db.models import Conversation, Message, utcnow
 from parley.errors import ChannelError, ParleyError
+from parley.notify import InboxSignal, PollingSignal
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class StepRuntime:
     lease_seconds: float = 30.0
     reconcile_seconds: float = 30.0
     poll_seconds: float = 0.05
+    inbox_signal: InboxSignal | None = None
+
+    @property
+    def signal(self) -> InboxSignal:
+        return self.inbox_signal or PollingSignal(self.poll_seconds)
 
 
 @dataclass(frozen=True)
@@ -289,7 +295,7 @@ async def wait_hot(rt: StepRuntime, conversation_id: int, step: int, seconds: fl
     deadline = loop.time() + seconds
     renew_at = loop.time() + rt.lease_seconds / 3
     while loop.time() < deadline:
-        await asyncio.sleep(rt.poll_seconds)
+        await rt.signal.wait(conversation_id, deadline - loop.time())
         async with rt.db.read() as session:
             if await queries.has_unconsumed_inbound(session, conversation_id):
                 return True

@@ -18,8 +18,9 @@ from parley.campaign.registry import CampaignCache
 from parley.channels.sender import WhatsAppSender
 from parley.channels.whatsapp import WhatsAppClient
 from parley.db import Database
-from parley.db.engine import async_url
+from parley.db.engine import async_url, is_sqlite
 from parley.http_action import post_json
+from parley.notify import PostgresSignal
 from parley.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ async def get_runtime() -> step.StepRuntime:
                 lease_seconds=settings.lease_seconds,
                 reconcile_seconds=settings.send_reconcile_seconds,
                 poll_seconds=settings.hot_poll_seconds,
+                inbox_signal=None if is_sqlite(url) else PostgresSignal(url),
             )
     return _runtime
 

@@ -27,6 +27,7 @@ from parley.db.models import (
     utcnow,
 )
 from parley.errors import NotFound
+from parley.notify import CHANNEL as INBOX_CHANNEL
 
 _Row = TypeVar("_Row", bound=Base)
 
@@ -34,10 +35,13 @@ _Row = TypeVar("_Row", bound=Base)
 DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 5}
 
 
-def _insert(session: AsyncSession, model: Any) -> Any:
+def _dialect(session: AsyncSession) -> str:
     assert session.bind is not None, "sessions are always bound to an engine"
-    dialect = session.bind.dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+    return session.bind.dialect.name
+
+
+def _insert(session: AsyncSession, model: Any) -> Any:
+    return (postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert)(model)
 
 
 async def _insert_ignoring_conflict(
@@ -228,7 +232,11 @@ async def insert_inbound(session: AsyncSession, values: dict[str, Any]) -> int |
         .on_conflict_do_nothing(index_elements=["provider_message_id"])
         .returning(Message.id)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    message_id = (await session.execute(stmt)).scalar_one_or_none()
+    if message_id is not None and _dialect(session) == "postgresql":
+        # Delivered at commit: wakes a run waiting hot for this conversation (parley.notify).
+        await session.execute(select(func.pg_notify(INBOX_CHANNEL, str(values["conversation_id"]))))
+    return message_id
 
 
 def _unconsumed(conversation_id: Any) -> Any:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from parley import inbox, report
 from parley import step as steps
 from parley.channels.whatsapp_fake import FakeWhatsAppAPI
@@ -14,6 +16,7 @@ from parley.channels.whatsapp_webhook import (
     parse_webhook,
 )
 from parley.db import Database, queries
+from parley.notify import PostgresSignal
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 
@@ -142,3 +145,46 @@ async def test_suspend_marks_the_row_and_a_later_message_asks_for_a_resume(
     assert first.suspend and first.key == f"wait-{cursor.step}-1"
     result = await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     assert [(w.action, w.conversation_id) for w in result.wakeups] == [("resume", cid)]
+
+
+async def test_a_hot_wait_sees_a_message_stored_meanwhile(
+    db: Database, runtime: steps.StepRuntime, campaign_name: str
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    cursor = await steps.advance(runtime, cid, 0)
+
+    async def reply_soon() -> None:
+        await asyncio.sleep(0.3)
+        await inbox.store_batch(db, make_batch("Ana"), campaign_name)
+
+    replier = asyncio.create_task(reply_soon())
+    assert await steps.wait_hot(runtime, cid, cursor.step, seconds=20) is True
+    await replier
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_storing_a_message_notifies_the_process_waiting_for_it(
+    db: Database, campaign_name: str
+) -> None:
+    """The wake-up is the NOTIFY sent in the insert's transaction, not a poll: the signal
+    reports whether it was told (True) or merely timed out (False)."""
+    await inbox.store_batch(db, make_batch("hi"), campaign_name)
+    cid = int((await report.list_conversations(db))[0]["id"])
+    signal = PostgresSignal(db.url, fallback_poll_seconds=30)
+    try:
+        assert await signal.wait(cid, timeout=0.2) is False  # listening, nothing stored yet
+        waiting = asyncio.create_task(signal.wait(cid, timeout=30))
+        await asyncio.sleep(0.2)
+        await inbox.store_batch(db, make_batch("Ana"), campaign_name)
+        assert await waiting is True
+    finally:
+        await signal.close()
+
+
+async def test_a_hot_wait_with_no_message_gives_up_and_reports_it(
+    db: Database, runtime: steps.StepRuntime, campaign_name: str
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    cursor = await steps.advance(runtime, cid, 0)
+    assert await steps.wait_hot(runtime, cid, cursor.step, seconds=0.3) is False
+    assert (await report.show_conversation(db, cid))["status"] == "hot"
