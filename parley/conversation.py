@@ -12,14 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from parley.campaign import AskNode, Campaign, EndNode, HttpNode, SendNode, check_answer, render
+from parley.campaign import (
+    AskNode,
+    Campaign,
+    EndNode,
+    HttpNode,
+    Outcome,
+    SendNode,
+    check_answer,
+    render,
+)
 
 Status = Literal["pending", "running", "hot", "suspended", "completed", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"pending", "running", "hot", "suspended"})
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 WAITING_FOR_REPLY = "reply"
-
-DEFAULT_RETRY_PROMPT = "Sorry, I didn't get that. Please try again."
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,9 @@ def plan_step(campaign: Campaign, snapshot: Snapshot, reply: Reply | None) -> Tr
 
 
 def _moved_to(
-    campaign: Campaign, snapshot: Snapshot, variables: dict[str, Any], outcome: str = "ok"
+    campaign: Campaign, snapshot: Snapshot, variables: dict[str, Any], outcome: Outcome = "ok"
 ) -> Transition:
-    target = campaign.next_node(snapshot.current_node, variables, outcome=outcome)  # type: ignore[arg-type]
+    target = campaign.next_node(snapshot.current_node, variables, outcome=outcome)
     if target is None:
         return Transition(snapshot.current_node, variables, 0, None, "completed")
     return Transition(target, variables, 0, None, "running")
@@ -159,7 +166,7 @@ def _consume_reply(campaign: Campaign, snapshot: Snapshot, reply: Reply) -> Tran
     if attempts >= node.max_attempts:
         moved = _moved_to(campaign, snapshot, variables, outcome="invalid")
         return replace(moved, consumed_message_id=reply.message_id)
-    retry = Outbound(render(node.retry or DEFAULT_RETRY_PROMPT, variables), _buttons(node))
+    retry = Outbound(render(node.retry, variables), _buttons(node))
     return Transition(
         node.id,
         variables,

@@ -14,6 +14,7 @@ from parley.channels.whatsapp_fake import FakeWhatsAppAPI
 from parley.channels.whatsapp_webhook import (
     build_status_payload,
     parse_webhook,
+    status_error,
 )
 from parley.db import Database, queries
 from parley.notify import PostgresSignal
@@ -188,3 +189,74 @@ async def test_a_hot_wait_with_no_message_gives_up_and_reports_it(
     cursor = await steps.advance(runtime, cid, 0)
     assert await steps.wait_hot(runtime, cid, cursor.step, seconds=0.3) is False
     assert (await report.show_conversation(db, cid))["status"] == "hot"
+
+
+async def test_a_failed_status_marks_the_outbound_message_failed_with_meta_s_error(
+    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    await steps.advance(runtime, cid, 0)
+    wamid = fake.received[-1]["_wamid"]
+    payload = build_status_payload(
+        phone_number_id=PHONE_ID,
+        message_id=wamid,
+        status="failed",
+        recipient=USER,
+        errors=[status_error(131026, "Message undeliverable", "receiver incapable")],
+    )
+    result = await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), campaign_name)
+    assert result.statuses == 1
+    out = [
+        m for m in (await report.show_conversation(db, cid))["messages"] if m["direction"] == "out"
+    ]
+    assert (out[0]["status"], out[0]["error"]) == ("failed", "131026: Message undeliverable")
+
+
+async def test_other_fields_unknown_types_and_unmatched_statuses_are_recorded_not_acted_on(
+    db: Database, campaign_name: str
+) -> None:
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {"field": "account_update", "value": {"event": "VERIFIED_ACCOUNT"}},
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550000000",
+                                "phone_number_id": PHONE_ID,
+                            },
+                            "messages": [
+                                {
+                                    "from": USER,
+                                    "id": "wamid.unsupported",
+                                    "timestamp": "1700000000",
+                                    "type": "unsupported",
+                                    "errors": [{"code": 131051, "title": "Unsupported type"}],
+                                }
+                            ],
+                            "statuses": [
+                                {
+                                    "id": "wamid.not-ours",
+                                    "status": "delivered",
+                                    "timestamp": "1700000000",
+                                    "recipient_id": USER,
+                                }
+                            ],
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    result = await inbox.store_batch(db, parse_webhook(json.dumps(body).encode()), campaign_name)
+    assert (result.stored, result.statuses, result.ignored, result.wakeups) == (0, 0, 2, [])
+    assert await report.list_conversations(db) == []
+    async with db.read() as session:
+        assert await queries.count_webhook_events(session, "unsupported_message") == 1
+        assert await queries.count_webhook_events(session, "unmatched_status") == 1
+        assert await queries.count_webhook_events(session) == 3
