@@ -204,3 +204,17 @@ async def test_prefect_api_down_while_a_message_arrives_then_back(
         assert await user.wait_for_bot(1, timeout=60) == [EMAIL_PROMPT.format(name="Ivan")]
     finally:
         proxy.close()
+
+
+async def test_the_rest_api_lists_conversations_and_404s_unknown_ones(pg_stack: E2EStack) -> None:
+    user = pg_stack.user("Olga")
+    assert await user.say("Hi") == [GREETING]
+    base = pg_stack.webhook_url.removesuffix("/webhooks/whatsapp")
+    async with httpx.AsyncClient() as client:
+        listed = (await client.get(f"{base}/api/conversations")).json()
+        mine = next(c for c in listed if c["contact"] == user.phone)
+        detail = (await client.get(f"{base}/api/conversations/{mine['id']}")).json()
+        missing = await client.get(f"{base}/api/conversations/99999999")
+    assert detail["messages"][0]["text"] == "Hi"
+    assert detail["flow_run_id"]
+    assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,3 +110,31 @@ def test_production_accepts_real_secrets() -> None:
         whatsapp_verify_token="v",
     )
     assert settings.environment == "production"
+
+
+def test_db_upgrade_migrates_a_fresh_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+    monkeypatch.setenv("PARLEY_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        first = runner.invoke(app, ["db", "upgrade"])
+        again = runner.invoke(app, ["db", "upgrade"])  # idempotent
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    tables = (
+        sqlite3.connect(tmp_path / "fresh.db")
+        .execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .fetchall()
+    )
+    assert {
+        "conversations",
+        "messages",
+        "campaign_versions",
+        "contacts",
+        "identities",
+        "webhook_events",
+        "alembic_version",
+    } <= {name for (name,) in tables}
