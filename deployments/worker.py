@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -33,6 +34,7 @@ from prefect.utilities.engine import propose_state
 
 from flows.conversation import conversation
 from parley.settings import get_settings
+from tasks.runtime import stop_hot_waits
 
 log = logging.getLogger("parley.worker")
 
@@ -108,10 +110,15 @@ class InProcessWorker:
         finish); what does not finish in time is left to lease expiry and the sweep."""
         if self.active:
             log.info("waiting for %d running conversations", len(self.active))
+            stop_hot_waits()
             await asyncio.wait(list(self.active.values()), timeout=30)
 
 
-async def main_async() -> None:
+def main() -> None:
+    """Run the worker's event loop off the main thread: Prefect's flow engine then cannot
+    replace our SIGTERM handling with its own (which would crash every in-process run), and the
+    main thread turns SIGINT/SIGTERM into a graceful stop: hot runs suspend, then we exit."""
+    logging.basicConfig(level=logging.INFO)
     settings = get_settings()
     _flow_name, deployment_name = settings.conversation_deployment.split("/", 1)
     worker = InProcessWorker(
@@ -120,15 +127,30 @@ async def main_async() -> None:
         limit=settings.worker_concurrency,
         poll_seconds=settings.worker_poll_seconds,
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stopping.set)
-    await worker.run()
+    loop = asyncio.new_event_loop()
+    failures: list[BaseException] = []
 
+    def run_loop() -> None:
+        try:
+            loop.run_until_complete(worker.run())
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            loop.close()
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO)
-    asyncio.run(main_async())
+    thread = threading.Thread(target=run_loop, name="parley-worker-loop")
+    thread.start()
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            loop.call_soon_threadsafe(worker.stopping.set)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while thread.is_alive():
+        thread.join(0.5)
+    if failures:
+        raise SystemExit(f"worker failed: {failures[0]!r}")
 
 
 if __name__ == "__main__":

@@ -184,16 +184,21 @@ class Stack:
             os.killpg(process.popen.pid, signal.SIGKILL)
         process.popen.wait(timeout=10)
 
+    def terminate(self, name: str, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        process = self.processes.pop(name)
+        if process.alive():
+            os.killpg(process.popen.pid, signal.SIGTERM)
+            try:
+                process.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.popen.pid, signal.SIGKILL)
+                process.popen.wait(timeout=5)
+        return process.popen.returncode
+
     def stop(self, grace: float = 10.0) -> None:
         for name in reversed(list(self.processes)):
-            process = self.processes.pop(name)
-            if process.alive():
-                os.killpg(process.popen.pid, signal.SIGTERM)
-                try:
-                    process.popen.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.popen.pid, signal.SIGKILL)
-                    process.popen.wait(timeout=5)
+            self.terminate(name, grace)
 
     def _wait_until(self, ready: object, process: Process | None, *, timeout: float) -> None:
         assert callable(ready)

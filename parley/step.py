@@ -66,6 +66,9 @@ class StepRuntime:
     reconcile_seconds: float = 30.0
     poll_seconds: float = 0.05
     inbox_signal: InboxSignal | None = None
+    # Set when the worker shuts down: hot waits end early so their runs suspend (and cost
+    # nothing) instead of dying with the process and waiting for lease expiry.
+    stop_waiting: bool = False
 
     @property
     def signal(self) -> InboxSignal:
@@ -294,8 +297,8 @@ async def wait_hot(rt: StepRuntime, conversation_id: int, step: int, seconds: fl
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     renew_at = loop.time() + rt.lease_seconds / 3
-    while loop.time() < deadline:
-        await rt.signal.wait(conversation_id, deadline - loop.time())
+    while loop.time() < deadline and not rt.stop_waiting:
+        await rt.signal.wait(conversation_id, min(deadline - loop.time(), 1.0))
         async with rt.db.read() as session:
             if await queries.has_unconsumed_inbound(session, conversation_id):
                 return True

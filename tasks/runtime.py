@@ -78,6 +78,12 @@ async def get_runtime() -> step.StepRuntime:
     return _runtime
 
 
+def stop_hot_waits() -> None:
+    """Called by the worker on shutdown: waiting runs suspend now rather than be killed."""
+    if _runtime is not None:
+        _runtime.stop_waiting = True
+
+
 @contextlib.asynccontextmanager
 async def keep_lease(conversation_id: int) -> AsyncIterator[None]:
     """Renew the conversation's lease while this process works on it, so the sweep only

@@ -218,3 +218,16 @@ async def test_the_rest_api_lists_conversations_and_404s_unknown_ones(pg_stack: 
     assert detail["messages"][0]["text"] == "Hi"
     assert detail["flow_run_id"]
     assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
+
+
+async def test_a_worker_stopped_gracefully_suspends_its_hot_conversations(
+    stack_factory: Any,
+) -> None:
+    stack: E2EStack = stack_factory("postgresql", hot_wait=120)
+    user = stack.user("Pat")
+    assert await user.say("Hi") == [GREETING]
+    await stack.wait_for_status(user, "hot")
+    assert stack.stack.terminate("worker", grace=30) == 0
+    assert (await stack.conversation_of(user))["status"] == "suspended"
+    stack.start_worker()
+    assert await user.say("Pat") == [EMAIL_PROMPT.format(name="Pat")]
