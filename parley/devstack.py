@@ -85,15 +85,16 @@ def bring_up(settings: Settings, *, prefect_port: int = DEFAULT_PREFECT_PORT) ->
 
 
 def run_dev(settings: Settings) -> int:
+    # Handlers first: a Ctrl-C while the stack is still coming up stops it cleanly too.
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
     running = bring_up(settings)
     console.print(
         f"[green]Parley is up.[/] Prefect UI: {running.ui_url}  webhook: "
         f"{settings.webhook_url}/webhooks/whatsapp  logs: {running.stack.log_dir}\n"
         "Ctrl-C stops everything."
     )
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
     try:
         while not stopped.wait(1.0):
             dead = [p.name for p in running.stack.processes.values() if not p.alive()]
