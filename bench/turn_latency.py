@@ -70,7 +70,7 @@ def _report(latencies: Latencies, args: argparse.Namespace, peak_kib: int, wall:
         f"settings: users={args.users} hot_wait={settings.hot_wait_seconds}s "
         f"think={args.think_seconds}s inbox_poll={settings.hot_poll_seconds}s "
         f"database={settings.resolved_database_url.split(':')[0]} "
-        f"PREFECT_RUNNER_POLL_FREQUENCY=1 cores={os.cpu_count()}"
+        f"worker=in-process poll={settings.worker_poll_seconds}s cores={os.cpu_count()}"
     )
     print(f"{'turn kind':<12} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for kind, values in latencies.items():
