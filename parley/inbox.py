@@ -89,10 +89,13 @@ async def store_message(
         contact = await queries.ensure_contact(
             session, CHANNEL, message.from_phone, message.contact_name
         )
-        campaign = await _campaign_for_new(session, campaign_name)
-        conversation, created = await queries.open_conversation(
-            session, identity.id, contact.id, campaign, _start_node(campaign)
-        )
+        conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
+        created = False
+        if conversation is None:  # only a new conversation needs the campaign
+            campaign = await _campaign_for_new(session, campaign_name)
+            conversation, created = await queries.open_conversation(
+                session, identity.id, contact.id, campaign, _start_node(campaign)
+            )
         values = _inbound_values(conversation, message)
         if created:
             values["consumed_step"] = TRIGGER_STEP  # it started the conversation; no answer
