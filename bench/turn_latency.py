@@ -19,10 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.whatsapp_user import WhatsAppUser
-from parley.devstack import bring_up
+from parley.local.dev import bring_up
 from parley.settings import get_settings
+from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.whatsapp_user import WhatsAppUser
 
 Latencies = dict[str, list[float]]
 
@@ -109,7 +109,7 @@ def main() -> None:
                 phone=f"44700{suffix:05d}{i:03d}",
                 name=f"User{i}",
                 webhook_url=f"{settings.webhook_url}/webhooks/whatsapp",
-                app_secret=settings.whatsapp_app_secret,
+                app_secret=settings.whatsapp_app_secret.get_secret_value(),
                 phone_number_id=settings.whatsapp_phone_number_id,
                 fake=running.fake_whatsapp,
             )

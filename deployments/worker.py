@@ -26,59 +26,51 @@ from uuid import UUID
 from prefect import Flow
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import Abort, Pause
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state
 
-from flows.conversation import conversation
-from parley.settings import get_settings
+from deployments.register import kick_dispatcher, register_deployments
+from parley.settings import Settings, get_settings
 from tasks.runtime import stop_hot_waits
 
 log = logging.getLogger("parley.worker")
 
 
 class InProcessWorker:
-    def __init__(
-        self, flow: Flow[..., Any], deployment_name: str, *, limit: int, poll_seconds: float
-    ) -> None:
-        self.flow = flow
-        self.deployment_name = deployment_name
+    def __init__(self, settings: Settings, *, limit: int, poll_seconds: float) -> None:
+        self.settings = settings
         self.limit = limit
         self.poll_seconds = poll_seconds
         self.active: dict[UUID, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
-
-    async def register(self) -> UUID:
-        deployment = await self.flow.ato_deployment(
-            name=self.deployment_name,
-            tags=["parley"],
-            description="One durable Parley conversation per run.",
-        )
-        assert isinstance(deployment, RunnerDeployment)
-        deployment_id: UUID = await deployment.aapply()
-        return deployment_id
+        self.flows: dict[UUID, Flow[..., Any]] = {}
 
     async def run(self) -> None:
-        deployment_id = await self.register()
-        log.info("worker serving %s/%s in-process", self.flow.name, self.deployment_name)
+        self.flows = await register_deployments(self.settings)
+        await kick_dispatcher(self.flows)
+        log.info(
+            "worker serving %s and %s in-process",
+            self.settings.conversation_deployment,
+            self.settings.dispatcher_deployment,
+        )
         async with get_client() as client:
             while not self.stopping.is_set():
                 try:
-                    await self._submit_due_runs(client, deployment_id)
+                    await self._submit_due_runs(client)
                 except Exception:  # the API may be briefly unavailable; keep polling
                     log.exception("polling for scheduled runs failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.poll_seconds)
         await self._drain()
 
-    async def _submit_due_runs(self, client: PrefectClient, deployment_id: UUID) -> None:
+    async def _submit_due_runs(self, client: PrefectClient) -> None:
         free = self.limit - len(self.active)
         if free <= 0:
             return
         runs = await client.get_scheduled_flow_runs_for_deployments(
-            deployment_ids=[deployment_id],
+            deployment_ids=list(self.flows),
             scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
             limit=free,
         )
@@ -95,9 +87,9 @@ class InProcessWorker:
 
     async def _execute(self, run: FlowRun) -> None:
         try:
-            await run_flow_async(
-                self.flow, flow_run=run, parameters=run.parameters, return_type="state"
-            )
+            assert run.deployment_id is not None
+            flow = self.flows[run.deployment_id]
+            await run_flow_async(flow, flow_run=run, parameters=run.parameters, return_type="state")
         except (Pause, Abort):
             pass  # suspended (or taken over): the engine has already reported the state
         except Exception:
@@ -120,10 +112,8 @@ def main() -> None:
     main thread turns SIGINT/SIGTERM into a graceful stop: hot runs suspend, then we exit."""
     logging.basicConfig(level=logging.INFO)
     settings = get_settings()
-    _flow_name, deployment_name = settings.conversation_deployment.split("/", 1)
     worker = InProcessWorker(
-        conversation,
-        deployment_name,
+        settings,
         limit=settings.worker_concurrency,
         poll_seconds=settings.worker_poll_seconds,
     )

@@ -27,8 +27,8 @@ from tasks.conversation import (
 from tasks.runtime import keep_lease
 
 
-class Wakeup(RunInput):
-    """What a resume hands the run. The message itself is in the inbox, not in the input."""
+class ResumeInput(RunInput):
+    """What a resume hands the run: why it was woken. The message itself is in the inbox."""
 
     reason: Literal["message", "timer", "operator", "sweep"] = "message"
     conversation_id: int
@@ -52,10 +52,12 @@ async def conversation(conversation_id: int) -> str:
                 decision = await prepare_suspend(conversation_id, cursor.step)
                 if decision.suspend:
                     logger.info("waiting for the contact; suspending (%s)", decision.key)
-                    await asuspend_flow_run(wait_for_input=Wakeup, key=decision.key, timeout=None)
+                    await asuspend_flow_run(
+                        wait_for_input=ResumeInput, key=decision.key, timeout=None
+                    )
                 continue
             try:
-                cursor = await advance_step(conversation_id, cursor.step)
+                cursor = await advance_step(conversation_id, cursor.step, cursor.node)
             except Exception as exc:
                 logger.error("step %s failed after its retries: %r", cursor.step, exc)
                 await fail_conversation(conversation_id, f"step {cursor.step}: {exc!r}")

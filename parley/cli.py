@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from parley import report
+from parley import operator_views
 from parley.db import Database
 from parley.db import migrate as db_migrate
 from parley.errors import CampaignInvalid, NotFound
 from parley.settings import get_settings
+from parley.state_machine import Status
 
 app = typer.Typer(help="Parley: durable multi-step conversations on Prefect.", no_args_is_help=True)
 db_app = typer.Typer(help="Parley's own database.", no_args_is_help=True)
@@ -72,12 +73,12 @@ def campaign_validate(path: Path) -> None:
 @conversations_app.command("list")
 def conversations_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    status: Annotated[Status | None, typer.Option(help="Only this status.")] = None,
     limit: int = 100,
 ) -> None:
     """The newest conversations."""
     rows: list[dict[str, Any]] = asyncio.run(
-        _with_db(lambda db: report.list_conversations(db, limit=limit, status=status))
+        _with_db(lambda db: operator_views.list_conversations(db, limit=limit, status=status))
     )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -105,7 +106,7 @@ def conversations_show(
     """One conversation: its state, variables and transcript."""
     try:
         detail: dict[str, Any] = asyncio.run(
-            _with_db(lambda db: report.show_conversation(db, conversation_id))
+            _with_db(lambda db: operator_views.show_conversation(db, conversation_id))
         )
     except NotFound as exc:
         err_console.print(f"[red]{exc}[/]")
@@ -140,7 +141,7 @@ def _print_detail(detail: dict[str, Any]) -> None:
 @app.command()
 def dev() -> None:
     """Run the stack for local work: Prefect server, worker, webhook (Ctrl-C stops it)."""
-    from parley.devstack import run_dev
+    from parley.local.dev import run_dev
 
     raise typer.Exit(run_dev(get_settings()))
 
@@ -150,7 +151,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
 ) -> None:
     """Start the whole stack on embedded defaults and play three WhatsApp users through it."""
-    from parley.demo import run_demo
+    from parley.local.demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
 

@@ -1,55 +1,31 @@
-"""Storing inbound provider events once, and the webhook's half of the wake-up handshake.
+"""Storing inbound provider events once, in channel-neutral form.
 
 Each message is stored in one transaction together with its contact and, if none is active, a
 new conversation ("signal-with-start"). Under the same conversation row lock the flow takes
-before it goes to sleep, we read the conversation's status and decide the wake-up: a suspended
-run needs a resume, a new conversation needs a flow run, a running or hot one will see the
-message by itself. The wake-up is done after commit, so a Prefect outage never loses a message.
+before it goes to sleep, ``handshake.wakeup_for`` decides the wake-up (resume a suspended run,
+start a new one, or nothing for a run that will see the message by itself). The wake-up happens
+after commit, so a Prefect outage never loses a message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.campaign import parse_campaign
-from parley.channels.whatsapp_webhook import InboundMessage, StatusUpdate, WebhookBatch
+from parley.campaign.registry import start_node_of
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Conversation
 from parley.errors import NotFound
-
-CHANNEL = "whatsapp"
-# What a person can answer a question with; the rest is kept in the transcript only.
-ANSWER_TYPES = frozenset(
-    {
-        "text",
-        "interactive",
-        "button",
-        "image",
-        "video",
-        "document",
-        "audio",
-        "sticker",
-        "location",
-        "contacts",
-    }
-)
-TRANSCRIPT_ONLY_TYPES = frozenset({"reaction"})
+from parley.handshake import WakeUp, wakeup_for
 
 # consumed_step of inbound rows that are not answers (a conversation's trigger, reactions).
 TRIGGER_STEP = -1
 
-WakeAction = Literal["start", "resume"]
 
-
-@dataclass(frozen=True)
-class WakeUp:
-    conversation_id: int
-    action: WakeAction
-    flow_run_id: str | None
+class _Duplicate(Exception):
+    """A re-delivered message raced us after we created its conversation: undo both."""
 
 
 @dataclass
@@ -61,11 +37,11 @@ class StoreResult:
     wakeups: list[WakeUp] = field(default_factory=list)
 
 
-async def store_batch(db: Database, batch: WebhookBatch, campaign_name: str) -> StoreResult:
+async def store_batch(db: Database, batch: InboundBatch, campaign_name: str) -> StoreResult:
     result = StoreResult()
     for message in batch.messages:
-        if message.type not in ANSWER_TYPES | TRANSCRIPT_ONLY_TYPES:
-            await _record(db, "unsupported_message", message.raw)
+        if message.role is InboundRole.UNSUPPORTED:
+            await record_event(db, message.channel, "unsupported_message", message.raw)
             result.ignored += 1
             continue
         wakeup, inserted = await store_message(db, message, campaign_name)
@@ -76,7 +52,8 @@ async def store_batch(db: Database, batch: WebhookBatch, campaign_name: str) -> 
     for status in batch.statuses:
         result.statuses += int(await apply_status(db, status))
     for item in batch.ignored:
-        await _record(db, str(item.get("kind", "ignored")), item)
+        channel = str(item.get("channel", "unknown"))
+        await record_event(db, channel, str(item.get("kind", "ignored")), item)
         result.ignored += 1
     return result
 
@@ -84,25 +61,39 @@ async def store_batch(db: Database, batch: WebhookBatch, campaign_name: str) -> 
 async def store_message(
     db: Database, message: InboundMessage, campaign_name: str
 ) -> tuple[WakeUp | None, bool]:
-    async with db.transaction() as session:
-        identity = await queries.ensure_identity(session, CHANNEL, message.phone_number_id)
-        contact = await queries.ensure_contact(
-            session, CHANNEL, message.from_phone, message.contact_name
-        )
-        conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
-        created = False
-        if conversation is None:  # only a new conversation needs the campaign
-            campaign = await _campaign_for_new(session, campaign_name)
-            conversation, created = await queries.open_conversation(
-                session, identity.id, contact.id, campaign, _start_node(campaign)
-            )
-        values = _inbound_values(conversation, message)
-        if created:
-            values["consumed_step"] = TRIGGER_STEP  # it started the conversation; no answer
-        message_id = await queries.insert_inbound(session, values)
-        if message_id is None:
+    """Store one message; ``(wake-up or None, inserted)``. A re-delivery changes nothing."""
+    try:
+        async with db.transaction() as session:
+            return await _store_in(session, message, campaign_name)
+    except _Duplicate:
+        return None, False
+
+
+async def _store_in(
+    session: AsyncSession, message: InboundMessage, campaign_name: str
+) -> tuple[WakeUp | None, bool]:
+    identity = await queries.ensure_identity(session, message.channel, message.identity_address)
+    contact = await queries.ensure_contact(
+        session, message.channel, message.contact_address, message.contact_name
+    )
+    conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
+    created = False
+    if conversation is None:
+        # A re-delivery of a message whose conversation has ended must not open a new one.
+        if await queries.inbound_exists(session, message.provider_message_id):
             return None, False
-        return _wakeup_for(conversation, created), True
+        campaign = await _campaign_for_new(session, campaign_name)
+        conversation, created = await queries.create_conversation(
+            session, identity.id, contact.id, campaign, start_node_of(campaign)
+        )
+    values = _inbound_values(conversation, message)
+    if created:
+        values["consumed_step"] = TRIGGER_STEP  # it started the conversation; no answer
+    if await queries.insert_inbound(session, values) is None:
+        if created:
+            raise _Duplicate  # rolls the new conversation back with the transaction
+        return None, False
+    return wakeup_for(conversation, created), True
 
 
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:
@@ -110,16 +101,6 @@ async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion
         return await queries.latest_campaign_version(session, name)
     except NotFound as exc:
         raise NotFound(f"{exc}; the webhook installs PARLEY_DEFAULT_CAMPAIGN at start") from exc
-
-
-def _start_node(campaign: CampaignVersion) -> str:
-    return _start_node_of(campaign.id, campaign.source)
-
-
-@lru_cache(maxsize=64)
-def _start_node_of(version_id: int, source: str) -> str:
-    """Versions are immutable: parse each once per process, not once per inbound message."""
-    return parse_campaign(source, source=f"campaign version {version_id}").start
 
 
 def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict[str, object]:
@@ -131,36 +112,24 @@ def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict
         "reply_id": message.reply_id,
         "payload": message.raw,
     }
-    if message.type in TRANSCRIPT_ONLY_TYPES:
+    if message.role is InboundRole.TRANSCRIPT:
         values["consumed_step"] = TRIGGER_STEP
     return values
 
 
-def _wakeup_for(conversation: Conversation, created: bool) -> WakeUp | None:
-    if created or (conversation.status == "pending" and conversation.flow_run_id is None):
-        return WakeUp(conversation.id, "start", None)
-    if conversation.status == "suspended":
-        return WakeUp(conversation.id, "resume", conversation.flow_run_id)
-    return None
-
-
 async def apply_status(db: Database, status: StatusUpdate) -> bool:
-    error = (
-        "; ".join(f"{e.get('code')}: {e.get('title') or e.get('message')}" for e in status.errors)
-        or None
-    )
     async with db.transaction() as session:
         message = await queries.apply_delivery_status(
             session,
             provider_message_id=status.provider_message_id,
             client_ref=status.client_ref,
             status=status.status,
-            error=error,
+            error=status.error_summary,
         )
         if message is None:
             await queries.record_webhook_event(
                 session,
-                "whatsapp",
+                status.channel,
                 "unmatched_status",
                 {
                     "id": status.provider_message_id,
@@ -172,6 +141,6 @@ async def apply_status(db: Database, status: StatusUpdate) -> bool:
     return True
 
 
-async def _record(db: Database, kind: str, payload: dict[str, object]) -> None:
+async def record_event(db: Database, channel: str, kind: str, payload: JSONDict) -> None:
     async with db.transaction() as session:
-        await queries.record_webhook_event(session, "whatsapp", kind, dict(payload))
+        await queries.record_webhook_event(session, channel, kind, dict(payload))

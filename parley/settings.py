@@ -1,8 +1,10 @@
 """All of Parley's configuration, read once from the environment (``PARLEY_`` prefix) or ``.env``.
 
 Defaults are the embedded demo: SQLite under ``.parley/``, a loopback fake of the WhatsApp Cloud
-API, demo secrets. ``PARLEY_ENVIRONMENT=production`` refuses to start with any demo secret so a
-copy-pasted development config cannot reach real users.
+API, demo secrets. Every environment refuses an empty secret (an empty app secret would make any
+forged webhook "signed"); ``PARLEY_ENVIRONMENT=production`` also refuses the demo secrets, the
+embedded SQLite database and loopback provider URLs, so a copy-pasted development config cannot
+reach real users.
 """
 
 from __future__ import annotations
@@ -10,14 +12,22 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from parley.errors import ConfigurationError
 
 DEMO_SECRET_PREFIX = "parley-demo-"
 DEFAULT_DATA_DIR = Path(".parley")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_SECRETS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "api_keys")
+
+
+def is_loopback(url: str) -> bool:
+    return urlsplit(url).hostname in LOOPBACK_HOSTS
 
 
 class Settings(BaseSettings):
@@ -25,8 +35,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Where embedded state lives.")
-    database_url: str = Field(
-        default="",
+    database_url: SecretStr = Field(
+        default=SecretStr(""),
         description="SQLAlchemy async URL; empty means a SQLite file under data_dir.",
     )
     db_block: str = Field(
@@ -36,19 +46,47 @@ class Settings(BaseSettings):
     )
 
     whatsapp_api_url: str = "http://127.0.0.1:8089/v21.0"
-    whatsapp_access_token: str = "parley-demo-access-token"
+    whatsapp_access_token: SecretStr = SecretStr("parley-demo-access-token")
     whatsapp_phone_number_id: str = "100000000000001"
-    whatsapp_app_secret: str = "parley-demo-app-secret"
-    whatsapp_verify_token: str = "parley-demo-verify-token"
+    whatsapp_app_secret: SecretStr = SecretStr("parley-demo-app-secret")
+    whatsapp_verify_token: SecretStr = SecretStr("parley-demo-verify-token")
     whatsapp_timeout_seconds: float = 10.0
 
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8000
+    webhook_max_body_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Larger webhook bodies are refused with 413 (Meta's payloads are a few KB).",
+    )
+    api_keys: SecretStr = Field(
+        default=SecretStr("parley-demo-api-key"),
+        description="Bearer keys of the operator REST API, comma-separated (rotate by listing "
+        "the new key beside the old one).",
+    )
 
     default_campaign: Path = Path("examples/campaigns/onboarding.yaml")
     conversation_deployment: str = Field(
         default="conversation/conversation",
         description="flow-name/deployment-name that runs one conversation.",
+    )
+    dispatcher_deployment: str = Field(
+        default="dispatcher/dispatcher",
+        description="flow-name/deployment-name of the scheduled dispatcher.",
+    )
+    dispatcher_limit: str = Field(
+        default="parley-dispatcher",
+        description="Prefect global concurrency limit (1 slot) that keeps one dispatcher active.",
+    )
+    dispatcher_interval_seconds: float = Field(
+        default=300.0,
+        ge=10,
+        description="The dispatcher's schedule; each run loops this long, then the next starts.",
+    )
+    dispatcher_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a dispatcher run looks for work (starts, resumes, recoveries).",
     )
 
     worker_concurrency: int = Field(
@@ -68,14 +106,13 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         description="How long the webhook keeps retrying a resume that finds the run not yet "
-        "suspended, before leaving it to the sweep.",
+        "suspended, before leaving it to the dispatcher.",
     )
-    sweep_interval_seconds: float = Field(default=5.0, gt=0)
     lease_seconds: float = Field(
         default=30.0,
         gt=0,
         description="A running conversation renews its lease this often x3; an expired lease "
-        "means its worker died and the sweep reschedules the run.",
+        "means its worker died and the dispatcher reschedules the run.",
     )
     send_reconcile_seconds: float = Field(
         default=30.0,
@@ -86,33 +123,59 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = 10.0
 
     @model_validator(mode="after")
-    def _refuse_demo_secrets_in_production(self) -> Settings:
-        if self.environment != "production":
-            return self
-        demo = [
-            name
-            for name in (
-                "whatsapp_access_token",
-                "whatsapp_app_secret",
-                "whatsapp_verify_token",
-            )
-            if str(getattr(self, name)).startswith(DEMO_SECRET_PREFIX)
-        ]
-        if demo:
-            names = ", ".join(f"PARLEY_{n.upper()}" for n in demo)
-            raise ConfigurationError(f"production refuses the demo value of {names}")
+    def _refuse_unsafe_values(self) -> Settings:
+        empty = [name for name in _SECRETS if not self._secret(name).strip()]
+        if empty:
+            raise ConfigurationError(f"{_names(empty)} must not be empty")
+        if self.environment == "production":
+            self._refuse_in_production()
         return self
+
+    def _refuse_in_production(self) -> None:
+        demo = [name for name in _SECRETS if _is_demo(self._secret(name))]
+        if demo:
+            raise ConfigurationError(f"production refuses the demo value of {_names(demo)}")
+        if make_url(self.resolved_database_url).get_backend_name() != "postgresql":
+            raise ConfigurationError("production needs PARLEY_DATABASE_URL on PostgreSQL")
+        if is_loopback(self.whatsapp_api_url):
+            raise ConfigurationError(
+                "production refuses the loopback PARLEY_WHATSAPP_API_URL "
+                f"{self.whatsapp_api_url!r}; use https://graph.facebook.com/v21.0"
+            )
+
+    def _secret(self, name: str) -> str:
+        value = getattr(self, name)
+        assert isinstance(value, SecretStr)
+        return value.get_secret_value()
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        if url := self.database_url.get_secret_value():
+            return url
         path = (self.data_dir / "parley.db").resolve()
         return f"sqlite+aiosqlite:///{path}"
 
     @property
+    def printable_database_url(self) -> str:
+        """For logs and consoles: the password never leaves the process."""
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self._secret("api_keys").split(",") if key.strip()]
+
+    @property
     def webhook_url(self) -> str:
         return f"http://{self.webhook_host}:{self.webhook_port}"
+
+
+def _is_demo(secret: str) -> bool:
+    """Any of a comma-separated list (rotated API keys) counts."""
+    return any(part.strip().startswith(DEMO_SECRET_PREFIX) for part in secret.split(","))
+
+
+def _names(fields: list[str]) -> str:
+    return ", ".join(f"PARLEY_{name.upper()}" for name in fields)
 
 
 @lru_cache(maxsize=1)

@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from parley import step as steps
-from parley.conversation import Cursor
+from parley import executor, handshake
+from parley.state_machine import Cursor
 from tasks.runtime import get_runtime
 
 
@@ -31,20 +31,21 @@ def step_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     retry_jitter_factor=0.5,
 )
 async def begin_run(conversation_id: int, flow_run_id: str | None) -> Cursor:
-    return await steps.begin_run(await get_runtime(), conversation_id, flow_run_id)
+    return await executor.begin_run(await get_runtime(), conversation_id, flow_run_id)
 
 
 @task(
     name="step",
-    task_run_name="step-{step}",
+    task_run_name="step-{step} {node}",
     cache_key_fn=step_cache_key,
     persist_result=True,
     retries=6,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
     retry_jitter_factor=0.5,
 )
-async def advance_step(conversation_id: int, step: int) -> Cursor:
-    return await steps.advance(await get_runtime(), conversation_id, step)
+async def advance_step(conversation_id: int, step: int, node: str) -> Cursor:
+    """``node`` only names the task run after the campaign node (the cache key ignores it)."""
+    return await executor.advance(await get_runtime(), conversation_id, step)
 
 
 @task(
@@ -56,7 +57,7 @@ async def advance_step(conversation_id: int, step: int) -> Cursor:
 )
 async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> bool:
     rt = await get_runtime()
-    return await steps.wait_hot(rt, conversation_id, step, seconds)
+    return await handshake.wait_hot(rt, conversation_id, step, seconds)
 
 
 @task(
@@ -66,9 +67,9 @@ async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> boo
     retries=3,
     retry_delay_seconds=1,
 )
-async def prepare_suspend(conversation_id: int, step: int) -> steps.SuspendDecision:
+async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendDecision:
     rt = await get_runtime()
-    return await steps.prepare_suspend(rt, conversation_id, step)
+    return await handshake.prepare_suspend(rt, conversation_id, step)
 
 
 @task(
@@ -78,4 +79,4 @@ async def prepare_suspend(conversation_id: int, step: int) -> steps.SuspendDecis
     retry_delay_seconds=exponential_backoff(1),
 )
 async def fail_conversation(conversation_id: int, reason: str) -> Cursor:
-    return await steps.fail(await get_runtime(), conversation_id, reason)
+    return await executor.fail(await get_runtime(), conversation_id, reason)

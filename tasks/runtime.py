@@ -13,19 +13,19 @@ import logging
 from collections.abc import AsyncIterator
 from functools import partial
 
-from parley import step
+from parley import handshake
 from parley.campaign.registry import CampaignCache
-from parley.channels.sender import WhatsAppSender
-from parley.channels.whatsapp import WhatsAppClient
+from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
 from parley.http_action import post_json
-from parley.notify import PostgresSignal
+from parley.inbox_signal import PostgresSignal
+from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-_runtime: step.StepRuntime | None = None
+_runtime: Runtime | None = None
 _lock = asyncio.Lock()
 
 
@@ -53,21 +53,15 @@ async def resolve_database_url(settings: Settings) -> str:
     return await database_url_from_block(settings.db_block) or settings.resolved_database_url
 
 
-async def get_runtime() -> step.StepRuntime:
+async def get_runtime() -> Runtime:
     global _runtime
     async with _lock:
         if _runtime is None:
             settings = get_settings()
             url = await resolve_database_url(settings)
-            client = WhatsAppClient(
-                settings.whatsapp_api_url,
-                settings.whatsapp_access_token,
-                settings.whatsapp_phone_number_id,
-                timeout=settings.whatsapp_timeout_seconds,
-            )
-            _runtime = step.StepRuntime(
+            _runtime = Runtime(
                 db=Database(url),
-                sender=WhatsAppSender(client),
+                channels=build_channels(settings),
                 post_json=partial(post_json),
                 campaigns=CampaignCache(),
                 lease_seconds=settings.lease_seconds,
@@ -94,7 +88,7 @@ async def keep_lease(conversation_id: int) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(rt.lease_seconds / 3)
             try:
-                await step.renew_lease(rt, conversation_id)
+                await handshake.renew_lease(rt, conversation_id)
             except Exception:  # a missed renewal is retried next tick
                 log.exception("lease renewal failed for conversation %s", conversation_id)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.stack import free_port, prefect_env
+from parley.local.processes import free_port, prefect_env
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="parley-tests-"))
 PREFECT_PORT = free_port()
@@ -27,7 +27,7 @@ os.environ.setdefault("PARLEY_DATA_DIR", str(SESSION_DIR / "data"))
 
 from parley.db import Database  # noqa: E402
 from parley.db.migrate import upgrade  # noqa: E402
-from parley.stack import Stack  # noqa: E402
+from parley.local.processes import Stack  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("PARLEY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:8]

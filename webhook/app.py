@@ -1,28 +1,24 @@
-"""FastAPI app ``webhook.app:app``: WhatsApp webhooks, the operators' REST API, health.
+"""FastAPI app ``webhook.app:app``: provider webhooks, the operators' REST API, health.
 
-Routes stay thin: verify, parse, store durably (``parley.inbox``), answer 200, and only then
-try to wake the flow run (``webhook.wakeups``); the sweep finishes any wake-up that failed.
+The lifespan builds what routes share once (settings, database, channels, the default campaign
+installed as a version); routes live in ``webhook.routes``, one module per provider.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from parley import inbox, report
 from parley.campaign.registry import install_campaign
-from parley.channels.whatsapp_webhook import parse_webhook, verify_signature
+from parley.channels.catalog import build_channels
 from parley.db import Database
-from parley.errors import InvalidSignature, MalformedPayload, NotFound
-from parley.settings import Settings, get_settings
-from webhook.sweep import sweep_forever
-from webhook.wakeups import wake
+from parley.settings import get_settings
+from webhook.routes import api, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
@@ -35,86 +31,83 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         version = await install_campaign(session, settings.default_campaign)
     app.state.settings = settings
     app.state.db = db
+    app.state.channels = build_channels(settings)
     app.state.campaign_name = version.name
-    sweeper = asyncio.create_task(sweep_forever(db, settings))
     try:
         yield
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for channel in app.state.channels.values():
+            await channel.aclose()
         await db.dispose()
 
 
-app = FastAPI(title="Parley webhook", lifespan=lifespan)
+class BodySizeLimit:
+    """Refuse bodies over ``limit`` bytes with 413 before they are read into memory: webhook
+    URLs are public, and a provider's payloads are small."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        await self.app(scope, self._counting(receive), send)
+
+    def _counting(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        return counted
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+class _BodyTooLarge(Exception):
+    pass
 
 
-def _db(request: Request) -> Database:
-    return request.app.state.db  # type: ignore[no-any-return]
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-DbDep = Annotated[Database, Depends(_db)]
+def create_app() -> FastAPI:
+    application = FastAPI(title="Parley webhook", lifespan=lifespan)
+    application.include_router(whatsapp.router)
+    application.include_router(api.router)
+
+    @application.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @application.exception_handler(_BodyTooLarge)
+    async def _chunked_too_large(_request: Request, _exc: _BodyTooLarge) -> JSONResponse:
+        limit = get_settings().webhook_max_body_bytes
+        return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
+
+    application.add_middleware(BodySizeLimit, limit=get_settings().webhook_max_body_bytes)
+    return application
 
 
-@app.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@app.get("/webhooks/whatsapp", response_class=PlainTextResponse)
-async def verify_subscription(
-    settings: SettingsDep,
-    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
-    token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
-    challenge: Annotated[str, Query(alias="hub.challenge")] = "",
-) -> str:
-    if mode != "subscribe" or token != settings.whatsapp_verify_token:
-        raise HTTPException(status_code=403, detail="verification token mismatch")
-    return challenge
-
-
-@app.post("/webhooks/whatsapp")
-async def receive_whatsapp(
-    request: Request, background: BackgroundTasks, settings: SettingsDep, db: DbDep
-) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        verify_signature(
-            raw, request.headers.get("x-hub-signature-256"), settings.whatsapp_app_secret
-        )
-        batch = parse_webhook(raw)
-    except InvalidSignature as exc:
-        raise HTTPException(status_code=401, detail=str(exc)) from exc
-    except MalformedPayload as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
-    result = await inbox.store_batch(db, batch, request.app.state.campaign_name)
-    for wakeup in result.wakeups:
-        background.add_task(wake, db, settings, wakeup)
-    return {
-        "stored": result.stored,
-        "duplicates": result.duplicates,
-        "statuses": result.statuses,
-        "ignored": result.ignored,
-    }
-
-
-@app.get("/api/conversations")
-async def api_list_conversations(
-    db: DbDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    status: str | None = None,
-) -> list[dict[str, Any]]:
-    return await report.list_conversations(db, limit=limit, status=status)
-
-
-@app.get("/api/conversations/{conversation_id}")
-async def api_show_conversation(conversation_id: int, db: DbDep) -> dict[str, Any]:
-    try:
-        return await report.show_conversation(db, conversation_id)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+app = create_app()

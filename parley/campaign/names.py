@@ -12,6 +12,8 @@ from typing import Annotated, Final
 from pydantic import AfterValidator
 
 VARIABLE_PATTERN: Final = r"[A-Za-z_][A-Za-z0-9_]*"
+NODE_ID_MAX_LENGTH: Final = 100
+"""A conversation stores its current node id; longer ids could not be stored."""
 
 _VARIABLE = re.compile(VARIABLE_PATTERN)
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -30,6 +32,11 @@ def _check_variable_name(value: str) -> str:
 def _check_node_id(value: str) -> str:
     if not _NODE_ID.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid node id: use letters, digits, '_' and '-'")
+    if len(value) > NODE_ID_MAX_LENGTH:
+        raise ValueError(
+            f"node id {value[:20]!r}... has {len(value)} characters; at most "
+            f"{NODE_ID_MAX_LENGTH} can be stored"
+        )
     return value
 
 

@@ -25,8 +25,27 @@ async def install_campaign(session: AsyncSession, path: Path) -> CampaignVersion
     )
 
 
+_PARSED: dict[str, Campaign] = {}
+"""Parsed campaigns by content digest: the one cache. A digest names immutable content, so an
+entry is valid in every database and for as long as the process lives."""
+
+
+def campaign_of(version: CampaignVersion) -> Campaign:
+    """The parsed graph of a stored version, parsed once per process."""
+    cached = _PARSED.get(version.digest)
+    if cached is None:
+        cached = parse_campaign(version.source, source=f"{version.name} v{version.version}")
+        _PARSED[version.digest] = cached
+    return cached
+
+
+def start_node_of(version: CampaignVersion) -> str:
+    return campaign_of(version).start
+
+
 class CampaignCache:
-    """Parsed campaign versions by id. Versions are immutable, so caching them is always safe."""
+    """A database's version ids mapped onto the digest cache, so a step needs no query for the
+    campaign it runs. Per ``Database``: ids restart in a fresh database, digests do not."""
 
     def __init__(self) -> None:
         self._by_id: dict[int, Campaign] = {}
@@ -34,7 +53,6 @@ class CampaignCache:
     async def get(self, session: AsyncSession, version_id: int) -> Campaign:
         cached = self._by_id.get(version_id)
         if cached is None:
-            row = await queries.get_campaign_version(session, version_id)
-            cached = parse_campaign(row.source, source=f"{row.name} v{row.version}")
+            cached = campaign_of(await queries.get_campaign_version(session, version_id))
             self._by_id[version_id] = cached
         return cached

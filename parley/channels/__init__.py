@@ -1,1 +1,2 @@
-"""Provider clients, webhook parsing and loopback fakes for the channels Parley speaks."""
+"""The channels Parley speaks: the neutral contract (``base``), one folder per provider, and the
+``catalog`` that names them. Product code only; loopback fakes live in ``parley.testing``."""

@@ -7,12 +7,14 @@ live in ``messages`` and never travel through Prefect (rule 5).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -26,8 +28,29 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-ACTIVE_STATUSES = ("pending", "running", "hot", "suspended")
-_ACTIVE_SQL = "status IN ('pending', 'running', 'hot', 'suspended')"
+from parley.campaign.names import NODE_ID_MAX_LENGTH
+from parley.channels.base import REPLY_ID_MAX_LENGTH
+from parley.state_machine import ACTIVE, Status
+
+# The partial unique index of signal-with-start; a change to ACTIVE needs a migration.
+_ACTIVE_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE)))
+STATUS_TYPE = Enum(
+    Status,
+    native_enum=False,
+    create_constraint=False,
+    length=16,
+    values_callable=lambda statuses: [status.value for status in statuses],
+)
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class InboundStatus(StrEnum):
+    RECEIVED = "received"
+    CONSUMED = "consumed"
 
 
 def utcnow() -> datetime:
@@ -135,8 +158,8 @@ class Conversation(Base):
     identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id"))
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     campaign_version_id: Mapped[int] = mapped_column(ForeignKey("campaign_versions.id"))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    current_node: Mapped[str] = mapped_column(String(100))
+    status: Mapped[Status] = mapped_column(STATUS_TYPE, default=Status.PENDING)
+    current_node: Mapped[str] = mapped_column(String(NODE_ID_MAX_LENGTH))
     step: Mapped[int] = mapped_column(Integer, default=0)
     variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -171,7 +194,7 @@ class Message(Base):
     client_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
     type: Mapped[str] = mapped_column(String(32), default="text")
     text: Mapped[str | None] = mapped_column(Text)
-    reply_id: Mapped[str | None] = mapped_column(String(255))
+    reply_id: Mapped[str | None] = mapped_column(String(REPLY_ID_MAX_LENGTH))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16))
     step: Mapped[int | None] = mapped_column(Integer)

@@ -15,24 +15,26 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley.channels.base import DELIVERY_RANK, DeliveryStatus
 from parley.db.models import (
-    ACTIVE_STATUSES,
     Base,
     CampaignVersion,
     Contact,
     Conversation,
+    Direction,
     Identity,
+    InboundStatus,
     Message,
     WebhookEvent,
     utcnow,
 )
 from parley.errors import NotFound
-from parley.notify import CHANNEL as INBOX_CHANNEL
+from parley.inbox_signal import CHANNEL as INBOX_CHANNEL
+from parley.state_machine import ACTIVE, LIVE, Status
 
 _Row = TypeVar("_Row", bound=Base)
-
-# Delivery statuses only move forward: a late "sent" never overwrites "read".
-DELIVERY_RANK = {"pending": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4, "failed": 5}
+# Our own claim states: set on purpose by the outbox, never taken from a provider callback.
+_CLAIM_STATUSES = frozenset({DeliveryStatus.PENDING, DeliveryStatus.SENDING})
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -156,7 +158,7 @@ async def lock_active_conversation(
         .where(
             Conversation.identity_id == identity_id,
             Conversation.contact_id == contact_id,
-            Conversation.status.in_(ACTIVE_STATUSES),
+            Conversation.status.in_(ACTIVE),
         )
         .with_for_update()
         .execution_options(populate_existing=True)
@@ -164,22 +166,20 @@ async def lock_active_conversation(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def open_conversation(
+async def create_conversation(
     session: AsyncSession,
     identity_id: int,
     contact_id: int,
     campaign: CampaignVersion,
     start_node: str,
 ) -> tuple[Conversation, bool]:
-    """Signal-with-start: the active conversation of this pair, or a new one (created=True)."""
-    found = await lock_active_conversation(session, identity_id, contact_id)
-    if found is not None:
-        return found, False
+    """Signal-with-start, second half: the caller found no active conversation of the pair
+    under lock; create one (created=True), or take the one a concurrent webhook just made."""
     row = Conversation(
         identity_id=identity_id,
         contact_id=contact_id,
         campaign_version_id=campaign.id,
-        status="pending",
+        status=Status.PENDING,
         current_node=start_node,
         variables={},
     )
@@ -200,16 +200,30 @@ def touch(conversation: Conversation) -> None:
     conversation.updated_at = utcnow()
 
 
-async def list_conversations(
-    session: AsyncSession, *, limit: int = 100, status: str | None = None
-) -> list[tuple[Conversation, Contact, CampaignVersion]]:
-    stmt = (
+def _with_contact_and_campaign() -> Any:
+    return (
         select(Conversation, Contact, CampaignVersion)
         .join(Contact, Contact.id == Conversation.contact_id)
         .join(CampaignVersion, CampaignVersion.id == Conversation.campaign_version_id)
-        .order_by(Conversation.id.desc())
-        .limit(limit)
     )
+
+
+async def conversation_with_context(
+    session: AsyncSession, conversation_id: int
+) -> tuple[Conversation, Contact, CampaignVersion]:
+    """A conversation, the contact it talks to and the campaign version it runs, in one query."""
+    stmt = _with_contact_and_campaign().where(Conversation.id == conversation_id)
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        raise NotFound(f"conversation {conversation_id} does not exist")
+    conv, contact, campaign = row
+    return conv, contact, campaign
+
+
+async def list_conversations(
+    session: AsyncSession, *, limit: int = 100, status: Status | None = None
+) -> list[tuple[Conversation, Contact, CampaignVersion]]:
+    stmt = _with_contact_and_campaign().order_by(Conversation.id.desc()).limit(limit)
     if status:
         stmt = stmt.where(Conversation.status == status)
     return [(c, ct, cv) for c, ct, cv in (await session.execute(stmt)).all()]
@@ -227,22 +241,31 @@ async def insert_inbound(session: AsyncSession, values: dict[str, Any]) -> int |
     stmt = (
         _insert(session, Message)
         .values(
-            direction="in", status="received", created_at=utcnow(), updated_at=utcnow(), **values
+            direction=Direction.IN,
+            status=InboundStatus.RECEIVED,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+            **values,
         )
         .on_conflict_do_nothing(index_elements=["provider_message_id"])
         .returning(Message.id)
     )
     message_id = (await session.execute(stmt)).scalar_one_or_none()
     if message_id is not None and _dialect(session) == "postgresql":
-        # Delivered at commit: wakes a run waiting hot for this conversation (parley.notify).
+        # Delivered at commit: wakes a run waiting hot for this conversation (parley.inbox_signal).
         await session.execute(select(func.pg_notify(INBOX_CHANNEL, str(values["conversation_id"]))))
     return message_id
+
+
+async def inbound_exists(session: AsyncSession, provider_message_id: str) -> bool:
+    stmt = select(exists().where(Message.provider_message_id == provider_message_id))
+    return bool(await session.scalar(stmt))
 
 
 def _unconsumed(conversation_id: Any) -> Any:
     return (
         (Message.conversation_id == conversation_id)
-        & (Message.direction == "in")
+        & (Message.direction == Direction.IN)
         & Message.consumed_step.is_(None)
     )
 
@@ -260,7 +283,7 @@ async def mark_consumed(session: AsyncSession, message_id: int, step: int) -> No
     await session.execute(
         update(Message)
         .where(Message.id == message_id)
-        .values(consumed_step=step, status="consumed", updated_at=utcnow())
+        .values(consumed_step=step, status=InboundStatus.CONSUMED, updated_at=utcnow())
     )
 
 
@@ -291,12 +314,12 @@ async def ensure_outbound_intent(
         Message,
         {
             "conversation_id": conversation_id,
-            "direction": "out",
+            "direction": Direction.OUT,
             "client_ref": client_ref,
             "type": payload.get("type", "text"),
             "text": text,
             "payload": payload,
-            "status": "pending",
+            "status": DeliveryStatus.PENDING,
             "step": step,
             "created_at": utcnow(),
             "updated_at": utcnow(),
@@ -311,14 +334,15 @@ async def ensure_outbound_intent(
 async def set_outbound_status(
     session: AsyncSession,
     message: Message,
-    status: str,
+    status: DeliveryStatus,
     *,
     provider_message_id: str | None = None,
     error: str | None = None,
 ) -> None:
     if provider_message_id and not message.provider_message_id:
         message.provider_message_id = provider_message_id
-    if status in ("pending", "sending") or DELIVERY_RANK[status] > DELIVERY_RANK[message.status]:
+    current = DeliveryStatus(message.status)
+    if status in _CLAIM_STATUSES or DELIVERY_RANK[status] > DELIVERY_RANK[current]:
         message.status = status
     if error:
         message.error = error
@@ -338,16 +362,19 @@ async def apply_delivery_status(
     message = await outbound_by_ref(session, client_ref) if client_ref else None
     if message is None:
         stmt = select(Message).where(
-            Message.provider_message_id == provider_message_id, Message.direction == "out"
+            Message.provider_message_id == provider_message_id, Message.direction == Direction.OUT
         )
         message = (await session.execute(stmt)).scalar_one_or_none()
     if message is None:
         return None
-    rank = DELIVERY_RANK.get(status)
-    if rank is None:
-        return message
+    if status not in DELIVERY_RANK or status in _CLAIM_STATUSES:
+        return message  # a status we do not track (e.g. "deleted"): matched, nothing to change
     await set_outbound_status(
-        session, message, status, provider_message_id=provider_message_id, error=error
+        session,
+        message,
+        DeliveryStatus(status),
+        provider_message_id=provider_message_id,
+        error=error,
     )
     return message
 
@@ -376,7 +403,7 @@ async def count_webhook_events(session: AsyncSession, kind: str | None = None) -
 async def conversations_to_start(session: AsyncSession, limit: int = 100) -> list[Conversation]:
     stmt = (
         select(Conversation)
-        .where(Conversation.status == "pending", Conversation.flow_run_id.is_(None))
+        .where(Conversation.status == Status.PENDING, Conversation.flow_run_id.is_(None))
         .order_by(Conversation.id)
         .limit(limit)
     )
@@ -387,7 +414,9 @@ async def conversations_to_resume(session: AsyncSession, limit: int = 100) -> li
     """Suspended although a message is waiting: a resume was lost or never got through."""
     stmt = (
         select(Conversation)
-        .where(Conversation.status == "suspended", exists().where(_unconsumed(Conversation.id)))
+        .where(
+            Conversation.status == Status.SUSPENDED, exists().where(_unconsumed(Conversation.id))
+        )
         .order_by(Conversation.id)
         .limit(limit)
     )
@@ -401,7 +430,7 @@ async def conversations_never_taken_over(
     stmt = (
         select(Conversation)
         .where(
-            Conversation.status == "pending",
+            Conversation.status == Status.PENDING,
             Conversation.flow_run_id.is_not(None),
             Conversation.updated_at < stale_before,
         )
@@ -418,7 +447,7 @@ async def conversations_with_expired_lease(
     stmt = (
         select(Conversation)
         .where(
-            Conversation.status.in_(("running", "hot")),
+            Conversation.status.in_(LIVE),
             Conversation.lease_until.is_not(None),
             Conversation.lease_until < now,
         )

@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from parley.channels.whatsapp import WhatsAppClient
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
+from parley.channels.whatsapp.client import WhatsAppClient
 from parley.errors import (
     ChannelError,
     IdentityExpired,
@@ -21,6 +20,7 @@ from parley.errors import (
     RateLimited,
     TransientChannelError,
 )
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 TOKEN = "test-access-token"
 PHONE_NUMBER_ID = "100000000000001"

@@ -20,15 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from parley.channels.whatsapp import WhatsAppClient
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
-from parley.channels.whatsapp_webhook import (
+from parley.channels.whatsapp.client import WhatsAppClient
+from parley.channels.whatsapp.wire import (
     SIGNATURE_HEADER,
     StatusUpdate,
     parse_webhook,
     verify_signature,
 )
 from parley.errors import InvalidSignature, RateLimited, TransientChannelError
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 SECRET = "test-app-secret"
 TOKEN = "test-access-token"
@@ -122,7 +122,7 @@ async def test_sent_then_delivered_callbacks_arrive_signed_with_the_client_ref(
         (wamid, "delivered"),
     ]
     assert all(s.client_ref == "conv-7:step-1" for s in statuses)
-    assert all(s.recipient == USER and s.phone_number_id == PHONE_NUMBER_ID for s in statuses)
+    assert all(s.recipient == USER and s.identity_address == PHONE_NUMBER_ID for s in statuses)
     assert receiver.refused == 0
 
 
@@ -396,7 +396,7 @@ def test_standalone_process_serves_until_sigterm() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "parley.channels.whatsapp_fake", "--port", str(port)],
+        [sys.executable, "-m", "parley.testing.whatsapp_fake", "--port", str(port)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,

@@ -8,18 +8,15 @@ from typing import Any
 
 import pytest
 
-from parley.channels.whatsapp_webhook import (
-    InboundMessage,
-    StatusUpdate,
+from parley.channels.base import InboundMessage, InboundRole, StatusUpdate
+from parley.channels.whatsapp.wire import parse_webhook, sign, verify_signature
+from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
+from parley.testing.whatsapp_payloads import (
     build_button_reply_payload,
     build_status_payload,
     build_text_message_payload,
-    parse_webhook,
-    sign,
     status_error,
-    verify_signature,
 )
-from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
 
 SECRET = "test-app-secret"
 PHONE_NUMBER_ID = "106540352242922"
@@ -284,11 +281,13 @@ def test_every_message_of_every_change_is_read_in_order() -> None:
 
 def test_text_message(parsed_messages: dict[str, InboundMessage]) -> None:
     assert parsed_messages["wamid.text"] == InboundMessage(
+        channel="whatsapp",
         provider_message_id="wamid.text",
-        phone_number_id=PHONE_NUMBER_ID,
-        from_phone=USER,
+        identity_address=PHONE_NUMBER_ID,
+        contact_address=USER,
         contact_name="Kerry Fisher",
         type="text",
+        role=InboundRole.ANSWER,
         text="Hello there",
         reply_id=None,
         context_message_id=None,
@@ -338,8 +337,8 @@ def test_media_id_stays_in_raw(parsed_messages: dict[str, InboundMessage]) -> No
 def test_messages_carry_the_phone_number_id_of_their_change(
     parsed_messages: dict[str, InboundMessage],
 ) -> None:
-    assert parsed_messages["wamid.text"].phone_number_id == PHONE_NUMBER_ID
-    assert parsed_messages["wamid.system"].phone_number_id == OTHER_PHONE_NUMBER_ID
+    assert parsed_messages["wamid.text"].identity_address == PHONE_NUMBER_ID
+    assert parsed_messages["wamid.system"].identity_address == OTHER_PHONE_NUMBER_ID
     assert parsed_messages["wamid.system"].contact_name is None
 
 
@@ -353,8 +352,9 @@ def test_statuses_from_every_change() -> None:
         ("failed", "conv-1:step-2"),
     ]
     assert batch.statuses[0] == StatusUpdate(
+        channel="whatsapp",
         provider_message_id=OUR_WAMID,
-        phone_number_id=PHONE_NUMBER_ID,
+        identity_address=PHONE_NUMBER_ID,
         status="sent",
         recipient=USER,
         timestamp=WHEN,
@@ -521,7 +521,7 @@ def test_built_text_message_round_trips() -> None:
 
     (parsed,) = parse_webhook(body_of(payload)).messages
 
-    assert (parsed.text, parsed.from_phone, parsed.contact_name) == ("Hi", USER, "Demo User")
+    assert (parsed.text, parsed.contact_address, parsed.contact_name) == ("Hi", USER, "Demo User")
     assert parsed.context_message_id == OUR_WAMID
     assert parsed.provider_message_id.startswith("wamid.")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from parley.campaign import load_campaign, parse_campaign
-from parley.conversation import (
-    WAITING_FOR_REPLY,
-    Outbound,
+from parley.channels.base import OutboundMessage
+from parley.state_machine import (
+    REPLY,
     Reply,
     Snapshot,
     after_http,
@@ -21,31 +21,32 @@ ONBOARDING = load_campaign(ROOT / "examples/campaigns/onboarding.yaml")
 
 
 def _at(node: str, *, waiting: bool = False, attempts: int = 0, **variables: object) -> Snapshot:
-    return Snapshot(node, variables, attempts, WAITING_FOR_REPLY if waiting else None)
+    return Snapshot(node, variables, attempts, REPLY if waiting else None)
 
 
 def test_entering_an_ask_node_sends_its_prompt_and_waits() -> None:
     t = plan_step(ONBOARDING, _at("ask_name"), None)
-    assert t.outbound == Outbound("Hi, welcome aboard! What's your name?")
-    assert (t.current_node, t.waiting_for, t.status) == ("ask_name", WAITING_FOR_REPLY, "running")
+    assert t.outbound == OutboundMessage("Hi, welcome aboard! What's your name?")
+    assert (t.current_node, t.wait, t.status) == ("ask_name", REPLY, "running")
 
 
 def test_a_valid_reply_is_stored_and_moves_on_without_sending() -> None:
     t = plan_step(ONBOARDING, _at("ask_name", waiting=True), Reply(7, " Ana ", None))
     assert t.variables["name"] == "Ana"
-    assert (t.current_node, t.waiting_for, t.outbound) == ("ask_email", None, None)
+    assert (t.current_node, t.wait, t.outbound) == ("ask_email", None, None)
     assert t.consumed_message_id == 7
 
 
 def test_an_invalid_email_sends_the_retry_prompt_and_keeps_waiting() -> None:
     t = plan_step(ONBOARDING, _at("ask_email", waiting=True, name="Ana"), Reply(8, "nope", None))
-    assert t.outbound == Outbound("That doesn't look like an email address. Please try again.")
-    assert (t.current_node, t.waiting_for, t.attempts) == ("ask_email", WAITING_FOR_REPLY, 1)
+    retry = "That doesn't look like an email address. Please try again."
+    assert t.outbound == OutboundMessage(retry)
+    assert (t.current_node, t.wait, t.attempts) == ("ask_email", REPLY, 1)
 
 
 def test_the_last_allowed_invalid_answer_follows_the_invalid_edge() -> None:
     t = plan_step(ONBOARDING, _at("ask_email", waiting=True, attempts=2), Reply(9, "x", None))
-    assert (t.current_node, t.waiting_for, t.outbound) == ("email_unreadable", None, None)
+    assert (t.current_node, t.wait, t.outbound) == ("email_unreadable", None, None)
     final = plan_step(ONBOARDING, _at("email_unreadable"), None)
     assert final.status == "completed"
     assert final.outbound is not None and "couldn't read your email" in final.outbound.text
@@ -72,7 +73,7 @@ def test_an_http_node_calls_with_the_chosen_variables_then_stores_the_result() -
 
 def test_send_renders_variables_and_a_value_with_braces_stays_literal() -> None:
     t = plan_step(ONBOARDING, _at("confirm", name="{plan}", plan="Basic"), None)
-    assert t.outbound == Outbound("Thanks {plan}, you're on Basic.")
+    assert t.outbound == OutboundMessage("Thanks {plan}, you're on Basic.")
 
 
 def test_a_reply_step_without_a_reply_is_a_programming_error() -> None:

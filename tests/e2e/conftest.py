@@ -19,16 +19,17 @@ from typing import Any
 
 import pytest
 
-from parley import report
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
-from parley.channels.whatsapp_user import WhatsAppUser
+from parley import operator_views as views
 from parley.db import Database
-from parley.stack import Stack, free_port
+from parley.local.processes import Stack, free_port
+from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.testing.whatsapp_user import WhatsAppUser
 
 ROOT = Path(__file__).resolve().parents[2]
 ONBOARDING = ROOT / "examples" / "campaigns" / "onboarding.yaml"
 APP_SECRET = "test-app-secret"
+API_KEY = "test-api-key"
 PHONE_NUMBER_ID = "100000000000777"
 _phones = itertools.count(1)
 
@@ -70,9 +71,9 @@ class E2EStack:
     async def conversation_of(self, user: WhatsAppUser) -> dict[str, Any]:
         db = Database(self.db_url)
         try:
-            rows = [r for r in await report.list_conversations(db) if r["contact"] == user.phone]
+            rows = [r for r in await views.list_conversations(db) if r["contact"] == user.phone]
             assert rows, f"no conversation for {user.phone}"
-            return await report.show_conversation(db, rows[0]["id"])
+            return await views.show_conversation(db, rows[0]["id"])
         finally:
             await db.dispose()
 
@@ -140,9 +141,13 @@ def stack_factory(
             "PARLEY_WHATSAPP_VERIFY_TOKEN": "test-verify-token",
             "PARLEY_DEFAULT_CAMPAIGN": str(campaign or _campaign_for(crm, directory)),
             "PARLEY_CONVERSATION_DEPLOYMENT": f"conversation/{name}",
+            "PARLEY_DISPATCHER_DEPLOYMENT": f"dispatcher/{name}",
+            "PARLEY_DISPATCHER_LIMIT": f"parley-dispatcher-{name}",
+            "PARLEY_DISPATCHER_INTERVAL_SECONDS": "30",
+            "PARLEY_DISPATCHER_TICK_SECONDS": "0.5",
+            "PARLEY_API_KEYS": API_KEY,
             "PARLEY_HOT_WAIT_SECONDS": str(hot_wait),
             "PARLEY_LEASE_SECONDS": "3",
-            "PARLEY_SWEEP_INTERVAL_SECONDS": "0.5",
             "PARLEY_SEND_RECONCILE_SECONDS": "10",
             "PARLEY_RESUME_RETRY_SECONDS": "30",
             **(extra_env or {}),

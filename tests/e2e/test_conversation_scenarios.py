@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from parley.channels.whatsapp_webhook import build_text_message_payload, sign
-from parley.demo import EMAIL_PROMPT, EMAIL_RETRY, GREETING, PLAN_PROMPT, THANKS
-from parley.stack import free_port
-from tests.e2e.conftest import APP_SECRET, PHONE_NUMBER_ID, E2EStack
+from parley.channels.whatsapp.wire import sign
+from parley.local.demo import EMAIL_PROMPT, EMAIL_RETRY, GREETING, PLAN_PROMPT, THANKS
+from parley.local.processes import free_port
+from parley.testing.whatsapp_payloads import build_text_message_payload
+from tests.e2e.conftest import API_KEY, APP_SECRET, PHONE_NUMBER_ID, E2EStack
 from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -210,7 +211,8 @@ async def test_the_rest_api_lists_conversations_and_404s_unknown_ones(pg_stack: 
     user = pg_stack.user("Olga")
     assert await user.say("Hi") == [GREETING]
     base = pg_stack.webhook_url.removesuffix("/webhooks/whatsapp")
-    async with httpx.AsyncClient() as client:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(headers=headers) as client:
         listed = (await client.get(f"{base}/api/conversations")).json()
         mine = next(c for c in listed if c["contact"] == user.phone)
         detail = (await client.get(f"{base}/api/conversations/{mine['id']}")).json()

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from parley.stack import free_port, port_is_free
+from parley.local.processes import free_port, port_is_free
 
 pytestmark = pytest.mark.e2e
 

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from parley import inbox
 from parley.campaign.registry import install_campaign
-from parley.channels.whatsapp_webhook import build_text_message_payload, parse_webhook
+from parley.channels.whatsapp.wire import parse_webhook
 from parley.cli import app
 from parley.db import Database
 from parley.errors import ConfigurationError
 from parley.settings import Settings, get_settings
+from parley.testing.whatsapp_payloads import build_text_message_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -108,6 +109,9 @@ def test_production_accepts_real_secrets() -> None:
         whatsapp_access_token="t",
         whatsapp_app_secret="s",
         whatsapp_verify_token="v",
+        api_keys="k",
+        database_url="postgresql+asyncpg://parley@db.internal/parley",
+        whatsapp_api_url="https://graph.facebook.com/v21.0",
     )
     assert settings.environment == "production"
 

@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 
-from parley import inbox, report
-from parley import step as steps
+from parley import executor, inbox
+from parley import operator_views as views
 from parley.campaign.registry import CampaignCache, install_campaign
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.sender import WhatsAppSender
-from parley.channels.whatsapp import WhatsAppClient
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
-from parley.channels.whatsapp_webhook import build_text_message_payload, parse_webhook
+from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
+from parley.channels.whatsapp.wire import parse_webhook
 from parley.db import Database
 from parley.http_action import post_json
+from parley.runtime import Runtime
+from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.testing.whatsapp_payloads import build_text_message_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 PHONE_ID = "100000000000001"
@@ -51,18 +52,19 @@ async def campaign_name(db: Database, crm: RecordingEndpoint, tmp_path: Path) ->
 
 
 @pytest.fixture
-async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[steps.StepRuntime]:
-    client = WhatsAppClient(fake.api_url, "t", PHONE_ID, timeout=2)
-    yield steps.StepRuntime(
+async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[Runtime]:
+    config = WhatsAppConfig(fake.api_url, "t", PHONE_ID, "app-secret", "verify", timeout_seconds=2)
+    channel = WhatsAppChannel(config)
+    yield Runtime(
         db=db,
-        sender=WhatsAppSender(client),
+        channels={"whatsapp": channel},
         post_json=post_json,
         campaigns=CampaignCache(),
         lease_seconds=5,
         reconcile_seconds=1,
         poll_seconds=0.01,
     )
-    await client.aclose()
+    await channel.aclose()
 
 
 def make_batch(text: str, message_id: str | None = None) -> Any:
@@ -76,8 +78,8 @@ def make_batch(text: str, message_id: str | None = None) -> Any:
     return parse_webhook(json.dumps(payload).encode())
 
 
-async def start_conversation(db: Database, rt: steps.StepRuntime, campaign_name: str) -> int:
+async def start_conversation(db: Database, rt: Runtime, campaign_name: str) -> int:
     await inbox.store_batch(db, make_batch("hi"), campaign_name)
-    conversation_id = int((await report.list_conversations(db))[0]["id"])
-    await steps.begin_run(rt, conversation_id, None)
+    conversation_id = int((await views.list_conversations(db))[0]["id"])
+    await executor.begin_run(rt, conversation_id, None)
     return conversation_id

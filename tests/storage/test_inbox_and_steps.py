@@ -8,16 +8,15 @@ import json
 
 import pytest
 
-from parley import inbox, report
-from parley import step as steps
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
-from parley.channels.whatsapp_webhook import (
-    build_status_payload,
-    parse_webhook,
-    status_error,
-)
+from parley import executor, handshake, inbox
+from parley import operator_views as views
+from parley.channels.whatsapp.wire import parse_webhook
 from parley.db import Database, queries
-from parley.notify import PostgresSignal
+from parley.inbox_signal import PostgresSignal
+from parley.runtime import Runtime
+from parley.state_machine import step_ref
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.testing.whatsapp_payloads import build_status_payload, status_error
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 
@@ -27,7 +26,7 @@ async def test_first_message_creates_contact_and_conversation_and_asks_to_start(
     result = await inbox.store_batch(db, make_batch("hi"), campaign_name)
     assert (result.stored, result.duplicates) == (1, 0)
     assert [w.action for w in result.wakeups] == ["start"]
-    rows = await report.list_conversations(db)
+    rows = await views.list_conversations(db)
     assert [(r["contact"], r["status"], r["channel"]) for r in rows] == [
         (USER, "pending", "whatsapp")
     ]
@@ -37,7 +36,7 @@ async def test_a_redelivered_message_is_stored_once(db: Database, campaign_name:
     await inbox.store_batch(db, make_batch("hi", "wamid.same"), campaign_name)
     again = await inbox.store_batch(db, make_batch("hi", "wamid.same"), campaign_name)
     assert (again.stored, again.duplicates, again.wakeups) == (0, 1, [])
-    detail = await report.show_conversation(db, (await report.list_conversations(db))[0]["id"])
+    detail = await views.show_conversation(db, (await views.list_conversations(db))[0]["id"])
     assert [m["text"] for m in detail["messages"]] == ["hi"]
 
 
@@ -46,27 +45,27 @@ async def test_one_active_conversation_per_contact_even_under_concurrent_webhook
 ) -> None:
     batches = [make_batch(f"m{i}") for i in range(6)]
     await asyncio.gather(*(inbox.store_batch(db, b, campaign_name) for b in batches))
-    rows = await report.list_conversations(db)
+    rows = await views.list_conversations(db)
     assert len(rows) == 1
-    detail = await report.show_conversation(db, rows[0]["id"])
+    detail = await views.show_conversation(db, rows[0]["id"])
     assert sorted(m["text"] for m in detail["messages"]) == [f"m{i}" for i in range(6)]
 
 
 async def test_replaying_a_committed_step_sends_nothing_again(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    first = await steps.advance(runtime, cid, 0)
-    replay = await steps.advance(runtime, cid, 0)
+    first = await executor.advance(runtime, cid, 0)
+    replay = await executor.advance(runtime, cid, 0)
     assert first == replay and first.step == 1 and first.awaiting_reply
     assert len(fake.texts_to(USER)) == 1
 
 
 async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_resent(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    ref = steps.step_ref(cid, 0)
+    ref = step_ref(cid, 0)
     async with db.transaction() as session:
         intent = await queries.ensure_outbound_intent(
             session, conversation_id=cid, step=0, client_ref=ref, text="x", payload={"type": "text"}
@@ -80,10 +79,10 @@ async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_res
         client_ref=ref,
     )
     await inbox.store_batch(db, parse_webhook(json.dumps(status).encode()), campaign_name)
-    cursor = await steps.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
     assert cursor.step == 1
     assert fake.texts_to(USER) == []
-    detail = await report.show_conversation(db, cid)
+    detail = await views.show_conversation(db, cid)
     out = [m for m in detail["messages"] if m["direction"] == "out"]
     assert [(m["provider_message_id"], m["status"]) for m in out] == [
         ("wamid.before-crash", "delivered")
@@ -91,7 +90,7 @@ async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_res
 
 
 async def test_an_uncertain_send_with_no_callback_is_sent_again_after_the_window(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
     async with db.transaction() as session:
@@ -99,21 +98,21 @@ async def test_an_uncertain_send_with_no_callback_is_sent_again_after_the_window
             session,
             conversation_id=cid,
             step=0,
-            client_ref=steps.step_ref(cid, 0),
+            client_ref=step_ref(cid, 0),
             text="x",
             payload={"type": "text"},
         )
         intent.status = "sending"
-    cursor = await steps.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
     assert cursor.step == 1
     assert len(fake.texts_to(USER)) == 1
 
 
 async def test_a_late_sent_status_never_overwrites_read(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    await steps.advance(runtime, cid, 0)
+    await executor.advance(runtime, cid, 0)
     wamid = fake.received[-1]["_wamid"]
     for status in ("read", "sent", "delivered"):
         payload = build_status_payload(
@@ -121,45 +120,45 @@ async def test_a_late_sent_status_never_overwrites_read(
         )
         await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), campaign_name)
     out = [
-        m for m in (await report.show_conversation(db, cid))["messages"] if m["direction"] == "out"
+        m for m in (await views.show_conversation(db, cid))["messages"] if m["direction"] == "out"
     ]
     assert out[0]["status"] == "read"
 
 
 async def test_suspend_is_refused_when_a_message_is_already_waiting(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str
+    db: Database, runtime: Runtime, campaign_name: str
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    cursor = await steps.advance(runtime, cid, 0)  # greets, then waits for the name
+    cursor = await executor.advance(runtime, cid, 0)  # greets, then waits for the name
     assert cursor.awaiting_reply
     await inbox.store_batch(db, make_batch("Ana"), campaign_name)
-    decision = await steps.prepare_suspend(runtime, cid, cursor.step)
+    decision = await handshake.prepare_suspend(runtime, cid, cursor.step)
     assert decision.suspend is False
 
 
 async def test_suspend_marks_the_row_and_a_later_message_asks_for_a_resume(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str
+    db: Database, runtime: Runtime, campaign_name: str
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    cursor = await steps.advance(runtime, cid, 0)
-    first = await steps.prepare_suspend(runtime, cid, cursor.step)
+    cursor = await executor.advance(runtime, cid, 0)
+    first = await handshake.prepare_suspend(runtime, cid, cursor.step)
     assert first.suspend and first.key == f"wait-{cursor.step}-1"
     result = await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     assert [(w.action, w.conversation_id) for w in result.wakeups] == [("resume", cid)]
 
 
 async def test_a_hot_wait_sees_a_message_stored_meanwhile(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str
+    db: Database, runtime: Runtime, campaign_name: str
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    cursor = await steps.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
 
     async def reply_soon() -> None:
         await asyncio.sleep(0.3)
         await inbox.store_batch(db, make_batch("Ana"), campaign_name)
 
     replier = asyncio.create_task(reply_soon())
-    assert await steps.wait_hot(runtime, cid, cursor.step, seconds=20) is True
+    assert await handshake.wait_hot(runtime, cid, cursor.step, seconds=20) is True
     await replier
 
 
@@ -170,7 +169,7 @@ async def test_storing_a_message_notifies_the_process_waiting_for_it(
     """The wake-up is the NOTIFY sent in the insert's transaction, not a poll: the signal
     reports whether it was told (True) or merely timed out (False)."""
     await inbox.store_batch(db, make_batch("hi"), campaign_name)
-    cid = int((await report.list_conversations(db))[0]["id"])
+    cid = int((await views.list_conversations(db))[0]["id"])
     signal = PostgresSignal(db.url, fallback_poll_seconds=30)
     try:
         assert await signal.wait(cid, timeout=0.2) is False  # listening, nothing stored yet
@@ -183,19 +182,19 @@ async def test_storing_a_message_notifies_the_process_waiting_for_it(
 
 
 async def test_a_hot_wait_with_no_message_gives_up_and_reports_it(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str
+    db: Database, runtime: Runtime, campaign_name: str
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    cursor = await steps.advance(runtime, cid, 0)
-    assert await steps.wait_hot(runtime, cid, cursor.step, seconds=0.3) is False
-    assert (await report.show_conversation(db, cid))["status"] == "hot"
+    cursor = await executor.advance(runtime, cid, 0)
+    assert await handshake.wait_hot(runtime, cid, cursor.step, seconds=0.3) is False
+    assert (await views.show_conversation(db, cid))["status"] == "hot"
 
 
 async def test_a_failed_status_marks_the_outbound_message_failed_with_meta_s_error(
-    db: Database, runtime: steps.StepRuntime, campaign_name: str, fake: FakeWhatsAppAPI
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    await steps.advance(runtime, cid, 0)
+    await executor.advance(runtime, cid, 0)
     wamid = fake.received[-1]["_wamid"]
     payload = build_status_payload(
         phone_number_id=PHONE_ID,
@@ -207,7 +206,7 @@ async def test_a_failed_status_marks_the_outbound_message_failed_with_meta_s_err
     result = await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), campaign_name)
     assert result.statuses == 1
     out = [
-        m for m in (await report.show_conversation(db, cid))["messages"] if m["direction"] == "out"
+        m for m in (await views.show_conversation(db, cid))["messages"] if m["direction"] == "out"
     ]
     assert (out[0]["status"], out[0]["error"]) == ("failed", "131026: Message undeliverable")
 
@@ -255,7 +254,7 @@ async def test_other_fields_unknown_types_and_unmatched_statuses_are_recorded_no
     }
     result = await inbox.store_batch(db, parse_webhook(json.dumps(body).encode()), campaign_name)
     assert (result.stored, result.statuses, result.ignored, result.wakeups) == (0, 0, 2, [])
-    assert await report.list_conversations(db) == []
+    assert await views.list_conversations(db) == []
     async with db.read() as session:
         assert await queries.count_webhook_events(session, "unsupported_message") == 1
         assert await queries.count_webhook_events(session, "unmatched_status") == 1

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from parley import report
-from parley import step as steps
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
+from parley import executor
+from parley import operator_views as views
 from parley.db import Database
 from parley.errors import RateLimited, TransientChannelError
+from parley.runtime import Runtime
+from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.storage.conftest import USER, start_conversation
 
 
 async def _outbound(db: Database, cid: int) -> list[dict[str, object]]:
-    detail = await report.show_conversation(db, cid)
+    detail = await views.show_conversation(db, cid)
     return [m for m in detail["messages"] if m["direction"] == "out"]
 
 
@@ -25,7 +26,7 @@ async def _outbound(db: Database, cid: int) -> list[dict[str, object]]:
 )
 async def test_a_throttled_or_failing_send_is_known_unsent_and_the_retry_sends_once(
     db: Database,
-    runtime: steps.StepRuntime,
+    runtime: Runtime,
     campaign_name: str,
     fake: FakeWhatsAppAPI,
     code: int,
@@ -35,9 +36,9 @@ async def test_a_throttled_or_failing_send_is_known_unsent_and_the_retry_sends_o
     cid = await start_conversation(db, runtime, campaign_name)
     fake.fail_next(code, http_status)
     with pytest.raises(error):
-        await steps.advance(runtime, cid, 0)  # the Prefect task retries this with backoff
+        await executor.advance(runtime, cid, 0)  # the Prefect task retries this with backoff
     assert [m["status"] for m in await _outbound(db, cid)] == ["pending"]
-    cursor = await steps.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
     assert cursor.step == 1
     assert len(fake.texts_to(USER)) == 1
     assert [m["status"] for m in await _outbound(db, cid)] == ["sent"]
@@ -53,7 +54,7 @@ async def test_a_throttled_or_failing_send_is_known_unsent_and_the_retry_sends_o
 )
 async def test_a_refusal_that_cannot_succeed_fails_the_conversation_with_the_reason(
     db: Database,
-    runtime: steps.StepRuntime,
+    runtime: Runtime,
     campaign_name: str,
     fake: FakeWhatsAppAPI,
     code: int,
@@ -62,35 +63,35 @@ async def test_a_refusal_that_cannot_succeed_fails_the_conversation_with_the_rea
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
     fake.fail_next(code, http_status)
-    cursor = await steps.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
     assert cursor.status == "failed" and not cursor.active
-    detail = await report.show_conversation(db, cid)
+    detail = await views.show_conversation(db, cid)
     assert reason in detail["last_error"]
     assert [m["status"] for m in await _outbound(db, cid)] == ["failed"]
-    again = await steps.advance(runtime, cid, 0)
+    again = await executor.advance(runtime, cid, 0)
     assert again.status == "failed"
     assert fake.texts_to(USER) == []
 
 
 async def test_a_timed_out_send_stays_uncertain_and_is_reconciled_before_resending(
     db: Database,
-    runtime: steps.StepRuntime,
+    runtime: Runtime,
     campaign_name: str,
     fake: FakeWhatsAppAPI,
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
     fake.hold_next(3)  # longer than the client's 2 s timeout; Meta did accept it
     with pytest.raises(TransientChannelError):
-        await steps.advance(runtime, cid, 0)
+        await executor.advance(runtime, cid, 0)
     assert [m["status"] for m in await _outbound(db, cid)] == ["sending"]
-    cursor = await steps.advance(runtime, cid, 0)  # no status callback here: resend after 1 s
+    cursor = await executor.advance(runtime, cid, 0)  # no status callback here: resend after 1 s
     assert cursor.step == 1
     assert len(fake.texts_to(USER)) == 2  # the honest cost of an uncertain send with no callback
 
 
 async def test_the_crm_answering_5xx_is_retried_with_the_same_idempotency_key(
     db: Database,
-    runtime: steps.StepRuntime,
+    runtime: Runtime,
     campaign_name: str,
     crm: RecordingEndpoint,
 ) -> None:
@@ -105,12 +106,12 @@ async def test_the_crm_answering_5xx_is_retried_with_the_same_idempotency_key(
         )
     crm.fail_next(503)
     with pytest.raises(TransientChannelError):
-        await steps.advance(runtime, cid, 0)
-    cursor = await steps.advance(runtime, cid, 0)
+        await executor.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)
     assert cursor.step == 1
     keys = [r["headers"].get("Idempotency-Key") for r in crm.requests]
     assert [r["answered"] for r in crm.requests] == [503, 201]
     assert keys[0] == keys[1] and keys[0]
-    detail = await report.show_conversation(db, cid)
+    detail = await views.show_conversation(db, cid)
     assert detail["variables"]["crm"]["status"] == 201
     assert detail["current_node"] == "confirm"

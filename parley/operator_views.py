@@ -1,4 +1,6 @@
-"""What operators see of conversations: the JSON the CLI and the REST API both return."""
+"""What operators see of conversations: the JSON the CLI and the REST API both return, and the
+masked form of a contact's address for places many people can read (Prefect run names,
+artifacts, logs)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,22 @@ from typing import Any
 
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Message
+from parley.state_machine import Status
+
+MASK = "•"
+
+
+def mask_address(address: str) -> str:
+    """Hide most of a phone number or mailbox, whatever its length: at least half the
+    characters are masked, so a short number is never shown in full."""
+    if "@" in address:
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}{MASK * 3}@{domain}"
+    plus = "+" if address.startswith("+") or address.isdigit() else ""
+    digits = address.lstrip("+")
+    shown = min(3, len(digits) // 4), min(4, len(digits) // 4)
+    hidden = len(digits) - sum(shown)
+    return f"{plus}{digits[: shown[0]]}{MASK * hidden}{digits[len(digits) - shown[1] :]}"
 
 
 def _summary(conv: Conversation, contact: Contact, campaign: CampaignVersion) -> dict[str, Any]:
@@ -15,12 +33,13 @@ def _summary(conv: Conversation, contact: Contact, campaign: CampaignVersion) ->
         "channel": contact.channel,
         "contact": contact.address,
         "contact_name": contact.name,
-        "status": conv.status,
+        "status": conv.status.value,
         "campaign": campaign.name,
         "campaign_version": campaign.version,
         "current_node": conv.current_node,
         "step": conv.step,
         "waiting_for": conv.waiting_for,
+        "wake_at": conv.wake_at.isoformat() if conv.wake_at else None,
         "flow_run_id": conv.flow_run_id,
         "updated_at": conv.updated_at.isoformat(),
     }
@@ -39,7 +58,7 @@ def _message(message: Message) -> dict[str, Any]:
 
 
 async def list_conversations(
-    db: Database, *, limit: int = 100, status: str | None = None
+    db: Database, *, limit: int = 100, status: Status | None = None
 ) -> list[dict[str, Any]]:
     async with db.read() as session:
         rows = await queries.list_conversations(session, limit=limit, status=status)
@@ -48,9 +67,7 @@ async def list_conversations(
 
 async def show_conversation(db: Database, conversation_id: int) -> dict[str, Any]:
     async with db.read() as session:
-        conv = await queries.get_conversation(session, conversation_id)
-        contact = await queries.get_contact(session, conv.contact_id)
-        campaign = await queries.get_campaign_version(session, conv.campaign_version_id)
+        conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
         messages = await queries.transcript(session, conversation_id)
     detail = _summary(conv, contact, campaign)
     detail.update(

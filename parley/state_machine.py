@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
 from parley.campaign import (
     AskNode,
@@ -22,11 +24,59 @@ from parley.campaign import (
     check_answer,
     render,
 )
+from parley.channels.base import OutboundMessage
 
-Status = Literal["pending", "running", "hot", "suspended", "completed", "failed", "cancelled"]
-ACTIVE: frozenset[str] = frozenset({"pending", "running", "hot", "suspended"})
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-WAITING_FOR_REPLY = "reply"
+
+class Status(StrEnum):
+    """Where a conversation is in its life. The row says it; Prefect's run state follows."""
+
+    PENDING = "pending"  # stored, no run has taken it over yet
+    RUNNING = "running"  # a run is executing its steps
+    HOT = "hot"  # a run waits in-process for the next message (a live chat)
+    SUSPENDED = "suspended"  # its run is suspended in Prefect: no process, no slot
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE: frozenset[Status] = frozenset(
+    {Status.PENDING, Status.RUNNING, Status.HOT, Status.SUSPENDED}
+)
+TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+LIVE: frozenset[Status] = frozenset({Status.RUNNING, Status.HOT})
+"""A process is working on the conversation right now (it renews the lease)."""
+
+
+class WaitKind(StrEnum):
+    """What a waiting conversation waits for."""
+
+    REPLY = "reply"  # the contact's next message
+    TIMER = "timer"  # a point in time (a delay, a follow-up)
+    ACTION = "action"  # an outreach action the identity's dispatcher will run
+    OPERATOR = "operator"  # a person: a paused conversation, a task to complete
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a conversation waits, and until when (``None``: for as long as it takes)."""
+
+    kind: WaitKind
+    until: datetime | None = None
+
+
+REPLY = Wait(WaitKind.REPLY)
+
+
+def step_ref(conversation_id: int, step: int) -> str:
+    """Our id for step ``n``'s side effect; the provider reference and the http node's
+    idempotency key derive from it. Lowercase letters, digits and dashes only."""
+    return f"conv-{conversation_id}-step-{step}"
+
+
+def suspend_key(step: int, sleeps: int) -> str:
+    """Prefect's key for one suspend: a repeated key would return the input already given, and
+    anything but lowercase letters, digits and dashes fails after the run is marked suspended."""
+    return f"wait-{step}-{sleeps}"
 
 
 @dataclass(frozen=True)
@@ -35,8 +85,9 @@ class Cursor:
 
     conversation_id: int
     step: int
-    status: str
-    waiting_for: str | None = None
+    status: Status
+    node: str
+    wait: Wait | None = None
 
     @property
     def active(self) -> bool:
@@ -44,7 +95,7 @@ class Cursor:
 
     @property
     def awaiting_reply(self) -> bool:
-        return self.active and self.waiting_for == WAITING_FOR_REPLY
+        return self.active and self.wait is not None and self.wait.kind is WaitKind.REPLY
 
 
 @dataclass(frozen=True)
@@ -52,7 +103,7 @@ class Snapshot:
     current_node: str
     variables: Mapping[str, Any]
     attempts: int
-    waiting_for: str | None
+    wait: Wait | None
 
 
 @dataclass(frozen=True)
@@ -60,17 +111,6 @@ class Reply:
     message_id: int
     text: str | None
     reply_id: str | None
-
-
-@dataclass(frozen=True)
-class Outbound:
-    text: str
-    buttons: tuple[tuple[str, str], ...] = ()
-
-    def payload(self) -> dict[str, Any]:
-        if self.buttons:
-            return {"type": "interactive", "buttons": [list(b) for b in self.buttons]}
-        return {"type": "text"}
 
 
 @dataclass(frozen=True)
@@ -88,16 +128,16 @@ class Transition:
     current_node: str
     variables: dict[str, Any]
     attempts: int
-    waiting_for: str | None
-    status: str
+    wait: Wait | None
+    status: Status
     consumed_message_id: int | None = None
-    outbound: Outbound | None = None
+    outbound: OutboundMessage | None = None
     http: HttpCall | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def plan_step(campaign: Campaign, snapshot: Snapshot, reply: Reply | None) -> Transition:
-    if snapshot.waiting_for == WAITING_FOR_REPLY:
+    if snapshot.wait is not None and snapshot.wait.kind is WaitKind.REPLY:
         if reply is None:
             raise ValueError("a step that waits for a reply needs one")
         return _consume_reply(campaign, snapshot, reply)
@@ -109,8 +149,8 @@ def _moved_to(
 ) -> Transition:
     target = campaign.next_node(snapshot.current_node, variables, outcome=outcome)
     if target is None:
-        return Transition(snapshot.current_node, variables, 0, None, "completed")
-    return Transition(target, variables, 0, None, "running")
+        return Transition(snapshot.current_node, variables, 0, None, Status.COMPLETED)
+    return Transition(target, variables, 0, None, Status.RUNNING)
 
 
 def _execute_node(campaign: Campaign, snapshot: Snapshot) -> Transition:
@@ -118,10 +158,10 @@ def _execute_node(campaign: Campaign, snapshot: Snapshot) -> Transition:
     variables = dict(snapshot.variables)
     if isinstance(node, SendNode):
         moved = _moved_to(campaign, snapshot, variables)
-        return replace(moved, outbound=Outbound(render(node.text, variables)))
+        return replace(moved, outbound=OutboundMessage(render(node.text, variables)))
     if isinstance(node, AskNode):
-        prompt = Outbound(render(node.prompt, variables), _buttons(node))
-        return Transition(node.id, variables, 0, WAITING_FOR_REPLY, "running", outbound=prompt)
+        prompt = OutboundMessage(render(node.prompt, variables), _buttons(node))
+        return Transition(node.id, variables, 0, REPLY, Status.RUNNING, outbound=prompt)
     if isinstance(node, HttpNode):
         call = HttpCall(
             url=render(node.url, variables),
@@ -129,10 +169,10 @@ def _execute_node(campaign: Campaign, snapshot: Snapshot) -> Transition:
             result_var=node.result_var,
             timeout_seconds=node.timeout_seconds,
         )
-        return Transition(node.id, variables, 0, None, "running", http=call)
+        return Transition(node.id, variables, 0, None, Status.RUNNING, http=call)
     if isinstance(node, EndNode):
-        final = Outbound(render(node.text, variables)) if node.text else None
-        return Transition(node.id, variables, 0, None, "completed", outbound=final)
+        final = OutboundMessage(render(node.text, variables)) if node.text else None
+        return Transition(node.id, variables, 0, None, Status.COMPLETED, outbound=final)
     raise TypeError(f"unknown node type {type(node).__name__}")
 
 
@@ -166,13 +206,13 @@ def _consume_reply(campaign: Campaign, snapshot: Snapshot, reply: Reply) -> Tran
     if attempts >= node.max_attempts:
         moved = _moved_to(campaign, snapshot, variables, outcome="invalid")
         return replace(moved, consumed_message_id=reply.message_id)
-    retry = Outbound(render(node.retry, variables), _buttons(node))
+    retry = OutboundMessage(render(node.retry, variables), _buttons(node))
     return Transition(
         node.id,
         variables,
         attempts,
-        WAITING_FOR_REPLY,
-        "running",
+        REPLY,
+        Status.RUNNING,
         consumed_message_id=reply.message_id,
         outbound=retry,
     )

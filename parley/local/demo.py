@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from parley import report
-from parley.channels.http_fake import RecordingEndpoint
-from parley.channels.whatsapp_user import WhatsAppUser
+from parley import operator_views as views
 from parley.db import Database
-from parley.devstack import RunningStack, bring_up
+from parley.local.dev import RunningStack, bring_up
 from parley.settings import Settings, get_settings
+from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.whatsapp_user import WhatsAppUser
 
 console = Console()
 CRM_PORT = 8090
@@ -107,7 +107,6 @@ async def _press(user: WhatsAppUser, reply_id: str, title: str) -> list[str]:
 def _demo_environment() -> None:
     os.environ.setdefault("PARLEY_HOT_WAIT_SECONDS", DEMO_HOT_SECONDS)
     os.environ.setdefault("PARLEY_LEASE_SECONDS", "10")
-    os.environ.setdefault("PARLEY_SWEEP_INTERVAL_SECONDS", "2")
     get_settings.cache_clear()
 
 
@@ -119,7 +118,7 @@ def _users(settings: Settings, running: RunningStack) -> list[WhatsAppUser]:
             phone=f"{prefix}{suffix}",
             name=name,
             webhook_url=f"{settings.webhook_url}/webhooks/whatsapp",
-            app_secret=settings.whatsapp_app_secret,
+            app_secret=settings.whatsapp_app_secret.get_secret_value(),
             phone_number_id=settings.whatsapp_phone_number_id,
             fake=running.fake_whatsapp,
         )
@@ -150,7 +149,7 @@ async def _conversations_completed(settings: Settings, users: list[WhatsAppUser]
         deadline = time.monotonic() + 30
         phones = {u.phone for u in users}
         while time.monotonic() < deadline:
-            rows = [r for r in await report.list_conversations(db) if r["contact"] in phones]
+            rows = [r for r in await views.list_conversations(db) if r["contact"] in phones]
             if len(rows) == len(users) and all(r["status"] == "completed" for r in rows):
                 return True
             await asyncio.sleep(0.5)

@@ -47,6 +47,8 @@ def prefect_env(prefect_home: Path, api_url: str | None = None) -> dict[str, str
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        # A killed dispatcher's concurrency slot is freed this soon after its lease lapses.
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -120,7 +122,6 @@ class Stack:
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--no-scheduler",
             ],
         )
         self._wait_until(lambda: api_is_healthy(api_url), process, timeout=120)

@@ -26,12 +26,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from parley.channels.whatsapp_webhook import (
-    SIGNATURE_HEADER,
-    build_status_payload,
-    new_wamid,
-    sign,
-)
+from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
+from parley.testing.whatsapp_payloads import build_status_payload, new_wamid
 
 logger = logging.getLogger(__name__)
 

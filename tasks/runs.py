@@ -1,7 +1,9 @@
-"""Starting and resuming conversation flow runs, after the message is already durable.
+"""Run control: starting, resuming and rescheduling conversation flow runs.
 
-Everything here may fail (Prefect down, run not suspended yet) without losing anything: the
-message is in the inbox, and the sweep retries whatever a request could not finish.
+Plain async functions, so the webhook calls them right after answering 200 and the dispatcher
+flow calls them from its tasks. Everything here may fail (Prefect down, run not suspended yet)
+without losing anything: the message is already in the inbox, the row says what is owed, and
+the dispatcher retries whatever a caller could not finish.
 """
 
 from __future__ import annotations
@@ -9,16 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import NotPausedError, ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import aresume_flow_run
+from prefect.states import Crashed
 
 from parley.db import Database, queries
-from parley.inbox import WakeUp
+from parley.handshake import WakeUp
+from parley.operator_views import mask_address
 from parley.settings import Settings
+from parley.state_machine import Status
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +43,17 @@ class ResumeRejected(Exception):
     """Prefect refused the run input (it fails the run's input model): a caller error, 422."""
 
 
-def mask_phone(phone: str) -> str:
-    digits = phone.lstrip("+")
-    if len(digits) <= 6:
-        return "•" * len(digits)
-    return f"+{digits[:3]}{'•' * (len(digits) - 7)}{digits[-4:]}"
-
-
 async def start_run(db: Database, settings: Settings, conversation_id: int) -> str | None:
     """Create the conversation's flow run; the idempotency key makes a repeat return the same
     run, so the sweep and a webhook racing to start it are harmless."""
     async with db.read() as session:
-        conv = await queries.get_conversation(session, conversation_id)
-        contact = await queries.get_contact(session, conv.contact_id)
-        campaign = await queries.get_campaign_version(session, conv.campaign_version_id)
+        conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(settings.conversation_deployment)
         run = await client.create_flow_run_from_deployment(
             deployment.id,
             parameters={"conversation_id": conversation_id},
-            name=f"{contact.channel} {mask_phone(contact.address)} #{conversation_id}",
+            name=f"{contact.channel} {mask_address(contact.address)} #{conversation_id}",
             tags=[
                 f"campaign:{campaign.name}",
                 f"campaign-version:{campaign.version}",
@@ -98,7 +103,7 @@ async def resume_run(
 
 async def _still_suspended(db: Database, conversation_id: int) -> bool:
     async with db.read() as session:
-        return (await queries.get_conversation(session, conversation_id)).status == "suspended"
+        return (await queries.get_conversation(session, conversation_id)).status == Status.SUSPENDED
 
 
 async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
@@ -118,3 +123,24 @@ async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
             wakeup.conversation_id,
             exc,
         )
+
+
+async def crash_dead_dispatcher_runs(settings: Settings) -> int:
+    """A live dispatcher run ends after one interval; one still Running after two lost its
+    process (a killed worker). Mark it Crashed so the UI shows what happened."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=2 * settings.dispatcher_interval_seconds)
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(settings.dispatcher_deployment)
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+            limit=50,
+        )
+        dead = [run for run in runs if run.start_time is not None and run.start_time < cutoff]
+        for run in dead:
+            await client.set_flow_run_state(
+                run.id, Crashed(message="dispatcher process gone: still Running after 2 intervals")
+            )
+    return len(dead)

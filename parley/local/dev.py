@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
 from parley.db import migrate
+from parley.local.processes import Stack, api_is_healthy
 from parley.settings import Settings
-from parley.stack import Stack, api_is_healthy
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 DEFAULT_PREFECT_PORT = 4200
 console = Console()
@@ -44,10 +44,10 @@ def _start_fake_whatsapp(settings: Settings) -> FakeWhatsAppAPI:
     parts = urlsplit(settings.whatsapp_api_url)
     fake = FakeWhatsAppAPI(
         port=parts.port or 80,
-        access_token=settings.whatsapp_access_token,
+        access_token=settings.whatsapp_access_token.get_secret_value(),
         phone_number_id=settings.whatsapp_phone_number_id,
         webhook_url=f"{settings.webhook_url}/webhooks/whatsapp",
-        app_secret=settings.whatsapp_app_secret,
+        app_secret=settings.whatsapp_app_secret.get_secret_value(),
         version=parts.path.strip("/") or "v21.0",
     )
     fake.start()

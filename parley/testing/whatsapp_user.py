@@ -15,12 +15,9 @@ from typing import Any
 
 import httpx
 
-from parley.channels.whatsapp_fake import FakeWhatsAppAPI
-from parley.channels.whatsapp_webhook import (
-    build_button_reply_payload,
-    build_text_message_payload,
-    sign,
-)
+from parley.channels.whatsapp.wire import sign
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.testing.whatsapp_payloads import build_button_reply_payload, build_text_message_payload
 
 
 @dataclass

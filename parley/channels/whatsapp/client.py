@@ -9,10 +9,11 @@ from __future__ import annotations
 import email.utils
 import time
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Final, Self
 
 import httpx
 
+from parley.channels.base import Capabilities, JSONDict
 from parley.errors import (
     ChannelError,
     IdentityExpired,
@@ -22,11 +23,18 @@ from parley.errors import (
     TransientChannelError,
 )
 
-JSONDict = dict[str, Any]
-
 MAX_BUTTONS: Final = 3
 MAX_BUTTON_TITLE: Final = 20
 MAX_BUTTON_ID: Final = 256
+MAX_TEXT_LENGTH: Final = 4096
+
+CAPABILITIES: Final = Capabilities(
+    max_buttons=MAX_BUTTONS,
+    max_button_title=MAX_BUTTON_TITLE,
+    max_button_id=MAX_BUTTON_ID,
+    max_text_length=MAX_TEXT_LENGTH,
+    echoes_reference=True,  # biz_opaque_callback_data comes back in every status callback
+)
 
 # Meta's codes for throttling: cloud API, business/consumer pair, WABA, and app-level.
 RATE_LIMIT_CODES: Final = frozenset({130429, 131056, 80007, 4})

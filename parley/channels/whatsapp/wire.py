@@ -1,78 +1,45 @@
-"""Meta's WhatsApp webhooks: proving a POST came from Meta, and reading it into typed events.
+"""Meta's WhatsApp webhooks: proving a POST came from Meta, and reading it into neutral events.
 
 Pure functions over bytes and dicts, so the web layer, the loopback fake and the tests share one
-reading (and one writing) of the wire format and no web framework leaks into the core.
+reading of the wire format and no web framework leaks into the core. Writing the format (the
+bodies Meta would send) is test tooling and lives in ``parley.testing.whatsapp_payloads``.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
-import secrets
 import string
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from parley.channels.base import (
+    InboundBatch,
+    InboundMessage,
+    InboundRole,
+    JSONDict,
+    StatusUpdate,
+)
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
 
-JSONDict = dict[str, Any]
-
+CHANNEL: Final = "whatsapp"
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
 WEBHOOK_OBJECT: Final = "whatsapp_business_account"
 MESSAGES_FIELD: Final = "messages"
 MEDIA_TYPES: Final = frozenset({"image", "video", "document", "audio", "sticker"})
-ERROR_CODES_HREF: Final = (
-    "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
-)
-
-# Meta's own documentation examples: realistic but not anybody's real account.
-EXAMPLE_WABA_ID: Final = "102290129340398"
-EXAMPLE_DISPLAY_PHONE_NUMBER: Final = "15550783881"
-
-StatusName = Literal["sent", "delivered", "read", "failed"] | str
+# What a person can answer a question with; reactions are kept in the transcript only.
+ANSWER_TYPES: Final = frozenset({"text", "interactive", "button", "location", "contacts"})
+TRANSCRIPT_TYPES: Final = frozenset({"reaction"})
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """One message a user sent; ``text`` is what a chatbot should treat as the user's answer."""
-
-    provider_message_id: str
-    phone_number_id: str
-    from_phone: str
-    contact_name: str | None
-    type: str
-    text: str | None
-    reply_id: str | None
-    context_message_id: str | None
-    timestamp: datetime
-    raw: JSONDict = field(hash=False)
-
-
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    """Fate of a message we sent; ``client_ref`` lets an uncertain send be reconciled."""
-
-    provider_message_id: str
-    phone_number_id: str
-    status: StatusName
-    recipient: str | None
-    timestamp: datetime
-    client_ref: str | None
-    errors: list[JSONDict] = field(default_factory=list, hash=False)
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookBatch:
-    """Everything one POST carried; ``ignored`` explains each part that was skipped on purpose."""
-
-    messages: list[InboundMessage] = field(default_factory=list)
-    statuses: list[StatusUpdate] = field(default_factory=list)
-    ignored: list[JSONDict] = field(default_factory=list)
+def role_of(message_type: str) -> InboundRole:
+    if message_type in ANSWER_TYPES or message_type in MEDIA_TYPES:
+        return InboundRole.ANSWER
+    if message_type in TRANSCRIPT_TYPES:
+        return InboundRole.TRANSCRIPT
+    return InboundRole.UNSUPPORTED
 
 
 # --- signatures -------------------------------------------------------------------------------
@@ -108,9 +75,9 @@ def _is_sha256_hex(digest: str) -> bool:
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def parse_webhook(raw_body: bytes) -> WebhookBatch:
+def parse_webhook(raw_body: bytes) -> InboundBatch:
     """Read a whole POST up front so a bad part refuses the body before anything is stored."""
-    batch = WebhookBatch()
+    batch = InboundBatch()
     for entry in _entries(_load_document(raw_body)):
         for change in _changes(entry):
             if change.get("field") == MESSAGES_FIELD:
@@ -118,6 +85,7 @@ def parse_webhook(raw_body: bytes) -> WebhookBatch:
             else:
                 batch.ignored.append(
                     {
+                        "channel": CHANNEL,
                         "entry_id": entry.get("id"),
                         "field": change.get("field"),
                         "reason": f"only the {MESSAGES_FIELD!r} field is handled",
@@ -131,6 +99,8 @@ def _load_document(raw_body: bytes) -> JSONDict:
         document = json.loads(raw_body)
     except ValueError as exc:
         raise MalformedPayload(f"webhook body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # Meta never nests deeply; a hostile body must not be a 500
+        raise MalformedPayload("webhook body is nested too deeply") from exc
     if not isinstance(document, dict):
         raise MalformedPayload(f"webhook body is a JSON {type(document).__name__}, not an object")
     if document.get("object") != WEBHOOK_OBJECT:
@@ -169,7 +139,7 @@ def _optional_list(value: JSONDict, key: str) -> list[JSONDict]:
     return _list_of_objects(value[key], f"value.{key}")
 
 
-def _read_messages_value(value: JSONDict, batch: WebhookBatch) -> None:
+def _read_messages_value(value: JSONDict, batch: InboundBatch) -> None:
     phone_number_id = _phone_number_id(value)
     names = _contact_names(_optional_list(value, "contacts"))
     for message in _optional_list(value, "messages"):
@@ -178,7 +148,12 @@ def _read_messages_value(value: JSONDict, batch: WebhookBatch) -> None:
         batch.statuses.append(_status_update(status, phone_number_id))
     for error in _optional_list(value, "errors"):
         batch.ignored.append(
-            {"field": MESSAGES_FIELD, "reason": "provider reported an error", "error": error}
+            {
+                "channel": CHANNEL,
+                "field": MESSAGES_FIELD,
+                "reason": "provider reported an error",
+                "error": error,
+            }
         )
 
 
@@ -208,11 +183,13 @@ def _inbound_message(
     kind = kind if isinstance(kind, str) else "unknown"
     content = _CONTENT_READERS.get(kind, _no_content)(message)
     return InboundMessage(
+        channel=CHANNEL,
         provider_message_id=_required_str(message, "id", "message"),
-        phone_number_id=phone_number_id,
-        from_phone=sender,
+        identity_address=phone_number_id,
+        contact_address=sender,
         contact_name=names.get(sender) or _only_name(names),
         type=kind,
+        role=role_of(kind),
         text=content.text,
         reply_id=content.reply_id,
         context_message_id=content.context_message_id or _text_at(message, "context", "id"),
@@ -230,8 +207,9 @@ def _status_update(status: JSONDict, phone_number_id: str) -> StatusUpdate:
     client_ref = status.get("biz_opaque_callback_data")
     recipient = status.get("recipient_id")
     return StatusUpdate(
+        channel=CHANNEL,
         provider_message_id=_required_str(status, "id", "status"),
-        phone_number_id=phone_number_id,
+        identity_address=phone_number_id,
         status=_required_str(status, "status", "status"),
         recipient=recipient if isinstance(recipient, str) else None,
         timestamp=_timestamp(status.get("timestamp"), "status"),
@@ -328,159 +306,3 @@ _CONTENT_READERS: Final[dict[str, Callable[[JSONDict], _Content]]] = {
     "reaction": _reaction_content,
     **dict.fromkeys(MEDIA_TYPES, _media_content),
 }
-
-
-# --- building Meta-format bodies (for the fake, the tests and the demo) -----------------------
-
-
-def new_wamid(phone: str) -> str:
-    """A unique id shaped like Meta's (``wamid.HBgL`` + base64 of the number and a random tail)."""
-    tail = secrets.token_hex(10).upper()
-    encoded = base64.b64encode(f"{phone}\x15\x02\x00\x12\x18\x14{tail}\x00".encode())
-    return "wamid.HBgL" + encoded.decode()
-
-
-def build_text_message_payload(
-    *,
-    phone_number_id: str,
-    from_phone: str,
-    text: str,
-    contact_name: str | None = "Demo User",
-    message_id: str | None = None,
-    timestamp: int | None = None,
-    context_message_id: str | None = None,
-    display_phone_number: str = EXAMPLE_DISPLAY_PHONE_NUMBER,
-    waba_id: str = EXAMPLE_WABA_ID,
-) -> JSONDict:
-    """A user's text message exactly as Meta delivers it (optionally as a reply to ours)."""
-    message = _message_head(from_phone, message_id, timestamp, "text")
-    message["text"] = {"body": text}
-    if context_message_id is not None:
-        message["context"] = {"from": display_phone_number, "id": context_message_id}
-    return _inbound_envelope(
-        message, phone_number_id, from_phone, contact_name, display_phone_number, waba_id
-    )
-
-
-def build_button_reply_payload(
-    *,
-    phone_number_id: str,
-    from_phone: str,
-    reply_id: str,
-    title: str,
-    context_message_id: str,
-    contact_name: str | None = "Demo User",
-    message_id: str | None = None,
-    timestamp: int | None = None,
-    display_phone_number: str = EXAMPLE_DISPLAY_PHONE_NUMBER,
-    waba_id: str = EXAMPLE_WABA_ID,
-) -> JSONDict:
-    """A tap on one of our reply buttons exactly as Meta delivers it."""
-    message = _message_head(from_phone, message_id, timestamp, "interactive")
-    message["context"] = {"from": display_phone_number, "id": context_message_id}
-    message["interactive"] = {
-        "type": "button_reply",
-        "button_reply": {"id": reply_id, "title": title},
-    }
-    return _inbound_envelope(
-        message, phone_number_id, from_phone, contact_name, display_phone_number, waba_id
-    )
-
-
-def build_status_payload(
-    *,
-    phone_number_id: str,
-    message_id: str,
-    status: StatusName,
-    recipient: str,
-    client_ref: str | None = None,
-    timestamp: int | None = None,
-    errors: list[JSONDict] | None = None,
-    conversation_id: str | None = None,
-    display_phone_number: str = EXAMPLE_DISPLAY_PHONE_NUMBER,
-    waba_id: str = EXAMPLE_WABA_ID,
-) -> JSONDict:
-    """A status callback as Meta sends it; billing details appear only where Meta puts them."""
-    entry: JSONDict = {
-        "id": message_id,
-        "status": status,
-        "timestamp": _unix(timestamp),
-        "recipient_id": recipient,
-    }
-    if client_ref is not None:
-        entry["biz_opaque_callback_data"] = client_ref
-    if status in ("sent", "delivered"):
-        entry.update(_billing(status, conversation_id, timestamp))
-    if errors:
-        entry["errors"] = errors
-    value = _value_head(phone_number_id, display_phone_number)
-    value["statuses"] = [entry]
-    return _envelope(value, waba_id)
-
-
-def status_error(code: int, title: str, details: str) -> JSONDict:
-    """One element of a failed status's ``errors``, in Meta's shape."""
-    return {
-        "code": code,
-        "title": title,
-        "message": title,
-        "error_data": {"details": details},
-        "href": ERROR_CODES_HREF,
-    }
-
-
-def _message_head(
-    from_phone: str, message_id: str | None, timestamp: int | None, kind: str
-) -> JSONDict:
-    return {
-        "from": from_phone,
-        "id": message_id or new_wamid(from_phone),
-        "timestamp": _unix(timestamp),
-        "type": kind,
-    }
-
-
-def _billing(status: str, conversation_id: str | None, timestamp: int | None) -> JSONDict:
-    conversation: JSONDict = {"id": conversation_id or secrets.token_hex(16)}
-    if status == "sent":
-        expires = (timestamp if timestamp is not None else int(time.time())) + 24 * 3600
-        conversation["expiration_timestamp"] = str(expires)
-    conversation["origin"] = {"type": "service"}
-    pricing = {"billable": True, "pricing_model": "CBP", "category": "service"}
-    return {"conversation": conversation, "pricing": pricing}
-
-
-def _inbound_envelope(
-    message: JSONDict,
-    phone_number_id: str,
-    from_phone: str,
-    contact_name: str | None,
-    display_phone_number: str,
-    waba_id: str,
-) -> JSONDict:
-    value = _value_head(phone_number_id, display_phone_number)
-    if contact_name is not None:
-        value["contacts"] = [{"profile": {"name": contact_name}, "wa_id": from_phone}]
-    value["messages"] = [message]
-    return _envelope(value, waba_id)
-
-
-def _value_head(phone_number_id: str, display_phone_number: str) -> JSONDict:
-    return {
-        "messaging_product": "whatsapp",
-        "metadata": {
-            "display_phone_number": display_phone_number,
-            "phone_number_id": phone_number_id,
-        },
-    }
-
-
-def _envelope(value: JSONDict, waba_id: str) -> JSONDict:
-    return {
-        "object": WEBHOOK_OBJECT,
-        "entry": [{"id": waba_id, "changes": [{"value": value, "field": MESSAGES_FIELD}]}],
-    }
-
-
-def _unix(timestamp: int | None) -> str:
-    return str(timestamp if timestamp is not None else int(time.time()))

@@ -1,0 +1,144 @@
+"""The channel contract: what Parley needs from any provider, in channel-neutral types.
+
+The inbox, the step executor and the campaign model speak only these types. A provider lives in
+a folder of its own (``channels/whatsapp/``) that translates its wire format to and from them, so
+adding a channel means adding a folder, a line in ``catalog`` and a webhook route — never
+touching the inbox or the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+JSONDict = dict[str, Any]
+"""A decoded JSON object, as providers send it and as we store payloads."""
+
+REPLY_ID_MAX_LENGTH = 255
+"""The longest reply-button id Parley stores; campaigns may not define longer ones."""
+
+
+class DeliveryStatus(StrEnum):
+    """Where an outbound message stands. Only the last four come from providers."""
+
+    PENDING = "pending"  # intent recorded, not handed to the provider yet
+    SENDING = "sending"  # one execution claimed it; the provider may or may not have it
+    DROPPED = "dropped"  # never sent on purpose: its conversation ended or moved on first
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+SENT_STATUSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.READ})
+# Statuses only move forward: a late "sent" callback never overwrites "read".
+DELIVERY_RANK: Mapping[DeliveryStatus, int] = {
+    DeliveryStatus.PENDING: 0,
+    DeliveryStatus.SENDING: 1,
+    DeliveryStatus.DROPPED: 1,
+    DeliveryStatus.SENT: 2,
+    DeliveryStatus.DELIVERED: 3,
+    DeliveryStatus.READ: 4,
+    DeliveryStatus.FAILED: 5,
+}
+
+
+class InboundRole(StrEnum):
+    """What an inbound message can do in a conversation."""
+
+    ANSWER = "answer"  # a person's message: it can answer a question or interrupt a wait
+    TRANSCRIPT = "transcript"  # kept for the record only (e.g. a reaction emoji)
+    UNSUPPORTED = "unsupported"  # a type we cannot read; recorded as a webhook event
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a channel can carry; the campaign validator checks graphs against it."""
+
+    max_buttons: int  # reply buttons per message; 0 means the channel has none
+    max_button_title: int
+    max_button_id: int
+    max_text_length: int
+    echoes_reference: bool  # status callbacks carry our client_ref, so sends can be reconciled
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One message a contact sent to one of our identities."""
+
+    channel: str
+    provider_message_id: str
+    identity_address: str  # our account it was sent to (a WhatsApp phone number id, a mailbox)
+    contact_address: str
+    contact_name: str | None
+    type: str
+    role: InboundRole
+    text: str | None  # what a campaign reads as the contact's answer
+    reply_id: str | None  # id of a tapped reply button
+    context_message_id: str | None  # the message of ours it replies to, when the channel says
+    timestamp: datetime
+    raw: JSONDict = field(hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """The fate of a message we sent; ``client_ref`` lets an uncertain send be reconciled."""
+
+    channel: str
+    provider_message_id: str
+    identity_address: str
+    status: str
+    recipient: str | None
+    timestamp: datetime
+    client_ref: str | None
+    errors: list[JSONDict] = field(default_factory=list, hash=False, compare=False)
+
+    @property
+    def error_summary(self) -> str | None:
+        parts = [f"{e.get('code')}: {e.get('title') or e.get('message')}" for e in self.errors]
+        return "; ".join(parts) or None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundBatch:
+    """Everything one webhook POST carried; ``ignored`` explains each part skipped on purpose."""
+
+    messages: list[InboundMessage] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    ignored: list[JSONDict] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """What a step sends: a text, optionally with reply buttons as (id, title) pairs."""
+
+    text: str
+    buttons: tuple[tuple[str, str], ...] = ()
+
+    def payload(self) -> JSONDict:
+        """The small record stored with the send intent (rule 5: no transcripts)."""
+        if self.buttons:
+            return {"type": "interactive", "buttons": [list(b) for b in self.buttons]}
+        return {"type": "text"}
+
+
+class Channel(Protocol):
+    """A provider as Parley uses it. Implementations raise ``parley.errors`` kinds only."""
+
+    name: str
+    capabilities: Capabilities
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Raise ``InvalidSignature`` unless the provider signed ``body``."""
+
+    def parse(self, body: bytes) -> InboundBatch:
+        """Read a whole webhook body; raise ``MalformedPayload`` before anything is stored."""
+
+    async def send(self, to: str, message: OutboundMessage, *, client_ref: str) -> str:
+        """Send and return the provider's message id; ``client_ref`` travels where it can."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

@@ -1,0 +1,96 @@
+"""Both halves of the wait handshake: no conversation sleeps through its own wake-up.
+
+The flow's half: after a prompt it waits hot in-process for a while (``wait_hot``), then, under
+the conversation row lock, either finds a message already there or writes ``suspended`` before
+it suspends (``prepare_suspend``). The webhook's half: it stores a message under the same lock
+and reads the status in that transaction (``wakeup_for``): a suspended run needs a resume, a
+new conversation a flow run, a running or hot one will see the message by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from parley.db import queries
+from parley.db.models import Conversation
+from parley.executor import extend_lease
+from parley.runtime import Runtime
+from parley.state_machine import LIVE, TERMINAL, Status, suspend_key
+
+WakeAction = Literal["start", "resume"]
+
+
+@dataclass(frozen=True)
+class WakeUp:
+    """What the webhook must do for a conversation once its message is committed."""
+
+    conversation_id: int
+    action: WakeAction
+    flow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class SuspendDecision:
+    suspend: bool
+    key: str
+
+
+def wakeup_for(conversation: Conversation, created: bool) -> WakeUp | None:
+    """The webhook's half, read under the row lock in the storing transaction."""
+    if created or (conversation.status == Status.PENDING and conversation.flow_run_id is None):
+        return WakeUp(conversation.id, "start", None)
+    if conversation.status == Status.SUSPENDED:
+        return WakeUp(conversation.id, "resume", conversation.flow_run_id)
+    return None
+
+
+async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float) -> bool:
+    """Stay in-process for up to ``seconds`` waiting for the next message (a live chat answers
+    in milliseconds); False means nothing came and the run may go cold."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.step != step or row.status in TERMINAL:
+            return True
+        if await queries.has_unconsumed_inbound(session, conversation_id):
+            return True
+        row.status = Status.HOT
+        extend_lease(row, rt.lease_seconds)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    renew_at = loop.time() + rt.lease_seconds / 3
+    while loop.time() < deadline and not rt.stop_waiting:
+        await rt.signal.wait(conversation_id, min(deadline - loop.time(), 1.0))
+        async with rt.db.read() as session:
+            if await queries.has_unconsumed_inbound(session, conversation_id):
+                return True
+        if loop.time() >= renew_at:
+            await renew_lease(rt, conversation_id)
+            renew_at = loop.time() + rt.lease_seconds / 3
+    return False
+
+
+async def renew_lease(rt: Runtime, conversation_id: int) -> None:
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.status in LIVE:
+            extend_lease(row, rt.lease_seconds)
+
+
+async def prepare_suspend(rt: Runtime, conversation_id: int, step: int) -> SuspendDecision:
+    """The flow's half, under the row lock: either a message is already there (keep going) or
+    the row says ``suspended`` before the run suspends, so a webhook storing a message after
+    this commit knows it must resume the run."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.step != step or row.status in TERMINAL:
+            return SuspendDecision(False, "")
+        if await queries.has_unconsumed_inbound(session, conversation_id):
+            row.status = Status.RUNNING
+            return SuspendDecision(False, "")
+        row.status = Status.SUSPENDED
+        row.sleeps += 1
+        row.lease_until = None
+        queries.touch(row)
+        return SuspendDecision(True, suspend_key(step, row.sleeps))

@@ -1,0 +1,47 @@
+"""What a conversation step needs from the outside world, built once per process and passed to
+every executor, outbox and handshake function (never read from a module global), so tests hand
+in their own database and loopback providers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from parley.campaign.registry import CampaignCache
+from parley.channels.base import Channel
+from parley.db import Database
+from parley.errors import NotFound
+from parley.inbox_signal import InboxSignal, PollingSignal
+
+HttpPoster = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Runtime:
+    db: Database
+    channels: Mapping[str, Channel]  # one sender per channel, by channel name
+    post_json: HttpPoster
+    campaigns: CampaignCache
+    lease_seconds: float = 30.0
+    reconcile_seconds: float = 30.0
+    poll_seconds: float = 0.05
+    inbox_signal: InboxSignal | None = None
+    # Set when the worker shuts down: hot waits end early so their runs suspend (and cost
+    # nothing) instead of dying with the process and waiting for lease expiry.
+    stop_waiting: bool = False
+
+    @property
+    def signal(self) -> InboxSignal:
+        return self.inbox_signal or PollingSignal(self.poll_seconds)
+
+    def channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise NotFound(f"no sender for channel {name!r} in this process") from None
+
+    async def aclose(self) -> None:
+        for channel in self.channels.values():
+            await channel.aclose()
+        await self.db.dispose()

@@ -1,0 +1,1 @@
+"""One router per provider (``whatsapp``) plus the operators' REST API (``api``)."""
