@@ -98,3 +98,15 @@ class OutsideCustomerWindow(ChannelError):
 
 class PermanentChannelError(ChannelError):
     """Any other refusal: sending the same thing again will fail the same way."""
+
+
+class NotConnected(PermanentChannelError):
+    """LinkedIn: the lead is not a connection, so a direct message cannot be sent."""
+
+
+class CreditsExhausted(ChannelError):
+    """LinkedIn InMail credits are used up: park InMails until the account has credits again."""
+
+
+class Undeliverable(PermanentChannelError):
+    """Bounced, blocked or unknown recipient: the conversation ends with this reason."""

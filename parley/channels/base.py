@@ -142,3 +142,57 @@ class Channel(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+# --- outreach: actions an identity performs, one at a time, under its limits -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class SenderIdentity:
+    """The account an action goes out from, with its provider settings (secrets resolved):
+    a mailbox's SMTP server and login, a LinkedIn seat's gateway account id."""
+
+    channel: str
+    address: str
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OutreachAction:
+    """One business-initiated action: an email, a LinkedIn message, connection request, InMail
+    or profile visit, a WhatsApp template. ``client_ref`` is our id for it (idempotency key,
+    Message-ID, template callback data), stable across retries."""
+
+    type: str
+    to: str
+    client_ref: str
+    text: str | None = None
+    subject: str | None = None
+    template: str | None = None  # WhatsApp template name
+    parameters: tuple[str, ...] = ()  # template body parameters, in order
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What the provider said it did: its id for the thing sent, and small details."""
+
+    provider_id: str | None
+    detail: JSONDict = field(default_factory=dict, hash=False, compare=False)
+
+
+class OutreachChannel(Protocol):
+    """A provider that performs outreach actions for an identity. Implementations raise
+    ``parley.errors`` kinds only: ``IdentityExpired`` (park the channel), ``RateLimited``
+    (wait for ``retry_after``), ``TransientChannelError`` (retry; the call may have happened
+    when ``http_status`` is None or >= 500), ``NotConnected``, ``CreditsExhausted``,
+    ``Undeliverable`` (complete the conversation), ``PermanentChannelError``."""
+
+    name: str
+    action_types: frozenset[str]
+
+    async def perform(self, action: OutreachAction, sender: SenderIdentity) -> ActionResult:
+        """Do ``action`` once; a retry with the same ``client_ref`` must not do it twice where
+        the provider lets us say so."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
