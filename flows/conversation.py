@@ -12,15 +12,18 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
+from prefect.states import Failed
 
 from parley.settings import get_settings
+from parley.state_machine import Status
 from tasks.conversation import (
     advance_step,
     begin_run,
-    fail_conversation,
+    give_up_step,
     prepare_suspend,
     wait_for_reply,
 )
@@ -40,7 +43,7 @@ def _current_flow_run_id() -> str | None:
 
 
 @flow(name="conversation", persist_result=True, log_prints=True)
-async def conversation(conversation_id: int) -> str:
+async def conversation(conversation_id: int) -> str | State[object]:
     logger = get_run_logger()
     cursor = await begin_run(conversation_id, _current_flow_run_id())
     hot_seconds = get_settings().hot_wait_seconds
@@ -59,8 +62,10 @@ async def conversation(conversation_id: int) -> str:
             try:
                 cursor = await advance_step(conversation_id, cursor.step, cursor.node)
             except Exception as exc:
-                logger.error("step %s failed after its retries: %r", cursor.step, exc)
-                await fail_conversation(conversation_id, f"step {cursor.step}: {exc!r}")
-                raise
+                logger.error("step %s (%s) failed for good: %r", cursor.step, cursor.node, exc)
+                reason = f"step {cursor.step} ({cursor.node}): {exc!r}"
+                cursor = await give_up_step(conversation_id, cursor.step, reason)
     logger.info("conversation %s ended: %s", conversation_id, cursor.status)
+    if cursor.status is Status.FAILED:
+        return Failed(message=f"conversation {conversation_id} failed; see its last_error")
     return cursor.status

@@ -11,19 +11,26 @@ safe to run again after a crash at any line:
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley import outbox
-from parley.campaign import Campaign
+from parley.campaign import Campaign, render_secrets
+from parley.campaign.templates import secret_names
+from parley.channels.base import DeliveryStatus, OutboundMessage
 from parley.db import queries
 from parley.db.models import Conversation, Message, utcnow
-from parley.errors import ChannelError, ParleyError
+from parley.errors import ChannelError, ParleyError, PermanentChannelError
 from parley.runtime import Runtime
 from parley.state_machine import (
     TERMINAL,
     Cursor,
+    HttpCall,
     Reply,
     Snapshot,
     Status,
@@ -31,9 +38,12 @@ from parley.state_machine import (
     Wait,
     WaitKind,
     after_http,
+    plan_failure,
     plan_step,
     step_ref,
 )
+
+log = logging.getLogger(__name__)
 
 
 class NothingToConsume(ParleyError):
@@ -69,7 +79,9 @@ async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) 
 
 
 async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
-    """Run step ``step``: plan it, perform its one effect, commit step+1."""
+    """Run step ``step``: plan it, perform its one effect, commit step+1. A refusal that
+    retrying cannot change ends the node for good (``give_up``); anything retryable raises for
+    the task's retries."""
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
@@ -77,18 +89,25 @@ async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
         snapshot = _snapshot(row)
         reply = await _next_reply(session, row)
-        transition = plan_step(campaign, snapshot, reply)
+        transition = plan_step(campaign, snapshot, reply, rt.environ)
         intent = await _record_intent(session, row, transition)
         contact = await queries.get_contact(session, row.contact_id)
+    target = _Target(conversation_id, step, contact.address, contact.channel)
     try:
-        transition = await _perform(
-            rt, campaign, snapshot, transition, intent, contact.address, contact.channel
-        )
+        transition = await _perform(rt, campaign, snapshot, transition, intent, target)
     except ChannelError as exc:
         if exc.retryable:
             raise
-        return await fail(rt, conversation_id, f"{type(exc).__name__}: {exc}")
+        return await give_up(rt, conversation_id, step, f"{type(exc).__name__}: {exc}")
     return await _commit(rt, conversation_id, step, transition)
+
+
+@dataclass(frozen=True)
+class _Target:
+    conversation_id: int
+    step: int
+    address: str
+    channel: str
 
 
 def _snapshot(row: Conversation) -> Snapshot:
@@ -118,21 +137,36 @@ async def _perform(
     snapshot: Snapshot,
     transition: Transition,
     intent: Message | None,
-    to: str,
-    channel: str,
+    target: _Target,
 ) -> Transition:
     if intent is not None and transition.outbound is not None:
-        await outbox.deliver(rt, intent, transition.outbound, to, channel)
+        await outbox.deliver(rt, intent, transition.outbound, target.address, target.channel)
     if transition.http is not None:
-        call = transition.http
-        result = await rt.post_json(
-            call.url,
-            call.body,
-            idempotency_key=intent.client_ref if intent else f"{to}-{snapshot.current_node}",
-            timeout=call.timeout_seconds,
+        result = await _call_http(
+            rt, transition.http, step_ref(target.conversation_id, target.step)
         )
         return after_http(campaign, snapshot, result)
     return transition
+
+
+async def _call_http(rt: Runtime, call: HttpCall, ref: str) -> dict[str, Any]:
+    """The idempotency key is the step's reference: a node visited twice, or the contact's next
+    conversation, is a new call; a retry of this one is not. No contact data goes in headers."""
+    parts = urlsplit(call.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PermanentChannelError(f"http node URL {call.url!r} is not an http(s) URL")
+    headers = {name: await _with_secrets(rt, value) for name, value in call.headers.items()}
+    return await rt.post_json(
+        call.url, call.body, idempotency_key=ref, timeout=call.timeout_seconds, headers=headers
+    )
+
+
+async def _with_secrets(rt: Runtime, template: str) -> str:
+    names = secret_names(template)
+    if not names:
+        return template
+    values = {name: await rt.secrets(name) for name in dict.fromkeys(names)}
+    return render_secrets(template, values)
 
 
 async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -> Cursor:
@@ -142,22 +176,66 @@ async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -
             return cursor_of(row)
         if t.consumed_message_id is not None:
             await queries.mark_consumed(session, t.consumed_message_id, step)
-        if t.wait and (row.waiting_for != t.wait.kind or row.current_node != t.current_node):
-            row.waiting_since = utcnow()
-        row.current_node = t.current_node
-        row.variables = t.variables
-        row.attempts = t.attempts
-        row.waiting_for = t.wait.kind if t.wait else None
-        row.wake_at = t.wait.until if t.wait else None
-        row.status = t.status
-        row.step = step + 1
-        if t.status in TERMINAL:
-            row.ended_at = utcnow()
-            row.lease_until = None
-        else:
-            extend_lease(row, rt.lease_seconds)
-        queries.touch(row)
+        _apply(row, step, t, rt.lease_seconds)
         return cursor_of(row)
+
+
+def _apply(row: Conversation, step: int, t: Transition, lease_seconds: float) -> None:
+    """Write step ``step``'s transition into the (locked) row."""
+    if t.wait and (row.waiting_for != t.wait.kind or row.current_node != t.current_node):
+        row.waiting_since = utcnow()
+    row.current_node = t.current_node
+    row.variables = t.variables
+    row.attempts = t.attempts
+    row.waiting_for = t.wait.kind if t.wait else None
+    row.wake_at = t.wait.until if t.wait else None
+    row.status = t.status
+    row.step = step + 1
+    if t.error is not None:
+        row.last_error = t.error[:2000]
+    if t.status in TERMINAL:
+        row.ended_at = utcnow()
+        row.lease_until = None
+    else:
+        extend_lease(row, lease_seconds)
+    queries.touch(row)
+
+
+async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> Cursor:
+    """Step ``step`` failed for good. Follow the node's ``when: error`` edge, or end the
+    conversation ``failed`` with the reason, first telling the contact the campaign's
+    ``error_text``. The apology's intent is written with the state change; a replay of this
+    function delivers it if the previous attempt died before it went out."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.step == step and row.status not in TERMINAL:
+            campaign = await rt.campaigns.get(session, row.campaign_version_id)
+            transition = plan_failure(campaign, _snapshot(row), reason, rt.environ)
+            if transition.outbound is not None:
+                await outbox.record_intent(
+                    session, row.id, step, apology_ref(row.id, step), transition.outbound
+                )
+            _apply(row, step, transition, rt.lease_seconds)
+        cursor = cursor_of(row)
+        apology = await queries.outbound_by_ref(session, apology_ref(conversation_id, step))
+        contact = await queries.get_contact(session, row.contact_id)
+    if apology is not None and apology.status == DeliveryStatus.PENDING:
+        await _send_apology(rt, apology, contact.address, contact.channel)
+    return cursor
+
+
+def apology_ref(conversation_id: int, step: int) -> str:
+    return f"{step_ref(conversation_id, step)}-error"
+
+
+async def _send_apology(rt: Runtime, intent: Message, to: str, channel: str) -> None:
+    """Best effort: the conversation has already ended; a provider refusing the apology too
+    is recorded on the message, not raised."""
+    message = OutboundMessage(intent.text or "")
+    try:
+        await outbox.deliver(rt, intent, message, to, channel)
+    except ChannelError as exc:
+        log.warning("apology %s not sent: %s", intent.client_ref, exc)
 
 
 async def fail(rt: Runtime, conversation_id: int, reason: str) -> Cursor:

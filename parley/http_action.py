@@ -22,9 +22,10 @@ async def post_json(
     *,
     idempotency_key: str,
     timeout: float,
+    headers: dict[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, Any]:
-    headers = {"Idempotency-Key": idempotency_key, "User-Agent": "parley"}
+    headers = {**(headers or {}), "Idempotency-Key": idempotency_key, "User-Agent": "parley"}
     try:
         async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
             response = await client.post(url, json=body, headers=headers)

@@ -5,7 +5,7 @@ in their own database and loopback providers."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parley.campaign.registry import CampaignCache
@@ -15,6 +15,12 @@ from parley.errors import NotFound
 from parley.inbox_signal import InboxSignal, PollingSignal
 
 HttpPoster = Callable[..., Awaitable[dict[str, Any]]]
+SecretResolver = Callable[[str], Awaitable[str]]
+"""Looks up ``{secret.name}`` (tasks/ resolves Prefect Secret blocks); raises NotFound."""
+
+
+async def no_secrets(name: str) -> str:
+    raise NotFound(f"secret {name!r} is not available in this process")
 
 
 @dataclass
@@ -27,9 +33,11 @@ class Runtime:
     reconcile_seconds: float = 30.0
     poll_seconds: float = 0.05
     inbox_signal: InboxSignal | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)  # values for campaigns' {env.NAME}
+    secrets: SecretResolver = no_secrets
     # Set when the worker shuts down: hot waits end early so their runs suspend (and cost
-    # nothing) instead of dying with the process and waiting for lease expiry.
-    stop_waiting: bool = False
+    # nothing) instead of dying with the process, and the dispatcher ends at its next tick.
+    stopping: bool = False
 
     @property
     def signal(self) -> InboxSignal:

@@ -23,6 +23,7 @@ from parley.campaign import (
     SendNode,
     check_answer,
     render,
+    render_url,
 )
 from parley.channels.base import OutboundMessage
 
@@ -117,6 +118,7 @@ class Reply:
 class HttpCall:
     url: str
     body: dict[str, Any]
+    headers: dict[str, str]  # may still hold {secret.name}: filled only when sending
     result_var: str | None
     timeout_seconds: float
 
@@ -133,15 +135,51 @@ class Transition:
     consumed_message_id: int | None = None
     outbound: OutboundMessage | None = None
     http: HttpCall | None = None
+    error: str | None = None  # why the conversation failed, or why it took an error edge
     notes: list[str] = field(default_factory=list)
 
 
-def plan_step(campaign: Campaign, snapshot: Snapshot, reply: Reply | None) -> Transition:
+def campaign_env(campaign: Campaign, environ: Mapping[str, str]) -> dict[str, str]:
+    """The values of the campaign's declared ``env:`` names: the process environment where it
+    sets them, else the campaign's defaults. Undeclared names are never read."""
+    return {name: environ.get(name, default) for name, default in campaign.env.items()}
+
+
+def plan_step(
+    campaign: Campaign,
+    snapshot: Snapshot,
+    reply: Reply | None,
+    environ: Mapping[str, str] | None = None,
+) -> Transition:
+    env = campaign_env(campaign, environ or {})
     if snapshot.wait is not None and snapshot.wait.kind is WaitKind.REPLY:
         if reply is None:
             raise ValueError("a step that waits for a reply needs one")
-        return _consume_reply(campaign, snapshot, reply)
-    return _execute_node(campaign, snapshot)
+        return _consume_reply(campaign, snapshot, reply, env)
+    return _execute_node(campaign, snapshot, env)
+
+
+def plan_failure(
+    campaign: Campaign,
+    snapshot: Snapshot,
+    reason: str,
+    environ: Mapping[str, str] | None = None,
+) -> Transition:
+    """A node failed for good: follow its ``when: error`` edge, or end ``failed`` after telling
+    the contact the campaign's ``error_text`` (never leave them waiting in silence)."""
+    variables = dict(snapshot.variables)
+    target = campaign.next_node(snapshot.current_node, variables, outcome="error")
+    if target is not None:
+        return Transition(target, variables, 0, None, Status.RUNNING, error=reason)
+    env = campaign_env(campaign, environ or {})
+    apology = (
+        OutboundMessage(render(campaign.error_text, variables, env))
+        if campaign.error_text
+        else None
+    )
+    return Transition(
+        snapshot.current_node, variables, 0, None, Status.FAILED, outbound=apology, error=reason
+    )
 
 
 def _moved_to(
@@ -153,25 +191,26 @@ def _moved_to(
     return Transition(target, variables, 0, None, Status.RUNNING)
 
 
-def _execute_node(campaign: Campaign, snapshot: Snapshot) -> Transition:
+def _execute_node(campaign: Campaign, snapshot: Snapshot, env: Mapping[str, str]) -> Transition:
     node = campaign.node(snapshot.current_node)
     variables = dict(snapshot.variables)
     if isinstance(node, SendNode):
         moved = _moved_to(campaign, snapshot, variables)
-        return replace(moved, outbound=OutboundMessage(render(node.text, variables)))
+        return replace(moved, outbound=OutboundMessage(render(node.text, variables, env)))
     if isinstance(node, AskNode):
-        prompt = OutboundMessage(render(node.prompt, variables), _buttons(node))
+        prompt = OutboundMessage(render(node.prompt, variables, env), _buttons(node))
         return Transition(node.id, variables, 0, REPLY, Status.RUNNING, outbound=prompt)
     if isinstance(node, HttpNode):
         call = HttpCall(
-            url=render(node.url, variables),
+            url=render_url(node.url, variables, env),
             body={name: variables.get(name) for name in node.send},
+            headers={k: render(v, variables, env) for k, v in node.headers.items()},
             result_var=node.result_var,
             timeout_seconds=node.timeout_seconds,
         )
         return Transition(node.id, variables, 0, None, Status.RUNNING, http=call)
     if isinstance(node, EndNode):
-        final = OutboundMessage(render(node.text, variables)) if node.text else None
+        final = OutboundMessage(render(node.text, variables, env)) if node.text else None
         return Transition(node.id, variables, 0, None, Status.COMPLETED, outbound=final)
     raise TypeError(f"unknown node type {type(node).__name__}")
 
@@ -192,7 +231,9 @@ def _buttons(node: AskNode) -> tuple[tuple[str, str], ...]:
     return tuple((choice.id, choice.title) for choice in node.choices)
 
 
-def _consume_reply(campaign: Campaign, snapshot: Snapshot, reply: Reply) -> Transition:
+def _consume_reply(
+    campaign: Campaign, snapshot: Snapshot, reply: Reply, env: Mapping[str, str]
+) -> Transition:
     node = campaign.node(snapshot.current_node)
     assert isinstance(node, AskNode), "only ask nodes wait for a reply"
     check = check_answer(node, reply.text, reply.reply_id)
@@ -206,7 +247,7 @@ def _consume_reply(campaign: Campaign, snapshot: Snapshot, reply: Reply) -> Tran
     if attempts >= node.max_attempts:
         moved = _moved_to(campaign, snapshot, variables, outcome="invalid")
         return replace(moved, consumed_message_id=reply.message_id)
-    retry = OutboundMessage(render(node.retry, variables), _buttons(node))
+    retry = OutboundMessage(render(node.retry, variables, env), _buttons(node))
     return Transition(
         node.id,
         variables,

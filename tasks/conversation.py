@@ -73,10 +73,12 @@ async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendD
 
 
 @task(
-    name="fail-conversation",
+    name="give-up",
+    task_run_name="give-up-{step}",
     cache_policy=NO_CACHE,
     retries=5,
     retry_delay_seconds=exponential_backoff(1),
 )
-async def fail_conversation(conversation_id: int, reason: str) -> Cursor:
-    return await executor.fail(await get_runtime(), conversation_id, reason)
+async def give_up_step(conversation_id: int, step: int, reason: str) -> Cursor:
+    """A step failed for good: take its error edge, or apologise and end ``failed``."""
+    return await executor.give_up(await get_runtime(), conversation_id, step, reason)

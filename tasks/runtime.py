@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -18,6 +19,7 @@ from parley.campaign.registry import CampaignCache
 from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
+from parley.errors import NotFound
 from parley.http_action import post_json
 from parley.inbox_signal import PostgresSignal
 from parley.runtime import Runtime
@@ -53,6 +55,18 @@ async def resolve_database_url(settings: Settings) -> str:
     return await database_url_from_block(settings.db_block) or settings.resolved_database_url
 
 
+async def prefect_secret(name: str) -> str:
+    """``{secret.name}`` in a campaign's http headers: a Prefect Secret block, editable in the
+    UI and never stored in Parley's database or any task result."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block: Secret[str] = await Secret.aload(name)
+    except ValueError as exc:
+        raise NotFound(f"no Prefect Secret block named {name!r}") from exc
+    return str(block.get())
+
+
 async def get_runtime() -> Runtime:
     global _runtime
     async with _lock:
@@ -68,14 +82,17 @@ async def get_runtime() -> Runtime:
                 reconcile_seconds=settings.send_reconcile_seconds,
                 poll_seconds=settings.hot_poll_seconds,
                 inbox_signal=None if is_sqlite(url) else PostgresSignal(url),
+                environ=dict(os.environ),
+                secrets=prefect_secret,
             )
     return _runtime
 
 
-def stop_hot_waits() -> None:
-    """Called by the worker on shutdown: waiting runs suspend now rather than be killed."""
+def stop_gracefully() -> None:
+    """Called by the worker on shutdown: hot runs suspend now rather than be killed, and the
+    dispatcher run ends at its next tick (the next worker's kick replaces it)."""
     if _runtime is not None:
-        _runtime.stop_waiting = True
+        _runtime.stopping = True
 
 
 @contextlib.asynccontextmanager

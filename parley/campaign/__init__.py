@@ -6,6 +6,7 @@ walk with ``Campaign.next_node``; judge answers with ``check_answer``; fill text
 
 from parley.campaign.answers import AnswerCheck, check_answer
 from parley.campaign.conditions import (
+    WHEN_ERROR,
     WHEN_INVALID,
     Condition,
     EqualsCondition,
@@ -15,8 +16,6 @@ from parley.campaign.conditions import (
 from parley.campaign.loading import campaign_digest, load_campaign, parse_campaign
 from parley.campaign.model import (
     DEFAULT_RETRY,
-    MAX_CHOICE_TITLE,
-    MAX_CHOICES,
     AskNode,
     Campaign,
     Choice,
@@ -28,12 +27,11 @@ from parley.campaign.model import (
     SendNode,
     Validation,
 )
-from parley.campaign.templates import render
+from parley.campaign.templates import render, render_secrets, render_url
 
 __all__ = [
     "DEFAULT_RETRY",
-    "MAX_CHOICES",
-    "MAX_CHOICE_TITLE",
+    "WHEN_ERROR",
     "WHEN_INVALID",
     "AnswerCheck",
     "AskNode",
@@ -55,4 +53,6 @@ __all__ = [
     "load_campaign",
     "parse_campaign",
     "render",
+    "render_secrets",
+    "render_url",
 ]

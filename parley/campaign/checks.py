@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from parley.campaign.conditions import WHEN_INVALID
 from parley.campaign.model import Edge, EndNode, HttpNode, Node
-from parley.campaign.templates import has_stray_braces, placeholders
+from parley.campaign.templates import (
+    env_names,
+    has_stray_braces,
+    placeholders,
+    render_url,
+    secret_names,
+)
+from parley.channels.base import REPLY_ID_MAX_LENGTH, Capabilities
+from parley.channels.catalog import CAPABILITIES
 
 Problem = tuple[str | None, str]
 
@@ -26,7 +35,7 @@ class Link:
     index: int
     source: str
     target: str
-    when_invalid: bool
+    outcome: str | None  # "invalid" / "error" edges are only taken when the node ends so
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,22 @@ class Draft:
     assigned: frozenset[str]
     nodes: list[Node]
     edges: dict[int, Edge]
+    channel: str = "whatsapp"
+    env: dict[str, str] | None = None
+    choices: tuple[RawChoices, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawChoices:
+    """A node's reply buttons as written, so they are checked even if the node is broken."""
+
+    index: int
+    node_id: str | None
+    buttons: tuple[tuple[str, str], ...]  # (id, title)
+
+    @property
+    def label(self) -> str:
+        return f"nodes[{self.index}]" + (f" (id {self.node_id!r})" if self.node_id else "")
 
 
 def find_problems(draft: Draft) -> list[Problem]:
@@ -85,12 +110,14 @@ def _reachable(start: str, links: Iterable[Link]) -> set[str]:
 
 
 def _dead_ends(draft: Draft) -> Iterator[Problem]:
-    continuing = {link.source for link in draft.links if not link.when_invalid}
+    continuing = {link.source for link in draft.links if link.outcome is None}
     for node in draft.nodes:
         if isinstance(node, EndNode) or node.id in continuing:
             continue
-        exhausted_only = any(link.source == node.id for link in draft.links)
-        besides = f" besides 'when: {WHEN_INVALID}'" if exhausted_only else ""
+        special = sorted(
+            {link.outcome for link in draft.links if link.source == node.id and link.outcome}
+        )
+        besides = f" besides 'when: {special[0]}'" if special else ""
         yield (
             node.id,
             (
@@ -113,7 +140,7 @@ def _misplaced_invalid(draft: Draft) -> Iterator[Problem]:
     types = {node.id: node.type for node in draft.nodes}
     for link in draft.links:
         node_type = types.get(link.source)  # None: unknown or unparsed, reported elsewhere
-        if link.when_invalid and node_type not in (None, "ask"):
+        if link.outcome == WHEN_INVALID and node_type not in (None, "ask"):
             yield (
                 link.source,
                 (
@@ -126,7 +153,7 @@ def _misplaced_invalid(draft: Draft) -> Iterator[Problem]:
 def _shadowed_edges(draft: Draft) -> Iterator[Problem]:
     catch_all: dict[str, int] = {}
     for index, edge in sorted(draft.edges.items()):
-        if edge.source in catch_all and not edge.on_invalid:
+        if edge.source in catch_all and not edge.on_outcome:
             yield (
                 edge.source,
                 (
@@ -178,6 +205,94 @@ def _variables_read(node: Node) -> Iterator[tuple[str, str]]:
             yield "send", name
 
 
+def _unknown_channel(draft: Draft) -> Iterator[Problem]:
+    if draft.channel not in CAPABILITIES:
+        known = ", ".join(sorted(CAPABILITIES))
+        yield None, f"unknown channel {draft.channel!r}; Parley knows {known}"
+
+
+def _choices_fit_the_channel(draft: Draft) -> Iterator[Problem]:
+    capabilities = CAPABILITIES.get(draft.channel)
+    if capabilities is None:
+        return
+    for raw in draft.choices:
+        yield from _choice_problems(raw, draft.channel, capabilities)
+
+
+def _choice_problems(raw: RawChoices, channel: str, caps: Capabilities) -> Iterator[Problem]:
+    if len(raw.buttons) > caps.max_buttons:
+        yield (
+            raw.node_id,
+            f"{raw.label}: {channel} allows at most {caps.max_buttons} reply buttons, "
+            f"got {len(raw.buttons)} choices",
+        )
+    id_limit = min(caps.max_button_id, REPLY_ID_MAX_LENGTH)
+    for index, (button_id, title) in enumerate(raw.buttons):
+        if len(title) > caps.max_button_title:
+            yield (
+                raw.node_id,
+                f"{raw.label}: choices[{index}].title {title!r} has {len(title)} "
+                f"characters; {channel} buttons allow at most {caps.max_button_title}",
+            )
+        if len(button_id) > id_limit:
+            yield (
+                raw.node_id,
+                f"{raw.label}: choices[{index}].id has {len(button_id)} characters; "
+                f"at most {id_limit} can be sent and stored",
+            )
+
+
+def _texts_fit_the_channel(draft: Draft) -> Iterator[Problem]:
+    capabilities = CAPABILITIES.get(draft.channel)
+    if capabilities is None:
+        return
+    for node in draft.nodes:
+        for field, template in node.templates().items():
+            if (
+                not field.startswith(("url", "headers"))
+                and len(template) > capabilities.max_text_length
+            ):
+                yield (
+                    node.id,
+                    f"{field} has {len(template)} characters; {draft.channel} messages allow "
+                    f"at most {capabilities.max_text_length}",
+                )
+
+
+def _undeclared_env(draft: Draft) -> Iterator[Problem]:
+    declared = draft.env or {}
+    for node in draft.nodes:
+        for field, template in node.templates().items():
+            for name in dict.fromkeys(env_names(template)):
+                if name not in declared:
+                    yield (
+                        node.id,
+                        f"{field} uses {{env.{name}}}, but the campaign's 'env:' does not "
+                        f"declare {name} (declare it with a default)",
+                    )
+
+
+def _secrets_outside_headers(draft: Draft) -> Iterator[Problem]:
+    for node in draft.nodes:
+        for field, template in node.templates().items():
+            if secret_names(template) and not field.startswith("headers."):
+                yield (
+                    node.id,
+                    f"{field} uses a {{secret.…}}: secrets may only appear in http headers, "
+                    "never in anything a contact can see",
+                )
+
+
+def _http_urls(draft: Draft) -> Iterator[Problem]:
+    for node in draft.nodes:
+        if not isinstance(node, HttpNode) or not node.url.startswith("{env."):
+            continue
+        url = render_url(node.url, {}, draft.env or {})
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            yield node.id, f"url {node.url!r} is {url!r} with the declared env: not an http URL"
+
+
 _CHECKS: tuple[Callable[[Draft], Iterator[Problem]], ...] = (
     _duplicate_ids,
     _unknown_start,
@@ -189,4 +304,10 @@ _CHECKS: tuple[Callable[[Draft], Iterator[Problem]], ...] = (
     _shadowed_edges,
     _template_syntax,
     _unassigned_variables,
+    _unknown_channel,
+    _choices_fit_the_channel,
+    _texts_fit_the_channel,
+    _undeclared_env,
+    _secrets_outside_headers,
+    _http_urls,
 )

@@ -16,6 +16,13 @@ from parley.campaign.names import VariableName
 WHEN_INVALID: Final = "invalid"
 """``when: invalid``: the edge taken once an ask node has used up its attempts."""
 
+WHEN_ERROR: Final = "error"
+"""``when: error``: the edge taken when a node fails for good (a provider refused the send, the
+http endpoint kept failing); without one, the conversation sends the campaign's ``error_text``
+and ends ``failed``."""
+
+OUTCOME_WHENS: Final = frozenset({WHEN_INVALID, WHEN_ERROR})
+
 
 class _VariableTest(BaseModel):
     # Numbers are accepted as strings so `equals: 3` in YAML needs no quotes.
@@ -64,7 +71,7 @@ _MODEL_TAGS: Final[dict[type[BaseModel], str]] = {
     InCondition: "in",
     ExistsCondition: "exists",
 }
-CONDITION_TAGS: Final = frozenset({WHEN_INVALID, *_MODEL_TAGS.values()})
+CONDITION_TAGS: Final = frozenset({*OUTCOME_WHENS, *_MODEL_TAGS.values()})
 
 
 def _condition_tag(value: Any) -> str | None:
@@ -74,11 +81,12 @@ def _condition_tag(value: Any) -> str | None:
     if isinstance(value, Mapping):
         tags = {tag for key, tag in _OPERATOR_TAGS.items() if key in value}
         return tags.pop() if len(tags) == 1 else None
-    return WHEN_INVALID if value == WHEN_INVALID else None
+    return value if value in OUTCOME_WHENS else None
 
 
 Condition = Annotated[
     Annotated[Literal["invalid"], Tag(WHEN_INVALID)]
+    | Annotated[Literal["error"], Tag(WHEN_ERROR)]
     | Annotated[EqualsCondition, Tag("equals")]
     | Annotated[InCondition, Tag("in")]
     | Annotated[ExistsCondition, Tag("exists")],
@@ -86,7 +94,7 @@ Condition = Annotated[
         _condition_tag,
         custom_error_type="invalid_condition",
         custom_error_message=(
-            "expected 'invalid' or a mapping with 'var' and exactly one of "
+            "expected 'invalid', 'error' or a mapping with 'var' and exactly one of "
             "'equals', 'in' or 'exists'"
         ),
     ),

@@ -19,19 +19,14 @@ from pydantic import (
     model_validator,
 )
 
-from parley.campaign.conditions import WHEN_INVALID, Condition
-from parley.campaign.names import NodeId, Slug, VariableName
+from parley.campaign.conditions import OUTCOME_WHENS, Condition
+from parley.campaign.names import EnvName, NodeId, Slug, VariableName
 from parley.errors import NotFound
-
-MAX_CHOICES: Final = 3
-"""WhatsApp shows at most three reply buttons."""
-
-MAX_CHOICE_TITLE: Final = 20
-"""WhatsApp truncates reply-button titles longer than 20 characters."""
 
 DEFAULT_RETRY: Final = "Sorry, I didn't get that. Please try again."
 
-Outcome = Literal["ok", "invalid"]
+Outcome = Literal["ok", "invalid", "error"]
+"""How a node ended: normally, out of attempts (``when: invalid``), or failed (``when: error``)."""
 Validation = Literal["text", "email", "choices"]
 
 
@@ -57,18 +52,10 @@ class SendNode(_NodeBase):
 
 
 class Choice(_Strict):
-    id: str = Field(min_length=1, max_length=256)
-    title: str = Field(min_length=1)
+    """A reply button; whether it fits is the channel's to say (``checks``)."""
 
-    @field_validator("title")
-    @classmethod
-    def _fits_a_button(cls, title: str) -> str:
-        if len(title) > MAX_CHOICE_TITLE:
-            raise ValueError(
-                f"title {title!r} has {len(title)} characters; "
-                f"WhatsApp buttons allow at most {MAX_CHOICE_TITLE}"
-            )
-        return title
+    id: str = Field(min_length=1)
+    title: str = Field(min_length=1)
 
 
 class AskNode(_NodeBase):
@@ -93,11 +80,7 @@ class AskNode(_NodeBase):
 
     @field_validator("choices")
     @classmethod
-    def _fit_reply_buttons(cls, choices: list[Choice]) -> list[Choice]:
-        if len(choices) > MAX_CHOICES:
-            raise ValueError(
-                f"WhatsApp allows at most {MAX_CHOICES} reply buttons, got {len(choices)} choices"
-            )
+    def _distinct_choices(cls, choices: list[Choice]) -> list[Choice]:
         _require_unique("choice ids", [choice.id for choice in choices])
         # Titles are matched case-insensitively against typed answers, so they must differ.
         _require_unique("choice titles", [choice.title.casefold() for choice in choices])
@@ -118,24 +101,32 @@ class AskNode(_NodeBase):
 
 
 class HttpNode(_NodeBase):
-    """POSTs the ``send`` variables as a JSON object; the response lands in ``result_var``."""
+    """POSTs the ``send`` variables as a JSON object; the response lands in ``result_var``.
+
+    The URL usually starts with a configured base (``{env.CRM_URL}/contacts``) so the same
+    campaign runs against a local CRM under ``parley dev`` and the real one in production.
+    Headers may carry ``{secret.name}`` (a Prefect Secret block), resolved only at send time.
+    """
 
     type: Literal["http"] = "http"
     url: str
     send: list[VariableName] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
     result_var: VariableName | None = None
     timeout_seconds: float = Field(default=10, gt=0)
 
     @field_validator("url")
     @classmethod
     def _is_http_url(cls, url: str) -> str:
+        if url.startswith("{env."):
+            return url  # the configured base is checked once its value is known
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return url
 
     def templates(self) -> dict[str, str]:
-        return {"url": self.url}
+        return {"url": self.url, **{f"headers.{k}": v for k, v in self.headers.items()}}
 
 
 class EndNode(_NodeBase):
@@ -155,18 +146,19 @@ class Edge(_Strict):
     when: Condition | None = None
 
     @property
-    def on_invalid(self) -> bool:
-        return self.when == WHEN_INVALID
+    def on_outcome(self) -> bool:
+        """An ``invalid`` or ``error`` edge: only taken when the node ended that way."""
+        return isinstance(self.when, str) and self.when in OUTCOME_WHENS
 
     def applies(self, variables: Mapping[str, object], outcome: Outcome) -> bool:
         """Whether a conversation leaving ``source`` with this outcome may follow the edge.
 
-        The two outcomes never share edges, so a failed ask cannot slip through a catch-all edge
-        meant for valid answers.
+        Outcomes never share edges, so a failed ask cannot slip through a catch-all edge meant
+        for valid answers, nor a failed http call through the edge meant for its success.
         """
         if isinstance(self.when, str):
-            return outcome == "invalid"
-        if outcome == "invalid":
+            return outcome == self.when
+        if outcome != "ok":
             return False
         return self.when is None or self.when.matches(variables)
 
@@ -177,6 +169,9 @@ class Campaign(_Strict):
     name: Slug
     version: int = Field(default=1, ge=1)
     description: str = ""
+    channel: str = "whatsapp"
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    error_text: str | None = None
     start: str
     nodes: list[Node]
     edges: list[Edge]

@@ -12,10 +12,13 @@ from typing import Annotated, Final
 from pydantic import AfterValidator
 
 VARIABLE_PATTERN: Final = r"[A-Za-z_][A-Za-z0-9_]*"
+ENV_PATTERN: Final = r"[A-Z_][A-Z0-9_]*"
+SECRET_PATTERN: Final = r"[a-z0-9]+(?:-[a-z0-9]+)*"
 NODE_ID_MAX_LENGTH: Final = 100
 """A conversation stores its current node id; longer ids could not be stored."""
 
 _VARIABLE = re.compile(VARIABLE_PATTERN)
+_ENV = re.compile(ENV_PATTERN)
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -49,6 +52,16 @@ def _check_slug(value: str) -> str:
     return value
 
 
+def _check_env_name(value: str) -> str:
+    if not _ENV.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid env name: use upper-case letters, digits and '_', "
+            "e.g. CRM_URL"
+        )
+    return value
+
+
 VariableName = Annotated[str, AfterValidator(_check_variable_name)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 NodeId = Annotated[str, AfterValidator(_check_node_id)]
 Slug = Annotated[str, AfterValidator(_check_slug)]

@@ -7,14 +7,14 @@ e.g. ``nodes[2] (id 'ask_email'): field 'var' is required``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from parley.campaign.checks import Draft, Link, Problem, find_problems
-from parley.campaign.conditions import CONDITION_TAGS, WHEN_INVALID
+from parley.campaign.checks import Draft, Link, Problem, RawChoices, find_problems
+from parley.campaign.conditions import CONDITION_TAGS, OUTCOME_WHENS
 from parley.campaign.model import Campaign, Edge, Node
 from parley.errors import CampaignInvalid
 
@@ -94,7 +94,7 @@ def _draft(
     edges: dict[int, Edge],
 ) -> Draft:
     links = [
-        Link(index, source, target, _at(raw, "when") == WHEN_INVALID)
+        Link(index, source, target, _outcome_of(raw))
         for index, raw in enumerate(raw_edges)
         if (source := _string_at(raw, "from")) and (target := _string_at(raw, "to"))
     ]
@@ -103,7 +103,32 @@ def _draft(
         name for raw in raw_nodes for key in _ASSIGNING_FIELDS if (name := _string_at(raw, key))
     }
     start = _string_at(document, "start")
-    return Draft(start, node_ids, links, frozenset(assigned), nodes, edges)
+    env = document.get("env")
+    return Draft(
+        start,
+        node_ids,
+        links,
+        frozenset(assigned),
+        nodes,
+        edges,
+        channel=_string_at(document, "channel") or "whatsapp",
+        env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+        choices=tuple(_raw_choices(raw_nodes)),
+    )
+
+
+def _raw_choices(raw_nodes: list[Any]) -> Iterator[RawChoices]:
+    for index, raw in enumerate(raw_nodes):
+        choices = _at(raw, "choices")
+        if not isinstance(choices, list) or not choices:
+            continue
+        buttons = tuple((str(_at(c, "id") or ""), str(_at(c, "title") or "")) for c in choices)
+        yield RawChoices(index, _string_at(raw, "id"), buttons)
+
+
+def _outcome_of(raw_edge: object) -> str | None:
+    when = _at(raw_edge, "when")
+    return when if isinstance(when, str) and when in OUTCOME_WHENS else None
 
 
 def _describe(detail: ErrorDetails, path: Location) -> str:
@@ -120,7 +145,7 @@ def _describe(detail: ErrorDetails, path: Location) -> str:
 
 
 def _describe_node_type(detail: ErrorDetails) -> str:
-    expected = "'send', 'ask', 'http' or 'end'"
+    expected = "'send', 'ask', 'http' or 'end'"  # kept in step with model.Node
     tag = detail.get("ctx", {}).get("tag")
     if tag is None:
         return f"field 'type' is required: one of {expected}"

@@ -35,7 +35,8 @@ def test_onboarding_example_loads_and_validates() -> None:
     assert [(c.id, c.title) for c in plan.choices] == [("basic", "Basic"), ("pro", "Pro")]
     register = campaign.node("register")
     assert isinstance(register, HttpNode)
-    assert register.url == "http://127.0.0.1:8090/crm/contacts"
+    assert register.url == "{env.CRM_URL}/crm/contacts"
+    assert campaign.env == {"CRM_URL": "http://127.0.0.1:8090"}
     assert (register.send, register.result_var) == (["name", "email", "plan"], "crm")
     confirm = campaign.node("confirm")
     assert isinstance(confirm, SendNode)

@@ -98,13 +98,6 @@ class E2EStack:
         self.crm.stop()
 
 
-def _campaign_for(crm: RecordingEndpoint, directory: Path) -> Path:
-    text = ONBOARDING.read_text().replace("http://127.0.0.1:8090/crm", f"{crm.url}/crm")
-    path = directory / "onboarding.yaml"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture(scope="session")
 def stack_factory(
     prefect_server: str, database_factory: Any, tmp_path_factory: pytest.TempPathFactory
@@ -139,7 +132,8 @@ def stack_factory(
             "PARLEY_WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
             "PARLEY_WHATSAPP_APP_SECRET": APP_SECRET,
             "PARLEY_WHATSAPP_VERIFY_TOKEN": "test-verify-token",
-            "PARLEY_DEFAULT_CAMPAIGN": str(campaign or _campaign_for(crm, directory)),
+            "PARLEY_DEFAULT_CAMPAIGN": str(campaign or ONBOARDING),
+            "CRM_URL": crm.url,
             "PARLEY_CONVERSATION_DEPLOYMENT": f"conversation/{name}",
             "PARLEY_DISPATCHER_DEPLOYMENT": f"dispatcher/{name}",
             "PARLEY_DISPATCHER_LIMIT": f"parley-dispatcher-{name}",

@@ -43,16 +43,15 @@ def fake() -> Iterator[FakeWhatsAppAPI]:
 
 
 @pytest.fixture
-async def campaign_name(db: Database, crm: RecordingEndpoint, tmp_path: Path) -> str:
-    text = (ROOT / "examples/campaigns/onboarding.yaml").read_text()
-    path = tmp_path / "onboarding.yaml"
-    path.write_text(text.replace("http://127.0.0.1:8090/crm", f"{crm.url}/crm"))
+async def campaign_name(db: Database) -> str:
     async with db.transaction() as session:
-        return (await install_campaign(session, path)).name
+        return (await install_campaign(session, ROOT / "examples/campaigns/onboarding.yaml")).name
 
 
 @pytest.fixture
-async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[Runtime]:
+async def runtime(
+    db: Database, fake: FakeWhatsAppAPI, crm: RecordingEndpoint
+) -> AsyncIterator[Runtime]:
     config = WhatsAppConfig(fake.api_url, "t", PHONE_ID, "app-secret", "verify", timeout_seconds=2)
     channel = WhatsAppChannel(config)
     yield Runtime(
@@ -63,6 +62,7 @@ async def runtime(db: Database, fake: FakeWhatsAppAPI) -> AsyncIterator[Runtime]
         lease_seconds=5,
         reconcile_seconds=1,
         poll_seconds=0.01,
+        environ={"CRM_URL": crm.url},  # the onboarding campaign's {env.CRM_URL}
     )
     await channel.aclose()
 

@@ -7,9 +7,10 @@ import pytest
 
 from parley import executor
 from parley import operator_views as views
-from parley.db import Database
+from parley.db import Database, queries
 from parley.errors import RateLimited, TransientChannelError
 from parley.runtime import Runtime
+from parley.state_machine import step_ref
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.storage.conftest import USER, start_conversation
@@ -52,7 +53,7 @@ async def test_a_throttled_or_failing_send_is_known_unsent_and_the_retry_sends_o
         (100, 400, "PermanentChannelError"),
     ],
 )
-async def test_a_refusal_that_cannot_succeed_fails_the_conversation_with_the_reason(
+async def test_a_refusal_that_cannot_succeed_fails_the_conversation_and_apologises(
     db: Database,
     runtime: Runtime,
     campaign_name: str,
@@ -67,10 +68,13 @@ async def test_a_refusal_that_cannot_succeed_fails_the_conversation_with_the_rea
     assert cursor.status == "failed" and not cursor.active
     detail = await views.show_conversation(db, cid)
     assert reason in detail["last_error"]
-    assert [m["status"] for m in await _outbound(db, cid)] == ["failed"]
+    assert [m["status"] for m in await _outbound(db, cid)] == ["failed", "sent"]
     again = await executor.advance(runtime, cid, 0)
     assert again.status == "failed"
-    assert fake.texts_to(USER) == []
+    # The greeting never went out; the campaign's error_text did, once.
+    assert fake.texts_to(USER) == [
+        "Sorry, something went wrong on our side. We'll get back to you shortly."
+    ]
 
 
 async def test_a_timed_out_send_stays_uncertain_and_is_reconciled_before_resending(
@@ -96,14 +100,7 @@ async def test_the_crm_answering_5xx_is_retried_with_the_same_idempotency_key(
     crm: RecordingEndpoint,
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    async with db.transaction() as session:
-        from parley.db import queries
-
-        row = await queries.lock_conversation(session, cid)
-        row.current_node, row.variables = (
-            "register",
-            {"name": "A", "email": "a@b.co", "plan": "Pro"},
-        )
+    await _at_register(db, cid)
     crm.fail_next(503)
     with pytest.raises(TransientChannelError):
         await executor.advance(runtime, cid, 0)
@@ -115,3 +112,54 @@ async def test_the_crm_answering_5xx_is_retried_with_the_same_idempotency_key(
     detail = await views.show_conversation(db, cid)
     assert detail["variables"]["crm"]["status"] == 201
     assert detail["current_node"] == "confirm"
+
+
+async def _at_register(db: Database, cid: int) -> None:
+    async with db.transaction() as session:
+        row = await queries.lock_conversation(session, cid)
+        row.current_node = "register"
+        row.variables = {"name": "A", "email": "a@b.co", "plan": "Pro"}
+
+
+async def test_the_crm_idempotency_key_is_the_step_reference_and_no_phone_travels_in_headers(
+    db: Database, runtime: Runtime, campaign_name: str, crm: RecordingEndpoint
+) -> None:
+    """A node visited twice, or the contact's next conversation, must not be dropped by an
+    idempotent CRM: the key names the step, not the contact and the node."""
+    cid = await start_conversation(db, runtime, campaign_name)
+    await _at_register(db, cid)
+    await executor.advance(runtime, cid, 0)
+    headers = crm.requests[0]["headers"]
+    assert headers["Idempotency-Key"] == step_ref(cid, 0)
+    assert not any(USER in value for value in headers.values())
+
+
+async def test_a_crm_refusing_for_good_sends_the_apology_and_fails_with_the_reason(
+    db: Database,
+    runtime: Runtime,
+    campaign_name: str,
+    crm: RecordingEndpoint,
+    fake: FakeWhatsAppAPI,
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    await _at_register(db, cid)
+    crm.fail_next(400)
+    cursor = await executor.advance(runtime, cid, 0)
+    assert cursor.status == "failed"
+    detail = await views.show_conversation(db, cid)
+    assert "answered 400" in detail["last_error"]
+    assert fake.texts_to(USER) == [
+        "Sorry, something went wrong on our side. We'll get back to you shortly."
+    ]
+
+
+async def test_giving_up_twice_apologises_once(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    """The flow's give-up task may be retried after a crash: the apology intent is written
+    with the state change, so a replay delivers it only if it had not gone out."""
+    cid = await start_conversation(db, runtime, campaign_name)
+    await executor.give_up(runtime, cid, 0, "CRM kept failing")
+    await executor.give_up(runtime, cid, 0, "CRM kept failing")
+    assert len(fake.texts_to(USER)) == 1
+    assert (await views.show_conversation(db, cid))["status"] == "failed"
