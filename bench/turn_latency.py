@@ -21,7 +21,6 @@ from pathlib import Path
 
 from parley.local.dev import bring_up
 from parley.settings import get_settings
-from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_user import WhatsAppUser
 
 Latencies = dict[str, list[float]]
@@ -95,8 +94,7 @@ def main() -> None:
     os.environ.setdefault("PARLEY_DEFAULT_CAMPAIGN", "examples/campaigns/onboarding.yaml")
     get_settings.cache_clear()
     settings = get_settings()
-    crm = RecordingEndpoint(port=8090).start()
-    running = bring_up(settings)
+    running = bring_up(settings, fake_providers=True)
     stop, peak = threading.Event(), [0]
     worker_pid = running.stack.processes["worker"].popen.pid
     sampler = threading.Thread(target=_sample_peak, args=(worker_pid, stop, peak), daemon=True)
@@ -122,7 +120,6 @@ def main() -> None:
     finally:
         stop.set()
         running.stop()
-        crm.stop()
 
 
 async def _run_all(users: list[WhatsAppUser], think: float, out: Latencies) -> None:

@@ -33,7 +33,7 @@ from prefect.utilities.engine import propose_state
 
 from deployments.register import kick_dispatcher, register_deployments
 from parley.settings import Settings, get_settings
-from tasks.runtime import stop_hot_waits
+from tasks.runtime import stop_gracefully
 
 log = logging.getLogger("parley.worker")
 
@@ -102,7 +102,7 @@ class InProcessWorker:
         finish); what does not finish in time is left to lease expiry and the sweep."""
         if self.active:
             log.info("waiting for %d running conversations", len(self.active))
-            stop_hot_waits()
+            stop_gracefully()
             await asyncio.wait(list(self.active.values()), timeout=30)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
@@ -28,7 +29,11 @@ SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum; a dispatcher killed while repairing blocks the others at most this long."""
 
 
-@flow(name="dispatcher", log_prints=False)
+def _run_name() -> str:
+    return f"dispatcher {datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
+
+
+@flow(name="dispatcher", flow_run_name=_run_name, log_prints=False)
 async def dispatcher() -> dict[str, int]:
     settings = get_settings()
     totals = await _dispatch_for_one_interval(settings)
@@ -38,14 +43,14 @@ async def dispatcher() -> dict[str, int]:
 
 async def _dispatch_for_one_interval(settings: Settings) -> Counter[str]:
     logger = get_run_logger()
-    db = (await get_runtime()).db
+    runtime = await get_runtime()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.dispatcher_interval_seconds
     totals: Counter[str] = Counter()
     await crash_dead_dispatcher_runs(settings)
-    while loop.time() < deadline:
+    while loop.time() < deadline and not runtime.stopping:
         try:
-            if await find_work(db, settings):
+            if await find_work(runtime.db, settings):
                 totals.update(await _repair_holding_the_slot(settings))
         except AcquireConcurrencySlotTimeoutError:
             pass  # another dispatcher is repairing right now; look again next tick

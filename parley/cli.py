@@ -138,12 +138,35 @@ def _print_detail(detail: dict[str, Any]) -> None:
     console.print(table)
 
 
+FakeProviders = Annotated[
+    bool | None,
+    typer.Option(
+        "--fake-providers/--no-fake-providers",
+        help="Loopback stand-ins for the WhatsApp API and the campaign's endpoints: "
+        "default starts them only where nothing answers yet.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
-def dev() -> None:
+def dev(fake_providers: FakeProviders = None) -> None:
     """Run the stack for local work: Prefect server, worker, webhook (Ctrl-C stops it)."""
     from parley.local.dev import run_dev
 
-    raise typer.Exit(run_dev(get_settings()))
+    raise typer.Exit(run_dev(get_settings(), fake_providers=fake_providers))
+
+
+@app.command()
+def chat(
+    phone: Annotated[
+        str | None, typer.Option(help="Your WhatsApp number (digits); random by default.")
+    ] = None,
+) -> None:
+    """Be the contact: type messages into a running `parley dev` and read the bot's answers."""
+    from parley.local.chat import run_chat
+
+    raise typer.Exit(run_chat(get_settings(), phone))
 
 
 @app.command()

@@ -60,7 +60,7 @@ async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     renew_at = loop.time() + rt.lease_seconds / 3
-    while loop.time() < deadline and not rt.stop_waiting:
+    while loop.time() < deadline and not rt.stopping:
         await rt.signal.wait(conversation_id, min(deadline - loop.time(), 1.0))
         async with rt.db.read() as session:
             if await queries.has_unconsumed_inbound(session, conversation_id):

@@ -27,7 +27,6 @@ from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_user import WhatsAppUser
 
 console = Console()
-CRM_PORT = 8090
 DEMO_HOT_SECONDS = "3"
 THINKING_SECONDS = 6.0
 
@@ -188,8 +187,8 @@ def run_demo(*, keep: bool = False) -> int:
     _demo_environment()
     settings = get_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    crm = RecordingEndpoint(port=CRM_PORT).start()
-    running = bring_up(settings)
+    running = bring_up(settings, fake_providers=True)
+    crm = running.endpoints["CRM_URL"]
     try:
         console.print(f"[green]stack is up[/]; Prefect UI at {running.ui_url}")
         ok, users = asyncio.run(_play(settings, running))
@@ -213,7 +212,6 @@ def run_demo(*, keep: bool = False) -> int:
         return 0 if ok else 1
     finally:
         running.stop()
-        crm.stop()
 
 
 def _wait_forever() -> None:

@@ -54,6 +54,18 @@ class RecordingEndpoint:
 
 def _handler_for(endpoint: RecordingEndpoint) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            """``/_fake/requests``: what was posted, for a developer or another process."""
+            if self.path != "/_fake/requests":
+                self.send_error(404)
+                return
+            answer = json.dumps(endpoint.requests).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
