@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ONBOARDING = ROOT / "examples" / "campaigns" / "onboarding.yaml"
 APP_SECRET = "test-app-secret"
 API_KEY = "test-api-key"
+NEXT_API_KEY = "test-api-key-next"  # listed beside the old one, as during a rotation
 PHONE_NUMBER_ID = "100000000000777"
 _phones = itertools.count(1)
 
@@ -139,7 +140,7 @@ def stack_factory(
             "PARLEY_DISPATCHER_LIMIT": f"parley-dispatcher-{name}",
             "PARLEY_DISPATCHER_INTERVAL_SECONDS": "30",
             "PARLEY_DISPATCHER_TICK_SECONDS": "0.5",
-            "PARLEY_API_KEYS": API_KEY,
+            "PARLEY_API_KEYS": f"{API_KEY},{NEXT_API_KEY}",
             "PARLEY_HOT_WAIT_SECONDS": str(hot_wait),
             "PARLEY_LEASE_SECONDS": "3",
             "PARLEY_SEND_RECONCILE_SECONDS": "10",
