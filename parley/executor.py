@@ -236,15 +236,3 @@ async def _send_apology(rt: Runtime, intent: Message, to: str, channel: str) -> 
         await outbox.deliver(rt, intent, message, to, channel)
     except ChannelError as exc:
         log.warning("apology %s not sent: %s", intent.client_ref, exc)
-
-
-async def fail(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
-    async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
-        if row.status not in TERMINAL:
-            row.status = Status.FAILED
-            row.last_error = reason[:2000]
-            row.ended_at = utcnow()
-            row.lease_until = None
-            queries.touch(row)
-        return cursor_of(row)

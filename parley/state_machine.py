@@ -9,7 +9,7 @@ finds the effect it already had instead of causing it again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -136,7 +136,6 @@ class Transition:
     outbound: OutboundMessage | None = None
     http: HttpCall | None = None
     error: str | None = None  # why the conversation failed, or why it took an error edge
-    notes: list[str] = field(default_factory=list)
 
 
 def campaign_env(campaign: Campaign, environ: Mapping[str, str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ from parley import operator_views as views
 from parley.db import Database
 from parley.local.dev import RunningStack, bring_up
 from parley.settings import Settings, get_settings
+from parley.state_machine import Status
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_user import WhatsAppUser
 
@@ -149,7 +150,7 @@ async def _conversations_completed(settings: Settings, users: list[WhatsAppUser]
         phones = {u.phone for u in users}
         while time.monotonic() < deadline:
             rows = [r for r in await views.list_conversations(db) if r["contact"] in phones]
-            if len(rows) == len(users) and all(r["status"] == "completed" for r in rows):
+            if len(rows) == len(users) and all(r["status"] == Status.COMPLETED for r in rows):
                 return True
             await asyncio.sleep(0.5)
         return False

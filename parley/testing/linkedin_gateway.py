@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from parley.channels.base import SenderIdentity
+from parley.channels.base import JSONDict, SenderIdentity
 from parley.channels.linkedin.client import (
     IDEMPOTENCY_HEADER,
     MAX_NOTE_LENGTH,
@@ -51,7 +51,6 @@ from parley.testing.linkedin_payloads import (
 
 logger = logging.getLogger(__name__)
 
-JSONDict = dict[str, Any]
 
 DEFAULT_API_KEY: Final = "parley-demo-gateway-key"
 DEFAULT_ACCOUNT_ID: Final = "demo-seat"

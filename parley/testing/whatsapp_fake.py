@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from parley.channels.base import JSONDict
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
 from parley.testing.whatsapp_payloads import build_status_payload, new_wamid
 
 logger = logging.getLogger(__name__)
 
-JSONDict = dict[str, Any]
 
 DEFAULT_ACCESS_TOKEN: Final = "parley-demo-access-token"
 DEFAULT_PHONE_NUMBER_ID: Final = "100000000000001"
