@@ -25,15 +25,23 @@ from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort, Pause
 from prefect.flow_engine import run_flow_async
-from prefect.states import Pending
+from prefect.states import Cancelled, Pending
 from prefect.utilities.engine import propose_state
 
 from deployments.register import kick_dispatcher, register_deployments
+from parley import executor
 from parley.settings import Settings, get_settings
-from tasks.runtime import stop_gracefully
+from tasks.runtime import get_runtime, stop_gracefully
 
 log = logging.getLogger("parley.worker")
 
@@ -59,6 +67,7 @@ class InProcessWorker:
             while not self.stopping.is_set():
                 try:
                     await self._submit_due_runs(client)
+                    await self._honour_cancellations(client)
                 except Exception:  # the API may be briefly unavailable; keep polling
                     log.exception("polling for scheduled runs failed")
                 with contextlib.suppress(TimeoutError):
@@ -96,6 +105,35 @@ class InProcessWorker:
             log.exception("flow run %s raised", run.id)
         finally:
             self.active.pop(run.id, None)
+
+    async def _honour_cancellations(self, client: PrefectClient) -> None:
+        """A run cancelled in the Prefect UI goes to Cancelling; like Prefect's own runner we
+        watch for it, stop the run if it is ours, and finish the cancellation — also for a
+        suspended run, which no process holds. Its conversation ends ``cancelled`` and nothing
+        more is sent."""
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))
+            ),
+            limit=50,
+        )
+        for run in runs:
+            await self._cancel(client, run)
+
+    async def _cancel(self, client: PrefectClient, run: FlowRun) -> None:
+        task = self.active.get(run.id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        conversation_id = run.parameters.get("conversation_id")
+        if isinstance(conversation_id, int):
+            await executor.cancel(await get_runtime(), conversation_id, "cancelled in Prefect")
+        await client.set_flow_run_state(
+            run.id, Cancelled(message="cancelled; nothing more is sent"), force=True
+        )
+        log.info("flow run %s cancelled (conversation %s)", run.id, conversation_id)
 
     async def _drain(self) -> None:
         """On shutdown, let running conversations reach their next wait (they suspend or

@@ -27,6 +27,7 @@ from tasks.conversation import (
     prepare_suspend,
     wait_for_reply,
 )
+from tasks.infra import riding_out_outages
 from tasks.runtime import keep_lease
 
 
@@ -42,6 +43,15 @@ def _current_flow_run_id() -> str | None:
     return str(context.flow_run.id) if context and context.flow_run else None
 
 
+async def _suspend(key: str) -> None:
+    """Suspend through a Prefect API blip: the row already says ``suspended``, so a webhook
+    storing a message meanwhile resumes the run as soon as Prefect has it paused."""
+    await riding_out_outages(
+        lambda: asuspend_flow_run(wait_for_input=ResumeInput, key=key, timeout=None),
+        f"suspend {key}",
+    )
+
+
 @flow(name="conversation", persist_result=True, log_prints=True)
 async def conversation(conversation_id: int) -> str | State[object]:
     logger = get_run_logger()
@@ -55,9 +65,7 @@ async def conversation(conversation_id: int) -> str | State[object]:
                 decision = await prepare_suspend(conversation_id, cursor.step)
                 if decision.suspend:
                     logger.info("waiting for the contact; suspending (%s)", decision.key)
-                    await asuspend_flow_run(
-                        wait_for_input=ResumeInput, key=decision.key, timeout=None
-                    )
+                    await _suspend(decision.key)
                 continue
             try:
                 cursor = await advance_step(conversation_id, cursor.step, cursor.node)

@@ -1,21 +1,22 @@
 """The dispatcher: one scheduled flow that makes sure every conversation gets what it is owed.
 
 Each run loops for one schedule interval, looking for work every tick; the schedule then starts
-the next run, and a worker that starts kicks one at once. Work found is done while holding the
-``parley-dispatcher`` global concurrency limit (one slot), so however many dispatcher runs are
-alive — a kicked one beside a scheduled one, replicas on several hosts — one repairs at a time;
-a killed run stops renewing its lease and Prefect frees the slot. Idle ticks cost one small
-database read and nothing in Prefect.
+the next run, and a worker that starts kicks one at once. Work found is claimed and repaired
+while holding the ``parley-dispatcher`` global concurrency limit (one slot), so however many
+dispatcher runs are alive — a kicked one beside a scheduled one, replicas on several hosts — one
+repairs at a time; a killed run stops renewing its lease and Prefect frees the slot. Idle ticks
+cost one small database read and nothing in Prefect.
 
-Today it repairs wake-ups (conversations never started, resumes that gave up, runs whose process
-died); due timers and the per-identity action queues join it here.
+It trusts an expired lease as "that process is dead" only once it has itself reached the
+database for a whole lease: after an outage that hit everyone, live runs get the time to renew
+before anything of theirs is rescheduled.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
@@ -23,10 +24,17 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from parley.settings import Settings, get_settings
 from tasks.runs import crash_dead_dispatcher_runs
 from tasks.runtime import get_runtime
-from tasks.sweep import find_work, sweep
+from tasks.sweep import (
+    Repair,
+    anything_owed,
+    claim_work,
+    failed_runs_of_active_conversations,
+    sweep,
+)
 
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum; a dispatcher killed while repairing blocks the others at most this long."""
+RECONCILE_EVERY_SECONDS = 10.0
 
 
 def _run_name() -> str:
@@ -36,38 +44,78 @@ def _run_name() -> str:
 @flow(name="dispatcher", flow_run_name=_run_name, log_prints=False)
 async def dispatcher() -> dict[str, int]:
     settings = get_settings()
-    totals = await _dispatch_for_one_interval(settings)
+    totals = await _Ticks(settings).run()
     get_run_logger().info("dispatcher run done: %s", dict(totals))
     return dict(totals)
 
 
-async def _dispatch_for_one_interval(settings: Settings) -> Counter[str]:
-    logger = get_run_logger()
-    runtime = await get_runtime()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.dispatcher_interval_seconds
-    totals: Counter[str] = Counter()
-    await crash_dead_dispatcher_runs(settings)
-    while loop.time() < deadline and not runtime.stopping:
-        try:
-            if await find_work(runtime.db, settings):
-                totals.update(await _repair_holding_the_slot(settings))
-        except AcquireConcurrencySlotTimeoutError:
-            pass  # another dispatcher is repairing right now; look again next tick
-        except Exception as exc:  # the database or Prefect may be away for a moment
-            logger.warning("dispatcher tick failed (%r); trying again next tick", exc)
-        await asyncio.sleep(settings.dispatcher_tick_seconds)
-    return totals
+class _Ticks:
+    """One dispatcher run's loop and what it remembers between ticks."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.totals: Counter[str] = Counter()
+        self.healthy_since: float | None = None  # loop time of the first good tick after a bad
+        self.reconciled_until = datetime.now(UTC) - timedelta(
+            seconds=2 * settings.dispatcher_interval_seconds
+        )
+        self.next_reconcile = 0.0
 
-async def _repair_holding_the_slot(settings: Settings) -> Counter[str]:
-    async with concurrency(
-        settings.dispatcher_limit,
-        occupy=1,
-        timeout_seconds=settings.dispatcher_tick_seconds,
-        lease_duration=SLOT_LEASE_SECONDS,
-        strict=True,
-    ):
-        # Looked at again under the slot: another dispatcher may have just done it.
-        work = await find_work((await get_runtime()).db, settings)
-        return Counter(await sweep(work)) if work else Counter()
+    async def run(self) -> Counter[str]:
+        runtime = await get_runtime()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.dispatcher_interval_seconds
+        await crash_dead_dispatcher_runs(self.settings)
+        while loop.time() < deadline and not runtime.stopping:
+            try:
+                await self._tick(loop.time())
+            except AcquireConcurrencySlotTimeoutError:
+                pass  # another dispatcher is repairing right now; look again next tick
+            except Exception as exc:  # the database or Prefect may be away for a moment
+                self.healthy_since = None
+                get_run_logger().warning("dispatcher tick failed (%r); next tick", exc)
+            await asyncio.sleep(self.settings.dispatcher_tick_seconds)
+        return self.totals
+
+    async def _tick(self, now: float) -> None:
+        db = (await get_runtime()).db
+        trust = self._trusts_leases(now)
+        failed = await self._failed_runs(now)
+        if failed or await anything_owed(db, self.settings, trust_leases=trust):
+            self.totals.update(await self._repair_holding_the_slot(trust, failed))
+        if self.healthy_since is None:
+            self.healthy_since = now
+
+    def _trusts_leases(self, now: float) -> bool:
+        return (
+            self.healthy_since is not None
+            and now - self.healthy_since >= self.settings.lease_seconds
+        )
+
+    async def _failed_runs(self, now: float) -> tuple[Repair, ...]:
+        if now < self.next_reconcile:
+            return ()
+        since = self.reconciled_until - timedelta(seconds=RECONCILE_EVERY_SECONDS)
+        found = await failed_runs_of_active_conversations(
+            (await get_runtime()).db, self.settings, since
+        )
+        self.reconciled_until = datetime.now(UTC)
+        self.next_reconcile = now + RECONCILE_EVERY_SECONDS
+        return found
+
+    async def _repair_holding_the_slot(
+        self, trust_leases: bool, failed: tuple[Repair, ...]
+    ) -> Counter[str]:
+        async with concurrency(
+            self.settings.dispatcher_limit,
+            occupy=1,
+            timeout_seconds=self.settings.dispatcher_tick_seconds,
+            lease_duration=SLOT_LEASE_SECONDS,
+            strict=True,
+        ):
+            db = (await get_runtime()).db
+            work = await claim_work(db, self.settings, trust_leases=trust_leases, extra=failed)
+            if not work:
+                return Counter()
+            get_run_logger().info("repairing: %s", work.summary)
+            return Counter(await sweep(work))

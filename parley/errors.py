@@ -66,9 +66,27 @@ class ChannelError(ParleyError):
 
 
 class TransientChannelError(ChannelError):
-    """5xx, timeouts, connection errors: the same call may succeed shortly."""
+    """5xx, timeouts, connection errors: the same call may succeed shortly.
+
+    ``maybe_sent`` says whether the provider may have acted anyway (a timeout after the request
+    went out, a 5xx from a proxy after the provider accepted it): such a send is *uncertain*
+    and is reconciled before it is repeated. A refused connection never reached anybody.
+    """
 
     retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        http_status: int | None = None,
+        maybe_sent: bool | None = None,
+    ) -> None:
+        super().__init__(message, code=code, http_status=http_status)
+        self.maybe_sent = (
+            maybe_sent if maybe_sent is not None else http_status is None or http_status >= 500
+        )
 
 
 class RateLimited(ChannelError):

@@ -12,7 +12,7 @@ safe to run again after a crash at any line:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,14 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley import outbox
 from parley.campaign import Campaign, render_secrets
+from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
 from parley.channels.base import DeliveryStatus, OutboundMessage
 from parley.db import queries
 from parley.db.models import Conversation, Message, utcnow
 from parley.errors import ChannelError, ParleyError, PermanentChannelError
+from parley.outbox import SendDropped
+from parley.retry import provider_may_retry, retrying
 from parley.runtime import Runtime
 from parley.state_machine import (
     TERMINAL,
+    TRIGGER_STEP,
     Cursor,
     HttpCall,
     Reply,
@@ -74,14 +78,32 @@ async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) 
         if flow_run_id:
             row.flow_run_id = flow_run_id
         extend_lease(row, rt.lease_seconds)
+        row.handed_over_at = None  # taken over: the dispatcher's handover watch ends here
+        row.repair_after, row.repair_failures = None, 0
         queries.touch(row)
         return cursor_of(row)
 
 
+async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
+    """Step ``step`` to its end: what a provider calls temporary is retried for
+    ``rt.send_retry.budget_seconds`` (a 429's retry-after honoured), then the node has failed
+    for good and the conversation takes its error path with the reason."""
+    try:
+        return await retrying(
+            lambda: advance(rt, conversation_id, step),
+            rt.send_retry,
+            retryable=provider_may_retry,
+            what=f"conversation {conversation_id} step {step}",
+        )
+    except ChannelError as exc:
+        budget = rt.send_retry.budget_seconds
+        reason = f"{type(exc).__name__} for {budget:.0f} s: {exc}"
+        return await give_up(rt, conversation_id, step, reason)
+
+
 async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
-    """Run step ``step``: plan it, perform its one effect, commit step+1. A refusal that
-    retrying cannot change ends the node for good (``give_up``); anything retryable raises for
-    the task's retries."""
+    """Run step ``step`` once: plan it, perform its one effect, commit step+1. A refusal that
+    retrying cannot change ends the node for good (``give_up``); anything retryable raises."""
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
@@ -95,11 +117,18 @@ async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     target = _Target(conversation_id, step, contact.address, contact.channel)
     try:
         transition = await _perform(rt, campaign, snapshot, transition, intent, target)
+    except SendDropped:
+        return await current_cursor(rt, conversation_id)  # it ended (cancelled) meanwhile
     except ChannelError as exc:
         if exc.retryable:
             raise
         return await give_up(rt, conversation_id, step, f"{type(exc).__name__}: {exc}")
     return await _commit(rt, conversation_id, step, transition)
+
+
+async def current_cursor(rt: Runtime, conversation_id: int) -> Cursor:
+    async with rt.db.read() as session:
+        return cursor_of(await queries.get_conversation(session, conversation_id))
 
 
 @dataclass(frozen=True)
@@ -177,7 +206,60 @@ async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -
         if t.consumed_message_id is not None:
             await queries.mark_consumed(session, t.consumed_message_id, step)
         _apply(row, step, t, rt.lease_seconds)
+        successor = await _hand_over_unread(session, row) if t.status in TERMINAL else None
+        return replace(cursor_of(row), successor=successor)
+
+
+async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | None:
+    """Messages stored while the conversation ran its last steps (the contact taps "Pro" and
+    types "thanks" at once) go to the contact's next conversation, exactly as if they had
+    arrived a moment later: the first starts it, the rest wait in its inbox. Same lock as the
+    webhook's, so a message is either read here or finds no active conversation there."""
+    await session.flush()  # the ended status must be visible to the active-pair index first
+    unread = await queries.unread_inbound(session, row.id)
+    if not unread:
+        return None
+    campaign = await queries.latest_campaign_version(
+        session, (await queries.get_campaign_version(session, row.campaign_version_id)).name
+    )
+    successor, _created = await queries.create_conversation(
+        session, row.identity_id, row.contact_id, campaign, start_node_of(campaign)
+    )
+    await queries.move_inbound(session, unread, successor.id, trigger_step=TRIGGER_STEP)
+    log.info(
+        "conversation %s ended with %d unread; handed to %s", row.id, len(unread), successor.id
+    )
+    return successor.id
+
+
+async def cancel(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
+    """End a conversation from outside (the Prefect UI, an operator): nothing more is sent —
+    its intents that have not gone out are dropped."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.status not in TERMINAL:
+            _end(row, Status.CANCELLED, reason)
+            await queries.drop_unsent(session, row.id, f"conversation cancelled: {reason}")
         return cursor_of(row)
+
+
+async def mark_failed(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
+    """The dispatcher gave up recovering the conversation's run: say so on the row."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.status not in TERMINAL:
+            _end(row, Status.FAILED, reason)
+            await queries.drop_unsent(session, row.id, f"conversation failed: {reason}")
+        return cursor_of(row)
+
+
+def _end(row: Conversation, status: Status, reason: str) -> None:
+    row.status = status
+    row.last_error = reason[:2000]
+    row.ended_at = utcnow()
+    row.lease_until = None
+    row.handed_over_at = None
+    queries.touch(row)
 
 
 def _apply(row: Conversation, step: int, t: Transition, lease_seconds: float) -> None:

@@ -19,9 +19,7 @@ from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Conversation
 from parley.errors import NotFound
 from parley.handshake import WakeUp, wakeup_for
-
-# consumed_step of inbound rows that are not answers (a conversation's trigger, reactions).
-TRIGGER_STEP = -1
+from parley.state_machine import TRIGGER_STEP
 
 
 class _Duplicate(Exception):

@@ -1,10 +1,15 @@
 """Sending with intent, and reconciling sends whose outcome is unknown (DESIGN rule 4).
 
 An outbound message is first an intent row (``client_ref``, written in the step's transaction),
-then a provider call that carries the ref where the channel can (WhatsApp echoes it in status
-callbacks), then the recorded result. A replay that finds the intent ``sending`` — the previous
-attempt died after the call — waits for the provider's callback instead of sending blind. The
-dispatcher's deferred sends use the same functions.
+then a claim (pending → sending, one conditional UPDATE: of two executions racing, exactly one
+sends), then the provider call carrying the ref where the channel can (WhatsApp echoes it in
+status callbacks), then the recorded result.
+
+A send is *uncertain* when the provider may have accepted it without us hearing back: the
+process died after the call, the call timed out, or a 5xx came from somewhere after the
+provider. An uncertain send is reconciled from the provider's status callback before it is
+repeated; only a send known not to have happened (a refused connection, a 429, a 4xx) is
+simply retried. The dispatcher's deferred sends use the same functions.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.channels.base import SENT_STATUSES, DeliveryStatus, OutboundMessage
 from parley.db import queries
-from parley.db.models import Message
-from parley.errors import ChannelError
+from parley.db.models import Message, utcnow
+from parley.errors import ChannelError, ParleyError, TransientChannelError
 from parley.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+class SendDropped(ParleyError):
+    """The intent was dropped (its conversation ended or moved on) before it went out."""
 
 
 async def record_intent(
@@ -45,9 +54,8 @@ async def deliver(
     assert ref is not None
     if intent.status in SENT_STATUSES:
         return
-    if intent.status == DeliveryStatus.SENDING and await _reconciled(rt, ref):
-        return
-    await _set_status(rt, ref, DeliveryStatus.SENDING)
+    if not await _claim(rt, ref):
+        return  # reconciled: it went out, from this execution's past or another's present
     try:
         provider_id = await rt.channel(channel).send(to, message, client_ref=ref)
     except ChannelError as exc:
@@ -56,21 +64,43 @@ async def deliver(
     await _set_status(rt, ref, DeliveryStatus.SENT, provider_message_id=provider_id)
 
 
+async def _claim(rt: Runtime, ref: str) -> bool:
+    """True: this execution must send now. False: the message is known sent."""
+    async with rt.db.transaction() as session:
+        if await queries.claim_for_sending(session, ref, utcnow()):
+            return True
+        row = await queries.outbound_by_ref(session, ref)
+    assert row is not None
+    if row.status in SENT_STATUSES:
+        return False
+    if row.status == DeliveryStatus.DROPPED:
+        raise SendDropped(f"send {ref} was dropped: {row.error or 'its conversation moved on'}")
+    if row.status == DeliveryStatus.FAILED:
+        raise ChannelError(f"send {ref} already failed: {row.error}")
+    # sending: a previous attempt (ours, dead) or a concurrent one (alive) holds the claim.
+    if await _reconciled(rt, ref):
+        return False
+    async with rt.db.transaction() as session:
+        if await queries.take_over_claim(session, ref, row.claimed_at, utcnow()):
+            log.warning(
+                "send %s stayed uncertain for %ss; sending again", ref, rt.reconcile_seconds
+            )
+            return True
+    return not await _reconciled(rt, ref)  # someone else took it over: wait for their outcome
+
+
 async def _reconciled(rt: Runtime, client_ref: str) -> bool:
-    """A previous attempt crashed after the provider call may have gone out. Wait for the
-    provider's status callback (it carries our ref) before deciding it did not."""
+    """Wait for the provider's status callback (it carries our ref) or another execution's
+    recorded result, up to ``reconcile_seconds``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + rt.reconcile_seconds
     while True:
         async with rt.db.read() as session:
             row = await queries.outbound_by_ref(session, client_ref)
         if row is not None and row.status in SENT_STATUSES:
-            log.info("send %s reconciled from the provider's status callback", client_ref)
+            log.info("send %s reconciled: the provider has it", client_ref)
             return True
         if loop.time() >= deadline:
-            log.warning(
-                "send %s stayed uncertain for %ss; sending again", client_ref, rt.reconcile_seconds
-            )
             return False
         await asyncio.sleep(max(rt.poll_seconds, 0.2))
 
@@ -92,9 +122,9 @@ async def _set_status(
 
 
 async def _record_failure(rt: Runtime, client_ref: str, exc: ChannelError) -> None:
-    """A refusal with an HTTP answer is known not sent; a timeout may have gone out, so the
-    intent stays ``sending`` and the retry reconciles first."""
-    if exc.retryable and exc.http_status is None:
+    """Known not sent (a refused connection, a 429, a 4xx) goes back to pending or to failed;
+    anything the provider may have accepted stays ``sending``, so the retry reconciles first."""
+    if isinstance(exc, TransientChannelError) and exc.maybe_sent:
         return
     status = DeliveryStatus.PENDING if exc.retryable else DeliveryStatus.FAILED
     await _set_status(rt, client_ref, status, error=f"{type(exc).__name__}: {exc}")

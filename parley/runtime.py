@@ -10,9 +10,11 @@ from typing import Any
 
 from parley.campaign.registry import CampaignCache
 from parley.channels.base import Channel
+from parley.clock import Clock, SystemClock
 from parley.db import Database
 from parley.errors import NotFound
 from parley.inbox_signal import InboxSignal, PollingSignal
+from parley.retry import RetryPolicy
 
 HttpPoster = Callable[..., Awaitable[dict[str, Any]]]
 SecretResolver = Callable[[str], Awaitable[str]]
@@ -35,6 +37,9 @@ class Runtime:
     inbox_signal: InboxSignal | None = None
     environ: Mapping[str, str] = field(default_factory=dict)  # values for campaigns' {env.NAME}
     secrets: SecretResolver = no_secrets
+    # How long a step keeps retrying what a provider calls temporary (429, 5xx, timeouts).
+    send_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(budget_seconds=300))
+    clock: Clock = field(default_factory=SystemClock)  # timers; leases stay on real time
     # Set when the worker shuts down: hot waits end early so their runs suspend (and cost
     # nothing) instead of dying with the process, and the dispatcher ends at its next tick.
     stopping: bool = False

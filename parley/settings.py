@@ -114,6 +114,23 @@ class Settings(BaseSettings):
         description="A running conversation renews its lease this often x3; an expired lease "
         "means its worker died and the dispatcher reschedules the run.",
     )
+    send_retry_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a step retries what a provider calls temporary (429 with its "
+        "retry-after, 5xx, timeouts) before the node has failed for good.",
+    )
+    infra_retry_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a run rides out its database or the Prefect API being "
+        "unreachable before it fails (and the dispatcher reschedules it).",
+    )
+    clock_file: Path | None = Field(
+        default=None,
+        description="A driven clock: an offset in seconds in this file moves 'now' for every "
+        "process (timers only; leases stay on real time). For tests and rehearsals.",
+    )
     send_reconcile_seconds: float = Field(
         default=30.0,
         ge=0,

@@ -68,6 +68,11 @@ class Wait:
 REPLY = Wait(WaitKind.REPLY)
 
 
+TRIGGER_STEP = -1
+"""``consumed_step`` of inbound messages that are no answer: the one that started a
+conversation, and reactions (kept for the transcript only)."""
+
+
 def step_ref(conversation_id: int, step: int) -> str:
     """Our id for step ``n``'s side effect; the provider reference and the http node's
     idempotency key derive from it. Lowercase letters, digits and dashes only."""
@@ -89,6 +94,7 @@ class Cursor:
     status: Status
     node: str
     wait: Wait | None = None
+    successor: int | None = None  # the conversation its unread messages were handed to
 
     @property
     def active(self) -> bool:

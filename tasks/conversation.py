@@ -1,7 +1,9 @@
 """The conversation's tasks. Step results are cached under the step counter, never call order.
 
 ``conv:{id}:step:{n}`` names step *n* of conversation *id*; the flow run id is appended because
-ids restart with a fresh database while Prefect's result store does not.
+ids restart with a fresh database while Prefect's result store does not. Every task rides out
+infrastructure outages for a bounded time (``tasks.infra``); provider retries happen inside the
+step (``executor.run_step``), so Prefect-level retries would only repeat a decision already made.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
 
 from parley import executor, handshake
 from parley.state_machine import Cursor
+from tasks.infra import riding_out_outages
 from tasks.runtime import get_runtime
 
 
@@ -23,15 +25,12 @@ def step_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"conv:{parameters['conversation_id']}:step:{parameters['step']}:run:{run}"
 
 
-@task(
-    name="begin-run",
-    cache_policy=NO_CACHE,
-    retries=5,
-    retry_delay_seconds=exponential_backoff(1),
-    retry_jitter_factor=0.5,
-)
+@task(name="begin-run", cache_policy=NO_CACHE)
 async def begin_run(conversation_id: int, flow_run_id: str | None) -> Cursor:
-    return await executor.begin_run(await get_runtime(), conversation_id, flow_run_id)
+    rt = await get_runtime()
+    return await riding_out_outages(
+        lambda: executor.begin_run(rt, conversation_id, flow_run_id), f"begin {conversation_id}"
+    )
 
 
 @task(
@@ -39,46 +38,38 @@ async def begin_run(conversation_id: int, flow_run_id: str | None) -> Cursor:
     task_run_name="step-{step} {node}",
     cache_key_fn=step_cache_key,
     persist_result=True,
-    retries=6,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
 )
 async def advance_step(conversation_id: int, step: int, node: str) -> Cursor:
     """``node`` only names the task run after the campaign node (the cache key ignores it)."""
-    return await executor.advance(await get_runtime(), conversation_id, step)
+    rt = await get_runtime()
+    return await riding_out_outages(
+        lambda: executor.run_step(rt, conversation_id, step), f"step {conversation_id}/{step}"
+    )
 
 
-@task(
-    name="wait-for-reply",
-    cache_policy=NO_CACHE,
-    task_run_name="wait-for-reply-{step}",
-    retries=3,
-    retry_delay_seconds=1,
-)
+@task(name="wait-for-reply", cache_policy=NO_CACHE, task_run_name="wait-for-reply-{step}")
 async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> bool:
     rt = await get_runtime()
-    return await handshake.wait_hot(rt, conversation_id, step, seconds)
+    return await riding_out_outages(
+        lambda: handshake.wait_hot(rt, conversation_id, step, seconds),
+        f"hot wait {conversation_id}/{step}",
+    )
 
 
-@task(
-    name="prepare-suspend",
-    cache_policy=NO_CACHE,
-    task_run_name="prepare-suspend-{step}",
-    retries=3,
-    retry_delay_seconds=1,
-)
+@task(name="prepare-suspend", cache_policy=NO_CACHE, task_run_name="prepare-suspend-{step}")
 async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendDecision:
     rt = await get_runtime()
-    return await handshake.prepare_suspend(rt, conversation_id, step)
+    return await riding_out_outages(
+        lambda: handshake.prepare_suspend(rt, conversation_id, step),
+        f"prepare suspend {conversation_id}/{step}",
+    )
 
 
-@task(
-    name="give-up",
-    task_run_name="give-up-{step}",
-    cache_policy=NO_CACHE,
-    retries=5,
-    retry_delay_seconds=exponential_backoff(1),
-)
+@task(name="give-up", task_run_name="give-up-{step}", cache_policy=NO_CACHE)
 async def give_up_step(conversation_id: int, step: int, reason: str) -> Cursor:
     """A step failed for good: take its error edge, or apologise and end ``failed``."""
-    return await executor.give_up(await get_runtime(), conversation_id, step, reason)
+    rt = await get_runtime()
+    return await riding_out_outages(
+        lambda: executor.give_up(rt, conversation_id, step, reason),
+        f"give up {conversation_id}/{step}",
+    )

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from uuid import UUID
 
 import httpx
@@ -29,6 +30,7 @@ from prefect.flow_runs import aresume_flow_run
 from prefect.states import Crashed
 
 from parley.db import Database, queries
+from parley.db.models import utcnow
 from parley.handshake import WakeUp
 from parley.operator_views import mask_address
 from parley.settings import Settings
@@ -43,11 +45,26 @@ class ResumeRejected(Exception):
     """Prefect refused the run input (it fails the run's input model): a caller error, 422."""
 
 
-async def start_run(db: Database, settings: Settings, conversation_id: int) -> str | None:
+class ResumeOutcome(Enum):
+    RESUMED = "resumed"
+    NOT_PAUSED = "not paused"  # not Paused yet (or any more): retry, or look at its state
+    GONE = "gone"  # the run does not exist
+
+
+async def start_run(db: Database, settings: Settings, conversation_id: int) -> str:
     """Create the conversation's flow run; the idempotency key makes a repeat return the same
-    run, so the sweep and a webhook racing to start it are harmless."""
+    run, so the dispatcher and a webhook racing to start it are harmless."""
+    return await create_run(db, settings, conversation_id, attempt=0)
+
+
+async def create_run(
+    db: Database, settings: Settings, conversation_id: int, *, attempt: int
+) -> str:
+    """A flow run for the conversation; ``attempt`` > 0 re-homes a conversation whose run is
+    gone (the new run loads the row and goes on from the current step)."""
     async with db.read() as session:
         conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
+    key = f"parley-conversation-{conv.uid}" + (f"-{attempt}" if attempt else "")
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(settings.conversation_deployment)
         run = await client.create_flow_run_from_deployment(
@@ -59,15 +76,35 @@ async def start_run(db: Database, settings: Settings, conversation_id: int) -> s
                 f"campaign-version:{campaign.version}",
                 f"channel:{contact.channel}",
             ],
-            idempotency_key=f"parley-conversation-{conv.uid}",
+            idempotency_key=key,
         )
     async with db.transaction() as session:
         conv = await queries.lock_conversation(session, conversation_id)
-        if conv.flow_run_id is None:
+        if conv.flow_run_id is None or attempt:
             conv.flow_run_id = str(run.id)
+            conv.handed_over_at = utcnow()
             queries.touch(conv)
-    log.info("started flow run %s for conversation %s", run.id, conversation_id)
+    log.info("flow run %s for conversation %s", run.id, conversation_id)
     return str(run.id)
+
+
+async def resume_once(flow_run_id: str, conversation_id: int, *, reason: str) -> ResumeOutcome:
+    """One attempt; Prefect refusing the input itself (it fails the run's input model) is a
+    caller error and raises ``ResumeRejected``."""
+    try:
+        await aresume_flow_run(
+            UUID(flow_run_id), run_input={"reason": reason, "conversation_id": conversation_id}
+        )
+    except NotPausedError:
+        return ResumeOutcome.NOT_PAUSED
+    except ObjectNotFound:
+        return ResumeOutcome.GONE
+    except RuntimeError as exc:
+        if "schema not found" in str(exc):  # paused a moment ago, input schema not saved yet
+            return ResumeOutcome.NOT_PAUSED
+        raise ResumeRejected(str(exc)) from exc
+    log.info("resumed flow run %s (conversation %s, %s)", flow_run_id, conversation_id, reason)
+    return ResumeOutcome.RESUMED
 
 
 async def resume_run(
@@ -75,30 +112,42 @@ async def resume_run(
 ) -> bool:
     """Resume a suspended run, retrying while Prefect says it is not paused yet (the run marks
     itself suspended in our row a moment before Prefect has it Paused with its input schema).
-    Returns True once resumed or once the conversation is no longer waiting."""
+    Returns True once resumed or once the conversation is no longer waiting; False leaves it to
+    the dispatcher. Each retry is recorded, so an operator (and a test) can see the race."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + give_up_after
-    delay = 0.05
+    delay, retries = 0.05, 0
     while True:
         try:
-            await aresume_flow_run(
-                UUID(flow_run_id),
-                run_input={"reason": "message", "conversation_id": conversation_id},
-            )
-            log.info("resumed flow run %s (conversation %s)", flow_run_id, conversation_id)
-            return True
-        except (NotPausedError, ObjectNotFound, *PREFECT_UNAVAILABLE) as exc:
+            outcome = await resume_once(flow_run_id, conversation_id, reason="message")
+        except PREFECT_UNAVAILABLE as exc:
             log.debug("resume of %s not possible yet: %r", flow_run_id, exc)
-        except RuntimeError as exc:
-            if "schema not found" not in str(exc):
-                raise ResumeRejected(str(exc)) from exc
+            outcome = ResumeOutcome.NOT_PAUSED
+        if outcome is ResumeOutcome.RESUMED:
+            await _handed_over(db, conversation_id, retries)
+            return True
         if not await _still_suspended(db, conversation_id):
             return True
-        if loop.time() >= deadline:
-            log.warning("gave up resuming %s for now; the sweep will retry", flow_run_id)
+        if outcome is ResumeOutcome.GONE or loop.time() >= deadline:
+            log.warning("gave up resuming %s for now; the dispatcher will", flow_run_id)
             return False
+        retries += 1
         await asyncio.sleep(delay * (1 + random.random() / 2))
         delay = min(delay * 2, 2.0)
+
+
+async def _handed_over(db: Database, conversation_id: int, retries: int) -> None:
+    async with db.transaction() as session:
+        conv = await queries.lock_conversation(session, conversation_id)
+        if conv.status == Status.SUSPENDED:
+            conv.handed_over_at = utcnow()
+        if retries:
+            await queries.record_webhook_event(
+                session,
+                "prefect",
+                "resume_retried",
+                {"conversation_id": conversation_id, "retries": retries},
+            )
 
 
 async def _still_suspended(db: Database, conversation_id: int) -> bool:
@@ -107,6 +156,8 @@ async def _still_suspended(db: Database, conversation_id: int) -> bool:
 
 
 async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
+    """Right after the webhook answered 200: start or resume; whatever fails here the
+    dispatcher finishes (the message is already in the inbox)."""
     try:
         if wakeup.action == "start":
             await start_run(db, settings, wakeup.conversation_id)
@@ -119,7 +170,7 @@ async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
             )
     except PREFECT_UNAVAILABLE as exc:
         log.warning(
-            "Prefect unavailable for conversation %s (%r); the sweep will retry",
+            "Prefect unavailable for conversation %s (%r); the dispatcher will retry",
             wakeup.conversation_id,
             exc,
         )

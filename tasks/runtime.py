@@ -17,11 +17,13 @@ from functools import partial
 from parley import handshake
 from parley.campaign.registry import CampaignCache
 from parley.channels.catalog import build_channels
+from parley.clock import clock_from
 from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
 from parley.errors import NotFound
 from parley.http_action import post_json
 from parley.inbox_signal import PostgresSignal
+from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
 
@@ -80,6 +82,8 @@ async def get_runtime() -> Runtime:
                 campaigns=CampaignCache(),
                 lease_seconds=settings.lease_seconds,
                 reconcile_seconds=settings.send_reconcile_seconds,
+                send_retry=RetryPolicy(budget_seconds=settings.send_retry_seconds),
+                clock=clock_from(settings.clock_file),
                 poll_seconds=settings.hot_poll_seconds,
                 inbox_signal=None if is_sqlite(url) else PostgresSignal(url),
                 environ=dict(os.environ),

@@ -1,109 +1,309 @@
-"""The sweep: the safety net that makes every wake-up eventually happen.
+"""What the dispatcher repairs: every conversation gets what it is owed, read from Parley's row.
 
-Requests try to start or resume runs right after storing a message; the dispatcher flow calls
-``sweep_once`` every tick to repair what they could not: conversations never started (Prefect
-was down), suspended runs with a message waiting (a resume that gave up), and runs whose process
-died (lease expired: reschedule the same flow run; cached steps and send intents make the
-replay safe).
+Requests try to start or resume runs right after storing a message; the dispatcher's ticks
+repair what they could not, in four kinds:
+
+* **start** — stored, but no flow run was created (Prefect was down);
+* **resume** — suspended while a message waits (a resume gave up);
+* **recover** — a live run's lease expired, or a handed-over run never took over: its process
+  is gone;
+* **reconcile** — Prefect says a run of an active conversation failed, crashed or was cancelled.
+
+The row is the truth. Rows are *claimed* (``SKIP LOCKED`` on PostgreSQL, so dispatcher replicas
+split them and a live run renewing its lease is never touched) and stamped ``handed_over_at``,
+so nobody takes them again for a lease; the Prefect state is changed only if it is still the
+state just observed. Each row is repaired on its own, concurrently, with its own backoff, so a
+conversation whose run can never be resumed delays nobody else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
+from sqlalchemy import exists, select
 
+from parley import executor
 from parley.db import Database, queries
-from parley.db.models import utcnow
+from parley.db.models import Conversation, utcnow
+from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
-from tasks.runs import resume_run, start_run
+from tasks.runs import ResumeOutcome, create_run, resume_once, start_run
 from tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
-# A run in one of these states for longer than a lease, while our row says nobody works on
-# it, was claimed or run by a process that is gone.
-ORPHANABLE = {StateType.RUNNING, StateType.PENDING}
+RepairKind = Literal["start", "resume", "recover"]
+START_GRACE = timedelta(seconds=2)  # the webhook starts new conversations itself, first
+MAX_RECOVERIES = 5  # infrastructure failures of one conversation's run before it is failed
+BATCH = 200  # rows claimed per kind and tick; rows in backoff are skipped, never starving
+CONCURRENCY = 20
+REPAIR_BACKOFF_CAP = 300.0
+REPAIR_TIMEOUT = 30.0  # one hung Prefect or database call never holds the dispatcher up
+
+
+@dataclass(frozen=True)
+class Repair:
+    kind: RepairKind
+    conversation_id: int
+    flow_run_id: str | None
 
 
 @dataclass(frozen=True)
 class SweepWork:
-    """What one look at the database found owed; ids only, so it travels as a task input."""
+    """Claimed rows; ids only, so it travels as a task input."""
 
-    to_start: tuple[int, ...] = ()
-    to_resume: tuple[tuple[int, str], ...] = ()
-    orphaned: tuple[str, ...] = ()
+    repairs: tuple[Repair, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.to_start or self.to_resume or self.orphaned)
+        return bool(self.repairs)
 
     @property
     def summary(self) -> str:
-        counts = (len(self.to_start), len(self.to_resume), len(self.orphaned))
-        return "start {}, resume {}, orphans {}".format(*counts)
+        counts = Counter(repair.kind for repair in self.repairs)
+        return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "nothing"
 
 
-async def find_work(db: Database, settings: Settings) -> SweepWork:
-    """One cheap read; the dispatcher calls it every tick and creates a task run only when it
-    finds something, so an idle Parley adds nothing to the Prefect UI."""
+def _conditions(settings: Settings, now: datetime, trust_leases: bool) -> dict[RepairKind, Any]:
+    lease = timedelta(seconds=settings.lease_seconds)
+    conditions: dict[RepairKind, Any] = {
+        "start": queries.owed_a_start(now, START_GRACE),
+        "resume": queries.owed_a_resume(now, lease),
+    }
+    if trust_leases:
+        conditions["recover"] = queries.lost_its_process(now, lease)
+    return conditions
+
+
+async def anything_owed(db: Database, settings: Settings, *, trust_leases: bool) -> bool:
+    """One cheap read, no lock: an idle tick writes nothing and costs Prefect nothing."""
     now = utcnow()
-    stale_before = now - timedelta(seconds=settings.lease_seconds)
     async with db.read() as session:
-        to_start = await queries.conversations_to_start(session)
-        to_resume = await queries.conversations_to_resume(session)
-        stalled = await queries.conversations_with_expired_lease(session, now)
-        unclaimed = await queries.conversations_never_taken_over(session, stale_before)
-    return SweepWork(
-        to_start=tuple(c.id for c in to_start),
-        to_resume=tuple((c.id, c.flow_run_id) for c in to_resume if c.flow_run_id),
-        orphaned=tuple(c.flow_run_id for c in [*stalled, *unclaimed] if c.flow_run_id),
+        for condition in _conditions(settings, now, trust_leases).values():
+            stmt = select(exists().where(condition, queries.repair_due(now)))
+            if await session.scalar(stmt):
+                return True
+    return False
+
+
+async def claim_work(
+    db: Database, settings: Settings, *, trust_leases: bool, extra: tuple[Repair, ...] = ()
+) -> SweepWork:
+    """``trust_leases``: the dispatcher itself reached the database for a whole lease, so an
+    expired lease means a dead process — not a database that was away for everyone."""
+    now = utcnow()
+    repairs: list[Repair] = list(extra)
+    async with db.transaction() as session:
+        for kind, condition in _conditions(settings, now, trust_leases).items():
+            rows = await queries.claim_for_repair(session, condition, now, BATCH)
+            repairs += [Repair(kind, row.id, row.flow_run_id) for row in rows]
+    return SweepWork(tuple(dict.fromkeys(repairs)))
+
+
+async def failed_runs_of_active_conversations(
+    db: Database, settings: Settings, since: datetime
+) -> tuple[Repair, ...]:
+    """Runs Prefect failed, crashed or cancelled while Parley's row says the conversation is
+    still going: the row is the truth, so each is recovered (or cancelled) from it."""
+    runs = await _runs_in_trouble(settings, since)
+    async with db.read() as session:
+        rows = await queries.active_by_flow_run(session, [str(run.id) for run in runs])
+    return tuple(Repair("recover", row.id, row.flow_run_id) for row in rows)
+
+
+async def _runs_in_trouble(settings: Settings, since: datetime) -> list[FlowRun]:
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterEndTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
     )
 
+    ended = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(settings.conversation_deployment)
+        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        finished = await client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ended)),
+                end_time=FlowRunFilterEndTime(after_=since),
+            ),
+            limit=BATCH,
+        )
+        cancelling = await client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))
+            ),
+            limit=BATCH,
+        )
+    return [*finished, *cancelling]
 
-async def repair(db: Database, settings: Settings, work: SweepWork) -> dict[str, int]:
-    counts = {"started": 0, "resumed": 0, "rescheduled": 0}
-    stale_before = utcnow() - timedelta(seconds=settings.lease_seconds)
-    orphaned = list(work.orphaned)
-    for conversation_id in work.to_start:
-        counts["started"] += int(await start_run(db, settings, conversation_id) is not None)
-    for conversation_id, flow_run_id in work.to_resume:
-        if await resume_run(db, conversation_id, flow_run_id, give_up_after=1):
-            counts["resumed"] += 1
-        else:
-            orphaned.append(flow_run_id)
-    for flow_run_id in orphaned:
-        if await reschedule_if_orphaned(flow_run_id, stale_before):
-            counts["rescheduled"] += 1
-    return counts
+
+# --- repairing -----------------------------------------------------------------------------
+
+
+async def repair(rt: Runtime, settings: Settings, work: SweepWork) -> dict[str, int]:
+    """Each claimed row on its own, a few at a time; a failure backs that row off only."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    outcomes: Counter[str] = Counter()
+
+    async def one(item: Repair) -> None:
+        async with gate:
+            try:
+                outcome = await asyncio.wait_for(_repair_one(rt, settings, item), REPAIR_TIMEOUT)
+                log.info("conversation %s: %s -> %s", item.conversation_id, item.kind, outcome)
+                outcomes[outcome] += 1
+            except Exception as exc:
+                log.warning("repair %s of %s failed: %r", item.kind, item.conversation_id, exc)
+                await _back_off(rt.db, item.conversation_id)
+                outcomes["backed off"] += 1
+
+    await asyncio.gather(*(one(item) for item in work.repairs))
+    return dict(outcomes)
+
+
+async def _repair_one(rt: Runtime, settings: Settings, item: Repair) -> str:
+    if item.kind == "start":
+        await start_run(rt.db, settings, item.conversation_id)
+        return "started"
+    assert item.flow_run_id is not None
+    if item.kind == "resume":
+        outcome = await resume_once(item.flow_run_id, item.conversation_id, reason="sweep")
+        if outcome is ResumeOutcome.RESUMED:
+            await _repaired(rt.db, item.conversation_id)
+            return "resumed"
+    return await _recover(rt, settings, item.conversation_id, item.flow_run_id)
+
+
+async def _recover(rt: Runtime, settings: Settings, conversation_id: int, run_id: str) -> str:
+    """What Prefect's state of the run says to do, for a conversation whose row is active."""
+    async with get_client() as client:
+        try:
+            run = await client.read_flow_run(UUID(run_id))
+        except ObjectNotFound:
+            return await _rehome(rt, settings, conversation_id, "its flow run no longer exists")
+        state = run.state.type if run.state else None
+        action = _RECOVERIES.get(state, _leave_alone)
+        return await action(_Context(rt, settings, client, conversation_id, run))
+
+
+@dataclass(frozen=True)
+class _Context:
+    rt: Runtime
+    settings: Settings
+    client: PrefectClient
+    conversation_id: int
+    run: FlowRun
+
+
+async def _reschedule(ctx: _Context) -> str:
+    """Put the same flow run back to Scheduled, only if its state is still the one we read: a
+    run that moved meanwhile is alive. Cached steps and send intents make the replay safe."""
+    if not await _count_recovery(ctx):
+        return "failed"
+    current = await ctx.client.read_flow_run(ctx.run.id)
+    if current.state is None or ctx.run.state is None or current.state.id != ctx.run.state.id:
+        return "moved on"
+    message = f"Parley: {ctx.run.state.type.value.lower()} without a live process"
+    await ctx.client.set_flow_run_state(
+        ctx.run.id, Scheduled(name="Rescheduled", message=message), force=True
+    )
+    log.warning(
+        "conversation %s: run %s rescheduled (%s)", ctx.conversation_id, ctx.run.id, message
+    )
+    return "rescheduled"
+
+
+async def _count_recovery(ctx: _Context) -> bool:
+    """An infrastructure failure is rescheduled a few times; then the row says failed, and the
+    contact's next message starts a fresh conversation."""
+    async with ctx.rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, ctx.conversation_id)
+        row.recoveries += 1
+        exhausted = row.recoveries > MAX_RECOVERIES
+    if exhausted:
+        state = ctx.run.state.message if ctx.run.state else ""
+        reason = f"its run kept failing ({MAX_RECOVERIES} recoveries): {state}"
+        await executor.mark_failed(ctx.rt, ctx.conversation_id, reason)
+    return not exhausted
+
+
+async def _cancel(ctx: _Context) -> str:
+    await executor.cancel(ctx.rt, ctx.conversation_id, "its flow run was cancelled in Prefect")
+    if ctx.run.state is not None and ctx.run.state.type == StateType.CANCELLING:
+        from prefect.states import Cancelled
+
+        await ctx.client.set_flow_run_state(ctx.run.id, Cancelled(), force=True)
+    return "cancelled"
+
+
+async def _resume_paused(ctx: _Context) -> str:
+    outcome = await resume_once(str(ctx.run.id), ctx.conversation_id, reason="sweep")
+    return "resumed" if outcome is ResumeOutcome.RESUMED else "waiting for its pause"
+
+
+async def _rehome_completed(ctx: _Context) -> str:
+    return await _rehome(ctx.rt, ctx.settings, ctx.conversation_id, "its flow run had completed")
+
+
+async def _leave_alone(ctx: _Context) -> str:
+    return "scheduled for a worker"  # Scheduled/Late: a worker serving the deployment takes it
+
+
+_RECOVERIES: dict[StateType | None, Callable[[_Context], Awaitable[str]]] = {
+    StateType.PENDING: _reschedule,
+    StateType.RUNNING: _reschedule,
+    StateType.CRASHED: _reschedule,
+    StateType.FAILED: _reschedule,
+    StateType.CANCELLING: _cancel,
+    StateType.CANCELLED: _cancel,
+    StateType.PAUSED: _resume_paused,
+    StateType.COMPLETED: _rehome_completed,
+}
+
+
+async def _rehome(rt: Runtime, settings: Settings, conversation_id: int, why: str) -> str:
+    """The row outlived its run: give the conversation a new flow run, which loads the row and
+    carries on from the current step."""
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        row.recoveries += 1
+        attempt = row.recoveries
+    run_id = await create_run(rt.db, settings, conversation_id, attempt=attempt)
+    log.warning("conversation %s: %s; new flow run %s", conversation_id, why, run_id)
+    return "rehomed"
+
+
+async def _repaired(db: Database, conversation_id: int) -> None:
+    async with db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        row.repair_after, row.repair_failures = None, 0
+
+
+async def _back_off(db: Database, conversation_id: int) -> None:
+    async with db.transaction() as session:
+        row: Conversation = await queries.lock_conversation(session, conversation_id)
+        row.repair_failures += 1
+        delay = min(REPAIR_BACKOFF_CAP, 2.0**row.repair_failures)
+        row.repair_after = utcnow() + timedelta(seconds=delay)
 
 
 @task(name="sweep", task_run_name="sweep: {work.summary}", cache_policy=NO_CACHE)
 async def sweep(work: SweepWork) -> dict[str, int]:
-    return await repair((await get_runtime()).db, get_settings(), work)
-
-
-async def reschedule_if_orphaned(flow_run_id: str, stale_before: datetime) -> bool:
-    """Put a run whose process died back to Scheduled; the same flow run starts again from
-    the top, and cached steps plus send intents make the replay safe."""
-    async with get_client() as client:
-        run = await client.read_flow_run(UUID(flow_run_id))
-        state = run.state
-        if state is None:
-            return False
-        orphaned = state.type == StateType.CRASHED or (
-            state.type in ORPHANABLE and state.timestamp < stale_before
-        )
-        if not orphaned:
-            return False
-        await client.set_flow_run_state(
-            UUID(flow_run_id), Scheduled(name="Rescheduled"), force=True
-        )
-    log.warning("flow run %s lost its process (%s); rescheduled", flow_run_id, state.type.value)
-    return True
+    return await repair(await get_runtime(), get_settings(), work)

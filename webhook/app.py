@@ -18,15 +18,26 @@ from parley.campaign.registry import install_campaign
 from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.settings import get_settings
+from tasks.runtime import resolve_database_url
 from webhook.routes import api, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
 
+def _configure_logging() -> None:
+    """uvicorn configures its own loggers only; Parley's (resumes, give-ups) go to stderr."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    _configure_logging()
     settings = get_settings()
-    db = Database(settings.resolved_database_url)
+    # The same resolution as the worker's: the parley-db block first, then the settings.
+    db = Database(await resolve_database_url(settings))
     async with db.transaction() as session:
         version = await install_campaign(session, settings.default_campaign)
     app.state.settings = settings

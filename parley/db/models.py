@@ -34,6 +34,7 @@ from parley.state_machine import ACTIVE, Status
 
 # The partial unique index of signal-with-start; a change to ACTIVE needs a migration.
 _ACTIVE_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE)))
+_UNREAD_SQL = "direction = 'in' AND consumed_step IS NULL"
 STATUS_TYPE = Enum(
     Status,
     native_enum=False,
@@ -168,7 +169,14 @@ class Conversation(Base):
     wake_at: Mapped[datetime | None]
     sleeps: Mapped[int] = mapped_column(Integer, default=0)
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    # A live run renews its lease; an expired one means its process is gone.
     lease_until: Mapped[datetime | None]
+    # When a start, resume or reschedule was issued: the run must take over within a lease.
+    handed_over_at: Mapped[datetime | None]
+    recoveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The dispatcher's backoff for a row whose repair keeps failing (per row, never blocking).
+    repair_after: Mapped[datetime | None]
+    repair_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -185,6 +193,12 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_inbox", "conversation_id", "direction", "consumed_step", "id"),
+        Index(
+            "ix_messages_unread",
+            "conversation_id",
+            sqlite_where=text(_UNREAD_SQL),
+            postgresql_where=text(_UNREAD_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -199,6 +213,9 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16))
     step: Mapped[int | None] = mapped_column(Integer)
     consumed_step: Mapped[int | None] = mapped_column(Integer)
+    # When an execution claimed this intent for sending (pending -> sending); the claim is
+    # taken over only by a compare-and-set on this value.
+    claimed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

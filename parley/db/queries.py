@@ -7,7 +7,7 @@ transaction already holds the database write lock (``BEGIN IMMEDIATE``), which i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import exists, func, select, update
@@ -275,6 +275,21 @@ async def first_unconsumed_inbound(session: AsyncSession, conversation_id: int) 
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def unread_inbound(session: AsyncSession, conversation_id: int) -> list[Message]:
+    stmt = select(Message).where(_unconsumed(conversation_id)).order_by(Message.id)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def move_inbound(
+    session: AsyncSession, messages: Sequence[Message], conversation_id: int, *, trigger_step: int
+) -> None:
+    """Re-file messages under another conversation; the first becomes its trigger."""
+    for index, message in enumerate(messages):
+        message.conversation_id = conversation_id
+        message.consumed_step = trigger_step if index == 0 else None
+        message.updated_at = utcnow()
+
+
 async def has_unconsumed_inbound(session: AsyncSession, conversation_id: int) -> bool:
     return bool(await session.scalar(select(exists().where(_unconsumed(conversation_id)))))
 
@@ -329,6 +344,35 @@ async def ensure_outbound_intent(
     row = await outbound_by_ref(session, client_ref)
     assert row is not None
     return row
+
+
+async def claim_for_sending(session: AsyncSession, client_ref: str, now: datetime) -> bool:
+    """pending -> sending in one conditional UPDATE: of two executions, exactly one wins."""
+    result = await session.execute(
+        update(Message)
+        .where(Message.client_ref == client_ref, Message.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.SENDING, claimed_at=now, updated_at=now)
+    )
+    return _rowcount(result) == 1
+
+
+async def take_over_claim(
+    session: AsyncSession, client_ref: str, observed: datetime | None, now: datetime
+) -> bool:
+    """Take over a ``sending`` claim nobody resolved, only if it is still the one observed."""
+    condition = Message.claimed_at.is_(None) if observed is None else Message.claimed_at == observed
+    result = await session.execute(
+        update(Message)
+        .where(
+            Message.client_ref == client_ref, Message.status == DeliveryStatus.SENDING, condition
+        )
+        .values(claimed_at=now, updated_at=now)
+    )
+    return _rowcount(result) == 1
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def set_outbound_status(
@@ -397,61 +441,102 @@ async def count_webhook_events(session: AsyncSession, kind: str | None = None) -
     return int(await session.scalar(stmt) or 0)
 
 
-# --- the sweep -------------------------------------------------------------------------------
+# --- the dispatcher's repairs ----------------------------------------------------------------
 
 
-async def conversations_to_start(session: AsyncSession, limit: int = 100) -> list[Conversation]:
-    stmt = (
-        select(Conversation)
-        .where(Conversation.status == Status.PENDING, Conversation.flow_run_id.is_(None))
-        .order_by(Conversation.id)
-        .limit(limit)
+def repair_due(now: datetime) -> Any:
+    return Conversation.repair_after.is_(None) | (Conversation.repair_after <= now)
+
+
+def _not_just_handed_over(stale_before: datetime) -> Any:
+    return Conversation.handed_over_at.is_(None) | (Conversation.handed_over_at < stale_before)
+
+
+def _has_unread() -> Any:
+    return exists().where(_unconsumed(Conversation.id))
+
+
+def owed_a_start(now: datetime, grace: timedelta) -> Any:
+    """Stored, but no flow run was created: the webhook gets ``grace`` to do it first."""
+    return (
+        (Conversation.status == Status.PENDING)
+        & Conversation.flow_run_id.is_(None)
+        & (Conversation.created_at < now - grace)
+        & _not_just_handed_over(now - grace)
     )
-    return list((await session.execute(stmt)).scalars())
 
 
-async def conversations_to_resume(session: AsyncSession, limit: int = 100) -> list[Conversation]:
-    """Suspended although a message is waiting: a resume was lost or never got through."""
-    stmt = (
-        select(Conversation)
-        .where(
-            Conversation.status == Status.SUSPENDED, exists().where(_unconsumed(Conversation.id))
-        )
-        .order_by(Conversation.id)
-        .limit(limit)
+def owed_a_resume(now: datetime, lease: timedelta) -> Any:
+    """Suspended although a message waits: a resume was lost or never got through."""
+    return (
+        (Conversation.status == Status.SUSPENDED)
+        & Conversation.flow_run_id.is_not(None)
+        & _has_unread()
+        & _not_just_handed_over(now - lease)
     )
-    return list((await session.execute(stmt)).scalars())
 
 
-async def conversations_never_taken_over(
-    session: AsyncSession, stale_before: datetime, limit: int = 100
+def lost_its_process(now: datetime, lease: timedelta) -> Any:
+    """Nobody renewed the lease of a live run, or a run handed over (started, resumed,
+    rescheduled) a lease ago never took the conversation over: its process is gone."""
+    expired_lease = Conversation.status.in_(LIVE) & (Conversation.lease_until < now)
+    never_taken = (Conversation.status == Status.PENDING) & Conversation.flow_run_id.is_not(None)
+    return (expired_lease | never_taken) & _not_just_handed_over(now - lease)
+
+
+async def claim_for_repair(
+    session: AsyncSession, condition: Any, now: datetime, limit: int
 ) -> list[Conversation]:
-    """A flow run was created long ago, but no run has begun the conversation."""
+    """Claim rows that need ``condition``'s repair: lock them (skipping rows another
+    transaction holds — a live run renewing its lease, another dispatcher), re-check, and stamp
+    ``handed_over_at`` so no other dispatcher takes them for a lease. Rows in backoff wait."""
     stmt = (
         select(Conversation)
-        .where(
-            Conversation.status == Status.PENDING,
-            Conversation.flow_run_id.is_not(None),
-            Conversation.updated_at < stale_before,
-        )
-        .order_by(Conversation.id)
+        .where(condition, repair_due(now))
+        .order_by(Conversation.repair_after.is_not(None), Conversation.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     )
-    return list((await session.execute(stmt)).scalars())
+    rows = list((await session.execute(stmt)).scalars())
+    for row in rows:
+        row.handed_over_at = now
+    return rows
 
 
-async def conversations_with_expired_lease(
-    session: AsyncSession, now: datetime, limit: int = 100
+async def lock_conversation_if_free(
+    session: AsyncSession, conversation_id: int
+) -> Conversation | None:
+    """The row, locked, or None when another transaction holds it right now."""
+    stmt = (
+        select(Conversation)
+        .where(Conversation.id == conversation_id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def active_by_flow_run(
+    session: AsyncSession, flow_run_ids: Sequence[str]
 ) -> list[Conversation]:
-    """Running or hot, but nobody renewed the lease: the process that ran it is gone."""
-    stmt = (
-        select(Conversation)
-        .where(
-            Conversation.status.in_(LIVE),
-            Conversation.lease_until.is_not(None),
-            Conversation.lease_until < now,
-        )
-        .order_by(Conversation.id)
-        .limit(limit)
+    if not flow_run_ids:
+        return []
+    stmt = select(Conversation).where(
+        Conversation.flow_run_id.in_(list(flow_run_ids)), Conversation.status.in_(ACTIVE)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def drop_unsent(session: AsyncSession, conversation_id: int, reason: str) -> int:
+    """An ended conversation's intents that never went out are dropped, never sent later."""
+    result = await session.execute(
+        update(Message)
+        .where(
+            Message.conversation_id == conversation_id,
+            Message.direction == Direction.OUT,
+            Message.status == DeliveryStatus.PENDING,
+        )
+        .values(status=DeliveryStatus.DROPPED, error=reason[:2000], updated_at=utcnow())
+    )
+    return _rowcount(result)

@@ -8,6 +8,7 @@ reverse order (SIGTERM, then SIGKILL after a grace period).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,7 +26,16 @@ class StackError(ParleyError):
     """A process of the stack did not start or did not become healthy in time."""
 
 
+_QUIET_PORTS = range(20_000, 32_000)  # below Linux's ephemeral range (32768-60999)
+
+
 def free_port() -> int:
+    """A free port outside the ephemeral range: ports the OS hands to outgoing connections
+    (hundreds, with Prefect clients around) can be taken between this call and the bind."""
+    for _ in range(200):
+        port = random.choice(_QUIET_PORTS)
+        if port_is_free(port):
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -3,17 +3,23 @@ refusals that will never succeed, an expired access token, a CRM answering 5xx."
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
-from parley import executor
+from parley import executor, inbox
 from parley import operator_views as views
+from parley.channels.whatsapp.wire import parse_webhook
 from parley.db import Database, queries
 from parley.errors import RateLimited, TransientChannelError
+from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.state_machine import step_ref
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from tests.storage.conftest import USER, start_conversation
+from parley.testing.whatsapp_payloads import build_status_payload
+from tests.storage.conftest import PHONE_ID, USER, start_conversation
 
 
 async def _outbound(db: Database, cid: int) -> list[dict[str, object]]:
@@ -21,23 +27,13 @@ async def _outbound(db: Database, cid: int) -> list[dict[str, object]]:
     return [m for m in detail["messages"] if m["direction"] == "out"]
 
 
-@pytest.mark.parametrize(
-    ("code", "http_status", "error"),
-    [(130429, 429, RateLimited), (131000, 500, TransientChannelError)],
-)
-async def test_a_throttled_or_failing_send_is_known_unsent_and_the_retry_sends_once(
-    db: Database,
-    runtime: Runtime,
-    campaign_name: str,
-    fake: FakeWhatsAppAPI,
-    code: int,
-    http_status: int,
-    error: type[Exception],
+async def test_a_throttled_send_is_known_unsent_and_the_retry_sends_once(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
-    fake.fail_next(code, http_status)
-    with pytest.raises(error):
-        await executor.advance(runtime, cid, 0)  # the Prefect task retries this with backoff
+    fake.fail_next(130429, 429)
+    with pytest.raises(RateLimited):
+        await executor.advance(runtime, cid, 0)  # run_step retries this for a bounded time
     assert [m["status"] for m in await _outbound(db, cid)] == ["pending"]
     cursor = await executor.advance(runtime, cid, 0)
     assert cursor.step == 1
@@ -163,3 +159,62 @@ async def test_giving_up_twice_apologises_once(
     await executor.give_up(runtime, cid, 0, "CRM kept failing")
     assert len(fake.texts_to(USER)) == 1
     assert (await views.show_conversation(db, cid))["status"] == "failed"
+
+
+async def test_a_5xx_on_send_is_uncertain_and_reconciled_from_the_status_callback(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    """A 5xx may come from a proxy after Meta accepted the message: the retry waits for Meta's
+    status callback (it carries our reference) instead of sending it a second time."""
+    cid = await start_conversation(db, runtime, campaign_name)
+    fake.fail_next(131000, 500)
+    with pytest.raises(TransientChannelError):
+        await executor.advance(runtime, cid, 0)
+    assert [m["status"] for m in await _outbound(db, cid)] == ["sending"]
+    callback = build_status_payload(
+        phone_number_id=PHONE_ID,
+        message_id="wamid.accepted-behind-the-500",
+        status="sent",
+        recipient=USER,
+        client_ref=step_ref(cid, 0),
+    )
+    await inbox.store_batch(db, parse_webhook(json.dumps(callback).encode()), campaign_name)
+    cursor = await executor.advance(runtime, cid, 0)
+    assert cursor.step == 1
+    assert fake.texts_to(USER) == []  # never sent twice: Meta had it
+
+
+async def test_a_5xx_with_no_callback_is_sent_again_after_the_reconcile_window(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    fake.fail_next(131000, 500)
+    with pytest.raises(TransientChannelError):
+        await executor.advance(runtime, cid, 0)
+    cursor = await executor.advance(runtime, cid, 0)  # no callback within 1 s: resend once
+    assert cursor.step == 1
+    assert len(fake.texts_to(USER)) == 1
+
+
+async def test_a_429_storm_honours_retry_after_and_then_sends_once(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    fake.fail_next(130429, 429, count=3, retry_after=0.3)
+    started = asyncio.get_running_loop().time()
+    cursor = await executor.run_step(runtime, cid, 0)
+    waited = asyncio.get_running_loop().time() - started
+    assert cursor.step == 1 and len(fake.texts_to(USER)) == 1
+    assert waited >= 0.9  # three retry-afters of 0.3 s, not the backoff's own schedule
+
+
+async def test_an_outage_longer_than_the_retry_budget_fails_the_conversation_with_the_reason(
+    db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
+) -> None:
+    cid = await start_conversation(db, runtime, campaign_name)
+    runtime.send_retry = RetryPolicy(budget_seconds=1.0, first_delay=0.2, max_delay=0.2)
+    fake.fail_next(130429, 429, count=50)
+    cursor = await executor.run_step(runtime, cid, 0)
+    detail = await views.show_conversation(db, cid)
+    assert cursor.status == "failed"
+    assert "RateLimited for 1 s" in detail["last_error"]

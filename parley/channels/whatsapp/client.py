@@ -106,15 +106,16 @@ class WhatsAppClient:
     async def _send(self, payload: JSONDict) -> str:
         try:
             response = await self._http.post(self._messages_url, json=payload)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Never reached Meta: known not sent.
+            raise TransientChannelError(
+                f"WhatsApp API unreachable: {exc!r}", maybe_sent=False
+            ) from exc
         except httpx.TimeoutException as exc:
             # The provider may have accepted it: callers reconcile via client_ref.
-            raise TransientChannelError(
-                f"WhatsApp API timed out: {exc!r}", code=None, http_status=None
-            ) from exc
+            raise TransientChannelError(f"WhatsApp API timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
-            raise TransientChannelError(
-                f"WhatsApp API unreachable: {exc!r}", code=None, http_status=None
-            ) from exc
+            raise TransientChannelError(f"WhatsApp API connection lost: {exc!r}") from exc
         if not response.is_success:
             raise error_from_response(response)
         return _wamid_of(response)
