@@ -52,6 +52,8 @@ BATCH = 200  # rows claimed per kind and tick; rows in backoff are skipped, neve
 CONCURRENCY = 20
 REPAIR_BACKOFF_CAP = 300.0
 REPAIR_TIMEOUT = 30.0  # one hung Prefect or database call never holds the dispatcher up
+# Outcomes that changed nothing: trying again next lease would not either, so the row backs off.
+NO_PROGRESS = frozenset({"scheduled for a worker", "waiting for its pause", "moved on"})
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ async def repair(rt: Runtime, settings: Settings, work: SweepWork) -> dict[str, 
                 outcome = await asyncio.wait_for(_repair_one(rt, settings, item), REPAIR_TIMEOUT)
                 log.info("conversation %s: %s -> %s", item.conversation_id, item.kind, outcome)
                 outcomes[outcome] += 1
+                if outcome in NO_PROGRESS:
+                    await _back_off(rt.db, item.conversation_id)
             except Exception as exc:
                 log.warning("repair %s of %s failed: %r", item.kind, item.conversation_id, exc)
                 await _back_off(rt.db, item.conversation_id)

@@ -493,7 +493,14 @@ async def claim_for_repair(
     stmt = (
         select(Conversation)
         .where(condition, repair_due(now))
-        .order_by(Conversation.repair_after.is_not(None), Conversation.id)
+        # New work first: rows never handed over, then the longest waiting; rows that keep
+        # needing repair cannot fill the batch ahead of a healthy conversation's wake-up.
+        .order_by(
+            Conversation.repair_after.is_not(None),
+            Conversation.handed_over_at.is_not(None),
+            Conversation.handed_over_at,
+            Conversation.id,
+        )
         .limit(limit)
         .with_for_update(skip_locked=True)
         .execution_options(populate_existing=True)

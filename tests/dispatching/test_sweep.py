@@ -1,0 +1,301 @@
+"""The dispatcher's repairs, one scenario each, against the session's real Prefect server and a
+PostgreSQL database: flow runs are put in exactly the state each scenario needs (a deployment
+nobody serves, so nothing moves unless the sweep moves it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.input.run_input import keyset_from_paused_state
+from prefect.states import Cancelled, Failed, Running, Suspended
+
+from flows.conversation import ResumeInput, conversation
+from parley import inbox
+from parley.campaign.registry import CampaignCache, install_campaign
+from parley.channels.base import DeliveryStatus, OutboundMessage
+from parley.db import Database, queries
+from parley.db.models import utcnow
+from parley.outbox import record_intent
+from parley.runtime import Runtime
+from parley.settings import Settings
+from parley.state_machine import Status
+from tasks import sweep
+from tasks.sweep import Repair, claim_work, repair
+from tests.storage.conftest import make_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class World:
+    db: Database
+    rt: Runtime
+    settings: Settings
+    deployment_id: UUID
+    campaign: str
+    phones: Callable[[], str]
+
+
+@pytest.fixture
+async def world(prefect_server: str, database_factory: Any, tmp_path: Path) -> AsyncIterator[World]:
+    name = f"sweep-{uuid4().hex[:8]}"
+    deployment = await conversation.ato_deployment(name=name)
+    deployment_id = await deployment.aapply()  # type: ignore[union-attr]
+    db = Database(database_factory("postgresql"))
+    async with db.transaction() as session:
+        version = await install_campaign(session, ROOT / "examples/campaigns/onboarding.yaml")
+    settings = Settings(
+        conversation_deployment=f"conversation/{name}", lease_seconds=3, data_dir=tmp_path
+    )
+    counter = iter(range(10**6))
+    rt = Runtime(db=db, channels={}, post_json=_no_http, campaigns=CampaignCache())
+    yield World(db, rt, settings, deployment_id, version.name, lambda: f"3460{next(counter):07d}")
+    await db.dispose()
+
+
+async def _no_http(*_args: object, **_kwargs: object) -> dict[str, Any]:
+    raise AssertionError("no http node runs in these tests")
+
+
+async def _conversation(world: World, *, text: str = "hi") -> int:
+    batch = make_batch(text)
+    message = batch.messages[0]
+    phone = world.phones()
+    batch.messages[0] = type(message)(
+        **{
+            **{f: getattr(message, f) for f in message.__dataclass_fields__},
+            "contact_address": phone,
+        }
+    )
+    await inbox.store_batch(world.db, batch, world.campaign)
+    async with world.db.read() as session:
+        contact = await queries.ensure_contact(session, "whatsapp", phone, None)
+        rows = await session.execute(
+            queries.select(queries.Conversation).where(
+                queries.Conversation.contact_id == contact.id
+            )
+        )
+        return int(rows.scalars().one().id)
+
+
+async def _set_row(world: World, conversation_id: int, **values: Any) -> None:
+    async with world.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
+async def _row(world: World, conversation_id: int) -> queries.Conversation:
+    async with world.db.read() as session:
+        return await queries.get_conversation(session, conversation_id)
+
+
+async def _run(world: World, conversation_id: int, state: object | None = None) -> str:
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            world.deployment_id, parameters={"conversation_id": conversation_id}
+        )
+        if state is not None:
+            await client.set_flow_run_state(run.id, state, force=True)  # type: ignore[arg-type]
+    await _set_row(world, conversation_id, flow_run_id=str(run.id))
+    return str(run.id)
+
+
+async def _paused_run(world: World, conversation_id: int) -> str:
+    """A run suspended exactly as the flow suspends itself, input schema included."""
+    run_id = await _run(world, conversation_id, Running())
+    state = Suspended(timeout_seconds=None, pause_key="wait-1-1")
+    keyset = keyset_from_paused_state(state)
+    state.state_details.run_input_keyset = keyset
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(run_id), state, force=True)
+    await ResumeInput.asave(keyset, flow_run_id=UUID(run_id))
+    return run_id
+
+
+async def _state(run_id: str) -> StateType:
+    async with get_client() as client:
+        run = await client.read_flow_run(UUID(run_id))
+    assert run.state is not None
+    return run.state.type
+
+
+async def _suspended_with_unread(world: World, conversation_id: int) -> None:
+    await inbox.store_batch(world.db, make_batch("an answer"), world.campaign)  # other contact
+    async with world.db.transaction() as session:
+        await session.execute(
+            queries.update(queries.Message)
+            .where(queries.Message.conversation_id == conversation_id)
+            .values(consumed_step=None)
+        )
+    await _set_row(world, conversation_id, status=Status.SUSPENDED, waiting_for="reply")
+
+
+async def _expire_handovers(world: World, conversation_ids: list[int]) -> None:
+    async with world.db.transaction() as session:
+        await session.execute(
+            queries.update(queries.Conversation)
+            .where(queries.Conversation.id.in_(conversation_ids))
+            .values(handed_over_at=utcnow() - timedelta(minutes=1), repair_after=None)
+        )
+
+
+async def test_a_conversation_prefect_never_started_is_started_after_the_webhooks_grace(
+    world: World,
+) -> None:
+    cid = await _conversation(world)
+    assert not await claim_work(world.db, world.settings, trust_leases=True)  # webhook first
+    await _set_row(world, cid, created_at=utcnow() - timedelta(seconds=5))
+    work = await claim_work(world.db, world.settings, trust_leases=True)
+    assert work.repairs == (Repair("start", cid, None),)
+    assert await repair(world.rt, world.settings, work) == {"started": 1}
+    row = await _row(world, cid)
+    assert row.flow_run_id and await _state(row.flow_run_id) == StateType.SCHEDULED
+
+
+async def test_a_suspended_run_with_a_message_waiting_is_resumed(world: World) -> None:
+    cid = await _conversation(world)
+    run_id = await _paused_run(world, cid)
+    await _suspended_with_unread(world, cid)
+    work = await claim_work(world.db, world.settings, trust_leases=True)
+    assert work.repairs == (Repair("resume", cid, run_id),)
+    assert await repair(world.rt, world.settings, work) == {"resumed": 1}
+    assert await _state(run_id) == StateType.SCHEDULED  # back to a worker, with its input
+
+
+async def test_two_sweeps_racing_over_a_live_long_conversation_never_reschedule_it(
+    world: World,
+) -> None:
+    """Its Prefect Running state started minutes ago, but its lease is renewed: it is alive."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _set_row(world, cid, status=Status.HOT, lease_until=utcnow() + timedelta(seconds=3))
+    first, second = await asyncio.gather(
+        claim_work(world.db, world.settings, trust_leases=True),
+        claim_work(world.db, world.settings, trust_leases=True),
+    )
+    assert not first and not second
+    assert await _state(run_id) == StateType.RUNNING
+
+
+async def test_two_sweeps_racing_over_a_dead_run_reschedule_it_once(world: World) -> None:
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _set_row(world, cid, status=Status.HOT, lease_until=utcnow() - timedelta(seconds=1))
+    first, second = await asyncio.gather(
+        claim_work(world.db, world.settings, trust_leases=True),
+        claim_work(world.db, world.settings, trust_leases=True),
+    )
+    claimed = [work for work in (first, second) if work]
+    assert len(claimed) == 1 and claimed[0].repairs == (Repair("recover", cid, run_id),)
+    assert await repair(world.rt, world.settings, claimed[0]) == {"rescheduled": 1}
+    # The other sweep acting on what it read before: the state moved on, nothing happens.
+    assert await repair(world.rt, world.settings, claimed[0]) == {"scheduled for a worker": 1}
+    async with get_client() as client:
+        states = await client.read_flow_run_states(UUID(run_id))
+    assert [s.name for s in states].count("Rescheduled") == 1
+
+
+async def test_expired_leases_are_not_trusted_while_the_dispatcher_itself_was_cut_off(
+    world: World,
+) -> None:
+    cid = await _conversation(world)
+    await _run(world, cid, Running())
+    await _set_row(world, cid, status=Status.RUNNING, lease_until=utcnow() - timedelta(seconds=9))
+    assert not await claim_work(world.db, world.settings, trust_leases=False)
+    assert await claim_work(world.db, world.settings, trust_leases=True)
+
+
+async def test_a_failed_run_of_an_active_conversation_is_rescheduled_then_failed_for_good(
+    world: World,
+) -> None:
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Failed(message="database unreachable for 5 minutes"))
+    found = await sweep.failed_runs_of_active_conversations(
+        world.db, world.settings, utcnow() - timedelta(minutes=1)
+    )
+    assert found == (Repair("recover", cid, run_id),)
+    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"rescheduled": 1}
+    assert (await _row(world, cid)).recoveries == 1
+    await _set_row(world, cid, recoveries=sweep.MAX_RECOVERIES)
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(run_id), Failed(message="again"), force=True)
+    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"failed": 1}
+    row = await _row(world, cid)
+    assert row.status == Status.FAILED and "kept failing" in (row.last_error or "")
+
+
+async def test_a_run_cancelled_in_prefect_cancels_its_conversation_and_drops_unsent(
+    world: World,
+) -> None:
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Cancelled())
+    async with world.db.transaction() as session:
+        await record_intent(session, cid, 0, f"conv-{cid}-step-0", OutboundMessage("hello"))
+    found = await sweep.failed_runs_of_active_conversations(
+        world.db, world.settings, utcnow() - timedelta(minutes=1)
+    )
+    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"cancelled": 1}
+    row = await _row(world, cid)
+    assert row.status == Status.CANCELLED
+    async with world.db.read() as session:
+        intent = await queries.outbound_by_ref(session, f"conv-{cid}-step-0")
+    assert intent is not None and intent.status == DeliveryStatus.DROPPED
+    assert run_id
+
+
+async def test_a_conversation_whose_run_is_gone_gets_a_new_run(world: World) -> None:
+    cid = await _conversation(world)
+    ghost = str(uuid4())
+    await _set_row(world, cid, flow_run_id=ghost, status=Status.RUNNING, lease_until=utcnow())
+    work = await claim_work(world.db, world.settings, trust_leases=True)
+    assert await repair(world.rt, world.settings, work) == {"rehomed": 1}
+    row = await _row(world, cid)
+    assert row.flow_run_id not in (None, ghost)
+    assert await _state(str(row.flow_run_id)) == StateType.SCHEDULED
+
+
+async def test_150_conversations_that_can_never_be_resumed_do_not_delay_a_healthy_wake_up(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their runs are stuck Running with no process: every resume is refused. Even with a batch
+    smaller than their number, the healthy conversation is resumed in the first tick it is owed
+    one, and the stuck ones back off instead of being retried every tick."""
+    monkeypatch.setattr(sweep, "BATCH", 20)
+    stuck = [await _conversation(world) for _ in range(150)]
+    gate = asyncio.Semaphore(20)
+
+    async def make_stuck(cid: int) -> None:
+        async with gate:
+            await _run(world, cid, Running())
+            await _suspended_with_unread(world, cid)
+
+    await asyncio.gather(*(make_stuck(cid) for cid in stuck))
+    tried: set[int] = set()
+    for _ in range(20):  # ticks until every stuck row has failed at least once
+        work = await claim_work(world.db, world.settings, trust_leases=True)
+        await repair(world.rt, world.settings, work)
+        tried |= {item.conversation_id for item in work.repairs}
+        if tried >= set(stuck):
+            break
+    assert tried >= set(stuck)
+    # A lease later they are all owed a repair again, and keep failing: still no starvation.
+    await _expire_handovers(world, stuck)
+    healthy = await _conversation(world)
+    run_id = await _paused_run(world, healthy)
+    await _suspended_with_unread(world, healthy)
+    work = await claim_work(world.db, world.settings, trust_leases=True)
+    assert Repair("resume", healthy, run_id) in work.repairs
+    outcomes = await repair(world.rt, world.settings, work)
+    assert outcomes.get("resumed") == 1
+    assert await _state(run_id) == StateType.SCHEDULED
