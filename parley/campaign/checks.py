@@ -1,20 +1,27 @@
 """How the nodes of a campaign fit together: every graph problem, each with its node id.
 
-The checks run on a ``Draft`` rather than a ``Campaign`` so they still run when some nodes or
-edges failed schema validation; an author then sees every problem of the file in one go. Ids,
-links and assigned variables are read from the raw document, so one broken node does not also
-make its neighbours look unreachable or its variable look unassigned.
+The checks run on a ``Draft`` (see ``draft``) so they still run when some nodes or edges failed
+schema validation. Checks of how a conversation moves live in ``flow_checks``, the must-be-set
+analysis of variables in ``assignments``; this module runs them all, in a fixed order.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
+from parley.campaign.assignments import unassigned_variables
 from parley.campaign.conditions import WHEN_INVALID
-from parley.campaign.model import Edge, EndNode, HttpNode, Node
+from parley.campaign.draft import Draft, Link, Problem, RawChoices, RawNode
+from parley.campaign.flow_checks import (
+    misplaced_conditions,
+    missing_default_edges,
+    on_reply_target,
+    spinning_cycles,
+)
+from parley.campaign.graph import FlowGraph
+from parley.campaign.model import EndNode, HttpNode
 from parley.campaign.templates import (
     env_names,
     has_stray_braces,
@@ -25,43 +32,7 @@ from parley.campaign.templates import (
 from parley.channels.base import REPLY_ID_MAX_LENGTH, Capabilities
 from parley.channels.catalog import CAPABILITIES
 
-Problem = tuple[str | None, str]
-
-
-@dataclass(frozen=True)
-class Link:
-    """An edge as written: enough for the graph's shape even if its condition is broken."""
-
-    index: int
-    source: str
-    target: str
-    outcome: str | None  # "invalid" / "error" edges are only taken when the node ends so
-
-
-@dataclass(frozen=True)
-class Draft:
-    start: str | None
-    node_ids: list[str]
-    links: list[Link]
-    assigned: frozenset[str]
-    nodes: list[Node]
-    edges: dict[int, Edge]
-    channel: str = "whatsapp"
-    env: dict[str, str] | None = None
-    choices: tuple[RawChoices, ...] = ()
-
-
-@dataclass(frozen=True)
-class RawChoices:
-    """A node's reply buttons as written, so they are checked even if the node is broken."""
-
-    index: int
-    node_id: str | None
-    buttons: tuple[tuple[str, str], ...]  # (id, title)
-
-    @property
-    def label(self) -> str:
-        return f"nodes[{self.index}]" + (f" (id {self.node_id!r})" if self.node_id else "")
+__all__ = ["Draft", "Link", "Problem", "RawChoices", "RawNode", "find_problems"]
 
 
 def find_problems(draft: Draft) -> list[Problem]:
@@ -90,23 +61,10 @@ def _dangling_links(draft: Draft) -> Iterator[Problem]:
 def _unreachable_nodes(draft: Draft) -> Iterator[Problem]:
     if draft.start not in draft.node_ids:
         return
-    reached = _reachable(draft.start, draft.links)
+    reached = FlowGraph(draft).reachable()
     for node_id in dict.fromkeys(draft.node_ids):
         if node_id not in reached:
             yield node_id, f"node {node_id!r} cannot be reached from start {draft.start!r}"
-
-
-def _reachable(start: str, links: Iterable[Link]) -> set[str]:
-    targets: dict[str, list[str]] = {}
-    for link in links:
-        targets.setdefault(link.source, []).append(link.target)
-    reached, pending = {start}, [start]
-    while pending:
-        for target in targets.get(pending.pop(), []):
-            if target not in reached:
-                reached.add(target)
-                pending.append(target)
-    return reached
 
 
 def _dead_ends(draft: Draft) -> Iterator[Problem]:
@@ -151,9 +109,13 @@ def _misplaced_invalid(draft: Draft) -> Iterator[Problem]:
 
 
 def _shadowed_edges(draft: Draft) -> Iterator[Problem]:
+    """Edges after a catch-all are never taken, except outcome edges and, on a node that
+    waits, edges that interrupt the wait (a catch-all only applies once the wait is over)."""
+    graph = FlowGraph(draft)
     catch_all: dict[str, int] = {}
     for index, edge in sorted(draft.edges.items()):
-        if edge.source in catch_all and not edge.on_outcome:
+        still_taken = edge.on_outcome or (edge.interrupts and graph.waits(edge.source))
+        if edge.source in catch_all and not still_taken:
             yield (
                 edge.source,
                 (
@@ -176,33 +138,6 @@ def _template_syntax(draft: Draft) -> Iterator[Problem]:
                         " {name}, literal braces are written {{ and }}"
                     ),
                 )
-
-
-def _unassigned_variables(draft: Draft) -> Iterator[Problem]:
-    for node in draft.nodes:
-        for field, name in _variables_read(node):
-            if name not in draft.assigned:
-                yield node.id, f"{field} uses variable {name!r}, but no ask or http node sets it"
-    for index, edge in sorted(draft.edges.items()):
-        if edge.when is not None and not isinstance(edge.when, str):
-            name = edge.when.var
-            if name not in draft.assigned:
-                yield (
-                    edge.source,
-                    (
-                        f"edges[{index}]: condition uses variable {name!r},"
-                        " but no ask or http node sets it"
-                    ),
-                )
-
-
-def _variables_read(node: Node) -> Iterator[tuple[str, str]]:
-    for field, template in node.templates().items():
-        for name in dict.fromkeys(placeholders(template)):
-            yield field, name
-    if isinstance(node, HttpNode):
-        for name in node.send:
-            yield "send", name
 
 
 def _unknown_channel(draft: Draft) -> Iterator[Problem]:
@@ -247,11 +182,8 @@ def _texts_fit_the_channel(draft: Draft) -> Iterator[Problem]:
     if capabilities is None:
         return
     for node in draft.nodes:
-        for field, template in node.templates().items():
-            if (
-                not field.startswith(("url", "headers"))
-                and len(template) > capabilities.max_text_length
-            ):
+        for field, template in node.contact_templates().items():
+            if len(template) > capabilities.max_text_length:
                 yield (
                     node.id,
                     f"{field} has {len(template)} characters; {draft.channel} messages allow "
@@ -293,6 +225,29 @@ def _http_urls(draft: Draft) -> Iterator[Problem]:
             yield node.id, f"url {node.url!r} is {url!r} with the declared env: not an http URL"
 
 
+def _campaign_texts(draft: Draft) -> Iterator[Problem]:
+    """``error_text`` and the inactivity message can be sent from any node: check them once."""
+    declared = draft.env or {}
+    capabilities = CAPABILITIES.get(draft.channel)
+    for field, template in draft.texts:
+        if capabilities is not None and len(template) > capabilities.max_text_length:
+            yield (
+                None,
+                f"{field} has {len(template)} characters; {draft.channel} allows at most "
+                f"{capabilities.max_text_length}",
+            )
+        if has_stray_braces(template):
+            yield None, f"{field} {template!r} has a stray brace: write {{{{ and }}}} for braces"
+        if secret_names(template):
+            yield None, f"{field} uses a {{secret.…}}: secrets may only appear in http headers"
+        for name in dict.fromkeys(env_names(template)):
+            if name not in declared:
+                yield None, f"{field} uses {{env.{name}}}, but 'env:' does not declare {name}"
+        for name in dict.fromkeys(placeholders(template)):
+            if name not in draft.assigned:
+                yield None, f"{field} uses variable {name!r}, but no node sets it"
+
+
 _CHECKS: tuple[Callable[[Draft], Iterator[Problem]], ...] = (
     _duplicate_ids,
     _unknown_start,
@@ -301,12 +256,17 @@ _CHECKS: tuple[Callable[[Draft], Iterator[Problem]], ...] = (
     _dead_ends,
     _end_nodes_with_edges,
     _misplaced_invalid,
+    misplaced_conditions,
+    on_reply_target,
     _shadowed_edges,
+    spinning_cycles,
+    missing_default_edges,
     _template_syntax,
-    _unassigned_variables,
+    unassigned_variables,
     _unknown_channel,
     _choices_fit_the_channel,
     _texts_fit_the_channel,
+    _campaign_texts,
     _undeclared_env,
     _secrets_outside_headers,
     _http_urls,

@@ -1,17 +1,39 @@
-"""Conditions on campaign edges.
+"""Conditions on campaign edges, and the situation (``EdgeContext``) they are judged in.
 
-Comparisons ignore case and surrounding whitespace: the values come from people typing on
-phones, and "pro", "Pro " and "PRO" are the same answer.
+Text comparisons ignore case and surrounding whitespace: the values come from people typing on
+phones, and "pro", "Pro " and "PRO" are the same answer. ``lt``/``gt`` compare numbers, and an
+answer typed as "42" counts as the number 42.
+
+Most conditions are judged from the context alone (``condition.matches(ctx)``). Four are plain
+words whose meaning depends on the node the edge leaves, so ``Edge.matches`` judges them:
+``invalid`` and ``error`` (how the node ended), ``replied`` and ``no_reply`` (whether the contact
+wrote back, and for ``no_reply`` whether the node's timeout has passed).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
+from parley.campaign.durations import Duration, format_duration
 from parley.campaign.names import VariableName
+
+Outcome = Literal["ok", "invalid", "error"]
+"""How a node ended: normally, out of attempts (``when: invalid``), or failed (``when: error``)."""
 
 WHEN_INVALID: Final = "invalid"
 """``when: invalid``: the edge taken once an ask node has used up its attempts."""
@@ -21,84 +43,315 @@ WHEN_ERROR: Final = "error"
 http endpoint kept failing); without one, the conversation sends the campaign's ``error_text``
 and ends ``failed``."""
 
+WHEN_REPLIED: Final = "replied"
+"""``when: replied``: the contact wrote while the node waited (a wait_for_reply's reply, or a
+message during a wait or a delay)."""
+
+WHEN_NO_REPLY: Final = "no_reply"
+"""``when: no_reply``: a wait_for_reply node's ``timeout`` passed without a reply."""
+
 OUTCOME_WHENS: Final = frozenset({WHEN_INVALID, WHEN_ERROR})
+REPLY_WHENS: Final = frozenset({WHEN_REPLIED, WHEN_NO_REPLY})
+WORD_WHENS: Final = OUTCOME_WHENS | REPLY_WHENS
 
 
-class _VariableTest(BaseModel):
+@dataclass(frozen=True)
+class EdgeContext:
+    """Everything an edge condition may look at when a conversation might leave a node.
+
+    ``entered_at`` is when the conversation entered the node (before any ``delay``); ``now`` is
+    the instant of the decision. Both must be aware and are kept in UTC, so "2d passed" means 48
+    hours of real time even across a clock change. ``replied`` says a message from the contact
+    arrived while the conversation was at this node (for an ask node: its valid answer).
+    ``task_result`` is a task node's result once someone completed it, e.g.
+    ``{"outcome": "reached", "notes": "..."}``.
+    """
+
+    entered_at: datetime
+    now: datetime
+    variables: Mapping[str, object] = field(default_factory=dict)
+    contact: Mapping[str, object] = field(default_factory=dict)
+    replied: bool = False
+    outcome: Outcome = "ok"
+    task_result: Mapping[str, object] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("entered_at", "now"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise ValueError(f"EdgeContext.{name} must be an aware datetime, got {value!r}")
+            object.__setattr__(self, name, value.astimezone(UTC))
+
+    @property
+    def elapsed(self) -> timedelta:
+        """How long the conversation has been at the node."""
+        return self.now - self.entered_at
+
+
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+
+
+def _literal_text(value: object) -> object:
+    """YAML ``true``/``false`` compare as the words, so ``equals: true`` matches a ``set`` flag."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+def _literal_number(value: object) -> object:
+    if isinstance(value, bool) or (isinstance(value, str) and not _NUMBER.fullmatch(value.strip())):
+        raise ValueError(f"{value!r} is not a number: lt and gt compare numbers, e.g. lt: 50")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_literal_text)]
+Number = Annotated[float, BeforeValidator(_literal_number), Field(allow_inf_nan=False)]
+
+
+class Comparison(BaseModel):
+    """A test of one conversation variable (``var``) or one contact field (``field``)."""
+
     # Numbers are accepted as strings so `equals: 3` in YAML needs no quotes.
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, coerce_numbers_to_str=True
     )
 
-    var: VariableName
+    var: VariableName | None = None
+    contact_field: VariableName | None = Field(default=None, alias="field")
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> Comparison:
+        if (self.var is None) == (self.contact_field is None):
+            raise ValueError(
+                "a condition tests either 'var' (a conversation variable) or 'field' "
+                "(a contact field, e.g. country): name exactly one"
+            )
+        return self
+
+    @property
+    def subject(self) -> tuple[Literal["var", "field"], str]:
+        if self.var is not None:
+            return "var", self.var
+        assert self.contact_field is not None
+        return "field", self.contact_field
+
+    def value_in(self, ctx: EdgeContext) -> object:
+        if self.var is not None:
+            return ctx.variables.get(self.var)
+        return ctx.contact.get(self.contact_field or "")
+
+    def matches(self, ctx: EdgeContext) -> bool:
+        return self.test(self.value_in(ctx))
+
+    def test(self, value: object) -> bool:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    @property
+    def requires_value(self) -> bool:
+        """True when the condition can only match a set variable, so an edge guarded by it
+        may read that variable (``exists: false`` and ``not_equals`` match unset ones too)."""
+        return True
 
 
-class EqualsCondition(_VariableTest):
+class EqualsCondition(Comparison):
     """``{var: plan, equals: Pro}``."""
 
-    equals: str
+    equals: Text
 
-    def matches(self, variables: Mapping[str, object]) -> bool:
-        value = _text_of(variables.get(self.var))
-        return value is not None and _fold(value) == _fold(self.equals)
+    def test(self, value: object) -> bool:
+        return _same(value, self.equals)
 
 
-class InCondition(_VariableTest):
+class NotEqualsCondition(Comparison):
+    """``{field: country, not_equals: ES}``; an unset value is not equal to anything."""
+
+    not_equals: Text
+
+    def test(self, value: object) -> bool:
+        return not _same(value, self.not_equals)
+
+    @property
+    def requires_value(self) -> bool:
+        return False
+
+
+class InCondition(Comparison):
     """``{var: plan, in: [Basic, Pro]}``."""
 
-    in_: list[str] = Field(alias="in", min_length=1)
+    in_: list[Text] = Field(alias="in", min_length=1)
 
-    def matches(self, variables: Mapping[str, object]) -> bool:
-        value = _text_of(variables.get(self.var))
-        return value is not None and _fold(value) in {_fold(option) for option in self.in_}
+    def test(self, value: object) -> bool:
+        return any(_same(value, option) for option in self.in_)
 
 
-class ExistsCondition(_VariableTest):
+class ContainsCondition(Comparison):
+    """``{var: message, contains: stop}``: a word inside a text, or an item of a list."""
+
+    contains: Text
+
+    def test(self, value: object) -> bool:
+        if isinstance(value, list | tuple | set | frozenset):
+            return any(_same(item, self.contains) for item in value)
+        text = _text_of(value)
+        return text is not None and _fold(self.contains) in _fold(text)
+
+
+class ExistsCondition(Comparison):
     """``{var: crm, exists: true}``; an empty string counts as absent, like a skipped answer."""
 
     exists: bool
 
-    def matches(self, variables: Mapping[str, object]) -> bool:
-        value = variables.get(self.var)
+    def test(self, value: object) -> bool:
         return (value is not None and value != "") == self.exists
 
+    @property
+    def requires_value(self) -> bool:
+        return self.exists
 
-VariableCondition = EqualsCondition | InCondition | ExistsCondition
 
-_OPERATOR_TAGS: Final = {"equals": "equals", "in": "in", "in_": "in", "exists": "exists"}
+class LessThanCondition(Comparison):
+    """``{var: score, lt: 5}``; false when the value is not a number."""
+
+    lt: Number
+
+    def test(self, value: object) -> bool:
+        number = _number(value)
+        return number is not None and number < self.lt
+
+
+class GreaterThanCondition(Comparison):
+    """``{var: score, gt: 5}``; false when the value is not a number."""
+
+    gt: Number
+
+    def test(self, value: object) -> bool:
+        number = _number(value)
+        return number is not None and number > self.gt
+
+
+class TimePassedCondition(BaseModel):
+    """``{time_passed: 2d}``: that long since the conversation entered the edge's source node."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_passed: Duration
+
+    def due(self, ctx: EdgeContext) -> datetime:
+        return ctx.entered_at + self.time_passed
+
+    def matches(self, ctx: EdgeContext) -> bool:
+        return ctx.now >= self.due(ctx)
+
+    def __str__(self) -> str:
+        return f"time_passed: {format_duration(self.time_passed)}"
+
+
+class TaskResultCondition(BaseModel):
+    """``{task_result: reached}``: the source task's result has that outcome."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_result: VariableName
+
+    def matches(self, ctx: EdgeContext) -> bool:
+        if ctx.task_result is None:
+            return False
+        outcome = _text_of(ctx.task_result.get("outcome"))
+        return outcome is not None and _fold(outcome) == _fold(self.task_result)
+
+
+ComparisonCondition = (
+    EqualsCondition
+    | NotEqualsCondition
+    | InCondition
+    | ContainsCondition
+    | ExistsCondition
+    | LessThanCondition
+    | GreaterThanCondition
+)
+VariableCondition = ComparisonCondition  # the name used before contact fields existed
+ObjectCondition = ComparisonCondition | TimePassedCondition | TaskResultCondition
+
+_OPERATOR_TAGS: Final = {
+    "equals": "equals",
+    "not_equals": "not_equals",
+    "in": "in",
+    "in_": "in",
+    "contains": "contains",
+    "exists": "exists",
+    "lt": "lt",
+    "gt": "gt",
+    "time_passed": "time_passed",
+    "task_result": "task_result",
+}
 _MODEL_TAGS: Final[dict[type[BaseModel], str]] = {
     EqualsCondition: "equals",
+    NotEqualsCondition: "not_equals",
     InCondition: "in",
+    ContainsCondition: "contains",
     ExistsCondition: "exists",
+    LessThanCondition: "lt",
+    GreaterThanCondition: "gt",
+    TimePassedCondition: "time_passed",
+    TaskResultCondition: "task_result",
 }
-CONDITION_TAGS: Final = frozenset({*OUTCOME_WHENS, *_MODEL_TAGS.values()})
+CONDITION_TAGS: Final = frozenset({*WORD_WHENS, *_MODEL_TAGS.values()})
 
 
 def _condition_tag(value: Any) -> str | None:
-    """Pick the condition kind from its operator key so errors name one shape, not all four."""
+    """Pick the condition kind from its operator key so errors name one shape, not all of them."""
     if isinstance(value, BaseModel):
         return _MODEL_TAGS.get(type(value))
     if isinstance(value, Mapping):
         tags = {tag for key, tag in _OPERATOR_TAGS.items() if key in value}
         return tags.pop() if len(tags) == 1 else None
-    return value if value in OUTCOME_WHENS else None
+    return value if isinstance(value, str) and value in WORD_WHENS else None
 
 
 Condition = Annotated[
     Annotated[Literal["invalid"], Tag(WHEN_INVALID)]
     | Annotated[Literal["error"], Tag(WHEN_ERROR)]
+    | Annotated[Literal["replied"], Tag(WHEN_REPLIED)]
+    | Annotated[Literal["no_reply"], Tag(WHEN_NO_REPLY)]
     | Annotated[EqualsCondition, Tag("equals")]
+    | Annotated[NotEqualsCondition, Tag("not_equals")]
     | Annotated[InCondition, Tag("in")]
-    | Annotated[ExistsCondition, Tag("exists")],
+    | Annotated[ContainsCondition, Tag("contains")]
+    | Annotated[ExistsCondition, Tag("exists")]
+    | Annotated[LessThanCondition, Tag("lt")]
+    | Annotated[GreaterThanCondition, Tag("gt")]
+    | Annotated[TimePassedCondition, Tag("time_passed")]
+    | Annotated[TaskResultCondition, Tag("task_result")],
     Discriminator(
         _condition_tag,
         custom_error_type="invalid_condition",
         custom_error_message=(
-            "expected 'invalid', 'error' or a mapping with 'var' and exactly one of "
-            "'equals', 'in' or 'exists'"
+            "expected 'invalid', 'error', 'replied', 'no_reply', {time_passed: 2d}, "
+            "{task_result: <outcome>} or a mapping with 'var' or 'field' and exactly one of "
+            "'equals', 'not_equals', 'in', 'contains', 'exists', 'lt' or 'gt'"
         ),
     ),
 ]
+
+
+def _same(value: object, literal: str) -> bool:
+    """Equal as numbers when the value is a number (3.0 equals "3"), else as folded text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = _number(literal)
+        if number is not None:
+            return value == number
+    text = _text_of(value)
+    return text is not None and _fold(text) == _fold(literal)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value) if abs(value) < 1e308 else math.inf
+        return number if math.isfinite(number) else None
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return None
 
 
 def _text_of(value: object) -> str | None:

@@ -13,13 +13,17 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from parley.campaign.checks import Draft, Link, Problem, RawChoices, find_problems
+from parley.campaign.checks import find_problems
 from parley.campaign.conditions import CONDITION_TAGS, OUTCOME_WHENS
+from parley.campaign.draft import Draft, Link, Problem, RawChoices, RawNode
 from parley.campaign.model import Campaign, Edge, Node
+from parley.campaign.nodes import NODE_TYPES
 from parley.errors import CampaignInvalid
 
 _NODE: TypeAdapter[Node] = TypeAdapter(Node)
 _ASSIGNING_FIELDS = ("var", "result_var")
+_SET_VALUE_TAGS = ("expr", "literal")
+_CAMPAIGN_TEXTS = (("error_text",), ("inactivity_timeout", "text"))
 Location = tuple[int | str, ...]
 
 
@@ -99,22 +103,49 @@ def _draft(
         if (source := _string_at(raw, "from")) and (target := _string_at(raw, "to"))
     ]
     node_ids = [node_id for raw in raw_nodes if (node_id := _string_at(raw, "id"))]
-    assigned = {
-        name for raw in raw_nodes for key in _ASSIGNING_FIELDS if (name := _string_at(raw, key))
-    }
+    raws = tuple(_raw_nodes(raw_nodes))
     start = _string_at(document, "start")
     env = document.get("env")
     return Draft(
         start,
         node_ids,
         links,
-        frozenset(assigned),
+        frozenset(name for raw in raw_nodes for name in _assigned_by(raw)),
         nodes,
         edges,
         channel=_string_at(document, "channel") or "whatsapp",
         env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
         choices=tuple(_raw_choices(raw_nodes)),
+        raw_nodes=raws,
+        on_reply=_string_at(document, "on_reply"),
+        texts=tuple(_campaign_texts(document)),
     )
+
+
+def _raw_nodes(raw_nodes: list[Any]) -> Iterator[RawNode]:
+    for raw in raw_nodes:
+        node_id = _string_at(raw, "id")
+        if node_id is not None:
+            delayed = _at(raw, "delay") is not None
+            yield RawNode(node_id, _string_at(raw, "type"), delayed, _assigned_by(raw))
+
+
+def _assigned_by(raw: object) -> tuple[str, ...]:
+    """The variables a node sets as written (``var``, ``result_var``, ``set`` keys)."""
+    assigned = [name for key in _ASSIGNING_FIELDS if (name := _string_at(raw, key))]
+    values = _at(raw, "set")
+    if isinstance(values, dict):
+        assigned += [key for key in values if isinstance(key, str) and key]
+    return tuple(assigned)
+
+
+def _campaign_texts(document: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for path in _CAMPAIGN_TEXTS:
+        value: object = document
+        for key in path:
+            value = _at(value, key)
+        if isinstance(value, str):
+            yield ".".join(path), value
 
 
 def _raw_choices(raw_nodes: list[Any]) -> Iterator[RawChoices]:
@@ -145,7 +176,7 @@ def _describe(detail: ErrorDetails, path: Location) -> str:
 
 
 def _describe_node_type(detail: ErrorDetails) -> str:
-    expected = "'send', 'ask', 'http' or 'end'"  # kept in step with model.Node
+    expected = ", ".join(map(repr, NODE_TYPES[:-1])) + f" or {NODE_TYPES[-1]!r}"
     tag = detail.get("ctx", {}).get("tag")
     if tag is None:
         return f"field 'type' is required: one of {expected}"
@@ -153,8 +184,12 @@ def _describe_node_type(detail: ErrorDetails) -> str:
 
 
 def _without_node_tag(loc: Location, raw: object) -> Location:
-    """Drop the union tag pydantic puts first, e.g. ('ask', 'var') -> ('var',)."""
-    return loc[1:] if loc and loc[0] == _at(raw, "type") else loc
+    """Drop the union tags pydantic inserts, e.g. ('ask', 'var') -> ('var',) and
+    ('set', 'set', 'total', 'expr', 'expr') -> ('set', 'total', 'expr')."""
+    loc = loc[1:] if loc and loc[0] == _at(raw, "type") else loc
+    if len(loc) > 2 and loc[0] == "set" and loc[2] in _SET_VALUE_TAGS:
+        loc = (*loc[:2], *loc[3:])
+    return _without_condition_tag(loc) if loc[:1] == ("when",) else loc
 
 
 def _without_condition_tag(loc: Location) -> Location:

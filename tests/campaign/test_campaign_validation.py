@@ -126,12 +126,12 @@ def test_edge_from_unknown_node_names_that_node() -> None:
 
 def test_unknown_node_type_and_missing_type() -> None:
     text = VALID.replace(
-        "nodes:\n", "nodes:\n  - {id: odd, type: wait}\n  - {id: untyped, text: hi}\n"
+        "nodes:\n", "nodes:\n  - {id: odd, type: teleport}\n  - {id: untyped, text: hi}\n"
     )
 
     problems = _problems(text)
 
-    assert _has(problems, "odd", "nodes[0] (id 'odd'): field 'type' must be one of", "'wait'")
+    assert _has(problems, "odd", "nodes[0] (id 'odd'): field 'type' must be one of", "'teleport'")
     assert _has(problems, "untyped", "nodes[1] (id 'untyped'): field 'type' is required")
 
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from parley.campaign import load_campaign, parse_campaign
+from parley.campaign import (
+    AskNode,
+    Campaign,
+    Edge,
+    EndNode,
+    EqualsCondition,
+    load_campaign,
+    parse_campaign,
+)
 from parley.channels.base import OutboundMessage
+from parley.errors import CampaignInvalid
 from parley.state_machine import (
     REPLY,
     Reply,
@@ -82,8 +91,24 @@ def test_a_reply_step_without_a_reply_is_a_programming_error() -> None:
 
 
 def test_no_matching_edge_ends_the_conversation() -> None:
-    graph = parse_campaign(
-        """
+    """Validation refuses such a graph ("needs a default edge"); built without it, the planner
+    still ends the conversation rather than leaving it stuck at a node."""
+    graph = Campaign(
+        name="branchy",
+        start="ask",
+        nodes=[AskNode(id="ask", prompt="yes?", var="answer"), EndNode(id="agreed", text="great")],
+        edges=[
+            Edge(source="ask", target="agreed", when=EqualsCondition(var="answer", equals="yes"))
+        ],
+    )
+    t = plan_step(graph, _at("ask", waiting=True), Reply(1, "no", None))
+    assert t.status == "completed"
+
+
+def test_a_graph_without_a_default_edge_is_refused_by_validation() -> None:
+    with pytest.raises(CampaignInvalid, match="needs a default edge"):
+        parse_campaign(
+            """
 name: branchy
 start: ask
 nodes:
@@ -92,6 +117,4 @@ nodes:
 edges:
   - {from: ask, to: agreed, when: {var: answer, equals: "yes"}}
 """
-    )
-    t = plan_step(graph, _at("ask", waiting=True), Reply(1, "no", None))
-    assert t.status == "completed"
+        )
