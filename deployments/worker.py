@@ -29,6 +29,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -44,6 +45,7 @@ from parley.settings import Settings, get_settings
 from tasks.runtime import get_runtime, stop_gracefully
 
 log = logging.getLogger("parley.worker")
+CANCELLATION_CHECK = timedelta(seconds=1)
 
 
 class InProcessWorker:
@@ -54,6 +56,8 @@ class InProcessWorker:
         self.active: dict[UUID, asyncio.Task[None]] = {}
         self.stopping = asyncio.Event()
         self.flows: dict[UUID, Flow[..., Any]] = {}
+        self._next_cancellation_check = datetime.now(UTC)
+        self._cancelled_since = datetime.now(UTC) - CANCELLATION_CHECK
 
     async def run(self) -> None:
         self.flows = await register_deployments(self.settings)
@@ -108,18 +112,34 @@ class InProcessWorker:
 
     async def _honour_cancellations(self, client: PrefectClient) -> None:
         """A run cancelled in the Prefect UI goes to Cancelling; like Prefect's own runner we
-        watch for it, stop the run if it is ours, and finish the cancellation — also for a
-        suspended run, which no process holds. Its conversation ends ``cancelled`` and nothing
-        more is sent."""
-        runs = await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows))),
+        watch for it, stop the run if it is ours, and finish the cancellation. A suspended run
+        (no process holds it) goes straight to Cancelled: its conversation is ended too. Either
+        way the conversation is ``cancelled`` and nothing more is sent."""
+        now = datetime.now(UTC)
+        if now < self._next_cancellation_check:
+            return
+        since, self._next_cancellation_check = self._cancelled_since, now + CANCELLATION_CHECK
+        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=list(self.flows)))
+        cancelling = await client.read_flow_runs(
+            deployment_filter=by_deployment,
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))
             ),
             limit=50,
         )
-        for run in runs:
+        cancelled = await client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLED])),
+                end_time=FlowRunFilterEndTime(after_=since),
+            ),
+            limit=200,
+        )
+        for run in cancelling:
             await self._cancel(client, run)
+        for run in cancelled:
+            await self._end_conversation_of(run)
+        self._cancelled_since = now - CANCELLATION_CHECK  # overlap: nothing slips between
 
     async def _cancel(self, client: PrefectClient, run: FlowRun) -> None:
         task = self.active.get(run.id)
@@ -127,13 +147,16 @@ class InProcessWorker:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        conversation_id = run.parameters.get("conversation_id")
-        if isinstance(conversation_id, int):
-            await executor.cancel(await get_runtime(), conversation_id, "cancelled in Prefect")
+        await self._end_conversation_of(run)
         await client.set_flow_run_state(
             run.id, Cancelled(message="cancelled; nothing more is sent"), force=True
         )
-        log.info("flow run %s cancelled (conversation %s)", run.id, conversation_id)
+        log.info("flow run %s cancelled", run.id)
+
+    async def _end_conversation_of(self, run: FlowRun) -> None:
+        conversation_id = run.parameters.get("conversation_id")
+        if isinstance(conversation_id, int):  # a no-op for a conversation already ended
+            await executor.cancel(await get_runtime(), conversation_id, "cancelled in Prefect")
 
     async def _drain(self) -> None:
         """On shutdown, let running conversations reach their next wait (they suspend or

@@ -9,6 +9,7 @@ step: O(1), however long the conversation already is.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -46,6 +47,8 @@ def _current_flow_run_id() -> str | None:
 async def _suspend(key: str) -> None:
     """Suspend through a Prefect API blip: the row already says ``suspended``, so a webhook
     storing a message meanwhile resumes the run as soon as Prefect has it paused."""
+    if delay := get_settings().suspend_delay_seconds:
+        await asyncio.sleep(delay)  # fault injection: the race window, made wide on purpose
     await riding_out_outages(
         lambda: asuspend_flow_run(wait_for_input=ResumeInput, key=key, timeout=None),
         f"suspend {key}",

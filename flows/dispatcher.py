@@ -34,7 +34,7 @@ from tasks.sweep import (
 
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum; a dispatcher killed while repairing blocks the others at most this long."""
-RECONCILE_EVERY_SECONDS = 10.0
+RECONCILE_EVERY_SECONDS = 5.0
 
 
 def _run_name() -> str:
@@ -80,9 +80,11 @@ class _Ticks:
     async def _tick(self, now: float) -> None:
         db = (await get_runtime()).db
         trust = self._trusts_leases(now)
-        failed = await self._failed_runs(now)
+        failed, scanned_at = await self._failed_runs(now)
         if failed or await anything_owed(db, self.settings, trust_leases=trust):
             self.totals.update(await self._repair_holding_the_slot(trust, failed))
+        if scanned_at is not None:  # only once its finds were repaired: none is lost
+            self.reconciled_until = scanned_at
         if self.healthy_since is None:
             self.healthy_since = now
 
@@ -92,16 +94,16 @@ class _Ticks:
             and now - self.healthy_since >= self.settings.lease_seconds
         )
 
-    async def _failed_runs(self, now: float) -> tuple[Repair, ...]:
+    async def _failed_runs(self, now: float) -> tuple[tuple[Repair, ...], datetime | None]:
         if now < self.next_reconcile:
-            return ()
+            return (), None
+        scanned_at = datetime.now(UTC)
         since = self.reconciled_until - timedelta(seconds=RECONCILE_EVERY_SECONDS)
         found = await failed_runs_of_active_conversations(
             (await get_runtime()).db, self.settings, since
         )
-        self.reconciled_until = datetime.now(UTC)
         self.next_reconcile = now + RECONCILE_EVERY_SECONDS
-        return found
+        return found, scanned_at
 
     async def _repair_holding_the_slot(
         self, trust_leases: bool, failed: tuple[Repair, ...]

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         description="A driven clock: an offset in seconds in this file moves 'now' for every "
         "process (timers only; leases stay on real time). For tests and rehearsals.",
     )
+    suspend_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Fault injection for tests and rehearsals: wait this long between marking "
+        "a conversation suspended and suspending its run, widening the race the wake-up "
+        "handshake must win. 0 in production.",
+    )
     send_reconcile_seconds: float = Field(
         default=30.0,
         ge=0,

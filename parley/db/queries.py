@@ -467,10 +467,13 @@ def owed_a_start(now: datetime, grace: timedelta) -> Any:
 
 
 def owed_a_resume(now: datetime, lease: timedelta) -> Any:
-    """Suspended although a message waits: a resume was lost or never got through."""
+    """Suspended for a lease although a message waits: a resume was lost or never got through.
+    Not sooner: right after marking itself suspended the run is alive, about to pause, and the
+    webhook's own resume is retrying — a repair then would fight the live run."""
     return (
         (Conversation.status == Status.SUSPENDED)
         & Conversation.flow_run_id.is_not(None)
+        & (Conversation.updated_at < now - lease)
         & _has_unread()
         & _not_just_handed_over(now - lease)
     )

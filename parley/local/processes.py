@@ -142,8 +142,10 @@ class Stack:
         self.env.update(prefect_env(prefect_home, api_url))
         self.api_url = api_url
 
-    def start_worker(self, name: str = "worker") -> Process:
-        return self.spawn(name, [sys.executable, "-m", "deployments.worker"])
+    def start_worker(
+        self, name: str = "worker", extra_env: dict[str, str] | None = None
+    ) -> Process:
+        return self.spawn(name, [sys.executable, "-m", "deployments.worker"], extra_env)
 
     def wait_for_deployment(self, deployment: str, timeout: float = 90) -> None:
         flow, name = deployment.split("/", 1)

@@ -138,7 +138,13 @@ async def _suspended_with_unread(world: World, conversation_id: int) -> None:
             .where(queries.Message.conversation_id == conversation_id)
             .values(consumed_step=None)
         )
-    await _set_row(world, conversation_id, status=Status.SUSPENDED, waiting_for="reply")
+    await _set_row(  # suspended a while ago: the run had its chance to pause
+        world,
+        conversation_id,
+        status=Status.SUSPENDED,
+        waiting_for="reply",
+        updated_at=utcnow() - timedelta(seconds=10),
+    )
 
 
 async def _expire_handovers(world: World, conversation_ids: list[int]) -> None:
@@ -171,6 +177,20 @@ async def test_a_suspended_run_with_a_message_waiting_is_resumed(world: World) -
     assert work.repairs == (Repair("resume", cid, run_id),)
     assert await repair(world.rt, world.settings, work) == {"resumed": 1}
     assert await _state(run_id) == StateType.SCHEDULED  # back to a worker, with its input
+
+
+async def test_a_run_between_marking_itself_suspended_and_pausing_is_left_alone(
+    world: World,
+) -> None:
+    """The row says suspended, a message waits, Prefect still has the run Running: it is alive
+    and about to pause (the webhook's resume is retrying). Rescheduling it now would make its
+    suspend fail — the bug that failed live conversations."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _suspended_with_unread(world, cid)
+    await _set_row(world, cid, updated_at=utcnow())  # it marked itself suspended just now
+    assert not await claim_work(world.db, world.settings, trust_leases=True)
+    assert await _state(run_id) == StateType.RUNNING
 
 
 async def test_two_sweeps_racing_over_a_live_long_conversation_never_reschedule_it(

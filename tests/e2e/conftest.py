@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from parley import operator_views as views
 from parley.db import Database
@@ -45,6 +46,7 @@ class E2EStack:
     stack: Stack
     webhook_port: int
     users: list[WhatsAppUser] = field(default_factory=list)
+    worker_env: dict[str, str] | None = None  # e.g. its database or Prefect behind a proxy
 
     @property
     def webhook_url(self) -> str:
@@ -64,7 +66,7 @@ class E2EStack:
         return user
 
     def start_worker(self) -> None:
-        self.stack.start_worker()
+        self.stack.start_worker(extra_env=self.worker_env)
 
     def kill_worker(self) -> None:
         self.stack.kill("worker")
@@ -112,6 +114,8 @@ def stack_factory(
         extra_env: dict[str, str] | None = None,
         campaign: Path | None = None,
         prefect_api_url: str | None = None,
+        worker_env: dict[str, str] | None = None,
+        worker_database_port: int | None = None,
     ) -> E2EStack:
         name = f"e2e-{uuid.uuid4().hex[:6]}"
         directory = tmp_path_factory.mktemp(name)
@@ -147,11 +151,17 @@ def stack_factory(
             "PARLEY_RESUME_RETRY_SECONDS": "30",
             **(extra_env or {}),
         }
+        if worker_database_port is not None:  # the worker reaches PostgreSQL through a proxy
+            proxied = make_url(db_url).set(port=worker_database_port)
+            worker_env = {
+                **(worker_env or {}),
+                "PARLEY_DATABASE_URL": proxied.render_as_string(hide_password=False),
+            }
         stack = Stack(directory, env=dict(env))
         stack.use_prefect_api(prefect_server, Path(os.environ["PREFECT_HOME"]))
-        handle = E2EStack(name, db_url, env, fake, crm, stack, webhook_port)
+        handle = E2EStack(name, db_url, env, fake, crm, stack, webhook_port, worker_env=worker_env)
         stacks.append(handle)
-        stack.start_worker()
+        handle.start_worker()
         stack.wait_for_deployment(env["PARLEY_CONVERSATION_DEPLOYMENT"])
         webhook_env = {"PREFECT_API_URL": prefect_api_url} if prefect_api_url else None
         stack.start_webhook("127.0.0.1", webhook_port, webhook_env)
