@@ -114,7 +114,14 @@ async def test_a_forged_signature_is_refused_and_nothing_is_stored(pg_stack: E2E
     assert pg_stack.fake.texts_to(user.phone) == []
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"object": "page", "entry": []}'])
+NESTED = b'{"object": "whatsapp_business_account", "entry": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"object": "page", "entry": []}', NESTED],
+    ids=["not json", "a list", "another product", "nested too deeply"],
+)
 async def test_a_malformed_body_is_refused_with_400(pg_stack: E2EStack, body: bytes) -> None:
     response = await _post_raw(pg_stack.webhook_url, body, sign(body, APP_SECRET))
     assert response.status_code == 400
