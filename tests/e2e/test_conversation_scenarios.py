@@ -12,10 +12,8 @@ import pytest
 
 from parley.channels.whatsapp.wire import sign
 from parley.local.demo import EMAIL_PROMPT, EMAIL_RETRY, GREETING, PLAN_PROMPT, THANKS
-from parley.local.processes import free_port
 from parley.testing.whatsapp_payloads import build_text_message_payload
 from tests.e2e.conftest import API_KEY, APP_SECRET, PHONE_NUMBER_ID, E2EStack
-from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -184,34 +182,6 @@ async def test_worker_killed_between_sending_and_recording_sends_each_reply_once
         PLAN_PROMPT.format(name="Heidi"),
         THANKS.format(name="Heidi", plan="Pro"),
     ]
-
-
-async def test_prefect_api_down_while_a_message_arrives_then_back(
-    stack_factory: Any, prefect_server: str
-) -> None:
-    server_port = int(prefect_server.rsplit(":", 1)[1].split("/")[0])
-    proxy = TcpProxy(server_port, free_port())
-    proxy.up()
-    try:
-        stack: E2EStack = stack_factory(
-            "postgresql", hot_wait=0, prefect_api_url=f"http://127.0.0.1:{proxy.listen_port}/api"
-        )
-        user = stack.user("Ivan")
-        assert await user.say("Hi") == [GREETING]
-        await stack.wait_for_status(user, "suspended")
-        proxy.down()
-        response = await user.post(
-            build_text_message_payload(
-                phone_number_id=PHONE_NUMBER_ID, from_phone=user.phone, text="Ivan"
-            )
-        )
-        assert response.status_code == 200
-        await asyncio.sleep(2)
-        assert (await stack.conversation_of(user))["status"] == "suspended"
-        proxy.up()
-        assert await user.wait_for_bot(1, timeout=60) == [EMAIL_PROMPT.format(name="Ivan")]
-    finally:
-        proxy.close()
 
 
 async def test_the_rest_api_lists_conversations_and_404s_unknown_ones(pg_stack: E2EStack) -> None:
