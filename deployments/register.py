@@ -8,6 +8,7 @@ alternative for pool-based rollouts.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from flows.dispatcher import dispatcher
 from parley.settings import Settings
 
 log = logging.getLogger("parley.register")
+KICK_UNLESS_DUE_WITHIN = timedelta(seconds=15)
 
 
 async def register_deployments(settings: Settings) -> dict[UUID, Flow[..., Any]]:
@@ -44,12 +46,17 @@ async def register_deployments(settings: Settings) -> dict[UUID, Flow[..., Any]]
 
 async def kick_dispatcher(flows: dict[UUID, Flow[..., Any]]) -> None:
     """Start a dispatcher run now rather than at the next scheduled time: a worker that comes
-    back after a crash recovers its conversations at once (the run waits for the slot while a
-    dead predecessor's lease runs out)."""
+    back after a crash recovers its conversations at once. Not when the schedule has one due
+    in a moment anyway (a freshly registered deployment)."""
     dispatcher_ids = [deployment_id for deployment_id, f in flows.items() if f is dispatcher]
+    soon = datetime.now(UTC) + KICK_UNLESS_DUE_WITHIN
     async with get_client() as client:
         for deployment_id in dispatcher_ids:
-            await client.create_flow_run_from_deployment(deployment_id, tags=["parley", "kick"])
+            due = await client.get_scheduled_flow_runs_for_deployments(
+                deployment_ids=[deployment_id], scheduled_before=soon, limit=1
+            )
+            if not due:
+                await client.create_flow_run_from_deployment(deployment_id, tags=["parley", "kick"])
 
 
 async def ensure_concurrency_limit(name: str, *, limit: int) -> None:

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
 
 from parley.settings import Settings, get_settings
-from tasks.runs import crash_dead_dispatcher_runs
+from tasks.runs import crash_dead_dispatcher_runs, slot_taken
 from tasks.runtime import get_runtime
 from tasks.sweep import (
     Repair,
@@ -55,6 +55,7 @@ class _Ticks:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.totals: Counter[str] = Counter()
+        self.refused_since: float | None = None  # loop time the slot was first found taken
         self.healthy_since: float | None = None  # loop time of the first good tick after a bad
         self.reconciled_until = datetime.now(UTC) - timedelta(
             seconds=2 * settings.dispatcher_interval_seconds
@@ -108,6 +109,22 @@ class _Ticks:
     async def _repair_holding_the_slot(
         self, trust_leases: bool, failed: tuple[Repair, ...]
     ) -> Counter[str]:
+        """Repair under the one slot. The slot only spares duplicate work — row claims already
+        make concurrent repairs safe — so a slot leaked by a killed dispatcher (its lease runs
+        a minute) must not stall recovery: refused for two leases, repair without it."""
+        if await slot_taken(self.settings.dispatcher_limit):
+            now = asyncio.get_running_loop().time()
+            self.refused_since = self.refused_since or now
+            if now - self.refused_since < 2 * self.settings.lease_seconds:
+                return Counter()
+            get_run_logger().warning(
+                "%r held for %.0f s by another dispatcher; repairing without it (rows are "
+                "claimed, so this is safe)",
+                self.settings.dispatcher_limit,
+                now - self.refused_since,
+            )
+            return await self._claim_and_repair(trust_leases, failed)
+        self.refused_since = None
         async with concurrency(
             self.settings.dispatcher_limit,
             occupy=1,
@@ -115,9 +132,14 @@ class _Ticks:
             lease_duration=SLOT_LEASE_SECONDS,
             strict=True,
         ):
-            db = (await get_runtime()).db
-            work = await claim_work(db, self.settings, trust_leases=trust_leases, extra=failed)
-            if not work:
-                return Counter()
-            get_run_logger().info("repairing: %s", work.summary)
-            return Counter(await sweep(work))
+            return await self._claim_and_repair(trust_leases, failed)
+
+    async def _claim_and_repair(
+        self, trust_leases: bool, failed: tuple[Repair, ...]
+    ) -> Counter[str]:
+        db = (await get_runtime()).db
+        work = await claim_work(db, self.settings, trust_leases=trust_leases, extra=failed)
+        if not work:
+            return Counter()
+        get_run_logger().info("repairing: %s", work.summary)
+        return Counter(await sweep(work))

@@ -195,3 +195,11 @@ async def crash_dead_dispatcher_runs(settings: Settings) -> int:
                 run.id, Crashed(message="dispatcher process gone: still Running after 2 intervals")
             )
     return len(dead)
+
+
+async def slot_taken(limit_name: str) -> bool:
+    """Whether every slot of a global concurrency limit is held right now (asking does not
+    queue for it, and a refusal is not an error worth logging)."""
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(limit_name)
+    return limit.active_slots >= limit.limit

@@ -98,7 +98,12 @@ async def db(database_factory: object, backend: str) -> AsyncIterator[Database]:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
+    """One real Prefect server per test session, on PostgreSQL: on SQLite it locks up under the
+    concurrent load of several stacks (DESIGN), which made slow tests look like failures."""
+    name = f"prefect_{RUN_ID}"
+    _psql(f"CREATE DATABASE {name}")
     stack = Stack(SESSION_DIR)
-    stack.start_prefect_server(PREFECT_PORT)
+    stack.start_prefect_server(PREFECT_PORT, database_url=_pg_url(name))
     yield PREFECT_API_URL
     stack.stop()
+    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

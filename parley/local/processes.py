@@ -112,7 +112,9 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start_prefect_server(self, port: int) -> str:
+    def start_prefect_server(self, port: int, *, database_url: str | None = None) -> str:
+        """``database_url``: Prefect's own database (its SQLite default locks up under
+        concurrent load; PostgreSQL for anything beyond the demo)."""
         home = self.data_dir / "prefect"
         home.mkdir(parents=True, exist_ok=True)
         api_url = f"http://127.0.0.1:{port}/api"
@@ -133,6 +135,7 @@ class Stack:
                 "--port",
                 str(port),
             ],
+            {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else None,
         )
         self._wait_until(lambda: api_is_healthy(api_url), process, timeout=120)
         self.api_url = api_url
