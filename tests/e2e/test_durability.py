@@ -131,17 +131,21 @@ async def test_a_message_racing_the_suspend_is_resumed_through_the_not_paused_re
     stack_factory: Any,
 ) -> None:
     """The race made deterministic: each reply is stored while the row says suspended but
-    Prefect has not paused the run yet (a 1 s hook in between), so the webhook's resume must
+    Prefect has not paused the run yet (a 2 s hook in between), so the webhook's resume must
     meet NotPausedError and retry until the pause lands — and it did, for every turn."""
     stack: E2EStack = stack_factory(
-        "postgresql", hot_wait=0, extra_env={"PARLEY_SUSPEND_DELAY_SECONDS": "1"}
+        "postgresql", hot_wait=0, extra_env={"PARLEY_SUSPEND_DELAY_SECONDS": "2"}
     )
     user = stack.user("Oz")
     assert await user.say("Hi") == [GREETING]
-    await stack.wait_for_status(user, "suspended")
-    assert await user.say("Oz") == [EMAIL_PROMPT.format(name="Oz")]
-    await stack.wait_for_status(user, "suspended")
-    await _finish_onboarding(user)
+    turns = [
+        (lambda: user.say("Oz"), EMAIL_PROMPT.format(name="Oz")),
+        (lambda: user.say("oz@example.com"), PLAN_PROMPT.format(name="Oz")),
+        (lambda: user.press("pro", "Pro"), THANKS.format(name="Oz", plan="Pro")),
+    ]
+    for reply, answer in turns:
+        await stack.wait_for_status(user, "suspended")  # inside the 2 s window from here on
+        assert await reply() == [answer]
     await stack.wait_for_status(user, "completed")
     assert stack.fake.texts_to(user.phone) == _transcript(user)
     db = Database(stack.db_url)
@@ -150,7 +154,7 @@ async def test_a_message_racing_the_suspend_is_resumed_through_the_not_paused_re
             retried = await queries.count_webhook_events(session, "resume_retried")
     finally:
         await db.dispose()
-    assert retried >= 3  # the resume after each of the three suspended turns retried
+    assert retried == 3  # each of the three suspended turns met NotPaused and retried
 
 
 async def test_prefect_down_longer_than_the_webhooks_retry_window_the_dispatcher_recovers(
