@@ -91,6 +91,7 @@ async def _latency(ctx: Context, stack: ParleyStack) -> list[Chat]:
         async with new_http(16) as http:
             warmup = _chats(ctx, stack, "latency", 1, http)
             await play_onboarding(warmup[0])
+            stack.echo_ready()  # started with the stack: up before any measured turn
             lock = asyncio.Lock()
             chats = _chats(ctx, stack, "latency", ctx.plan.latency_chats, http, turn_lock=lock)
             await gather_limited(
@@ -177,6 +178,7 @@ async def _throughput(
 
 def replay(ctx: Context) -> None:
     stack = parley_stack.started(ctx)
+    stack.echo_ready()
     meter = stack.meter(ctx)
     asyncio.run(_replay(ctx, stack))
     ctx.report.add_cpu("replay", meter.stop())

@@ -192,26 +192,26 @@ def naive(ctx: Context) -> None:
             BENCH_NAIVE_PHONE_NUMBER_ID=PEER_PHONE_NUMBER_ID,
             BENCH_NAIVE_CRM_URL=crm.url,
         )
+        # Both start at once (the webhook needs only the API), as two services would.
         runner = spawn(
             "naive-serve",
             python_module("bench.peers.naive_prefect", "serve"),
             env=env,
             log_dir=ctx.log_dir,
         )
-        with running(runner):
+        webhook = spawn(
+            "naive-webhook",
+            python_module("bench.peers.naive_prefect", "webhook", *args.as_argv()),
+            env=env,
+            log_dir=ctx.log_dir,
+        )
+        with running(runner), running(webhook):
             deployment = f"{api}/deployments/name/{naive_prefect.DEPLOYMENT}"
             wait_until(http_ok(deployment), runner, timeout=120)
-            webhook = spawn(
-                "naive-webhook",
-                python_module("bench.peers.naive_prefect", "webhook", *args.as_argv()),
-                env=env,
-                log_dir=ctx.log_dir,
-            )
-            with running(webhook):
-                wait_until(http_ok(f"http://127.0.0.1:{port}/healthz"), webhook, timeout=60)
-                meter = ctx.meter({"naive-serve+runs": runner.pid, "naive-webhook": webhook.pid})
-                chats = asyncio.run(_naive_figures(ctx, fake, _endpoint(port)))
-                ctx.report.add_cpu("naive", meter.stop())
+            wait_until(http_ok(f"http://127.0.0.1:{port}/healthz"), webhook, timeout=60)
+            meter = ctx.meter({"naive-serve+runs": runner.pid, "naive-webhook": webhook.pid})
+            chats = asyncio.run(_naive_figures(ctx, fake, _endpoint(port)))
+            ctx.report.add_cpu("naive", meter.stop())
         verify_crm("naive-prefect", crm.requests, chats)
 
 
