@@ -1,10 +1,11 @@
 """One conversation = one durable flow run.
 
 The flow reads like the business process: take the conversation over, then step through the
-campaign graph; when the graph waits for the person, wait hot for a while and then suspend so
-the run costs nothing until the webhook resumes it. A resumed (or crash-rescheduled) run
-starts again from the top, loads the cursor from the database and goes on from the current
-step: O(1), however long the conversation already is.
+campaign graph. When the graph waits for the person, wait hot for a while and then suspend; when
+it waits for time, a task or an operator, suspend at once — a suspended run costs nothing until
+the webhook (a message), the dispatcher (a timer) or an operator resumes it. A resumed (or
+crash-rescheduled) run starts again from the top, loads the cursor from the database and looks
+again from the current step: O(1), however long the conversation already is.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 
 from parley.settings import get_settings
-from parley.state_machine import Status
+from parley.state_machine import Cursor, Status, WaitKind
 from tasks.conversation import (
     advance_step,
     begin_run,
@@ -29,13 +30,14 @@ from tasks.conversation import (
     wait_for_reply,
 )
 from tasks.infra import riding_out_outages
-from tasks.runtime import keep_lease
+from tasks.runtime import get_runtime, keep_lease
 
 
 class ResumeInput(RunInput):
-    """What a resume hands the run: why it was woken. The message itself is in the inbox."""
+    """What a resume hands the run: why it was woken. The message, the task result or the
+    signal is in the database, never in the run input (it stays the same small size)."""
 
-    reason: Literal["message", "timer", "operator", "sweep"] = "message"
+    reason: Literal["message", "timer", "operator", "signal", "sweep"] = "message"
     conversation_id: int
 
 
@@ -60,23 +62,54 @@ async def conversation(conversation_id: int) -> str | State[object]:
     logger = get_run_logger()
     cursor = await begin_run(conversation_id, _current_flow_run_id())
     hot_seconds = get_settings().hot_wait_seconds
+    look_again = True  # a (re)started run first looks at what changed while it slept
     async with keep_lease(conversation_id):
         while cursor.active:
-            if cursor.awaiting_reply and not await wait_for_reply(
-                conversation_id, cursor.step, hot_seconds
+            if cursor.status is not Status.PAUSED and (look_again or await _due(cursor)):
+                look_again = False
+                cursor = await _step(conversation_id, cursor)
+            elif (
+                cursor.status is not Status.PAUSED
+                and cursor.wait is not None
+                and cursor.wait.kind is WaitKind.REPLY
+                and hot_seconds
+                and await wait_for_reply(conversation_id, cursor.step, hot_seconds)
             ):
+                look_again = True
+            else:
                 decision = await prepare_suspend(conversation_id, cursor.step)
                 if decision.suspend:
-                    logger.info("waiting for the contact; suspending (%s)", decision.key)
+                    logger.info("%s; suspending (%s)", _waiting_for(cursor), decision.key)
                     await _suspend(decision.key)
-                continue
-            try:
-                cursor = await advance_step(conversation_id, cursor.step, cursor.node)
-            except Exception as exc:
-                logger.error("step %s (%s) failed for good: %r", cursor.step, cursor.node, exc)
-                reason = f"step {cursor.step} ({cursor.node}): {exc!r}"
-                cursor = await give_up_step(conversation_id, cursor.step, reason)
+                look_again = True
     logger.info("conversation %s ended: %s", conversation_id, cursor.status)
     if cursor.status is Status.FAILED:
         return Failed(message=f"conversation {conversation_id} failed; see its last_error")
+    if cursor.status is Status.CANCELLED:
+        return Cancelled(message=f"conversation {conversation_id} was cancelled")
     return cursor.status
+
+
+async def _step(conversation_id: int, cursor: Cursor) -> Cursor:
+    try:
+        return await advance_step(conversation_id, cursor.step, cursor.node)
+    except Exception as exc:
+        get_run_logger().error("step %s (%s) failed for good: %r", cursor.step, cursor.node, exc)
+        reason = f"step {cursor.step} ({cursor.node}): {exc!r}"
+        return await give_up_step(conversation_id, cursor.step, reason)
+
+
+async def _due(cursor: Cursor) -> bool:
+    """Nothing to wait for, or the wait's time has come (on the runtime's clock)."""
+    if cursor.wait is None:
+        return True
+    until = cursor.wait.until
+    return until is not None and until <= (await get_runtime()).clock.now()
+
+
+def _waiting_for(cursor: Cursor) -> str:
+    if cursor.status is Status.PAUSED:
+        return "paused: waiting for an operator to resume it"
+    assert cursor.wait is not None
+    until = f" until {cursor.wait.until:%Y-%m-%d %H:%M:%S} UTC" if cursor.wait.until else ""
+    return f"waiting for {cursor.wait.kind.value} at {cursor.node}{until}"

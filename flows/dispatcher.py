@@ -20,9 +20,10 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
+from prefect.context import FlowRunContext
 
 from parley.settings import Settings, get_settings
-from tasks.runs import crash_dead_dispatcher_runs, slot_taken
+from tasks.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.runtime import get_runtime
 from tasks.sweep import (
     Repair,
@@ -46,7 +47,22 @@ async def dispatcher() -> dict[str, int]:
     settings = get_settings()
     totals = await _Ticks(settings).run()
     get_run_logger().info("dispatcher run done: %s", dict(totals))
+    await _relay(settings)
     return dict(totals)
+
+
+async def _relay(settings: Settings) -> None:
+    """No gap between dispatcher runs, whatever Prefect's scheduler has filled in yet."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    if run is None or run.deployment_id is None or (await get_runtime()).stopping:
+        return
+    within = timedelta(seconds=max(5.0, 4 * settings.dispatcher_tick_seconds))
+    try:
+        if await ensure_next_run(run.deployment_id, within=within, this_run=run.id):
+            get_run_logger().info("no dispatcher run was due next: started one")
+    except Exception as exc:  # the schedule starts the next one anyway
+        get_run_logger().warning("could not relay to the next dispatcher run: %r", exc)
 
 
 class _Ticks:
@@ -79,10 +95,10 @@ class _Ticks:
         return self.totals
 
     async def _tick(self, now: float) -> None:
-        db = (await get_runtime()).db
+        runtime = await get_runtime()
         trust = self._trusts_leases(now)
         failed, scanned_at = await self._failed_runs(now)
-        if failed or await anything_owed(db, self.settings, trust_leases=trust):
+        if failed or await anything_owed(runtime, self.settings, trust_leases=trust):
             self.totals.update(await self._repair_holding_the_slot(trust, failed))
         if scanned_at is not None:  # only once its finds were repaired: none is lost
             self.reconciled_until = scanned_at
@@ -137,8 +153,8 @@ class _Ticks:
     async def _claim_and_repair(
         self, trust_leases: bool, failed: tuple[Repair, ...]
     ) -> Counter[str]:
-        db = (await get_runtime()).db
-        work = await claim_work(db, self.settings, trust_leases=trust_leases, extra=failed)
+        runtime = await get_runtime()
+        work = await claim_work(runtime, self.settings, trust_leases=trust_leases, extra=failed)
         if not work:
             return Counter()
         get_run_logger().info("repairing: %s", work.summary)

@@ -24,6 +24,16 @@ class ConcurrentUpdate(ParleyError):
     """An optimistic-lock check failed: someone else changed the row first."""
 
 
+class TransitionNotAllowed(ParleyError):
+    """A status change the state machine's table does not allow (resume a completed
+    conversation, retry one that did not fail): nothing was changed."""
+
+
+class InvalidInput(ParleyError):
+    """An operator's input that cannot be applied: a task result that fails the node's model,
+    a signal of an unknown kind, a migration without a mapping for a current node."""
+
+
 # --- inbound webhooks -------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,8 +26,9 @@ from parley.campaign.templates import secret_names
 from parley.channels.base import DeliveryStatus, OutboundMessage
 from parley.db import queries
 from parley.db.models import Conversation, Message, utcnow
-from parley.errors import ChannelError, ParleyError, PermanentChannelError
-from parley.outbox import SendDropped
+from parley.errors import ChannelError, PermanentChannelError
+from parley.outbox import SendDropped, SendSuperseded
+from parley.planner import after_http, plan_failure, plan_step
 from parley.retry import provider_may_retry, retrying
 from parley.runtime import Runtime
 from parley.state_machine import (
@@ -41,17 +42,11 @@ from parley.state_machine import (
     Transition,
     Wait,
     WaitKind,
-    after_http,
-    plan_failure,
-    plan_step,
+    check_transition,
     step_ref,
 )
 
 log = logging.getLogger(__name__)
-
-
-class NothingToConsume(ParleyError):
-    """A reply step ran with an empty inbox; the flow only calls it when a message is there."""
 
 
 def wait_of(row: Conversation) -> Wait | None:
@@ -69,19 +64,32 @@ def extend_lease(row: Conversation, seconds: float) -> None:
 
 
 async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) -> Cursor:
-    """A run (new, resumed or rescheduled after a crash) takes the conversation over."""
+    """A run (new, resumed or rescheduled after a crash) takes the conversation over. A paused
+    one stays paused: the run only comes to suspend again until someone resumes it."""
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.status in TERMINAL:
+            row.wake_requested_at = None  # it ended from outside: the run only finishes
             return cursor_of(row)
-        row.status = Status.RUNNING
+        if row.status is not Status.PAUSED:
+            set_status(row, Status.RUNNING)
         if flow_run_id:
             row.flow_run_id = flow_run_id
+        if row.node_entered_at is None:  # its first run: the start node is entered now
+            row.node_entered_at = rt.clock.now()
+            await queries.open_visit(session, row, row.current_node, row.node_entered_at)
         extend_lease(row, rt.lease_seconds)
         row.handed_over_at = None  # taken over: the dispatcher's handover watch ends here
+        row.wake_requested_at = None
         row.repair_after, row.repair_failures = None, 0
         queries.touch(row)
         return cursor_of(row)
+
+
+def set_status(row: Conversation, status: Status) -> None:
+    """Every status change goes through the state machine's table."""
+    check_transition(Status(row.status), status, row.id)
+    row.status = status
 
 
 async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
@@ -104,19 +112,62 @@ async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
 async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     """Run step ``step`` once: plan it, perform its one effect, commit step+1. A refusal that
     retrying cannot change ends the node for good (``give_up``); anything retryable raises."""
+    planned = await plan(rt, conversation_id, step)
+    if isinstance(planned, Cursor):
+        return planned
+    return await perform(rt, planned)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """A step decided and its intent recorded (committed), its effect not yet performed."""
+
+    conversation_id: int
+    step: int
+    campaign: Campaign
+    snapshot: Snapshot
+    transition: Transition
+    intent: Message | None
+    address: str
+    channel: str
+
+
+async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cursor:
+    """The first half of a step, in one transaction: the activeToll (a paused conversation or
+    campaign stops here), then the plan and its send intent. A cursor means nothing to do."""
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
             return cursor_of(row)
+        if row.status is Status.PAUSED or await _campaign_paused(session, row):
+            return cursor_of(row)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
-        snapshot = _snapshot(row)
+        contact = await queries.get_contact(session, row.contact_id)
+        snapshot = await _snapshot(session, row, contact.fields, campaign, rt.clock.now())
         reply = await _next_reply(session, row)
         transition = plan_step(campaign, snapshot, reply, rt.environ)
         intent = await _record_intent(session, row, transition)
-        contact = await queries.get_contact(session, row.contact_id)
-    target = _Target(conversation_id, step, contact.address, contact.channel)
+    return PlannedStep(
+        conversation_id,
+        step,
+        campaign,
+        snapshot,
+        transition,
+        intent,
+        contact.address,
+        contact.channel,
+    )
+
+
+async def perform(rt: Runtime, planned: PlannedStep) -> Cursor:
+    """The second half: the one effect (send, call), then step+1 committed. A follow-up whose
+    contact wrote before it went out is not sent: the step ends without it and the next one
+    reads the message."""
+    conversation_id, step = planned.conversation_id, planned.step
     try:
-        transition = await _perform(rt, campaign, snapshot, transition, intent, target)
+        transition = await _perform(rt, planned)
+    except SendSuperseded:
+        return await _commit(rt, conversation_id, step, _unchanged(planned.snapshot))
     except SendDropped:
         return await current_cursor(rt, conversation_id)  # it ended (cancelled) meanwhile
     except ChannelError as exc:
@@ -126,30 +177,61 @@ async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     return await _commit(rt, conversation_id, step, transition)
 
 
+def _unchanged(s: Snapshot) -> Transition:
+    return Transition(
+        s.current_node,
+        dict(s.variables),
+        s.attempts,
+        s.wait,
+        Status.RUNNING,
+        node_done=s.node_done,
+        follow_up=s.follow_up,
+        task_result=s.task_result,
+    )
+
+
+async def _campaign_paused(session: AsyncSession, row: Conversation) -> bool:
+    """The activeToll's second half: a paused campaign holds each conversation at its next
+    node; ``paused_by`` says the campaign's resume may release it (an operator's may not)."""
+    if not await queries.campaign_held(session, row.campaign_version_id):
+        return False
+    set_status(row, Status.PAUSED)
+    row.paused_by = "campaign"
+    queries.touch(row)
+    return True
+
+
 async def current_cursor(rt: Runtime, conversation_id: int) -> Cursor:
     async with rt.db.read() as session:
         return cursor_of(await queries.get_conversation(session, conversation_id))
 
 
-@dataclass(frozen=True)
-class _Target:
-    conversation_id: int
-    step: int
-    address: str
-    channel: str
-
-
-def _snapshot(row: Conversation) -> Snapshot:
-    return Snapshot(row.current_node, dict(row.variables), row.attempts, wait_of(row))
+async def _snapshot(
+    session: AsyncSession,
+    row: Conversation,
+    contact_fields: dict[str, Any],
+    campaign: Campaign,
+    now: datetime,
+) -> Snapshot:
+    heard = await queries.last_heard_at(session, row.id) if campaign.inactivity_timeout else None
+    return Snapshot(
+        row.current_node,
+        dict(row.variables),
+        row.attempts,
+        wait_of(row),
+        node_done=row.node_done,
+        entered_at=row.node_entered_at or row.created_at,
+        now=now,
+        follow_up=row.follow_up,
+        task_result=row.task_result,
+        contact=contact_fields,
+        last_heard_at=heard,
+    )
 
 
 async def _next_reply(session: AsyncSession, row: Conversation) -> Reply | None:
-    if row.waiting_for != WaitKind.REPLY:
-        return None
     message = await queries.first_unconsumed_inbound(session, row.id)
-    if message is None:
-        raise NothingToConsume(f"conversation {row.id} step {row.step} has no reply to consume")
-    return Reply(message.id, message.text, message.reply_id)
+    return None if message is None else Reply(message.id, message.text, message.reply_id)
 
 
 async def _record_intent(session: AsyncSession, row: Conversation, t: Transition) -> Message | None:
@@ -160,22 +242,15 @@ async def _record_intent(session: AsyncSession, row: Conversation, t: Transition
     )
 
 
-async def _perform(
-    rt: Runtime,
-    campaign: Campaign,
-    snapshot: Snapshot,
-    transition: Transition,
-    intent: Message | None,
-    target: _Target,
-) -> Transition:
-    if intent is not None and transition.outbound is not None:
-        await outbox.deliver(rt, intent, transition.outbound, target.address, target.channel)
-    if transition.http is not None:
-        result = await _call_http(
-            rt, transition.http, step_ref(target.conversation_id, target.step)
-        )
-        return after_http(campaign, snapshot, result)
-    return transition
+async def _perform(rt: Runtime, p: PlannedStep) -> Transition:
+    t = p.transition
+    if p.intent is not None and t.outbound is not None:
+        guard = p.conversation_id if p.snapshot.follow_up else None
+        await outbox.deliver(rt, p.intent, t.outbound, p.address, p.channel, unless_replied=guard)
+    if t.http is not None:
+        result = await _call_http(rt, t.http, step_ref(p.conversation_id, p.step))
+        return after_http(p.campaign, p.snapshot, result, rt.environ)
+    return t
 
 
 async def _call_http(rt: Runtime, call: HttpCall, ref: str) -> dict[str, Any]:
@@ -205,7 +280,8 @@ async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -
             return cursor_of(row)
         if t.consumed_message_id is not None:
             await queries.mark_consumed(session, t.consumed_message_id, step)
-        _apply(row, step, t, rt.lease_seconds)
+        await _record_visit(session, row, t, rt.clock.now())
+        _apply(row, step, t, rt.lease_seconds, rt.clock.now())
         successor = await _hand_over_unread(session, row) if t.status in TERMINAL else None
         return replace(cursor_of(row), successor=successor)
 
@@ -238,8 +314,7 @@ async def cancel(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
-            _end(row, Status.CANCELLED, reason)
-            await queries.drop_unsent(session, row.id, f"conversation cancelled: {reason}")
+            await end(session, row, Status.CANCELLED, reason, rt.clock.now())
         return cursor_of(row)
 
 
@@ -248,13 +323,23 @@ async def mark_failed(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
-            _end(row, Status.FAILED, reason)
-            await queries.drop_unsent(session, row.id, f"conversation failed: {reason}")
+            await end(session, row, Status.FAILED, reason, rt.clock.now())
         return cursor_of(row)
 
 
+async def end(
+    session: AsyncSession, row: Conversation, status: Status, reason: str, now: datetime
+) -> None:
+    """End the (locked) conversation from outside its run: its unsent intents are dropped, never
+    sent later, and its node visit closed with how it ended."""
+    _end(row, status, reason)
+    await queries.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
+    await queries.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
+
+
 def _end(row: Conversation, status: Status, reason: str) -> None:
-    row.status = status
+    set_status(row, status)
+    row.paused_by = None
     row.last_error = reason[:2000]
     row.ended_at = utcnow()
     row.lease_until = None
@@ -262,16 +347,46 @@ def _end(row: Conversation, status: Status, reason: str) -> None:
     queries.touch(row)
 
 
-def _apply(row: Conversation, step: int, t: Transition, lease_seconds: float) -> None:
-    """Write step ``step``'s transition into the (locked) row."""
+async def _record_visit(
+    session: AsyncSession, row: Conversation, t: Transition, now: datetime
+) -> None:
+    """Close the node's visit when the conversation leaves it or ends there; open the next."""
+    if t.entered:
+        await queries.close_visit(
+            session,
+            row.id,
+            at=now,
+            outcome="left",
+            next_node=t.current_node,
+            attempts=row.attempts,
+            error=t.error,
+        )
+        await queries.open_visit(session, row, t.current_node, now)
+    elif t.status in TERMINAL:
+        await queries.close_visit(
+            session, row.id, at=now, outcome=t.status.value, attempts=t.attempts, error=t.error
+        )
+
+
+def _apply(
+    row: Conversation, step: int, t: Transition, lease_seconds: float, now: datetime
+) -> None:
+    """Write step ``step``'s transition into the (locked) row. An operator's pause that came
+    in while the step ran stands: the run stops at the next node."""
     if t.wait and (row.waiting_for != t.wait.kind or row.current_node != t.current_node):
-        row.waiting_since = utcnow()
+        row.waiting_since = now
+    if t.entered:
+        row.node_entered_at = now
     row.current_node = t.current_node
     row.variables = t.variables
     row.attempts = t.attempts
     row.waiting_for = t.wait.kind if t.wait else None
     row.wake_at = t.wait.until if t.wait else None
-    row.status = t.status
+    row.node_done = t.node_done
+    row.follow_up = t.follow_up
+    row.task_result = dict(t.task_result) if t.task_result is not None else None
+    if not (row.status is Status.PAUSED and t.status is Status.RUNNING):
+        set_status(row, t.status)
     row.step = step + 1
     if t.error is not None:
         row.last_error = t.error[:2000]
@@ -292,12 +407,15 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
         row = await queries.lock_conversation(session, conversation_id)
         if row.step == step and row.status not in TERMINAL:
             campaign = await rt.campaigns.get(session, row.campaign_version_id)
-            transition = plan_failure(campaign, _snapshot(row), reason, rt.environ)
+            contact = await queries.get_contact(session, row.contact_id)
+            snapshot = await _snapshot(session, row, contact.fields, campaign, rt.clock.now())
+            transition = plan_failure(campaign, snapshot, reason, rt.environ)
             if transition.outbound is not None:
                 await outbox.record_intent(
                     session, row.id, step, apology_ref(row.id, step), transition.outbound
                 )
-            _apply(row, step, transition, rt.lease_seconds)
+            await _record_visit(session, row, transition, rt.clock.now())
+            _apply(row, step, transition, rt.lease_seconds, rt.clock.now())
         cursor = cursor_of(row)
         apology = await queries.outbound_by_ref(session, apology_ref(conversation_id, step))
         contact = await queries.get_contact(session, row.contact_id)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from parley.db import queries
 from parley.db.models import Conversation
-from parley.executor import extend_lease
+from parley.executor import extend_lease, set_status
 from parley.runtime import Runtime
 from parley.state_machine import LIVE, TERMINAL, Status, suspend_key
 
@@ -48,14 +48,17 @@ def wakeup_for(conversation: Conversation, created: bool) -> WakeUp | None:
 
 async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float) -> bool:
     """Stay in-process for up to ``seconds`` waiting for the next message (a live chat answers
-    in milliseconds); False means nothing came and the run may go cold."""
+    in milliseconds), never past the wait's own deadline; True also when an operator paused
+    or ended the conversation meanwhile. False means nothing came and the run may go cold."""
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
-        if row.step != step or row.status in TERMINAL:
+        if row.step != step or row.status in TERMINAL or row.status is Status.PAUSED:
             return True
         if await queries.has_unconsumed_inbound(session, conversation_id):
             return True
-        row.status = Status.HOT
+        if row.wake_at is not None:
+            seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
+        set_status(row, Status.HOT)
         extend_lease(row, rt.lease_seconds)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -65,6 +68,8 @@ async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float)
         async with rt.db.read() as session:
             if await queries.has_unconsumed_inbound(session, conversation_id):
                 return True
+            if (await queries.get_conversation(session, conversation_id)).status is not Status.HOT:
+                return True  # paused, cancelled or completed from outside
         if loop.time() >= renew_at:
             await renew_lease(rt, conversation_id)
             renew_at = loop.time() + rt.lease_seconds / 3
@@ -86,11 +91,16 @@ async def prepare_suspend(rt: Runtime, conversation_id: int, step: int) -> Suspe
         row = await queries.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
             return SuspendDecision(False, "")
-        if await queries.has_unconsumed_inbound(session, conversation_id):
-            row.status = Status.RUNNING
-            return SuspendDecision(False, "")
-        row.status = Status.SUSPENDED
+        if row.status is not Status.PAUSED:
+            if await queries.has_unconsumed_inbound(session, conversation_id) or _due(rt, row):
+                set_status(row, Status.RUNNING)
+                return SuspendDecision(False, "")
+            set_status(row, Status.SUSPENDED)
         row.sleeps += 1
         row.lease_until = None
         queries.touch(row)
         return SuspendDecision(True, suspend_key(step, row.sleeps))
+
+
+def _due(rt: Runtime, row: Conversation) -> bool:
+    return row.wake_at is not None and row.wake_at <= rt.clock.now()

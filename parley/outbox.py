@@ -32,6 +32,10 @@ class SendDropped(ParleyError):
     """The intent was dropped (its conversation ended or moved on) before it went out."""
 
 
+class SendSuperseded(SendDropped):
+    """A follow-up was dropped because the contact wrote before it went out."""
+
+
 async def record_intent(
     session: AsyncSession, conversation_id: int, step: int, ref: str, message: OutboundMessage
 ) -> Message:
@@ -47,13 +51,22 @@ async def record_intent(
 
 
 async def deliver(
-    rt: Runtime, intent: Message, message: OutboundMessage, to: str, channel: str
+    rt: Runtime,
+    intent: Message,
+    message: OutboundMessage,
+    to: str,
+    channel: str,
+    *,
+    unless_replied: int | None = None,
 ) -> None:
-    """Send ``message`` at most once per intent row."""
+    """Send ``message`` at most once per intent row. ``unless_replied`` (a conversation id)
+    makes it a follow-up: if the contact wrote before the claim, it is dropped instead."""
     ref = intent.client_ref
     assert ref is not None
     if intent.status in SENT_STATUSES:
         return
+    if unless_replied is not None:
+        await _drop_if_replied(rt, ref, unless_replied)
     if not await _claim(rt, ref):
         return  # reconciled: it went out, from this execution's past or another's present
     try:
@@ -62,6 +75,23 @@ async def deliver(
         await _record_failure(rt, ref, exc)
         raise
     await _set_status(rt, ref, DeliveryStatus.SENT, provider_message_id=provider_id)
+
+
+async def _drop_if_replied(rt: Runtime, ref: str, conversation_id: int) -> None:
+    """Under the conversation's row lock — the one the webhook stores messages under — so a
+    message is either seen here (the follow-up is dropped) or stored after the claim below."""
+    async with rt.db.transaction() as session:
+        await queries.lock_conversation(session, conversation_id)
+        if not await queries.has_unconsumed_inbound(session, conversation_id):
+            return
+        row = await queries.outbound_by_ref(session, ref)
+        if row is None or row.status != DeliveryStatus.PENDING:
+            return
+        await queries.set_outbound_status(
+            session, row, DeliveryStatus.DROPPED, error="the contact wrote before it went out"
+        )
+    log.info("follow-up %s not sent: the contact wrote first", ref)
+    raise SendSuperseded(f"follow-up {ref} dropped: the contact wrote before it went out")
 
 
 async def _claim(rt: Runtime, ref: str) -> bool:

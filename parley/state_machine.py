@@ -1,31 +1,22 @@
-"""The conversation state machine: what one step does, decided without any I/O.
+"""The conversation state machine's vocabulary: statuses, the transitions allowed between
+them, what a conversation waits for, and what one step decides (``Transition``).
 
 A step is one unit of progress with at most one side effect: send a node's message, call a
 node's HTTP endpoint, or consume one inbound reply. Keeping it to one effect per step is what
 lets the step counter name every side effect (``conv:{id}:step:{n}``) so a replay after a crash
-finds the effect it already had instead of causing it again.
+finds the effect it already had instead of causing it again. ``planner`` decides the steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from parley.campaign import (
-    AskNode,
-    Campaign,
-    EndNode,
-    HttpNode,
-    Outcome,
-    SendNode,
-    check_answer,
-    render,
-    render_url,
-)
 from parley.channels.base import OutboundMessage
+from parley.errors import TransitionNotAllowed
 
 
 class Status(StrEnum):
@@ -35,17 +26,42 @@ class Status(StrEnum):
     RUNNING = "running"  # a run is executing its steps
     HOT = "hot"  # a run waits in-process for the next message (a live chat)
     SUSPENDED = "suspended"  # its run is suspended in Prefect: no process, no slot
+    PAUSED = "paused"  # held by an operator or its campaign: stops at its next node, no process
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 ACTIVE: frozenset[Status] = frozenset(
-    {Status.PENDING, Status.RUNNING, Status.HOT, Status.SUSPENDED}
+    {Status.PENDING, Status.RUNNING, Status.HOT, Status.SUSPENDED, Status.PAUSED}
 )
 TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 LIVE: frozenset[Status] = frozenset({Status.RUNNING, Status.HOT})
 """A process is working on the conversation right now (it renews the lease)."""
+
+_ENDS = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+TRANSITIONS: Mapping[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.RUNNING, Status.PAUSED}) | _ENDS,
+    Status.RUNNING: frozenset({Status.RUNNING, Status.HOT, Status.SUSPENDED, Status.PAUSED})
+    | _ENDS,
+    Status.HOT: frozenset({Status.RUNNING, Status.SUSPENDED, Status.PAUSED}) | _ENDS,
+    Status.SUSPENDED: frozenset({Status.RUNNING, Status.PAUSED}) | _ENDS,
+    Status.PAUSED: frozenset({Status.PAUSED, Status.SUSPENDED, Status.RUNNING}) | _ENDS,
+    Status.FAILED: frozenset({Status.PENDING}),  # retry: a new run from the node that failed
+    Status.COMPLETED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+"""Every status change allowed, and the only place that says so: ``check_transition`` guards
+each one (the runner's and the operators'), so "resume a completed conversation" is refused."""
+
+
+def check_transition(current: Status, new: Status, conversation_id: int | None = None) -> None:
+    if new not in TRANSITIONS[current]:
+        subject = f"conversation {conversation_id}" if conversation_id is not None else "it"
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing (it has ended)"
+        raise TransitionNotAllowed(
+            f"{subject} is {current.value}: it cannot become {new.value} (allowed: {allowed})"
+        )
 
 
 class WaitKind(StrEnum):
@@ -66,6 +82,7 @@ class Wait:
 
 
 REPLY = Wait(WaitKind.REPLY)
+OPERATOR = Wait(WaitKind.OPERATOR)
 
 
 TRIGGER_STEP = -1
@@ -107,10 +124,25 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """What the planner may look at: the row's compact state, the time, the contact's fields.
+
+    ``entered_at`` is when the conversation entered the node and ``now`` the decision's instant
+    (``None``: both the same, for tests of graphs without timers). ``node_done`` says the node's
+    own work (send, prompt, call) is done and it only waits to be left; ``follow_up`` that a
+    timer brought the conversation here, so a reply stored before its message went out wins.
+    """
+
     current_node: str
     variables: Mapping[str, Any]
     attempts: int
     wait: Wait | None
+    node_done: bool = False
+    entered_at: datetime | None = None
+    now: datetime | None = None
+    follow_up: bool = False
+    task_result: Mapping[str, Any] | None = None
+    contact: Mapping[str, Any] = field(default_factory=dict)
+    last_heard_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -142,123 +174,7 @@ class Transition:
     outbound: OutboundMessage | None = None
     http: HttpCall | None = None
     error: str | None = None  # why the conversation failed, or why it took an error edge
-
-
-def campaign_env(campaign: Campaign, environ: Mapping[str, str]) -> dict[str, str]:
-    """The values of the campaign's declared ``env:`` names: the process environment where it
-    sets them, else the campaign's defaults. Undeclared names are never read."""
-    return {name: environ.get(name, default) for name, default in campaign.env.items()}
-
-
-def plan_step(
-    campaign: Campaign,
-    snapshot: Snapshot,
-    reply: Reply | None,
-    environ: Mapping[str, str] | None = None,
-) -> Transition:
-    env = campaign_env(campaign, environ or {})
-    if snapshot.wait is not None and snapshot.wait.kind is WaitKind.REPLY:
-        if reply is None:
-            raise ValueError("a step that waits for a reply needs one")
-        return _consume_reply(campaign, snapshot, reply, env)
-    return _execute_node(campaign, snapshot, env)
-
-
-def plan_failure(
-    campaign: Campaign,
-    snapshot: Snapshot,
-    reason: str,
-    environ: Mapping[str, str] | None = None,
-) -> Transition:
-    """A node failed for good: follow its ``when: error`` edge, or end ``failed`` after telling
-    the contact the campaign's ``error_text`` (never leave them waiting in silence)."""
-    variables = dict(snapshot.variables)
-    target = campaign.next_node(snapshot.current_node, variables, outcome="error")
-    if target is not None:
-        return Transition(target, variables, 0, None, Status.RUNNING, error=reason)
-    env = campaign_env(campaign, environ or {})
-    apology = (
-        OutboundMessage(render(campaign.error_text, variables, env))
-        if campaign.error_text
-        else None
-    )
-    return Transition(
-        snapshot.current_node, variables, 0, None, Status.FAILED, outbound=apology, error=reason
-    )
-
-
-def _moved_to(
-    campaign: Campaign, snapshot: Snapshot, variables: dict[str, Any], outcome: Outcome = "ok"
-) -> Transition:
-    target = campaign.next_node(snapshot.current_node, variables, outcome=outcome)
-    if target is None:
-        return Transition(snapshot.current_node, variables, 0, None, Status.COMPLETED)
-    return Transition(target, variables, 0, None, Status.RUNNING)
-
-
-def _execute_node(campaign: Campaign, snapshot: Snapshot, env: Mapping[str, str]) -> Transition:
-    node = campaign.node(snapshot.current_node)
-    variables = dict(snapshot.variables)
-    if isinstance(node, SendNode):
-        moved = _moved_to(campaign, snapshot, variables)
-        return replace(moved, outbound=OutboundMessage(render(node.text, variables, env)))
-    if isinstance(node, AskNode):
-        prompt = OutboundMessage(render(node.prompt, variables, env), _buttons(node))
-        return Transition(node.id, variables, 0, REPLY, Status.RUNNING, outbound=prompt)
-    if isinstance(node, HttpNode):
-        call = HttpCall(
-            url=render_url(node.url, variables, env),
-            body={name: variables.get(name) for name in node.send},
-            headers={k: render(v, variables, env) for k, v in node.headers.items()},
-            result_var=node.result_var,
-            timeout_seconds=node.timeout_seconds,
-        )
-        return Transition(node.id, variables, 0, None, Status.RUNNING, http=call)
-    if isinstance(node, EndNode):
-        final = OutboundMessage(render(node.text, variables, env)) if node.text else None
-        return Transition(node.id, variables, 0, None, Status.COMPLETED, outbound=final)
-    raise TypeError(f"unknown node type {type(node).__name__}")
-
-
-def after_http(campaign: Campaign, snapshot: Snapshot, result: Any) -> Transition:
-    """The transition of an http node once its call returned ``result``."""
-    node = campaign.node(snapshot.current_node)
-    assert isinstance(node, HttpNode)
-    variables = dict(snapshot.variables)
-    if node.result_var:
-        variables[node.result_var] = result
-    return _moved_to(campaign, snapshot, variables)
-
-
-def _buttons(node: AskNode) -> tuple[tuple[str, str], ...]:
-    if node.validation != "choices":
-        return ()
-    return tuple((choice.id, choice.title) for choice in node.choices)
-
-
-def _consume_reply(
-    campaign: Campaign, snapshot: Snapshot, reply: Reply, env: Mapping[str, str]
-) -> Transition:
-    node = campaign.node(snapshot.current_node)
-    assert isinstance(node, AskNode), "only ask nodes wait for a reply"
-    check = check_answer(node, reply.text, reply.reply_id)
-    variables = dict(snapshot.variables)
-    if check.valid:
-        variables[node.var] = check.value
-        return replace(
-            _moved_to(campaign, snapshot, variables), consumed_message_id=reply.message_id
-        )
-    attempts = snapshot.attempts + 1
-    if attempts >= node.max_attempts:
-        moved = _moved_to(campaign, snapshot, variables, outcome="invalid")
-        return replace(moved, consumed_message_id=reply.message_id)
-    retry = OutboundMessage(render(node.retry, variables, env), _buttons(node))
-    return Transition(
-        node.id,
-        variables,
-        attempts,
-        REPLY,
-        Status.RUNNING,
-        consumed_message_id=reply.message_id,
-        outbound=retry,
-    )
+    entered: bool = False  # it moved to ``current_node``: a new visit, timers count from now
+    node_done: bool = False
+    follow_up: bool = False
+    task_result: Mapping[str, Any] | None = None

@@ -32,6 +32,7 @@ from prefect.states import Crashed
 from parley.db import Database, queries
 from parley.db.models import utcnow
 from parley.handshake import WakeUp
+from parley.lifecycle import Change
 from parley.operator_views import mask_address
 from parley.settings import Settings
 from parley.state_machine import Status
@@ -108,7 +109,12 @@ async def resume_once(flow_run_id: str, conversation_id: int, *, reason: str) ->
 
 
 async def resume_run(
-    db: Database, conversation_id: int, flow_run_id: str, *, give_up_after: float
+    db: Database,
+    conversation_id: int,
+    flow_run_id: str,
+    *,
+    give_up_after: float,
+    reason: str = "message",
 ) -> bool:
     """Resume a suspended run, retrying while Prefect says it is not paused yet (the run marks
     itself suspended in our row a moment before Prefect has it Paused with its input schema).
@@ -119,7 +125,7 @@ async def resume_run(
     delay, retries = 0.05, 0
     while True:
         try:
-            outcome = await resume_once(flow_run_id, conversation_id, reason="message")
+            outcome = await resume_once(flow_run_id, conversation_id, reason=reason)
         except PREFECT_UNAVAILABLE as exc:
             log.debug("resume of %s not possible yet: %r", flow_run_id, exc)
             outcome = ResumeOutcome.NOT_PAUSED
@@ -176,6 +182,36 @@ async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
         )
 
 
+async def carry_out(db: Database, settings: Settings, change: Change) -> bool:
+    """What an operator's change owes the run, at once (the REST API calls this right after
+    the change committed). False leaves it to the dispatcher, which finds the row's
+    ``wake_requested_at`` within a tick; nothing is lost either way."""
+    try:
+        if change.run == "start":
+            await start_run(db, settings, change.conversation_id)
+        elif change.run == "resume" and change.flow_run_id:
+            return await resume_run(
+                db,
+                change.conversation_id,
+                change.flow_run_id,
+                give_up_after=settings.resume_retry_seconds,
+                reason="operator",
+            )
+        elif change.run == "end" and change.flow_run_id:
+            outcome = await resume_once(
+                change.flow_run_id, change.conversation_id, reason="operator"
+            )
+            return outcome is not ResumeOutcome.NOT_PAUSED
+    except PREFECT_UNAVAILABLE as exc:
+        log.warning(
+            "Prefect unavailable for conversation %s (%r); the dispatcher will retry",
+            change.conversation_id,
+            exc,
+        )
+        return False
+    return True
+
+
 async def crash_dead_dispatcher_runs(settings: Settings) -> int:
     """A live dispatcher run ends after one interval; one still Running after two lost its
     process (a killed worker). Mark it Crashed so the UI shows what happened."""
@@ -195,6 +231,35 @@ async def crash_dead_dispatcher_runs(settings: Settings) -> int:
                 run.id, Crashed(message="dispatcher process gone: still Running after 2 intervals")
             )
     return len(dead)
+
+
+async def ensure_next_run(deployment_id: UUID, *, within: timedelta, this_run: UUID) -> bool:
+    """The relay: a dispatcher run about to end makes sure another follows. Prefect's scheduler
+    fills a deployment's schedule every minute or so, which can leave a gap after a fresh
+    deployment or a slow server; a run tagged ``relay`` closes it. Nothing is created when
+    another run is already pending or running, or one is scheduled within ``within``."""
+    async with get_client() as client:
+        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        live = await client.read_flow_runs(
+            deployment_filter=by_deployment,
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+                )
+            ),
+            limit=5,
+        )
+        if any(run.id != this_run for run in live):
+            return False
+        soon = await client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=[deployment_id],
+            scheduled_before=datetime.now(UTC) + within,
+            limit=1,
+        )
+        if soon:
+            return False
+        await client.create_flow_run_from_deployment(deployment_id, tags=["parley", "relay"])
+    return True
 
 
 async def slot_taken(limit_name: str) -> bool:

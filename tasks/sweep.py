@@ -4,7 +4,10 @@ Requests try to start or resume runs right after storing a message; the dispatch
 repair what they could not, in four kinds:
 
 * **start** — stored, but no flow run was created (Prefect was down);
-* **resume** — suspended while a message waits (a resume gave up);
+* **resume** — suspended while a message waits, or an operator asked for it (a resume gave up);
+* **wake** — suspended on a timer whose time has come (on the runtime's clock);
+* **look** — suspended, and an operator resumed it, completed its task or signalled it;
+* **end** — ended from outside while its run was suspended: the run is resumed to finish;
 * **recover** — a live run's lease expired, or a handed-over run never took over: its process
   is gone;
 * **reconcile** — Prefect says a run of an active conversation failed, crashed or was cancelled.
@@ -45,7 +48,7 @@ from tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
-RepairKind = Literal["start", "resume", "recover"]
+RepairKind = Literal["start", "resume", "wake", "look", "end", "recover"]
 START_GRACE = timedelta(seconds=2)  # the webhook starts new conversations itself, first
 MAX_RECOVERIES = 5  # infrastructure failures of one conversation's run before it is failed
 BATCH = 200  # rows claimed per kind and tick; rows in backoff are skipped, never starving
@@ -78,22 +81,27 @@ class SweepWork:
         return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "nothing"
 
 
-def _conditions(settings: Settings, now: datetime, trust_leases: bool) -> dict[RepairKind, Any]:
+def _conditions(
+    settings: Settings, now: datetime, clock_now: datetime, trust_leases: bool
+) -> dict[RepairKind, Any]:
     lease = timedelta(seconds=settings.lease_seconds)
     conditions: dict[RepairKind, Any] = {
         "start": queries.owed_a_start(now, START_GRACE),
         "resume": queries.owed_a_resume(now, lease),
+        "wake": queries.owed_a_wake(clock_now, now, lease),
+        "look": queries.owed_a_look(now, lease),
+        "end": queries.owed_an_ending(now, lease),
     }
     if trust_leases:
         conditions["recover"] = queries.lost_its_process(now, lease)
     return conditions
 
 
-async def anything_owed(db: Database, settings: Settings, *, trust_leases: bool) -> bool:
+async def anything_owed(rt: Runtime, settings: Settings, *, trust_leases: bool) -> bool:
     """One cheap read, no lock: an idle tick writes nothing and costs Prefect nothing."""
     now = utcnow()
-    async with db.read() as session:
-        for condition in _conditions(settings, now, trust_leases).values():
+    async with rt.db.read() as session:
+        for condition in _conditions(settings, now, rt.clock.now(), trust_leases).values():
             stmt = select(exists().where(condition, queries.repair_due(now)))
             if await session.scalar(stmt):
                 return True
@@ -101,14 +109,14 @@ async def anything_owed(db: Database, settings: Settings, *, trust_leases: bool)
 
 
 async def claim_work(
-    db: Database, settings: Settings, *, trust_leases: bool, extra: tuple[Repair, ...] = ()
+    rt: Runtime, settings: Settings, *, trust_leases: bool, extra: tuple[Repair, ...] = ()
 ) -> SweepWork:
     """``trust_leases``: the dispatcher itself reached the database for a whole lease, so an
     expired lease means a dead process — not a database that was away for everyone."""
     now = utcnow()
     repairs: list[Repair] = list(extra)
-    async with db.transaction() as session:
-        for kind, condition in _conditions(settings, now, trust_leases).items():
+    async with rt.db.transaction() as session:
+        for kind, condition in _conditions(settings, now, rt.clock.now(), trust_leases).items():
             rows = await queries.claim_for_repair(session, condition, now, BATCH)
             repairs += [Repair(kind, row.id, row.flow_run_id) for row in rows]
     return SweepWork(tuple(dict.fromkeys(repairs)))
@@ -187,12 +195,30 @@ async def _repair_one(rt: Runtime, settings: Settings, item: Repair) -> str:
         await start_run(rt.db, settings, item.conversation_id)
         return "started"
     assert item.flow_run_id is not None
-    if item.kind == "resume":
-        outcome = await resume_once(item.flow_run_id, item.conversation_id, reason="sweep")
+    if item.kind == "end":
+        return await _end_run(rt, item.conversation_id, item.flow_run_id)
+    if item.kind in ("resume", "wake", "look"):
+        reason = {"wake": "timer", "look": "operator"}.get(item.kind, "sweep")
+        outcome = await resume_once(item.flow_run_id, item.conversation_id, reason=reason)
         if outcome is ResumeOutcome.RESUMED:
             await _repaired(rt.db, item.conversation_id)
-            return "resumed"
+            return "woken" if item.kind == "wake" else "resumed"
     return await _recover(rt, settings, item.conversation_id, item.flow_run_id)
+
+
+async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
+    """A run suspended when its conversation ended from outside is resumed so it finishes
+    (and shows how the conversation ended); one that is not paused ends by itself."""
+    outcome = await resume_once(run_id, conversation_id, reason="operator")
+    if outcome is ResumeOutcome.NOT_PAUSED:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+        if run.state is not None and run.state.type == StateType.PAUSED:
+            return "waiting for its pause"
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        row.wake_requested_at = None
+    return "ended"
 
 
 async def _recover(rt: Runtime, settings: Settings, conversation_id: int, run_id: str) -> str:

@@ -13,6 +13,7 @@ from uuid import uuid4
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -115,6 +116,9 @@ class Contact(Base):
     channel: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(255))
     name: Mapped[str | None] = mapped_column(String(255))
+    # What edge conditions may compare (``{field: plan, equals: pro}``) and a ``timezone``;
+    # set by the ``field_changed`` signal, never by the contact's own messages.
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -150,6 +154,7 @@ class Conversation(Base):
             postgresql_where=text(_ACTIVE_SQL),
         ),
         Index("ix_conversations_status", "status"),
+        Index("ix_conversations_wake_at", "wake_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -161,6 +166,17 @@ class Conversation(Base):
     campaign_version_id: Mapped[int] = mapped_column(ForeignKey("campaign_versions.id"))
     status: Mapped[Status] = mapped_column(STATUS_TYPE, default=Status.PENDING)
     current_node: Mapped[str] = mapped_column(String(NODE_ID_MAX_LENGTH))
+    # When the conversation entered ``current_node`` (on the driven clock: delays and timeouts
+    # count from here), whether the node's own work (its send, prompt, call) is done, and
+    # whether a timer brought it here: a follow-up is not sent once the contact has replied.
+    node_entered_at: Mapped[datetime | None]
+    node_done: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    follow_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    task_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    paused_by: Mapped[str | None] = mapped_column(String(16))  # "operator" or "campaign"
+    # An operator resumed it, completed its task or signalled it: its run is owed a resume
+    # (the API does it at once; the dispatcher does it if that did not get through).
+    wake_requested_at: Mapped[datetime | None]
     step: Mapped[int] = mapped_column(Integer, default=0)
     variables: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -219,6 +235,41 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NodeVisit(Base):
+    """One stay of a conversation at one node: the step history operators read and the funnel
+    counts. Written when the conversation enters and leaves a node, never per message, so it
+    grows with the graph walked, not with the transcript."""
+
+    __tablename__ = "node_visits"
+    __table_args__ = (
+        Index("ix_node_visits_conversation", "conversation_id", "id"),
+        Index("ix_node_visits_funnel", "campaign_version_id", "node"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    campaign_version_id: Mapped[int] = mapped_column(ForeignKey("campaign_versions.id"))
+    node: Mapped[str] = mapped_column(String(NODE_ID_MAX_LENGTH))
+    entered_at: Mapped[datetime]
+    left_at: Mapped[datetime | None]
+    # How the visit ended: "left" (an edge), or the conversation's end status there.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    next_node: Mapped[str | None] = mapped_column(String(NODE_ID_MAX_LENGTH))
+    steps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignHold(Base):
+    """A paused campaign: its conversations stop at their next node until it is resumed."""
+
+    __tablename__ = "campaign_holds"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class WebhookEvent(Base):

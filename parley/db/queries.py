@@ -7,7 +7,7 @@ transaction already holds the database write lock (``BEGIN IMMEDIATE``), which i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import exists, func, select, update
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.channels.base import DELIVERY_RANK, DeliveryStatus
 from parley.db.models import (
     Base,
+    CampaignHold,
     CampaignVersion,
     Contact,
     Conversation,
@@ -25,12 +26,13 @@ from parley.db.models import (
     Identity,
     InboundStatus,
     Message,
+    NodeVisit,
     WebhookEvent,
     utcnow,
 )
 from parley.errors import NotFound
 from parley.inbox_signal import CHANNEL as INBOX_CHANNEL
-from parley.state_machine import ACTIVE, LIVE, Status
+from parley.state_machine import ACTIVE, LIVE, TERMINAL, Status
 
 _Row = TypeVar("_Row", bound=Base)
 # Our own claim states: set on purpose by the outbox, never taken from a provider callback.
@@ -302,6 +304,111 @@ async def mark_consumed(session: AsyncSession, message_id: int, step: int) -> No
     )
 
 
+async def last_heard_at(session: AsyncSession, conversation_id: int) -> datetime | None:
+    """When the contact last wrote in this conversation (what an inactivity timeout counts
+    from)."""
+    stmt = select(func.max(Message.created_at)).where(
+        Message.conversation_id == conversation_id, Message.direction == Direction.IN
+    )
+    value = await session.scalar(stmt)
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- node visits: the step history and the funnel ---------------------------------------------
+
+
+async def open_visit(
+    session: AsyncSession, row: Conversation, node: str, entered_at: datetime
+) -> None:
+    session.add(
+        NodeVisit(
+            conversation_id=row.id,
+            campaign_version_id=row.campaign_version_id,
+            node=node,
+            entered_at=entered_at,
+        )
+    )
+
+
+async def current_visit(session: AsyncSession, conversation_id: int) -> NodeVisit | None:
+    stmt = (
+        select(NodeVisit)
+        .where(NodeVisit.conversation_id == conversation_id, NodeVisit.left_at.is_(None))
+        .order_by(NodeVisit.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def close_visit(
+    session: AsyncSession,
+    conversation_id: int,
+    *,
+    at: datetime,
+    outcome: str,
+    next_node: str | None = None,
+    attempts: int = 0,
+    error: str | None = None,
+) -> None:
+    visit = await current_visit(session, conversation_id)
+    if visit is None:
+        return
+    visit.left_at, visit.outcome, visit.next_node = at, outcome, next_node
+    visit.attempts = max(visit.attempts, attempts)
+    if error is not None:
+        visit.error = error[:2000]
+
+
+async def visits_of(session: AsyncSession, conversation_id: int) -> list[NodeVisit]:
+    stmt = select(NodeVisit).where(NodeVisit.conversation_id == conversation_id)
+    return list((await session.execute(stmt.order_by(NodeVisit.id))).scalars())
+
+
+# --- paused campaigns -------------------------------------------------------------------------
+
+
+async def campaign_held(session: AsyncSession, campaign_version_id: int) -> bool:
+    """Whether the campaign this version belongs to is paused (the runner's activeToll)."""
+    stmt = select(
+        exists().where(
+            CampaignHold.name == CampaignVersion.name,
+            CampaignVersion.id == campaign_version_id,
+        )
+    )
+    return bool(await session.scalar(stmt))
+
+
+async def hold_campaign(session: AsyncSession, name: str, reason: str | None) -> None:
+    await _insert_ignoring_conflict(
+        session, CampaignHold, {"name": name, "paused_at": utcnow(), "reason": reason}, ("name",)
+    )
+
+
+async def release_campaign(session: AsyncSession, name: str) -> bool:
+    hold = await session.get(CampaignHold, name)
+    if hold is None:
+        return False
+    await session.delete(hold)
+    return True
+
+
+async def campaign_versions_named(session: AsyncSession, name: str) -> list[CampaignVersion]:
+    stmt = select(CampaignVersion).where(CampaignVersion.name == name)
+    return list((await session.execute(stmt.order_by(CampaignVersion.version))).scalars())
+
+
+async def conversation_ids_of_campaign(
+    session: AsyncSession, name: str, statuses: Sequence[Status]
+) -> list[int]:
+    stmt = (
+        select(Conversation.id)
+        .join(CampaignVersion, CampaignVersion.id == Conversation.campaign_version_id)
+        .where(CampaignVersion.name == name, Conversation.status.in_(list(statuses)))
+        .order_by(Conversation.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 # --- outbound messages -----------------------------------------------------------------------
 
 
@@ -479,6 +586,38 @@ def owed_a_resume(now: datetime, lease: timedelta) -> Any:
     )
 
 
+def owed_a_look(now: datetime, lease: timedelta) -> Any:
+    """Suspended, and an operator resumed it, completed its task or signalled it."""
+    return (
+        (Conversation.status == Status.SUSPENDED)
+        & Conversation.flow_run_id.is_not(None)
+        & Conversation.wake_requested_at.is_not(None)
+        & _not_just_handed_over(now - lease)
+    )
+
+
+def owed_an_ending(now: datetime, lease: timedelta) -> Any:
+    """Ended from outside while its run was suspended: the run is resumed to finish."""
+    return (
+        Conversation.status.in_(list(TERMINAL))
+        & Conversation.flow_run_id.is_not(None)
+        & Conversation.wake_requested_at.is_not(None)
+        & _not_just_handed_over(now - lease)
+    )
+
+
+def owed_a_wake(clock_now: datetime, now: datetime, lease: timedelta) -> Any:
+    """Suspended on a timer whose time has come (on the driven clock): resume it. The handover
+    stamp keeps two dispatchers — or two ticks — from waking it twice within a lease."""
+    return (
+        (Conversation.status == Status.SUSPENDED)
+        & Conversation.flow_run_id.is_not(None)
+        & Conversation.wake_at.is_not(None)
+        & (Conversation.wake_at <= clock_now)
+        & _not_just_handed_over(now - lease)
+    )
+
+
 def lost_its_process(now: datetime, lease: timedelta) -> Any:
     """Nobody renewed the lease of a live run, or a run handed over (started, resumed,
     rescheduled) a lease ago never took the conversation over: its process is gone."""
@@ -550,3 +689,4 @@ async def drop_unsent(session: AsyncSession, conversation_id: int, reason: str) 
         .values(status=DeliveryStatus.DROPPED, error=reason[:2000], updated_at=utcnow())
     )
     return _rowcount(result)
+

@@ -7,6 +7,8 @@ reverse order (SIGTERM, then SIGKILL after a grace period).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import random
 import signal
@@ -106,7 +108,12 @@ class Stack:
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
         popen = subprocess.Popen(
-            args, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         process = Process(name, popen, log_path)
         self.processes[name] = process
@@ -229,3 +236,16 @@ class Stack:
         raise StackError(
             f"{process.name if process else 'service'} not ready in {timeout}s\n{tail}"
         )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A stack whose owner is killed (a test run stopped with SIGKILL, a closed terminal) must
+    not leave a server and a worker running: on Linux the kernel sends them SIGTERM."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -7,7 +7,8 @@ import pytest
 
 from parley.campaign import parse_campaign
 from parley.errors import CampaignInvalid
-from parley.state_machine import Snapshot, Status, plan_failure, plan_step
+from parley.planner import plan_failure, plan_step
+from parley.state_machine import Snapshot, Status
 
 CRM = """
 name: crm-call

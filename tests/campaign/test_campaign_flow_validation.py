@@ -10,7 +10,7 @@ import pytest
 from parley.campaign import parse_campaign
 from parley.errors import CampaignInvalid
 
-FOLLOW_UP = Path(__file__).parent / "fixtures" / "follow_up.yaml"
+FOLLOW_UP = Path(__file__).resolve().parents[2] / "examples" / "campaigns" / "follow_up.yaml"
 Problems = list[tuple[str | None, str]]
 
 

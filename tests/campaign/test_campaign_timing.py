@@ -18,7 +18,7 @@ from parley.campaign import (
     parse_campaign,
 )
 
-FOLLOW_UP = Path(__file__).parent / "fixtures" / "follow_up.yaml"
+FOLLOW_UP = Path(__file__).resolve().parents[2] / "examples" / "campaigns" / "follow_up.yaml"
 
 TIMING = """
 name: timing

@@ -17,20 +17,15 @@ from parley.campaign import (
 )
 from parley.channels.base import OutboundMessage
 from parley.errors import CampaignInvalid
-from parley.state_machine import (
-    REPLY,
-    Reply,
-    Snapshot,
-    after_http,
-    plan_step,
-)
+from parley.planner import after_http, plan_step
+from parley.state_machine import REPLY, Reply, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 ONBOARDING = load_campaign(ROOT / "examples/campaigns/onboarding.yaml")
 
 
 def _at(node: str, *, waiting: bool = False, attempts: int = 0, **variables: object) -> Snapshot:
-    return Snapshot(node, variables, attempts, REPLY if waiting else None)
+    return Snapshot(node, variables, attempts, REPLY if waiting else None, node_done=waiting)
 
 
 def test_entering_an_ask_node_sends_its_prompt_and_waits() -> None:
@@ -85,9 +80,9 @@ def test_send_renders_variables_and_a_value_with_braces_stays_literal() -> None:
     assert t.outbound == OutboundMessage("Thanks {plan}, you're on Basic.")
 
 
-def test_a_reply_step_without_a_reply_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="needs one"):
-        plan_step(ONBOARDING, _at("ask_name", waiting=True), None)
+def test_an_asked_question_without_a_reply_keeps_waiting_and_sends_nothing_again() -> None:
+    t = plan_step(ONBOARDING, _at("ask_name", waiting=True), None)
+    assert (t.current_node, t.wait, t.outbound, t.status) == ("ask_name", REPLY, None, "running")
 
 
 def test_no_matching_edge_ends_the_conversation() -> None:

@@ -160,9 +160,9 @@ async def test_a_conversation_prefect_never_started_is_started_after_the_webhook
     world: World,
 ) -> None:
     cid = await _conversation(world)
-    assert not await claim_work(world.db, world.settings, trust_leases=True)  # webhook first
+    assert not await claim_work(world.rt, world.settings, trust_leases=True)  # webhook first
     await _set_row(world, cid, created_at=utcnow() - timedelta(seconds=5))
-    work = await claim_work(world.db, world.settings, trust_leases=True)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
     assert work.repairs == (Repair("start", cid, None),)
     assert await repair(world.rt, world.settings, work) == {"started": 1}
     row = await _row(world, cid)
@@ -173,7 +173,7 @@ async def test_a_suspended_run_with_a_message_waiting_is_resumed(world: World) -
     cid = await _conversation(world)
     run_id = await _paused_run(world, cid)
     await _suspended_with_unread(world, cid)
-    work = await claim_work(world.db, world.settings, trust_leases=True)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
     assert work.repairs == (Repair("resume", cid, run_id),)
     assert await repair(world.rt, world.settings, work) == {"resumed": 1}
     assert await _state(run_id) == StateType.SCHEDULED  # back to a worker, with its input
@@ -189,7 +189,7 @@ async def test_a_run_between_marking_itself_suspended_and_pausing_is_left_alone(
     run_id = await _run(world, cid, Running())
     await _suspended_with_unread(world, cid)
     await _set_row(world, cid, updated_at=utcnow())  # it marked itself suspended just now
-    assert not await claim_work(world.db, world.settings, trust_leases=True)
+    assert not await claim_work(world.rt, world.settings, trust_leases=True)
     assert await _state(run_id) == StateType.RUNNING
 
 
@@ -201,8 +201,8 @@ async def test_two_sweeps_racing_over_a_live_long_conversation_never_reschedule_
     run_id = await _run(world, cid, Running())
     await _set_row(world, cid, status=Status.HOT, lease_until=utcnow() + timedelta(seconds=3))
     first, second = await asyncio.gather(
-        claim_work(world.db, world.settings, trust_leases=True),
-        claim_work(world.db, world.settings, trust_leases=True),
+        claim_work(world.rt, world.settings, trust_leases=True),
+        claim_work(world.rt, world.settings, trust_leases=True),
     )
     assert not first and not second
     assert await _state(run_id) == StateType.RUNNING
@@ -213,8 +213,8 @@ async def test_two_sweeps_racing_over_a_dead_run_reschedule_it_once(world: World
     run_id = await _run(world, cid, Running())
     await _set_row(world, cid, status=Status.HOT, lease_until=utcnow() - timedelta(seconds=1))
     first, second = await asyncio.gather(
-        claim_work(world.db, world.settings, trust_leases=True),
-        claim_work(world.db, world.settings, trust_leases=True),
+        claim_work(world.rt, world.settings, trust_leases=True),
+        claim_work(world.rt, world.settings, trust_leases=True),
     )
     claimed = [work for work in (first, second) if work]
     assert len(claimed) == 1 and claimed[0].repairs == (Repair("recover", cid, run_id),)
@@ -232,8 +232,8 @@ async def test_expired_leases_are_not_trusted_while_the_dispatcher_itself_was_cu
     cid = await _conversation(world)
     await _run(world, cid, Running())
     await _set_row(world, cid, status=Status.RUNNING, lease_until=utcnow() - timedelta(seconds=9))
-    assert not await claim_work(world.db, world.settings, trust_leases=False)
-    assert await claim_work(world.db, world.settings, trust_leases=True)
+    assert not await claim_work(world.rt, world.settings, trust_leases=False)
+    assert await claim_work(world.rt, world.settings, trust_leases=True)
 
 
 async def test_a_failed_run_of_an_active_conversation_is_rescheduled_then_failed_for_good(
@@ -278,7 +278,7 @@ async def test_a_conversation_whose_run_is_gone_gets_a_new_run(world: World) -> 
     cid = await _conversation(world)
     ghost = str(uuid4())
     await _set_row(world, cid, flow_run_id=ghost, status=Status.RUNNING, lease_until=utcnow())
-    work = await claim_work(world.db, world.settings, trust_leases=True)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
     assert await repair(world.rt, world.settings, work) == {"rehomed": 1}
     row = await _row(world, cid)
     assert row.flow_run_id not in (None, ghost)
@@ -303,7 +303,7 @@ async def test_150_conversations_that_can_never_be_resumed_do_not_delay_a_health
     await asyncio.gather(*(make_stuck(cid) for cid in stuck))
     tried: set[int] = set()
     for _ in range(20):  # ticks until every stuck row has failed at least once
-        work = await claim_work(world.db, world.settings, trust_leases=True)
+        work = await claim_work(world.rt, world.settings, trust_leases=True)
         await repair(world.rt, world.settings, work)
         tried |= {item.conversation_id for item in work.repairs}
         if tried >= set(stuck):
@@ -314,7 +314,7 @@ async def test_150_conversations_that_can_never_be_resumed_do_not_delay_a_health
     healthy = await _conversation(world)
     run_id = await _paused_run(world, healthy)
     await _suspended_with_unread(world, healthy)
-    work = await claim_work(world.db, world.settings, trust_leases=True)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
     assert Repair("resume", healthy, run_id) in work.repairs
     outcomes = await repair(world.rt, world.settings, work)
     assert outcomes.get("resumed") == 1

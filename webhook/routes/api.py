@@ -1,17 +1,48 @@
-"""The operators' REST API: the same JSON as the CLI, behind an API key."""
+"""The operators' REST API: the same JSON as the CLI, behind an API key.
+
+Changes go through ``parley.lifecycle`` like the CLI's; the run a change owes a resume (or a
+start) gets it right after the commit, and the dispatcher finishes what Prefect did not take.
+Refusals are HTTP errors with the reason: 404 unknown, 409 not allowed now, 422 invalid input.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query
+from pydantic import BaseModel, Field
 
-from parley import operator_views
-from parley.errors import NotFound
+from parley import lifecycle, operator_views
+from parley.errors import (
+    ConcurrentUpdate,
+    InvalidInput,
+    NotFound,
+    ParleyError,
+    TransitionNotAllowed,
+)
+from parley.lifecycle import CampaignChange, Change
 from parley.state_machine import Status
-from webhook.deps import ApiKey, DbDep
+from tasks.runs import carry_out
+from webhook.deps import ApiKey, DbDep, SettingsDep
 
+T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])
+
+_STATUS_OF: list[tuple[type[ParleyError], int]] = [
+    (NotFound, 404),
+    (TransitionNotAllowed, 409),
+    (ConcurrentUpdate, 409),
+    (InvalidInput, 422),
+]
+
+
+async def _refusing(action: Awaitable[T]) -> T:
+    try:
+        return await action
+    except ParleyError as exc:
+        code = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 400)
+        raise HTTPException(status_code=code, detail=str(exc)) from exc
 
 
 @router.get("/conversations")
@@ -25,7 +56,102 @@ async def list_conversations(
 
 @router.get("/conversations/{conversation_id}")
 async def show_conversation(conversation_id: int, db: DbDep) -> dict[str, Any]:
-    try:
-        return await operator_views.show_conversation(db, conversation_id)
-    except NotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return await _refusing(operator_views.show_conversation(db, conversation_id))
+
+
+class ChangeOut(BaseModel):
+    id: int
+    status: Status
+    run: Literal["resume", "start", "end", "none"]
+    run_reached: bool = Field(description="False: the dispatcher will do it within a tick.")
+    detail: str
+
+
+async def _applied(change: Change, db: DbDep, settings: SettingsDep) -> ChangeOut:
+    reached = True if change.run == "none" else await carry_out(db, settings, change)
+    return ChangeOut(
+        id=change.conversation_id,
+        status=change.status,
+        run=change.run,
+        run_reached=reached,
+        detail=change.detail,
+    )
+
+
+class SignalIn(BaseModel):
+    kind: str = Field(description="task_completed, field_changed or variables_changed")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/conversations/{conversation_id}/signals")
+async def signal_conversation(
+    conversation_id: int, signal: SignalIn, db: DbDep, settings: SettingsDep
+) -> ChangeOut:
+    change = await _refusing(lifecycle.signal(db, conversation_id, signal.kind, signal.data))
+    return await _applied(change, db, settings)
+
+
+@router.post("/conversations/{conversation_id}/task")
+async def complete_task(
+    conversation_id: int,
+    result: Annotated[dict[str, Any], Body(examples=[{"outcome": "reached", "notes": "..."}])],
+    db: DbDep,
+    settings: SettingsDep,
+) -> ChangeOut:
+    """Complete the open task with a result the task node's model accepts."""
+    change = await _refusing(lifecycle.complete_task(db, conversation_id, result))
+    return await _applied(change, db, settings)
+
+
+Command = Literal["pause", "resume", "cancel", "complete", "retry"]
+
+
+class ReasonIn(BaseModel):
+    reason: str | None = None
+
+
+# Last: the literal paths above (signals, task) must not be read as a command.
+@router.post("/conversations/{conversation_id}/{command}")
+async def change_conversation(
+    conversation_id: int,
+    command: Command,
+    db: DbDep,
+    settings: SettingsDep,
+    body: Annotated[ReasonIn | None, Body()] = None,
+) -> ChangeOut:
+    """pause, resume, cancel, complete or retry one conversation."""
+    reason = (body.reason if body else None) or f"{command} by an operator"
+    actions = {
+        "pause": lambda: lifecycle.pause(db, conversation_id),
+        "resume": lambda: lifecycle.resume(db, conversation_id),
+        "cancel": lambda: lifecycle.cancel(db, conversation_id, reason),
+        "complete": lambda: lifecycle.complete(db, conversation_id, reason),
+        "retry": lambda: lifecycle.retry(db, conversation_id),
+    }
+    change = await _refusing(actions[command]())
+    return await _applied(change, db, settings)
+
+
+class CampaignChangeOut(BaseModel):
+    name: str
+    paused: bool
+    conversations: list[ChangeOut]
+
+
+@router.post("/campaigns/{name}/{command}")
+async def change_campaign(
+    name: str,
+    command: Literal["pause", "resume"],
+    db: DbDep,
+    settings: SettingsDep,
+    body: Annotated[ReasonIn | None, Body()] = None,
+) -> CampaignChangeOut:
+    """Pause (every conversation stops at its next node) or resume a campaign."""
+    action: Awaitable[CampaignChange] = (
+        lifecycle.pause_campaign(db, name, body.reason if body else None)
+        if command == "pause"
+        else lifecycle.resume_campaign(db, name)
+    )
+    change = await _refusing(action)
+    outs = [await _applied(c, db, settings) for c in change.changes]
+    return CampaignChangeOut(name=change.name, paused=change.paused, conversations=outs)

@@ -1,0 +1,76 @@
+"""``parley campaign``: check campaign files, pause and resume campaigns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from parley import lifecycle
+from parley.cli.common import AsJson, console, err_console, print_json, run_with_db
+from parley.errors import CampaignInvalid, NotFound
+from parley.lifecycle import CampaignChange
+
+campaign_app = typer.Typer(help="Campaign graphs.", no_args_is_help=True)
+
+EXIT_INVALID = 2
+"""``validate`` found problems in the file (or could not read it)."""
+
+CampaignName = Annotated[str, typer.Argument(help="The campaign's name.")]
+
+
+@campaign_app.command("validate")
+def campaign_validate(path: Path) -> None:
+    """Check a campaign file; print every problem with its node id (exit 2 if any)."""
+    from parley.campaign import load_campaign
+
+    try:
+        campaign = load_campaign(path)
+    except CampaignInvalid as exc:
+        for node, message in exc.problems:
+            err_console.print(f"[red]{path}[/]: [bold]{node or '<campaign>'}[/]: {message}")
+        raise typer.Exit(EXIT_INVALID) from exc
+    except (OSError, UnicodeDecodeError, NotFound) as exc:
+        err_console.print(f"[red]{path}[/]: {exc}")
+        raise typer.Exit(EXIT_INVALID) from exc
+    console.print(
+        f"[green]ok[/] {campaign.name} v{campaign.version}: "
+        f"{len(campaign.nodes)} nodes, {len(campaign.edges)} edges"
+    )
+
+
+def _report(change: CampaignChange, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "name": change.name,
+                "paused": change.paused,
+                "conversations": [
+                    {"id": c.conversation_id, "status": c.status.value, "detail": c.detail}
+                    for c in change.changes
+                ],
+            }
+        )
+        return
+    state = "paused" if change.paused else "resumed"
+    console.print(
+        f"campaign {change.name}: [cyan]{state}[/] ({len(change.changes)} waiting "
+        "conversations changed now; running ones stop or go on at their next node)"
+    )
+
+
+@campaign_app.command("pause")
+def campaign_pause(
+    name: CampaignName,
+    reason: Annotated[str | None, typer.Option(help="Why, for the other operators.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Stop every conversation of the campaign at its next node (they hold no process)."""
+    _report(run_with_db(lambda db: lifecycle.pause_campaign(db, name, reason)), as_json)
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: CampaignName, as_json: AsJson = False) -> None:
+    """Release the conversations the campaign's pause held (operators' own pauses stand)."""
+    _report(run_with_db(lambda db: lifecycle.resume_campaign(db, name)), as_json)

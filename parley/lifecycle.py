@@ -1,0 +1,288 @@
+"""What operators do to conversations and campaigns from outside their runs.
+
+Pause, resume, cancel, complete, retry, complete a task, signal; pause and resume a campaign.
+Each is one status change checked against the state machine's table, written with optimistic
+locking: the row is read without a lock and updated only if its ``version`` is still the one
+read, so a command racing a live run's step retries on the fresh row and never overwrites the
+step (``ConcurrentUpdate`` after a few lost races).
+
+Nothing here talks to Prefect. A change that owes a run a resume stamps ``wake_requested_at``:
+the REST API resumes the run at once, and the dispatcher does it within a tick for the CLI (or
+when the API's attempt did not get through). A paused conversation holds no process: the run
+stops at its next node (the activeToll) and suspends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from parley.campaign import Campaign, TaskNode, WaitNode
+from parley.campaign.conditions import Comparison
+from parley.campaign.registry import campaign_of
+from parley.clock import Clock, SystemClock
+from parley.db import Database, queries
+from parley.db.models import Conversation, utcnow
+from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
+from parley.executor import end, set_status
+from parley.state_machine import TERMINAL, Status
+
+SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
+SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")
+RunAction = Literal["resume", "start", "end", "none"]
+LOST_RACES = 5
+
+
+@dataclass(frozen=True)
+class Change:
+    """A conversation after a command, and what its run is owed: ``resume`` (suspended, must
+    look again), ``start`` (a retried conversation needs a new run), ``end`` (ended while its
+    run was suspended: resume it so it finishes) or ``none``."""
+
+    conversation_id: int
+    status: Status
+    run: RunAction
+    flow_run_id: str | None
+    detail: str
+
+
+Mutation = Callable[[AsyncSession, Conversation], Awaitable[tuple[RunAction, str]]]
+
+
+async def _change(db: Database, conversation_id: int, mutate: Mutation) -> Change:
+    for _ in range(LOST_RACES):
+        try:
+            async with db.transaction() as session:
+                row = await queries.get_conversation(session, conversation_id)
+                run, detail = await mutate(session, row)
+                if run != "none":
+                    row.wake_requested_at = utcnow()
+                queries.touch(row)
+                await session.flush()  # the version check happens here
+                return Change(row.id, Status(row.status), run, row.flow_run_id, detail)
+        except StaleDataError:
+            continue  # a live run committed a step meanwhile: look at the fresh row
+    raise ConcurrentUpdate(f"conversation {conversation_id} kept changing; try again")
+
+
+def _sleeping(row: Conversation) -> bool:
+    """No process holds the conversation: its run is suspended (or about to be)."""
+    return row.lease_until is None
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+
+async def pause(db: Database, conversation_id: int) -> Change:
+    async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+        if row.status is Status.PAUSED:
+            row.paused_by = "operator"  # an operator's hold outlives the campaign's resume
+            return "none", "already paused"
+        set_status(row, Status.PAUSED)
+        row.paused_by = "operator"
+        return "none", f"paused at {row.current_node}: it stops before its next node"
+
+    return await _change(db, conversation_id, mutate)
+
+
+async def resume(db: Database, conversation_id: int) -> Change:
+    async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+        if row.status is not Status.PAUSED:
+            raise TransitionNotAllowed(
+                f"conversation {row.id} is {row.status.value}, not paused: nothing to resume"
+            )
+        return _release(row), f"resumed at {row.current_node}"
+
+    return await _change(db, conversation_id, mutate)
+
+
+def _release(row: Conversation) -> RunAction:
+    row.paused_by = None
+    if _sleeping(row):
+        set_status(row, Status.SUSPENDED)
+        return "resume"
+    set_status(row, Status.RUNNING)  # its run has not reached its next node yet: it goes on
+    return "none"
+
+
+async def cancel(
+    db: Database, conversation_id: int, reason: str, clock: Clock | None = None
+) -> Change:
+    return await _finish(db, conversation_id, Status.CANCELLED, reason, clock or SystemClock())
+
+
+async def complete(
+    db: Database, conversation_id: int, reason: str, clock: Clock | None = None
+) -> Change:
+    return await _finish(db, conversation_id, Status.COMPLETED, reason, clock or SystemClock())
+
+
+async def _finish(
+    db: Database, conversation_id: int, status: Status, reason: str, clock: Clock
+) -> Change:
+    """End it from outside: unsent messages are dropped, the run ends at its next boundary."""
+
+    async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+        sleeping = _sleeping(row) and row.flow_run_id is not None
+        await end(session, row, status, reason, clock.now())
+        return ("end" if sleeping else "none"), f"{status.value}: {reason}"
+
+    return await _change(db, conversation_id, mutate)
+
+
+async def retry(db: Database, conversation_id: int, clock: Clock | None = None) -> Change:
+    """A failed conversation goes on from the node that failed, in a new flow run."""
+    now = (clock or SystemClock()).now()
+
+    async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+        set_status(row, Status.PENDING)
+        row.ended_at, row.flow_run_id, row.recoveries = None, None, 0
+        row.node_done, row.node_entered_at, row.waiting_for, row.wake_at = False, now, None, None
+        await queries.open_visit(session, row, row.current_node, now)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise TransitionNotAllowed(
+                f"conversation {row.id} cannot be retried: its contact already has an active "
+                "conversation"
+            ) from None
+        return "start", f"retrying from {row.current_node}"
+
+    return await _change(db, conversation_id, mutate)
+
+
+# --- tasks and signals ------------------------------------------------------------------------
+
+
+async def signal(db: Database, conversation_id: int, kind: str, data: Mapping[str, Any]) -> Change:
+    """Update a conversation from outside without a new run. Its run is resumed only if the
+    change can alter what it waits for: a task result at its task node, a contact field or a
+    variable that the node's edges (or a wait's timezone) read."""
+    if kind not in SIGNAL_KINDS:
+        raise InvalidInput(f"unknown signal {kind!r}; known: {', '.join(SIGNAL_KINDS)}")
+
+    async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+        if row.status in TERMINAL:
+            raise TransitionNotAllowed(f"conversation {row.id} is {row.status.value}")
+        version = await queries.get_campaign_version(session, row.campaign_version_id)
+        campaign = campaign_of(version)
+        if kind == "task_completed":
+            changes = _complete_task(campaign, row, data)
+        elif kind == "field_changed":
+            contact = await queries.get_contact(session, row.contact_id)
+            contact.fields = {**contact.fields, **data}
+            changes = _reads(campaign, row.current_node, fields=set(data))
+        else:
+            row.variables = {**row.variables, **data}
+            changes = _reads(campaign, row.current_node, variables=set(data))
+        wake = changes and row.status is Status.SUSPENDED
+        return ("resume" if wake else "none"), f"{kind} applied" + (
+            "; its run looks again" if wake else "; what it waits for is unchanged"
+        )
+
+    return await _change(db, conversation_id, mutate)
+
+
+async def complete_task(db: Database, conversation_id: int, result: Mapping[str, Any]) -> Change:
+    return await signal(db, conversation_id, "task_completed", result)
+
+
+def _complete_task(campaign: Campaign, row: Conversation, data: Mapping[str, Any]) -> bool:
+    node = campaign.node(row.current_node)
+    if not isinstance(node, TaskNode) or not row.node_done or row.task_result is not None:
+        raise TransitionNotAllowed(
+            f"conversation {row.id} has no open task (it is at {row.current_node!r})"
+        )
+    try:
+        result = node.result_model().model_validate(dict(data))
+    except ValidationError as exc:
+        raise InvalidInput(f"task {node.id!r} result: {exc.errors(include_url=False)}") from exc
+    row.task_result = result.model_dump(mode="json")
+    row.variables = {**row.variables, node.var: row.task_result}
+    return True
+
+
+def _reads(
+    campaign: Campaign,
+    node_id: str,
+    *,
+    fields: set[str] | None = None,
+    variables: set[str] | None = None,
+) -> bool:
+    """Whether edges leaving the node compare any of these fields or variables, or (for a
+    ``timezone`` field) the node waits until a local time."""
+    node = campaign.node(node_id)
+    if fields and "timezone" in fields and isinstance(node, WaitNode) and node.until:
+        return True
+    for edge in campaign.edges_from(node_id):
+        if isinstance(edge.when, Comparison):
+            source, name = edge.when.subject
+            if (source == "field" and name in (fields or ())) or (
+                source == "var" and name in (variables or ())
+            ):
+                return True
+    return False
+
+
+# --- campaigns --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignChange:
+    name: str
+    paused: bool
+    changes: tuple[Change, ...]
+
+
+async def pause_campaign(db: Database, name: str, reason: str | None = None) -> CampaignChange:
+    """Every conversation of the campaign stops at its next node: suspended ones are held at
+    once (so neither a timer nor a message wakes them), live ones at their next step."""
+    async with db.transaction() as session:
+        await _known_campaign(session, name)
+        await queries.hold_campaign(session, name, reason)
+        ids = await queries.conversation_ids_of_campaign(
+            session, name, [Status.SUSPENDED, Status.PENDING]
+        )
+    changes = [await _change(db, cid, _hold_by_campaign) for cid in ids]
+    return CampaignChange(name, True, tuple(changes))
+
+
+async def _hold_by_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+    if row.status not in (Status.SUSPENDED, Status.PENDING):
+        return "none", f"{row.status.value}: held at its next node"
+    set_status(row, Status.PAUSED)
+    row.paused_by = "campaign"
+    return "none", "held by its campaign"
+
+
+async def resume_campaign(db: Database, name: str) -> CampaignChange:
+    """Release the conversations the campaign's pause held; an operator's own pause stands."""
+    async with db.transaction() as session:
+        await _known_campaign(session, name)
+        released = await queries.release_campaign(session, name)
+        ids = await queries.conversation_ids_of_campaign(session, name, [Status.PAUSED])
+    if not released:
+        raise TransitionNotAllowed(f"campaign {name!r} is not paused")
+    changes = [await _change(db, cid, _release_from_campaign) for cid in ids]
+    return CampaignChange(name, False, tuple(changes))
+
+
+async def _release_from_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
+    if row.status is not Status.PAUSED or row.paused_by != "campaign":
+        return "none", "paused by an operator: stays paused"
+    if row.flow_run_id is None:
+        row.paused_by = None
+        set_status(row, Status.PENDING)
+        return "start", "released: its first run starts"
+    return _release(row), "released"
+
+
+async def _known_campaign(session: AsyncSession, name: str) -> None:
+    if not await queries.campaign_versions_named(session, name):
+        raise NotFound(f"campaign {name!r} does not exist")
