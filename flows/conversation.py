@@ -11,13 +11,11 @@ again from the current step: O(1), however long the conversation already is.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.flow_runs import asuspend_flow_run
-from prefect.input import RunInput
 from prefect.states import Cancelled, Failed
 
 from parley.settings import get_settings
@@ -27,18 +25,12 @@ from tasks.conversation import (
     begin_run,
     give_up_step,
     prepare_suspend,
+    take_task_answers,
     wait_for_reply,
 )
 from tasks.infra import riding_out_outages
+from tasks.resume_input import resume_form
 from tasks.runtime import get_runtime, keep_lease
-
-
-class ResumeInput(RunInput):
-    """What a resume hands the run: why it was woken. The message, the task result or the
-    signal is in the database, never in the run input (it stays the same small size)."""
-
-    reason: Literal["message", "timer", "operator", "signal", "sweep"] = "message"
-    conversation_id: int
 
 
 def _current_flow_run_id() -> str | None:
@@ -46,13 +38,15 @@ def _current_flow_run_id() -> str | None:
     return str(context.flow_run.id) if context and context.flow_run else None
 
 
-async def _suspend(key: str) -> None:
+async def _suspend(conversation_id: int, key: str) -> None:
     """Suspend through a Prefect API blip: the row already says ``suspended``, so a webhook
-    storing a message meanwhile resumes the run as soon as Prefect has it paused."""
+    storing a message meanwhile resumes the run as soon as Prefect has it paused. At an open
+    task the Resume dialog offers the task's result form."""
     if delay := get_settings().suspend_delay_seconds:
         await asyncio.sleep(delay)  # fault injection: the race window, made wide on purpose
+    form = await resume_form(conversation_id)
     await riding_out_outages(
-        lambda: asuspend_flow_run(wait_for_input=ResumeInput, key=key, timeout=None),
+        lambda: asuspend_flow_run(wait_for_input=form, key=key, timeout=None),
         f"suspend {key}",
     )
 
@@ -60,7 +54,10 @@ async def _suspend(key: str) -> None:
 @flow(name="conversation", persist_result=True, log_prints=True)
 async def conversation(conversation_id: int) -> str | State[object]:
     logger = get_run_logger()
-    cursor = await begin_run(conversation_id, _current_flow_run_id())
+    run_id = _current_flow_run_id()
+    cursor = await begin_run(conversation_id, run_id)
+    if run_id and cursor.wait is not None and cursor.wait.kind is WaitKind.OPERATOR:
+        await take_task_answers(conversation_id, run_id)  # given in the Prefect UI's dialog
     hot_seconds = get_settings().hot_wait_seconds
     look_again = True  # a (re)started run first looks at what changed while it slept
     async with keep_lease(conversation_id):
@@ -80,7 +77,7 @@ async def conversation(conversation_id: int) -> str | State[object]:
                 decision = await prepare_suspend(conversation_id, cursor.step)
                 if decision.suspend:
                     logger.info("%s; suspending (%s)", _waiting_for(cursor), decision.key)
-                    await _suspend(decision.key)
+                    await _suspend(conversation_id, decision.key)
                 look_again = True
     logger.info("conversation %s ended: %s", conversation_id, cursor.status)
     if cursor.status is Status.FAILED:

@@ -16,6 +16,7 @@ from prefect.context import TaskRunContext
 
 from parley import executor, handshake
 from parley.state_machine import Cursor
+from tasks import resume_input
 from tasks.infra import riding_out_outages
 from tasks.runtime import get_runtime
 
@@ -62,6 +63,15 @@ async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendD
     return await riding_out_outages(
         lambda: handshake.prepare_suspend(rt, conversation_id, step),
         f"prepare suspend {conversation_id}/{step}",
+    )
+
+
+@task(name="take-task-answers", cache_policy=NO_CACHE)
+async def take_task_answers(conversation_id: int, flow_run_id: str) -> int:
+    """A run resumed at an open task first applies a result given in the Resume dialog."""
+    return await riding_out_outages(
+        lambda: resume_input.apply_task_answers(conversation_id, flow_run_id),
+        f"task answers {conversation_id}",
     )
 
 

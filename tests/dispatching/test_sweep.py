@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 
-from flows.conversation import ResumeInput, conversation
+from flows.conversation import conversation
 from parley import inbox
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import DeliveryStatus, OutboundMessage
@@ -29,6 +29,7 @@ from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.state_machine import Status
 from tasks import sweep
+from tasks.resume_input import ResumeInput
 from tasks.sweep import Repair, claim_work, repair
 from tests.storage.conftest import make_batch
 

@@ -13,10 +13,13 @@ import sys
 import time
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.flow_runs import aresume_flow_run
+from prefect.input.run_input import keyset_from_paused_state
 
 from parley.clock import DrivenClock
 from parley.testing.whatsapp_user import WhatsAppUser
@@ -126,7 +129,7 @@ async def test_a_follow_up_runs_for_days_of_driven_time_through_timers_a_task_an
     assert run.state is not None and run.state.is_completed()
 
 
-async def test_a_reply_during_a_timer_wait_interrupts_it_end_to_end(
+async def test_a_reply_during_a_timer_wait_interrupts_it_and_the_task_is_done_in_the_ui(
     follow_up_stack: E2EStack,
 ) -> None:
     stack, user = follow_up_stack, follow_up_stack.user("Impatient")
@@ -136,6 +139,33 @@ async def test_a_reply_during_a_timer_wait_interrupts_it_end_to_end(
     assert answers[0].startswith("Thanks for your message")
     detail = await _at(stack, user, "call")
     assert detail["waiting_for"] == "operator"
+    await _complete_in_the_prefect_ui(detail["flow_run_id"], {"outcome": "voicemail"})
+    note = await _at(stack, user, "voicemail_note")  # its 5-minute delay
+    assert note["variables"]["call_result"]["outcome"] == "voicemail"
+    assert note["task_result"] is None  # a new node: the result is in its variable now
+
+
+async def _complete_in_the_prefect_ui(flow_run_id: str, answer: dict[str, Any]) -> None:
+    """What the Resume dialog does: it shows the form saved with the pause (the task's
+    outcomes as a choice) and resumes the run with what the person filled in."""
+    async with get_client() as client:
+        deadline = time.monotonic() + 30  # the row says suspended a moment before Prefect does
+        while True:
+            run = await client.read_flow_run(UUID(flow_run_id))
+            if run.state is not None and run.state.is_paused():
+                break
+            assert time.monotonic() < deadline, run.state
+            await asyncio.sleep(0.2)
+        keyset = keyset_from_paused_state(run.state)
+        schema = await client.read_flow_run_input(UUID(flow_run_id), keyset["schema"])
+        description = await client.read_flow_run_input(UUID(flow_run_id), keyset["description"])
+    assert json.loads(schema)["properties"]["outcome"]["anyOf"][0]["enum"] == [
+        "reached",
+        "voicemail",
+        "no_answer",
+    ]
+    assert "Call the lead back" in description
+    await aresume_flow_run(UUID(flow_run_id), run_input=answer)
 
 
 async def test_an_operator_pauses_resumes_and_cancels_a_suspended_run_with_the_cli(
