@@ -254,7 +254,8 @@ class NodeVisit(Base):
     node: Mapped[str] = mapped_column(String(NODE_ID_MAX_LENGTH))
     entered_at: Mapped[datetime]
     left_at: Mapped[datetime | None]
-    # How the visit ended: "left" (an edge), or the conversation's end status there.
+    # How the visit ended: "left" (an edge), the conversation's end status there, or
+    # "migrated" (moved to another campaign version: ``parley.migration``).
     outcome: Mapped[str | None] = mapped_column(String(16))
     next_node: Mapped[str | None] = mapped_column(String(NODE_ID_MAX_LENGTH))
     steps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -690,3 +690,140 @@ async def drop_unsent(session: AsyncSession, conversation_id: int, reason: str) 
     )
     return _rowcount(result)
 
+
+# --- funnel and migration ---------------------------------------------------------------------
+# What operators read about a campaign version as a whole (the funnel), the rows a migration
+# moves, and the tail of a transcript (the Prefect artifact shows the last messages only).
+
+_DROPPED_OUTCOMES = (Status.FAILED.value, Status.CANCELLED.value)
+_NORMAL_OUTCOMES = ("left", Status.COMPLETED.value)
+
+
+async def campaign_version_numbered(
+    session: AsyncSession, name: str, version: int
+) -> CampaignVersion:
+    """The version row ``version`` of campaign ``name``; NotFound names which part is unknown."""
+    stmt = select(CampaignVersion).where(
+        CampaignVersion.name == name, CampaignVersion.version == version
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is not None:
+        return row
+    known = [v.version for v in await campaign_versions_named(session, name)]
+    if not known:
+        raise NotFound(f"campaign {name!r} does not exist")
+    listed = ", ".join(str(v) for v in known)
+    raise NotFound(f"campaign {name!r} has no version {version} (it has {listed})")
+
+
+async def funnel_visit_counts(
+    session: AsyncSession, campaign_version_id: int
+) -> dict[str, tuple[int, int, int]]:
+    """Per node of the version: conversations that reached it, conversations that ended there
+    failed or cancelled, and visits that ended normally (by an edge, or completing there)."""
+    conversations = func.count(func.distinct(NodeVisit.conversation_id))
+    stmt = (
+        select(
+            NodeVisit.node,
+            conversations,
+            conversations.filter(NodeVisit.outcome.in_(_DROPPED_OUTCOMES)),
+            func.count(NodeVisit.id).filter(NodeVisit.outcome.in_(_NORMAL_OUTCOMES)),
+        )
+        .where(NodeVisit.campaign_version_id == campaign_version_id)
+        .group_by(NodeVisit.node)
+    )
+    rows = (await session.execute(stmt)).all()
+    return {node: (int(reached), int(lost), int(done)) for node, reached, lost, done in rows}
+
+
+async def funnel_waiting(session: AsyncSession, campaign_version_id: int) -> dict[str, int]:
+    """Active conversations of the version, per node they are at now."""
+    stmt = (
+        select(Conversation.current_node, func.count(Conversation.id))
+        .where(
+            Conversation.campaign_version_id == campaign_version_id,
+            Conversation.status.in_(list(ACTIVE)),
+        )
+        .group_by(Conversation.current_node)
+    )
+    return {node: int(count) for node, count in (await session.execute(stmt)).all()}
+
+
+async def funnel_stays(
+    session: AsyncSession, campaign_version_id: int
+) -> list[tuple[str, datetime, datetime]]:
+    """(node, entered_at, left_at) of every closed visit of the version: two timestamps per
+    visit, so percentiles are computed the same way on SQLite (no percentile_cont) and
+    PostgreSQL."""
+    stmt = select(NodeVisit.node, NodeVisit.entered_at, NodeVisit.left_at).where(
+        NodeVisit.campaign_version_id == campaign_version_id, NodeVisit.left_at.is_not(None)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(node, entered, left) for node, entered, left in rows if left is not None]
+
+
+async def lock_conversations_of_campaign(
+    session: AsyncSession, name: str, statuses: Sequence[Status]
+) -> list[Conversation]:
+    """Every conversation of the campaign (any version) in ``statuses``, locked for update and
+    in id order (the order every locker of several rows takes, so two never deadlock)."""
+    stmt = (
+        select(Conversation)
+        .join(CampaignVersion, CampaignVersion.id == Conversation.campaign_version_id)
+        .where(CampaignVersion.name == name, Conversation.status.in_(list(statuses)))
+        .order_by(Conversation.id)
+        .with_for_update(of=Conversation)
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def transcript_tail(
+    session: AsyncSession, conversation_id: int, limit: int
+) -> tuple[list[Message], int]:
+    """The last ``limit`` messages in order, and how many the conversation has in all."""
+    total = await session.scalar(
+        select(func.count(Message.id)).where(Message.conversation_id == conversation_id)
+    )
+    stmt = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    newest_first = list((await session.execute(stmt)).scalars())
+    return newest_first[::-1], int(total or 0)
+
+
+async def active_ids_off_version(
+    session: AsyncSession, name: str, campaign_version_id: int
+) -> list[int]:
+    """Active conversations of the campaign that run on another version than this one."""
+    stmt = (
+        select(Conversation.id)
+        .join(CampaignVersion, CampaignVersion.id == Conversation.campaign_version_id)
+        .where(
+            CampaignVersion.name == name,
+            Conversation.campaign_version_id != campaign_version_id,
+            Conversation.status.in_(list(ACTIVE)),
+        )
+        .order_by(Conversation.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def visits_tail(
+    session: AsyncSession, conversation_id: int, limit: int
+) -> tuple[list[NodeVisit], int]:
+    """The last ``limit`` node visits in order, and how many the conversation has in all."""
+    total = await session.scalar(
+        select(func.count(NodeVisit.id)).where(NodeVisit.conversation_id == conversation_id)
+    )
+    stmt = (
+        select(NodeVisit)
+        .where(NodeVisit.conversation_id == conversation_id)
+        .order_by(NodeVisit.id.desc())
+        .limit(limit)
+    )
+    newest_first = list((await session.execute(stmt)).scalars())
+    return newest_first[::-1], int(total or 0)

@@ -1,0 +1,192 @@
+"""Moving waiting conversations of a campaign onto another version of its graph.
+
+Running conversations keep the version they started on (a live process is walking the graph it
+loaded). Only *waiting* ones move — ``suspended`` or ``paused`` with no process holding them
+(no lease) — and only explicitly: ``migrate(db, name, to=3, mapping={"ask_mail": "ask_email"})``.
+Each one's current node goes through ``mapping``, or keeps its id when the target version has
+that node. If any conversation's node has no place in the target, nothing moves at all and
+``MigrationRefused`` lists every such conversation with its node.
+
+**One transaction with row locks, not per-row optimistic locking.** The refusal is all or
+nothing: the check of every row and the change of every row must see the same rows, which one
+transaction gives and a series of per-row optimistic retries (``lifecycle._change``) cannot — a
+conversation could move to a node without a mapping between the check and the change. The rows
+are taken with ``SELECT ... FOR UPDATE`` in id order (on SQLite the transaction holds the
+database write lock). A run being resumed meanwhile waits for the lock in ``begin_run`` and then
+loads the new version; a command racing us through ``lifecycle._change`` loses its version
+check and retries on the migrated row. The lock lasts one read and, per moved conversation, one
+row update and two visit writes.
+
+What a moved conversation looks like: it points at the target version and the mapped node; its
+visit there is closed with outcome ``migrated`` (``next_node`` says where it went) and a visit
+on the target version is opened. If the target node is of the same type as the old one, the
+node's progress carries over (an ask still waits for the answer to the prompt already sent, a
+timer keeps its deadline). A node of another type is entered afresh: its work (a send, a
+``set``, a timer) is done when the run looks again, so a suspended conversation is owed a
+resume (``wake_requested_at``: the dispatcher resumes it within a tick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.campaign import Campaign
+from parley.campaign.registry import campaign_of
+from parley.clock import Clock, SystemClock
+from parley.db import Database, queries
+from parley.db.models import CampaignVersion, Conversation
+from parley.errors import InvalidInput, NotFound
+from parley.state_machine import Status
+
+MIGRATED = "migrated"
+"""The outcome of a visit that ended because its conversation moved to another version."""
+WAITING = (Status.SUSPENDED, Status.PAUSED)
+
+
+@dataclass(frozen=True)
+class Moved:
+    conversation_id: int
+    from_version: int
+    from_node: str
+    to_node: str
+    status: str
+    fresh: bool  # entered the target node afresh (another node type): its run looks again
+
+
+@dataclass(frozen=True)
+class Unmapped:
+    conversation_id: int | None  # None: a --map entry whose target does not exist
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    campaign: str
+    to_version: int
+    moved: tuple[Moved, ...]
+    staying: tuple[int, ...]  # active conversations with a live process: they keep their version
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "to_version": self.to_version,
+            "moved": [asdict(m) for m in self.moved],
+            "staying": list(self.staying),
+        }
+
+
+class MigrationRefused(InvalidInput):
+    """Some waiting conversation's node has no place in the target version: nothing moved."""
+
+    def __init__(self, campaign: str, to_version: int, unmapped: list[Unmapped]) -> None:
+        self.campaign, self.to_version, self.unmapped = campaign, to_version, unmapped
+        lines = [
+            f"conversation {u.conversation_id} at {u.node!r}: {u.reason}"
+            if u.conversation_id is not None
+            else f"--map {u.node}: {u.reason}"
+            for u in unmapped
+        ]
+        super().__init__(
+            f"migration of {campaign!r} to v{to_version} refused; nothing was changed. "
+            "Give a --map old=new for each of:\n" + "\n".join(lines)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "to_version": self.to_version,
+            "refused": True,
+            "unmapped": [asdict(u) for u in self.unmapped],
+        }
+
+
+async def migrate(
+    db: Database,
+    name: str,
+    to: int,
+    mapping: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+) -> Migration:
+    """Move the campaign's waiting conversations on other versions to version ``to``."""
+    mapping = dict(mapping or {})
+    now = (clock or SystemClock()).now()
+    async with db.transaction() as session:
+        target = await queries.campaign_version_numbered(session, name, to)
+        graph = campaign_of(target)
+        versions = {v.id: v for v in await queries.campaign_versions_named(session, name)}
+        rows = await queries.lock_conversations_of_campaign(session, name, WAITING)
+        waiting = [r for r in rows if _waiting(r) and r.campaign_version_id != target.id]
+        unmapped = [u for r in waiting if (u := _unmapped(r, graph, mapping)) is not None]
+        unmapped += _bad_targets(graph, mapping, {r.current_node for r in waiting})
+        if unmapped:
+            raise MigrationRefused(name, to, unmapped)
+        moved = [
+            await _move(session, row, target, graph, versions, mapping, now) for row in waiting
+        ]
+        staying = tuple(await queries.active_ids_off_version(session, name, target.id))
+    return Migration(name, to, tuple(moved), staying)
+
+
+def _waiting(row: Conversation) -> bool:
+    """Suspended or paused with no process holding it (a paused run that has not reached its
+    next node yet still holds its lease: it is running on its version)."""
+    return row.status in WAITING and row.lease_until is None
+
+
+def _bad_targets(
+    graph: Campaign, mapping: Mapping[str, str], current_nodes: set[str]
+) -> list[Unmapped]:
+    """``--map`` entries no waiting conversation needs but whose target does not exist either:
+    a typo the operator wants to hear about before the next migration, not after."""
+    return [
+        Unmapped(None, old, f"--map target {new!r} is not a node of v{graph.version}")
+        for old, new in sorted(mapping.items())
+        if old not in current_nodes and not _has(graph, new)
+    ]
+
+
+def _has(graph: Campaign, node_id: str) -> bool:
+    try:
+        graph.node(node_id)
+    except NotFound:
+        return False
+    return True
+
+
+def _unmapped(row: Conversation, graph: Campaign, mapping: Mapping[str, str]) -> Unmapped | None:
+    target = mapping.get(row.current_node, row.current_node)
+    if _has(graph, target):
+        return None
+    return Unmapped(row.id, row.current_node, f"no node {target!r} in v{graph.version}")
+
+
+async def _move(
+    session: AsyncSession,
+    row: Conversation,
+    target: CampaignVersion,
+    graph: Campaign,
+    versions: Mapping[int, CampaignVersion],
+    mapping: Mapping[str, str],
+    now: datetime,
+) -> Moved:
+    source = versions[row.campaign_version_id]
+    old_node, new_node = row.current_node, mapping.get(row.current_node, row.current_node)
+    fresh = campaign_of(source).node(old_node).type != graph.node(new_node).type
+    await queries.close_visit(session, row.id, at=now, outcome=MIGRATED, next_node=new_node)
+    row.campaign_version_id = target.id
+    row.current_node = new_node
+    if fresh:
+        row.node_entered_at, row.node_done, row.follow_up = now, False, False
+        row.attempts, row.task_result = 0, None
+        row.waiting_for, row.waiting_since, row.wake_at = None, None, None
+        if row.status is Status.SUSPENDED:
+            row.wake_requested_at = now  # its run must look again to do the new node's work
+    await queries.open_visit(session, row, new_node, now)
+    queries.touch(row)
+    return Moved(row.id, source.version, old_node, new_node, row.status.value, fresh)
