@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from parley import executor, handshake
 from parley.state_machine import Cursor
 from tasks import resume_input
+from tasks.artifacts import publish_conversation_artifact
 from tasks.infra import riding_out_outages
 from tasks.runtime import get_runtime
 
@@ -59,11 +60,21 @@ async def wait_for_reply(conversation_id: int, step: int, seconds: float) -> boo
 
 @task(name="prepare-suspend", cache_policy=NO_CACHE, task_run_name="prepare-suspend-{step}")
 async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendDecision:
+    """When the run is to suspend, its page in the Prefect UI (the markdown artifact) is
+    brought up to date first; a failure there is only a warning, never the run's failure."""
     rt = await get_runtime()
-    return await riding_out_outages(
+    decision = await riding_out_outages(
         lambda: handshake.prepare_suspend(rt, conversation_id, step),
         f"prepare suspend {conversation_id}/{step}",
     )
+    if decision.suspend:
+        try:
+            await publish_conversation_artifact(conversation_id)
+        except Exception as exc:
+            get_run_logger().warning(
+                "conversation %s: artifact not updated (%r)", conversation_id, exc
+            )
+    return decision
 
 
 @task(name="take-task-answers", cache_policy=NO_CACHE)
