@@ -19,7 +19,7 @@ from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.settings import get_settings
 from tasks.runtime import resolve_database_url
-from webhook.routes import api, whatsapp
+from webhook.routes import api, campaigns, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
@@ -106,6 +106,7 @@ async def _too_large(send: Send, limit: int) -> None:
 def create_app() -> FastAPI:
     application = FastAPI(title="Parley webhook", lifespan=lifespan)
     application.include_router(whatsapp.router)
+    application.include_router(campaigns.router)  # before api: /campaigns/{name}/{command}
     application.include_router(api.router)
 
     @application.get("/healthz", tags=["health"])

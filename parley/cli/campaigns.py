@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from parley import lifecycle
+from parley.cli import campaign_versions
 from parley.cli.common import AsJson, console, err_console, print_json, run_with_db
 from parley.errors import CampaignInvalid, NotFound
 from parley.lifecycle import CampaignChange
@@ -74,3 +75,7 @@ def campaign_pause(
 def campaign_resume(name: CampaignName, as_json: AsJson = False) -> None:
     """Release the conversations the campaign's pause held (operators' own pauses stand)."""
     _report(run_with_db(lambda db: lifecycle.resume_campaign(db, name)), as_json)
+
+
+campaign_app.command("funnel")(campaign_versions.campaign_funnel)
+campaign_app.command("migrate")(campaign_versions.campaign_migrate)
