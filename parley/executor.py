@@ -140,6 +140,10 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
         if row.step != step or row.status in TERMINAL:
             return cursor_of(row)
         if row.status is Status.PAUSED or await _campaign_paused(session, row):
+            # A step of its own: the cached result of step n must not say "paused" to the run
+            # that is resumed later and asks for step n again.
+            row.step += 1
+            queries.touch(row)
             return cursor_of(row)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
         contact = await queries.get_contact(session, row.contact_id)

@@ -219,3 +219,26 @@ async def test_a_paused_campaign_holds_new_and_waiting_conversations_until_resum
     assert "quick call" in (await user.wait_for_bot(1, 30))[0]
     missing = await _api(stack, "POST", "/campaigns/no-such/pause")
     assert missing.status_code == 404
+
+
+async def test_a_live_chat_paused_mid_conversation_stops_and_carries_on_after_resume(
+    pg_stack: E2EStack,
+) -> None:
+    """Paused while its run waits hot: the run stops at its next node and suspends; after the
+    resume it goes on at the node it stopped at (not at a stale cached "paused" step)."""
+    stack, user = pg_stack, pg_stack.user("Paula")
+    assert (await user.say("hi"))[0] == "Hi, welcome aboard! What's your name?"
+    detail = await stack.conversation_of(user)
+    paused = await _api(stack, "POST", f"/conversations/{detail['id']}/pause")
+    assert paused.status_code == 200, paused.text
+    await stack.wait_for_status(user, "paused")
+    await user.say("Paula", expect=0)  # stored; a paused conversation is not woken
+    await asyncio.sleep(2)
+    assert len(stack.fake.texts_to(user.phone)) == 1
+    resumed = await _api(stack, "POST", f"/conversations/{detail['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert (await user.wait_for_bot(1, 30))[
+        0
+    ] == "Nice to meet you, Paula! What's your email address?"
+    again = await _api(stack, "POST", f"/conversations/{detail['id']}/resume")
+    assert again.status_code == 409 and "not paused" in again.text

@@ -217,8 +217,8 @@ async def test_a_live_run_stops_at_its_next_node_when_paused(
     step = (await executor.current_cursor(rt, cid)).step
     await lifecycle.pause(db, cid)  # while the run is live (its lease is held)
     cursor = await executor.run_step(rt, cid, step)
-    assert (cursor.status, cursor.step, cursor.node) == (Status.PAUSED, step, "setup")
-    decision = await handshake.prepare_suspend(rt, cid, step)
+    assert (cursor.status, cursor.step, cursor.node) == (Status.PAUSED, step + 1, "setup")
+    decision = await handshake.prepare_suspend(rt, cid, cursor.step)
     assert decision.suspend and (await _row(db, cid)).status is Status.PAUSED
     change = await lifecycle.resume(db, cid)
     assert change.run == "resume"
