@@ -103,6 +103,17 @@ class Identity(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # {"working_hours": {...}, "limits": {...}}: see parley.identities.IdentityPolicy.
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Provider settings of this sender (SMTP server and login, the LinkedIn seat's account id).
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Parked queues ("linkedin", "email-{address}", "credits") -> {"reason", "since"}.
+    parked: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # What providers told us: "channel/action_type" -> ISO instant before which nothing goes.
+    blocked_until: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    flagged: Mapped[str | None] = mapped_column(Text)  # e.g. no working hours within 7 days
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -271,6 +282,50 @@ class CampaignHold(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     paused_at: Mapped[datetime] = mapped_column(default=utcnow)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+_READY_SQL = "status = 'queued' AND queue = 'ready'"
+
+
+class Action(Base):
+    """One outreach action of an identity (an email, a LinkedIn request, a WhatsApp template),
+    queued in the database — never in memory — until its identity's dispatcher may perform it.
+    Small payload: the rendered text and pointers, never a transcript."""
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        Index(
+            "ix_actions_ready",
+            "identity_id",
+            "not_before",
+            "id",
+            sqlite_where=text(_READY_SQL),
+            postgresql_where=text(_READY_SQL),
+        ),
+        Index("ix_actions_history", "identity_id", "type", "performed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # "ready", or parked: "linkedin" (session expired), "email-{address}", "credits".
+    queue: Mapped[str] = mapped_column(String(300), default="ready", server_default="ready")
+    not_before: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # queued -> running -> done; the outcome says how it ended: sent, skipped, failed.
+    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it waits, was skipped or failed
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    seen_inbound_id: Mapped[int | None] = mapped_column(Integer)  # the freshness check's mark
+    provider_id: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None]
+    performed_at: Mapped[datetime | None]  # on the driven clock: what limits count
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WebhookEvent(Base):
