@@ -34,6 +34,11 @@ class InvalidInput(ParleyError):
     a signal of an unknown kind, a migration without a mapping for a current node."""
 
 
+class AlreadyExists(ParleyError):
+    """Something with the same unique name exists already (an identity's channel and address):
+    nothing was created."""
+
+
 # --- inbound webhooks -------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.settings import get_settings
 from tasks.runtime import resolve_database_url
-from webhook.routes import api, campaigns, whatsapp
+from webhook.routes import api, campaigns, identities, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
@@ -108,6 +108,7 @@ def create_app() -> FastAPI:
     application.include_router(whatsapp.router)
     application.include_router(campaigns.router)  # before api: /campaigns/{name}/{command}
     application.include_router(api.router)
+    application.include_router(identities.router)
 
     @application.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -10,6 +10,7 @@ import typer
 from parley.cli.campaigns import campaign_app
 from parley.cli.common import console
 from parley.cli.conversations import conversations_app
+from parley.cli.identities import identities_app
 from parley.db import migrate as db_migrate
 from parley.settings import get_settings
 
@@ -18,6 +19,7 @@ db_app = typer.Typer(help="Parley's own database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(conversations_app, name="conversations")
+app.add_typer(identities_app, name="identity")
 
 
 @db_app.command("upgrade")

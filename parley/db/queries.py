@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.channels.base import DELIVERY_RANK, DeliveryStatus
 from parley.db.models import (
+    Action,
     Base,
     CampaignHold,
     CampaignVersion,
@@ -827,3 +828,90 @@ async def visits_tail(
     )
     newest_first = list((await session.execute(stmt)).scalars())
     return newest_first[::-1], int(total or 0)
+
+
+# --- identities and their queue ---------------------------------------------------------------
+
+
+async def get_identity(session: AsyncSession, identity_id: int) -> Identity:
+    return await _get(session, Identity, identity_id, "identity")
+
+
+async def lock_identity(session: AsyncSession, identity_id: int) -> Identity:
+    """The identity row under ``FOR UPDATE`` on PostgreSQL: its ``parked`` map is changed by
+    the dispatcher (park) and by operators (reconnect), never both at once."""
+    stmt = select(Identity).where(Identity.id == identity_id).with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"identity {identity_id} does not exist")
+    return row
+
+
+async def find_identity(session: AsyncSession, channel: str, address: str) -> Identity | None:
+    stmt = select(Identity).where(Identity.channel == channel, Identity.address == address)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def insert_identity(session: AsyncSession, values: dict[str, Any]) -> Identity:
+    """Insert; a duplicate (channel, address) raises ``IntegrityError`` at the flush."""
+    row = Identity(**values)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def all_identities(session: AsyncSession) -> list[Identity]:
+    return list((await session.scalars(select(Identity).order_by(Identity.id))).all())
+
+
+async def queued_action_counts(
+    session: AsyncSession, identity_id: int | None = None
+) -> dict[tuple[int, str], int]:
+    """Queued actions per (identity, queue): ``ready`` and each parked queue."""
+    stmt = (
+        select(Action.identity_id, Action.queue, func.count())
+        .where(Action.status == "queued")
+        .group_by(Action.identity_id, Action.queue)
+    )
+    if identity_id is not None:
+        stmt = stmt.where(Action.identity_id == identity_id)
+    rows = (await session.execute(stmt)).all()
+    return {(row[0], row[1]): int(row[2]) for row in rows}
+
+
+async def next_ready_action(session: AsyncSession, identity_id: int) -> Action | None:
+    """The action the identity's dispatcher takes next: ready, earliest ``not_before``."""
+    stmt = (
+        select(Action)
+        .where(Action.identity_id == identity_id, Action.status == "queued")
+        .where(Action.queue == "ready")
+        .order_by(Action.not_before, Action.id)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def sent_history(
+    session: AsyncSession, identity_id: int, since: datetime
+) -> list[tuple[str, datetime]]:
+    """(type, performed_at) of the identity's sent actions from ``since`` on: what limits
+    count."""
+    stmt = (
+        select(Action.type, Action.performed_at)
+        .where(Action.identity_id == identity_id, Action.outcome == "sent")
+        .where(Action.performed_at.is_not(None), Action.performed_at >= since)
+        .order_by(Action.performed_at)
+    )
+    return [(kind, at) for kind, at in (await session.execute(stmt)).all() if at is not None]
+
+
+async def unpark_queue(session: AsyncSession, identity_id: int, queue: str, now: datetime) -> int:
+    """Move a parked queue's actions back to ``ready``; they keep their ``not_before`` and
+    ids, so the dispatcher takes them in their original order. Returns how many moved."""
+    stmt = (
+        update(Action)
+        .where(Action.identity_id == identity_id, Action.queue == queue)
+        .where(Action.status == "queued")
+        .values(queue="ready", updated_at=now)
+    )
+    return _rowcount(await session.execute(stmt))

@@ -1,0 +1,552 @@
+"""Sender identities (a mailbox, a LinkedIn seat, a WhatsApp number): adding and changing them,
+the policy that paces them, reconnecting a parked channel, and saying why their queue is or is
+not moving.
+
+An identity's ``policy`` column holds ``{"working_hours": {...}, "limits": {...}}`` as its owner
+wrote it (YAML or JSON, decoded), minus the timezone: the identity's ``timezone`` column is the
+one place that says which clock its windows and daily caps are read on, so moving a mailbox to
+another timezone is one change. ``IdentityPolicy.from_config`` turns the stored mapping into the
+``WorkingHours`` and ``LimitPolicy`` that ``parley.limits.decide`` takes; every part left out
+gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
+``DEFAULT_POLICY``).
+
+Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
+time): that is Prefect, so ``tasks/outreach.py`` creates it, not this module.
+
+``explain`` is what ``parley identity show`` and ``GET /api/identities/{id}`` return: it runs
+the dispatcher's own decision (``decide``, with a fixed ``random.Random(0)`` for the jitter) on
+the next ready action, so the sentence it gives is the reason the dispatcher would give.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, InstanceOf
+from sqlalchemy.exc import IntegrityError
+
+from parley.clock import Clock, SystemClock
+from parley.db import Database, queries
+from parley.db.models import Action, Identity
+from parley.errors import AlreadyExists, ConfigurationError, InvalidInput
+from parley.limits import (
+    ACTION_TYPES,
+    CHANNEL_OF,
+    DEFAULT_POLICY,
+    ActionType,
+    BlockedUntil,
+    Channel,
+    LimitPolicy,
+    Performed,
+    Wait,
+    counts,
+    decide,
+)
+from parley.working_hours import (
+    DAY_KEYS,
+    DEFAULT_WEEKLY,
+    WorkingHours,
+    default_working_hours,
+    describe_instant,
+)
+
+CHANNELS: Final = ("email", "linkedin", "whatsapp")
+POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
+READY: Final = "ready"
+MASK: Final = "•••"
+HISTORY: Final = timedelta(days=8)
+"""How far back ``explain`` reads sent actions: this ISO week and a rolling window of a week."""
+
+_SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
+_RECONNECT_HELP = "email (a mailbox's queue), linkedin (its session) or credits (InMails)"
+
+
+# --- the policy --------------------------------------------------------------------------------
+
+
+class IdentityPolicy(BaseModel):
+    """What paces one identity: when it may act and how much. Build it with ``from_config`` so
+    each bad key is named."""
+
+    model_config = ConfigDict(frozen=True)
+
+    working_hours: InstanceOf[WorkingHours]
+    limits: LimitPolicy = DEFAULT_POLICY
+
+    @classmethod
+    def default(cls, timezone: str = "UTC") -> IdentityPolicy:
+        return cls(working_hours=default_working_hours(timezone))
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any] | None, *, timezone: str = "UTC"
+    ) -> IdentityPolicy:
+        """Read a decoded policy on the identity's clock ``timezone``. Raise
+        ``ConfigurationError`` naming every bad part: unknown keys, the first problem of
+        ``working_hours`` and each one of ``limits``."""
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping):
+            raise ConfigurationError(f"policy: expected a mapping, got {config!r}")
+        problems: list[str] = []
+        unknown = sorted(str(key) for key in set(config) - POLICY_KEYS)
+        if unknown:
+            problems.append(f"policy: unknown key(s) {unknown}; allowed: limits, working_hours")
+        hours = limits = None
+        try:
+            hours = _working_hours(config.get("working_hours"), timezone)
+        except ConfigurationError as error:
+            problems.append(str(error))
+        try:
+            limits = _limits(config.get("limits"))
+        except ConfigurationError as error:
+            problems.append(str(error))
+        if problems or hours is None or limits is None:
+            raise ConfigurationError("invalid policy: " + "; ".join(problems))
+        return cls(working_hours=hours, limits=limits)
+
+
+def _working_hours(config: object, timezone: str) -> WorkingHours:
+    if config is None:
+        return default_working_hours(timezone)
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"working_hours: expected a mapping, got {config!r}")
+    given = config.get("timezone", timezone)
+    if given != timezone:
+        raise ConfigurationError(
+            f"working_hours.timezone: {given!r} differs from the identity's timezone "
+            f"{timezone!r}; set the identity's timezone instead"
+        )
+    return WorkingHours.from_config(
+        {"weekly": dict(DEFAULT_WEEKLY), **config, "timezone": timezone}
+    )
+
+
+def _limits(config: object) -> LimitPolicy:
+    if config is None:
+        return DEFAULT_POLICY
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"limits: expected a mapping, got {config!r}")
+    return LimitPolicy.from_config(config)
+
+
+def policy_of(identity: Identity) -> IdentityPolicy:
+    """The stored policy as the dispatcher uses it (it was validated when stored)."""
+    return IdentityPolicy.from_config(identity.policy, timezone=identity.timezone)
+
+
+def blocked_of(identity: Identity) -> BlockedUntil:
+    """``identity.blocked_until`` ("channel/action_type" -> ISO instant) as ``decide`` takes
+    it; entries that cannot be read are left out rather than blocking forever."""
+    blocked: dict[tuple[Channel, ActionType], datetime] = {}
+    for key, until in (identity.blocked_until or {}).items():
+        channel, _, kind = str(key).partition("/")
+        if kind not in ACTION_TYPES or CHANNEL_OF[kind] != channel:
+            continue
+        try:
+            instant = datetime.fromisoformat(str(until))
+        except ValueError:
+            continue
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=UTC)
+        blocked[(channel, kind)] = instant
+    return blocked
+
+
+# --- validating what operators give ------------------------------------------------------------
+
+
+def _channel(channel: str) -> str:
+    if channel not in CHANNELS:
+        raise InvalidInput(f"channel: {channel!r} is not one of {', '.join(CHANNELS)}")
+    return channel
+
+
+def _address(channel: str, address: str) -> str:
+    """Email addresses are checked (syntax only: no DNS) and normalised, so the same mailbox
+    typed twice is one identity; other addresses are provider ids."""
+    address = address.strip()
+    if channel == "email":
+        try:
+            return validate_email(address, check_deliverability=False).normalized
+        except EmailNotValidError as error:
+            raise InvalidInput(f"address: {address!r} is not an email address ({error})") from None
+    if channel == "whatsapp" and not re.fullmatch(r"\+?\d{5,20}", address):
+        raise InvalidInput(f"address: {address!r} is not a WhatsApp phone number (id): digits")
+    if not address or len(address) > 255 or any(c.isspace() for c in address):
+        raise InvalidInput(f"address: {address!r} is not a {channel} account id")
+    return address
+
+
+def _timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"timezone: unknown timezone {name!r} (expected an IANA name such as 'Europe/Madrid')"
+        ) from None
+    return name
+
+
+def _name(name: str | None) -> str | None:
+    if name is not None and len(name) > 100:
+        raise InvalidInput("name: at most 100 characters")
+    return name or None
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, date | datetime):
+        return value.isoformat()  # YAML reads an unquoted 2026-12-25 as a date
+    raise InvalidInput(f"{value!r} cannot be stored as JSON")
+
+
+def _json_object(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{what}: expected a mapping, got {value!r}")
+    stored = json.loads(json.dumps(dict(value), default=_json_value))
+    return cast(dict[str, Any], stored)
+
+
+def _policy_timezone(policy: Mapping[str, Any] | None) -> str | None:
+    hours = (policy or {}).get("working_hours") if isinstance(policy, Mapping) else None
+    zone = hours.get("timezone") if isinstance(hours, Mapping) else None
+    return zone if isinstance(zone, str) else None
+
+
+def _checked_policy(policy: Mapping[str, Any] | None, timezone: str) -> dict[str, Any]:
+    """Validate on the identity's clock and return what is stored: JSON, without a timezone."""
+    try:
+        IdentityPolicy.from_config(policy, timezone=timezone)
+    except ConfigurationError as error:
+        raise InvalidInput(str(error)) from None
+    stored = _json_object(policy or {}, "policy")
+    hours = stored.get("working_hours")
+    if isinstance(hours, dict):
+        hours.pop("timezone", None)
+    return stored
+
+
+def _resolve_timezone(given: str | None, policy: Mapping[str, Any] | None, current: str) -> str:
+    """The explicit ``timezone``, else the policy's ``working_hours.timezone``, else
+    ``current``; both given and different is refused rather than guessed."""
+    from_policy = _policy_timezone(policy)
+    if given is not None and from_policy is not None and given != from_policy:
+        raise InvalidInput(
+            f"working_hours.timezone: {from_policy!r} differs from timezone {given!r}"
+        )
+    return _timezone(given or from_policy or current)
+
+
+# --- adding, listing, changing -----------------------------------------------------------------
+
+
+async def add_identity(
+    db: Database,
+    channel: str,
+    address: str,
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    policy: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create a sender identity; everything is checked before anything is written.
+    ``AlreadyExists`` when the channel has that address already, ``InvalidInput`` naming the
+    bad field otherwise."""
+    channel = _channel(channel)
+    address = _address(channel, address)
+    zone = _resolve_timezone(timezone, policy, "UTC")
+    values = {
+        "channel": channel,
+        "address": address,
+        "name": _name(name),
+        "timezone": zone,
+        "policy": _checked_policy(policy, zone),
+        "settings": _json_object(settings or {}, "settings"),
+    }
+    duplicate = f"the {channel} identity {address!r} exists already"
+    try:
+        async with db.transaction() as session:
+            existing = await queries.find_identity(session, channel, address)
+            if existing is not None:
+                raise AlreadyExists(f"{duplicate} (id {existing.id})")
+            identity = await queries.insert_identity(session, values)
+            return _summary(identity, {})
+    except IntegrityError:  # added by someone else between the look and the insert
+        raise AlreadyExists(duplicate) from None
+
+
+async def list_identities(db: Database) -> list[dict[str, Any]]:
+    async with db.read() as session:
+        identities = await queries.all_identities(session)
+        queued = await queries.queued_action_counts(session)
+    return [_summary(identity, _counts_of(queued, identity.id)) for identity in identities]
+
+
+async def update_identity(
+    db: Database,
+    identity_id: int,
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    policy: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    clear_flag: bool = False,
+) -> dict[str, Any]:
+    """Change what is given and keep the rest. ``name=""`` clears the name; ``policy``
+    replaces the whole policy; ``settings`` are merged key by key (a ``None`` value removes a
+    key), so a password need not be typed again to change a port. A new timezone re-checks the
+    stored policy on the new clock."""
+    async with db.transaction() as session:
+        identity = await queries.lock_identity(session, identity_id)
+        zone = _resolve_timezone(timezone, policy, identity.timezone)
+        if policy is not None or zone != identity.timezone:
+            identity.policy = _checked_policy(
+                policy if policy is not None else identity.policy, zone
+            )
+        identity.timezone = zone
+        if name is not None:
+            identity.name = _name(name)
+        if settings is not None:
+            merged = {**identity.settings, **_json_object(settings, "settings")}
+            identity.settings = {key: value for key, value in merged.items() if value is not None}
+        if clear_flag:
+            identity.flagged = None
+        await session.flush()
+        queued = await queries.queued_action_counts(session, identity.id)
+        return _summary(identity, _counts_of(queued, identity.id))
+
+
+def parked_queue(identity: Identity, channel: str) -> str:
+    """The queue a channel's actions wait in while it is parked: ``linkedin`` (session
+    expired), ``email-{address}`` (mailbox disconnected), ``credits`` (InMail credits out)."""
+    wanted = "linkedin" if channel == "credits" else channel
+    if channel not in ("email", "linkedin", "credits"):
+        raise InvalidInput(f"channel: {channel!r} cannot be reconnected; use {_RECONNECT_HELP}")
+    if identity.channel != wanted:
+        raise InvalidInput(
+            f"channel: identity {identity.id} is a {identity.channel} identity; "
+            f"{channel!r} is not one of its queues"
+        )
+    return f"email-{identity.address}" if channel == "email" else channel
+
+
+async def reconnect(
+    db: Database, identity_id: int, channel: str, *, now: datetime | None = None
+) -> int:
+    """Unpark one channel of an identity after a human fixed it: its actions go back to the
+    ready queue in their original order (``not_before``, then id), other parked queues stay
+    parked. Returns how many actions were unparked (0 when it was not parked)."""
+    moment = now or datetime.now(UTC)
+    async with db.transaction() as session:
+        identity = await queries.lock_identity(session, identity_id)
+        queue = parked_queue(identity, channel)
+        moved = await queries.unpark_queue(session, identity.id, queue, moment)
+        if queue in identity.parked:
+            identity.parked = {k: v for k, v in identity.parked.items() if k != queue}
+    return moved
+
+
+# --- what operators see --------------------------------------------------------------------------
+
+
+def mask_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Provider settings as many people may read them: passwords, API keys and tokens hidden
+    (their presence still shows), everything else as it is."""
+    masked: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            masked[key] = mask_settings(value)
+        elif _SECRET.search(str(key)) and value not in (None, ""):
+            masked[key] = MASK
+        else:
+            masked[key] = value
+    return masked
+
+
+def _counts_of(queued: Mapping[tuple[int, str], int], identity_id: int) -> dict[str, int]:
+    return {queue: n for (owner, queue), n in queued.items() if owner == identity_id}
+
+
+def _summary(identity: Identity, queued: Mapping[str, int]) -> dict[str, Any]:
+    parked = {
+        queue: {
+            "reason": (entry or {}).get("reason"),
+            "since": (entry or {}).get("since"),
+            "actions": queued.get(queue, 0),
+        }
+        for queue, entry in sorted((identity.parked or {}).items())
+    }
+    return {
+        "id": identity.id,
+        "channel": identity.channel,
+        "address": identity.address,
+        "name": identity.name,
+        "timezone": identity.timezone,
+        "policy": identity.policy,
+        "settings": mask_settings(identity.settings or {}),
+        "parked": parked,
+        "blocked_until": dict(identity.blocked_until or {}),
+        "flagged": identity.flagged,
+        "queued": {
+            "ready": queued.get(READY, 0),
+            "parked": sum(n for queue, n in queued.items() if queue != READY),
+        },
+        "created_at": identity.created_at.isoformat(),
+    }
+
+
+async def explain(
+    db: Database, identity_id: int, *, now: datetime | None = None, clock: Clock | None = None
+) -> dict[str, Any]:
+    """Everything ``parley identity show`` says: the identity, its parked queues, what it did
+    today and this week against its caps, its queue, and one sentence on why the queue is not
+    moving and when it will. ``now`` wins over ``clock`` (the driven clock sent actions were
+    recorded on); the system clock otherwise."""
+    moment = now or (clock or SystemClock()).now()
+    async with db.read() as session:
+        identity = await queries.get_identity(session, identity_id)
+        queued = _counts_of(await queries.queued_action_counts(session, identity_id), identity_id)
+        policy = policy_of(identity)
+        since = moment - _lookback(policy.limits)
+        sent = await queries.sent_history(session, identity_id, since)
+        next_action = await queries.next_ready_action(session, identity_id)
+    history = [Performed(kind, at) for kind, at in sent if kind in ACTION_TYPES]
+    hours = policy.working_hours
+    detail = _summary(identity, queued)
+    usage = counts(policy.limits, history, moment, hours.timezone)
+    detail.update(
+        now=moment.isoformat(),
+        working_hours=_hours_view(hours, moment),
+        usage={
+            kind: {
+                "today": used.today,
+                "this_week": used.this_week,
+                "daily_cap": used.daily_cap,
+                "weekly_cap": used.weekly_cap,
+            }
+            for kind, used in usage.items()
+            if CHANNEL_OF[kind] == identity.channel
+        },
+        next_action=_action_view(next_action),
+        status=_status(identity, policy, history, next_action, detail["parked"], moment),
+    )
+    return detail
+
+
+def _lookback(limits: LimitPolicy) -> timedelta:
+    rolling = [cap.per for kind in ACTION_TYPES for cap in limits.limits_for(kind).rolling]
+    return max([HISTORY, *rolling])
+
+
+def _hours_view(hours: WorkingHours, now: datetime) -> dict[str, Any]:
+    opens = hours.next_open(now)
+    return {
+        "timezone": hours.timezone.key,
+        "weekly": {
+            day: [str(window) for window in windows]
+            for day, windows in zip(DAY_KEYS, hours.weekly, strict=True)
+        },
+        "holidays": sorted(day.isoformat() for day in hours.holidays),
+        "country": hours.country,
+        "open_now": hours.is_open(now),
+        "next_open": opens.astimezone(UTC).isoformat(),
+        "next_open_local": hours.describe(opens),
+    }
+
+
+def _action_view(action: Action | None) -> dict[str, Any] | None:
+    if action is None:
+        return None
+    return {
+        "id": action.id,
+        "type": action.type,
+        "conversation_id": action.conversation_id,
+        "not_before": action.not_before.isoformat(),
+        "attempts": action.attempts,
+        "reason": action.reason,
+    }
+
+
+def format_wait(delay: timedelta) -> str:
+    """``63 h 59 min``, ``12 min``, ``less than a minute``: how long, as an operator reads it."""
+    minutes = int(delay.total_seconds() // 60)
+    if minutes <= 0:
+        return "less than a minute"
+    hours, minutes = divmod(minutes, 60)
+    return " ".join(part for part in (f"{hours} h" if hours else "", f"{minutes} min") if part)
+
+
+def _status(
+    identity: Identity,
+    policy: IdentityPolicy,
+    history: list[Performed],
+    action: Action | None,
+    parked: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """Why the queue is (not) moving: the dispatcher's decision on the next ready action."""
+    parked_note = _parked_note(identity, parked)
+    if action is None:
+        if parked_note:
+            return _said("parked", None, now, f"not moving: nothing is ready; {parked_note}")
+        return _said("idle", None, now, "nothing is queued")
+    label = f"the next action ({action.type} #{action.id})"
+    also = f" Also {parked_note}" if parked_note else ""
+    if action.type not in ACTION_TYPES:
+        return _said("unknown_type", None, now, f"not moving: {label} has an unknown type.{also}")
+    at = max(now, action.not_before)
+    decision = decide(
+        policy.limits,
+        policy.working_hours,
+        history,
+        action.type,
+        at,
+        random.Random(0),
+        blocked_until=blocked_of(identity),
+    )
+    zone = policy.working_hours.timezone
+    if isinstance(decision, Wait):
+        return _said(decision.reason, decision.until, now, _waiting(decision, label, now) + also)
+    if at > now:
+        when = f"{describe_instant(at, zone)}, in {format_wait(at - now)}"
+        return _said("not_due", at, now, f"{label} is not due before {when}.{also}")
+    return _said("moving", None, now, f"moving: {label} may proceed now.{also}")
+
+
+def _waiting(wait: Wait, label: str, now: datetime) -> str:
+    when = f"{describe_instant(wait.until, wait.timezone)}, in {format_wait(wait.until - now)}"
+    if wait.reason == "outside_working_hours":
+        return f"not moving: {wait.detail}; the next window opens {when} ({label})."
+    text = f"not moving: {label} waits: {wait.detail}; it may go {when}."
+    if wait.capped:
+        text += " Nothing allows it within 6 days: check this identity's hours and limits."
+    return text
+
+
+def _parked_note(identity: Identity, parked: Mapping[str, Mapping[str, Any]]) -> str:
+    notes = []
+    for queue, entry in parked.items():
+        channel = "email" if queue.startswith("email-") else queue
+        notes.append(
+            f"{entry['actions']} action(s) parked in {queue!r} since {entry['since']} "
+            f"({entry['reason'] or 'no reason recorded'}): "
+            f"`parley identity reconnect {identity.id} {channel}` moves them back"
+        )
+    return "; ".join(notes) + ("." if notes else "")
+
+
+def _said(state: str, until: datetime | None, now: datetime, sentence: str) -> dict[str, Any]:
+    return {
+        "state": state,
+        "until": until.astimezone(UTC).isoformat() if until else None,
+        "wait_seconds": int((until - now).total_seconds()) if until else None,
+        "sentence": sentence,
+    }

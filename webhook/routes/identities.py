@@ -1,0 +1,112 @@
+"""The operators' REST API for sender identities: the same JSON as ``parley identity ... --json``.
+
+``GET /api/identities/{id}`` is the explanation of the identity's queue (why it is not moving
+and when it will), read on the same clock the dispatcher records sends on. Refusals: 404 unknown
+identity, 409 duplicate channel and address, 422 invalid input or policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from parley import identities
+from parley.clock import clock_from
+from parley.errors import AlreadyExists, ConfigurationError, InvalidInput, NotFound, ParleyError
+from webhook.deps import ApiKey, DbDep, SettingsDep
+
+T = TypeVar("T")
+router = APIRouter(prefix="/api", tags=["identities"], dependencies=[ApiKey])
+
+_STATUS_OF: list[tuple[type[ParleyError], int]] = [
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (InvalidInput, 422),
+    (ConfigurationError, 422),
+]
+
+
+async def _refusing(action: Awaitable[T]) -> T:
+    try:
+        return await action
+    except ParleyError as exc:
+        code = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 400)
+        raise HTTPException(status_code=code, detail=str(exc)) from exc
+
+
+class IdentityIn(BaseModel):
+    channel: str = Field(description="email, linkedin or whatsapp")
+    address: str = Field(description="the mailbox, the LinkedIn seat's id, the WhatsApp number")
+    name: str | None = None
+    timezone: str | None = Field(default=None, description="IANA name; default UTC")
+    policy: dict[str, Any] | None = Field(
+        default=None, description="{working_hours: {...}, limits: {...}}; defaults when left out"
+    )
+    settings: dict[str, Any] | None = Field(default=None, description="provider settings")
+
+
+class IdentityPatch(BaseModel):
+    name: str | None = Field(default=None, description="'' clears it")
+    timezone: str | None = None
+    policy: dict[str, Any] | None = Field(default=None, description="replaces the policy")
+    settings: dict[str, Any] | None = Field(
+        default=None, description="merged key by key; a null value removes the key"
+    )
+    clear_flag: bool = False
+
+
+class ReconnectIn(BaseModel):
+    channel: str = Field(description="email, linkedin or credits")
+
+
+@router.get("/identities")
+async def list_identities(db: DbDep) -> list[dict[str, Any]]:
+    return await identities.list_identities(db)
+
+
+@router.post("/identities", status_code=201)
+async def add_identity(body: IdentityIn, db: DbDep) -> dict[str, Any]:
+    return await _refusing(
+        identities.add_identity(
+            db,
+            body.channel,
+            body.address,
+            name=body.name,
+            timezone=body.timezone,
+            policy=body.policy,
+            settings=body.settings,
+        )
+    )
+
+
+@router.get("/identities/{identity_id}")
+async def show_identity(identity_id: int, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+    """The identity, its parked queues, usage against its caps, its next action, and
+    ``status.sentence``: why its queue is not moving and when it will."""
+    clock = clock_from(settings.clock_file)
+    return await _refusing(identities.explain(db, identity_id, clock=clock))
+
+
+@router.patch("/identities/{identity_id}")
+async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> dict[str, Any]:
+    return await _refusing(
+        identities.update_identity(
+            db,
+            identity_id,
+            name=body.name,
+            timezone=body.timezone,
+            policy=body.policy,
+            settings=body.settings,
+            clear_flag=body.clear_flag,
+        )
+    )
+
+
+@router.post("/identities/{identity_id}/reconnect")
+async def reconnect_identity(identity_id: int, body: ReconnectIn, db: DbDep) -> dict[str, Any]:
+    """Release a parked channel: its actions go back to the ready queue in their order."""
+    moved = await _refusing(identities.reconnect(db, identity_id, body.channel))
+    return {"id": identity_id, "channel": body.channel, "unparked": moved}
