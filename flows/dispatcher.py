@@ -23,6 +23,7 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from prefect.context import FlowRunContext
 
 from parley.settings import Settings, get_settings
+from tasks.outreach import outreach_tick, recover_abandoned_actions
 from tasks.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.runtime import get_runtime
 from tasks.sweep import (
@@ -83,6 +84,7 @@ class _Ticks:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.dispatcher_interval_seconds
         await crash_dead_dispatcher_runs(self.settings)
+        await recover_abandoned_actions(runtime, timedelta(seconds=4 * self.settings.lease_seconds))
         while loop.time() < deadline and not runtime.stopping:
             try:
                 await self._tick(loop.time())
@@ -96,6 +98,7 @@ class _Ticks:
 
     async def _tick(self, now: float) -> None:
         runtime = await get_runtime()
+        self.totals.update(await outreach_tick(runtime))  # per-identity slots, not the repair's
         trust = self._trusts_leases(now)
         failed, scanned_at = await self._failed_runs(now)
         if failed or await anything_owed(runtime, self.settings, trust_leases=trust):

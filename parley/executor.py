@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley import outbox
+from parley import actions, outbox
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
@@ -284,6 +284,9 @@ async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -
             return cursor_of(row)
         if t.consumed_message_id is not None:
             await queries.mark_consumed(session, t.consumed_message_id, step)
+        if t.action is not None:  # queued in the same transaction as the state change
+            contact = await queries.get_contact(session, row.contact_id)
+            await actions.enqueue(session, row, contact, t.action, step, rt.clock.now())
         await _record_visit(session, row, t, rt.clock.now())
         _apply(row, step, t, rt.lease_seconds, rt.clock.now())
         successor = await _hand_over_unread(session, row) if t.status in TERMINAL else None

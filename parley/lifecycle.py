@@ -25,10 +25,10 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
-from parley.campaign.registry import campaign_of
+from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
 from parley.db import Database, queries
-from parley.db.models import Conversation, utcnow
+from parley.db.models import Conversation, Identity, utcnow
 from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
 from parley.executor import end, set_status
 from parley.state_machine import TERMINAL, Status
@@ -77,6 +77,44 @@ def _sleeping(row: Conversation) -> bool:
 
 
 # --- conversations ----------------------------------------------------------------------------
+
+
+async def start(
+    db: Database,
+    campaign_name: str,
+    identity_id: int,
+    *,
+    channel: str,
+    address: str,
+    name: str | None = None,
+    fields: Mapping[str, Any] | None = None,
+    variables: Mapping[str, Any] | None = None,
+) -> Change:
+    """Start a business-initiated conversation (an outreach lead): the contact, with the
+    fields its actions need (``email``, ``linkedin``), on the latest version of the campaign,
+    sent from the identity. Refused if the contact already has an active conversation there."""
+    async with db.transaction() as session:
+        identity = await session.get(Identity, identity_id)
+        if identity is None:
+            raise NotFound(f"identity {identity_id} does not exist")
+        version = await queries.latest_campaign_version(session, campaign_name)
+        missing = [n for n in campaign_of(version).inputs if n not in (variables or {})]
+        if missing:
+            raise InvalidInput(f"campaign {campaign_name!r} needs its inputs: {', '.join(missing)}")
+        contact = await queries.ensure_contact(session, channel, address, name)
+        if fields:
+            contact.fields = {**contact.fields, **fields}
+        active = await queries.lock_active_conversation(session, identity.id, contact.id)
+        if active is not None:
+            raise TransitionNotAllowed(
+                f"{channel} contact {address} already has active conversation {active.id}"
+            )
+        row, _ = await queries.create_conversation(
+            session, identity.id, contact.id, version, start_node_of(version)
+        )
+        row.variables = dict(variables or {})
+        row.wake_requested_at = utcnow()
+        return Change(row.id, Status(row.status), "start", None, f"started on {campaign_name}")
 
 
 async def pause(db: Database, conversation_id: int) -> Change:

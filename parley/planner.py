@@ -42,6 +42,9 @@ from parley.campaign import (
 from parley.campaign.model import Node
 from parley.channels.base import OutboundMessage
 from parley.state_machine import (
+    ACTION_FAILED,
+    ACTION_SKIPPED,
+    ActionIntent,
     HttpCall,
     Reply,
     Snapshot,
@@ -167,6 +170,15 @@ def _talks(node: Node) -> bool:
 
 def _do_work(step: _Step) -> Transition:
     node, variables = step.node, dict(step.snapshot.variables)
+    if isinstance(node, SendNode) and node.action is not None:
+        intent = ActionIntent(
+            node.action,
+            render(node.text, variables, step.env),
+            render(node.subject, variables, step.env) if node.subject is not None else None,
+            node.template,
+        )
+        waiting = _stay(step, variables, done=True)
+        return replace(waiting, wait=Wait(WaitKind.ACTION), action=intent)
     if isinstance(node, SendNode):
         message = OutboundMessage(render(node.text, variables, step.env))
         return replace(_leave_or_wait(step, variables), outbound=message)
@@ -202,6 +214,8 @@ def _buttons(node: AskNode) -> tuple[tuple[str, str], ...]:
 
 def _waiting(step: _Step, reply: Reply | None) -> Transition:
     node = step.node
+    if isinstance(node, SendNode) and node.action is not None:
+        return _awaiting_action(step, reply)
     if reply is not None:
         if isinstance(node, AskNode):
             return _answer(step, node, reply)
@@ -290,6 +304,34 @@ def _move(
 
 def _to(step: _Step, target: str, variables: dict[str, Any]) -> Transition:
     return Transition(target, variables, 0, None, Status.RUNNING, entered=True)
+
+
+def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
+    """A queued outreach action: its outcome moves the conversation on (``failed``: the error
+    path). A reply meanwhile interrupts at once (the dispatcher's freshness check then skips
+    the action), or is read while the conversation keeps waiting for the outcome."""
+    result = step.snapshot.task_result
+    variables = dict(step.snapshot.variables)
+    if result is None:
+        if reply is not None:
+            return _interrupted(step, reply, step.campaign.on_reply) or _noted_action(step, reply)
+        return replace(_stay(step, variables, done=True), wait=Wait(WaitKind.ACTION))
+    if result.get("outcome") == ACTION_FAILED:
+        failed = plan_failure(step.campaign, step.snapshot, str(result.get("reason")))
+        return replace(failed, error=f"{step.snapshot.current_node}: {result.get('reason')}")
+    if result.get("outcome") == ACTION_SKIPPED and result.get("replied"):
+        jump = step.campaign.on_reply
+        for edge in step.campaign.edges_from(step.snapshot.current_node):
+            if edge.waits_for_reply:
+                return _move(step, edge, variables, replied=True)
+        if jump is not None and jump != step.snapshot.current_node:
+            return _to(step, jump, variables)
+    return _leave_or_wait(step, variables)
+
+
+def _noted_action(step: _Step, reply: Reply) -> Transition:
+    waiting = _stay(step, dict(step.snapshot.variables), done=True)
+    return replace(waiting, wait=Wait(WaitKind.ACTION), consumed_message_id=reply.message_id)
 
 
 # --- messages ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.campaign.registry import CampaignCache
-from parley.channels.base import Channel
+from parley.channels.base import Channel, OutreachChannel
 from parley.clock import Clock, SystemClock
 from parley.db import Database
 from parley.errors import NotFound
@@ -40,6 +40,8 @@ class Runtime:
     # How long a step keeps retrying what a provider calls temporary (429, 5xx, timeouts).
     send_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(budget_seconds=300))
     clock: Clock = field(default_factory=SystemClock)  # timers; leases stay on real time
+    # The providers identities' dispatchers perform outreach actions with, by channel name.
+    outreach: Mapping[str, OutreachChannel] = field(default_factory=dict)
     # Set when the worker shuts down: hot waits end early so their runs suspend (and cost
     # nothing) instead of dying with the process, and the dispatcher ends at its next tick.
     stopping: bool = False
@@ -47,6 +49,12 @@ class Runtime:
     @property
     def signal(self) -> InboxSignal:
         return self.inbox_signal or PollingSignal(self.poll_seconds)
+
+    def outreach_channel(self, name: str) -> OutreachChannel:
+        try:
+            return self.outreach[name]
+        except KeyError:
+            raise NotFound(f"no outreach provider for channel {name!r} in this process") from None
 
     def channel(self, name: str) -> Channel:
         try:
@@ -57,4 +65,8 @@ class Runtime:
     async def aclose(self) -> None:
         for channel in self.channels.values():
             await channel.aclose()
+        senders = {id(channel) for channel in self.channels.values()}
+        for provider in self.outreach.values():
+            if id(provider) not in senders:  # one object may be both (email, LinkedIn)
+                await provider.aclose()
         await self.db.dispose()

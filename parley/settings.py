@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     whatsapp_verify_token: SecretStr = SecretStr("parley-demo-verify-token")
     whatsapp_timeout_seconds: float = 10.0
 
+    linkedin_gateway_url: str | None = Field(
+        default=None,
+        description="The LinkedIn gateway (see README: the gateway contract); unset: no "
+        "LinkedIn actions in this process.",
+    )
+    linkedin_api_key: SecretStr = SecretStr("")
+    linkedin_webhook_secret: SecretStr = SecretStr("")
+
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8000
     webhook_max_body_bytes: int = Field(

@@ -162,6 +162,21 @@ class HttpCall:
 
 
 @dataclass(frozen=True)
+class ActionIntent:
+    """An outreach action a send node queues for its identity's dispatcher (rendered now)."""
+
+    type: str
+    text: str
+    subject: str | None = None
+    template: str | None = None
+
+
+ACTION_SENT = "sent"
+ACTION_SKIPPED = "skipped"
+ACTION_FAILED = "failed"
+
+
+@dataclass(frozen=True)
 class Transition:
     """The new state after a step plus the one effect that step performs."""
 
@@ -173,6 +188,7 @@ class Transition:
     consumed_message_id: int | None = None
     outbound: OutboundMessage | None = None
     http: HttpCall | None = None
+    action: ActionIntent | None = None  # queued with the state change; the run waits for it
     error: str | None = None  # why the conversation failed, or why it took an error edge
     entered: bool = False  # it moved to ``current_node``: a new visit, timers count from now
     node_done: bool = False

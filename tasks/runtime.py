@@ -16,7 +16,7 @@ from functools import partial
 
 from parley import handshake
 from parley.campaign.registry import CampaignCache
-from parley.channels.catalog import build_channels
+from parley.channels.catalog import build_channels, build_outreach
 from parley.clock import clock_from
 from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
@@ -78,6 +78,7 @@ async def get_runtime() -> Runtime:
             _runtime = Runtime(
                 db=Database(url),
                 channels=build_channels(settings),
+                outreach=build_outreach(settings),
                 post_json=partial(post_json),
                 campaigns=CampaignCache(),
                 lease_seconds=settings.lease_seconds,

@@ -111,6 +111,8 @@ class _UnsetPaths:
         start = self.graph.draft.start
         if start is None or node_id not in self._reachable:
             return None  # unreachable nodes and unknown starts are reported on their own
+        if name in self.graph.draft.inputs:
+            return None  # given when the conversation starts (the campaign's ``inputs``)
 
         def successors(current: str) -> Iterator[str]:
             for arc in self.graph.out(current):

@@ -61,6 +61,8 @@ class Draft:
     choices: tuple[RawChoices, ...] = ()
     raw_nodes: tuple[RawNode, ...] = ()
     on_reply: str | None = None
+    inputs: frozenset[str] = frozenset()
+    """Variables every conversation starts with (the campaign's ``inputs``: a lead's fields)."""
     texts: tuple[tuple[str, str], ...] = ()
     """Campaign-level templates (``error_text``, ``inactivity_timeout.text``) by field name."""
 

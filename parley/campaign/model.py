@@ -25,7 +25,7 @@ from parley.campaign.conditions import (
     TimePassedCondition,
 )
 from parley.campaign.durations import Duration, parse_zone
-from parley.campaign.names import EnvName, NodeId, Slug
+from parley.campaign.names import EnvName, NodeId, Slug, VariableName
 from parley.campaign.nodes import (
     DEFAULT_RETRY,
     AskNode,
@@ -158,6 +158,9 @@ class Campaign(_Strict):
     error_text: str | None = None
     timezone: str = DEFAULT_TIMEZONE
     on_reply: NodeId | None = None
+    # Variables a conversation starts with: an outreach lead's fields (``first_name``,
+    # ``company``), given when it is started (``parley conversations start --var``).
+    inputs: list[VariableName] = Field(default_factory=list)
     inactivity_timeout: InactivityTimeout | None = None
     start: str
     nodes: list[Node]
@@ -312,10 +315,13 @@ class Campaign(_Strict):
 
 def sleeps_on_timer(node: Node, edges: list[Edge]) -> bool:
     """Whether a conversation may sleep at ``node`` waiting for the clock alone: a wait, a delay,
-    or a ``time_passed`` edge on a node that does not wait for a reply or a person anyway. A
-    wait_for_reply never does: any message is the reply it waits for, even during its delay."""
+    or a ``time_passed`` edge on a node that does not wait for a reply or a person anyway — or
+    for its identity's dispatcher (an outreach action, which may wait days for working hours).
+    A wait_for_reply never does: any message is the reply it waits for, even during its delay."""
     if isinstance(node, WaitForReplyNode):
         return False
+    if isinstance(node, SendNode) and node.action is not None:
+        return True
     if isinstance(node, WaitNode) or node.delay:
         return True
     if isinstance(node, AskNode | TaskNode):

@@ -49,6 +49,15 @@ DEFAULT_RETRY: Final = "Sorry, I didn't get that. Please try again."
 DEFAULT_REPLY_TIMEOUT: Final = timedelta(days=14)
 
 Validation = Literal["text", "email", "choices"]
+OutreachActionType = Literal[
+    "email",
+    "linkedin_message",
+    "linkedin_connection",
+    "linkedin_inmail",
+    "linkedin_profile_visit",
+    "whatsapp_template",
+]
+"""The action types an identity's dispatcher performs (``parley.limits.ActionType``)."""
 FieldKind = Literal["text", "number", "datetime", "bool"]
 Weekday = Annotated[str, BeforeValidator(parse_weekday)]
 ClockTime = Annotated[dt.time, BeforeValidator(parse_clock)]
@@ -96,11 +105,32 @@ class _NodeBase(_Strict):
 
 
 class SendNode(_NodeBase):
+    """Sends ``text``. With ``action`` (an outreach action type: ``email``, ``linkedin_message``,
+    ``linkedin_connection``, ``linkedin_inmail``, ``linkedin_profile_visit``,
+    ``whatsapp_template``) it is not sent by the conversation itself: it is queued for the
+    sender identity's dispatcher, which performs it within the identity's working hours and
+    limits, and the conversation waits for the outcome (``when: error`` if it failed for good)."""
+
     type: Literal["send"] = "send"
-    text: str
+    text: str = ""
+    action: OutreachActionType | None = None
+    subject: str | None = None  # an email's subject
+    template: str | None = None  # a WhatsApp template's name; ``text`` fills its one parameter
+
+    @model_validator(mode="after")
+    def _text_unless_a_visit(self) -> SendNode:
+        if not self.text and self.action != "linkedin_profile_visit":
+            raise ValueError("a send node needs 'text' (only a linkedin_profile_visit has none)")
+        if self.action == "whatsapp_template" and not self.template:
+            raise ValueError("a whatsapp_template action needs 'template' (its approved name)")
+        return self
 
     def templates(self) -> dict[str, str]:
-        return {"text": self.text}
+        texts = {"text": self.text}
+        return texts if self.subject is None else {**texts, "subject": self.subject}
+
+    def contact_templates(self) -> dict[str, str]:
+        return {} if self.action is not None else self.templates()
 
 
 class Choice(_Strict):

@@ -106,11 +106,14 @@ def _draft(
     raws = tuple(_raw_nodes(raw_nodes))
     start = _string_at(document, "start")
     env = document.get("env")
+    inputs = frozenset(
+        str(name) for name in (document.get("inputs") or []) if isinstance(name, str)
+    )
     return Draft(
         start,
         node_ids,
         links,
-        frozenset(name for raw in raw_nodes for name in _assigned_by(raw)),
+        frozenset(name for raw in raw_nodes for name in _assigned_by(raw)) | inputs,
         nodes,
         edges,
         channel=_string_at(document, "channel") or "whatsapp",
@@ -118,6 +121,7 @@ def _draft(
         choices=tuple(_raw_choices(raw_nodes)),
         raw_nodes=raws,
         on_reply=_string_at(document, "on_reply"),
+        inputs=inputs,
         texts=tuple(_campaign_texts(document)),
     )
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from parley.channels.base import Capabilities, Channel
+from parley.channels.base import Capabilities, Channel, OutreachChannel
+from parley.channels.email import client as email_client
+from parley.channels.email.channel import EmailChannel
+from parley.channels.linkedin import client as linkedin_client
+from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.whatsapp import client as whatsapp_client
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.errors import NotFound
@@ -14,6 +18,8 @@ from parley.settings import Settings
 
 CAPABILITIES: Final[Mapping[str, Capabilities]] = {
     "whatsapp": whatsapp_client.CAPABILITIES,
+    "email": email_client.CAPABILITIES,
+    "linkedin": linkedin_client.CAPABILITIES,
 }
 CHANNEL_NAMES: Final = frozenset(CAPABILITIES)
 
@@ -40,3 +46,14 @@ def whatsapp_config(settings: Settings) -> WhatsAppConfig:
 def build_channels(settings: Settings) -> dict[str, Channel]:
     """One channel object per provider; senders create their HTTP clients on first use."""
     return {"whatsapp": WhatsAppChannel(whatsapp_config(settings))}
+
+
+def build_outreach(settings: Settings) -> dict[str, OutreachChannel]:
+    """The providers identities' dispatchers perform actions with: email over each mailbox's
+    own SMTP server, LinkedIn through the gateway its seat (or these settings) names."""
+    config = LinkedInConfig(  # defaults; a seat's own settings (gateway_url, api_key) win
+        gateway_url=settings.linkedin_gateway_url,
+        api_key=settings.linkedin_api_key.get_secret_value() or None,
+        webhook_secret=settings.linkedin_webhook_secret.get_secret_value(),
+    )
+    return {"email": EmailChannel(), "linkedin": LinkedInChannel(config)}

@@ -692,6 +692,103 @@ async def drop_unsent(session: AsyncSession, conversation_id: int, reason: str) 
     return _rowcount(result)
 
 
+# --- outreach actions: the per-identity queue ------------------------------------------------
+
+
+async def enqueue_action(session: AsyncSession, values: dict[str, Any]) -> Action:
+    """Insert once per idempotency key; enqueuing the same key again returns the first."""
+    await _insert_ignoring_conflict(session, Action, values, ("idempotency_key",))
+    stmt = select(Action).where(Action.idempotency_key == values["idempotency_key"])
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def last_inbound_id(session: AsyncSession, conversation_id: int) -> int | None:
+    stmt = select(func.max(Message.id)).where(
+        Message.conversation_id == conversation_id, Message.direction == Direction.IN
+    )
+    value = await session.scalar(stmt)
+    return None if value is None else int(value)
+
+
+def _ready(now: datetime) -> Any:
+    return (Action.status == "queued") & (Action.queue == "ready") & (Action.not_before <= now)
+
+
+async def identities_with_due_actions(
+    session: AsyncSession, now: datetime, limit: int
+) -> list[int]:
+    stmt = (
+        select(Action.identity_id)
+        .where(_ready(now))
+        .group_by(Action.identity_id)
+        .order_by(func.min(Action.not_before))
+        .limit(limit)
+    )
+    return [int(identity_id) for identity_id in (await session.execute(stmt)).scalars()]
+
+
+async def claim_action(session: AsyncSession, identity_id: int, now: datetime) -> Action | None:
+    """The identity's next due action, locked — ``SKIP LOCKED``, so two dispatcher runs (or
+    hosts) never take the same one; on SQLite the write lock makes a single taker anyway."""
+    stmt = (
+        select(Action)
+        .where(Action.identity_id == identity_id, _ready(now))
+        .order_by(Action.not_before, Action.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def stale_running_actions(session: AsyncSession, claimed_before: datetime) -> list[Action]:
+    """Actions claimed by a dispatcher that died before recording their outcome."""
+    stmt = (
+        select(Action)
+        .where(Action.status == "running", Action.claimed_at < claimed_before)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def lock_action(session: AsyncSession, action_id: int) -> Action:
+    stmt = (
+        select(Action)
+        .where(Action.id == action_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"action {action_id} does not exist")
+    return row
+
+
+async def park_actions(
+    session: AsyncSession, identity_id: int, channel: str, queue: str, now: datetime
+) -> int:
+    """Every queued action of the identity on ``channel`` waits in ``queue`` (parked)."""
+    stmt = (
+        update(Action)
+        .where(Action.identity_id == identity_id, Action.channel == channel)
+        .where(Action.status == "queued", Action.queue == "ready")
+        .values(queue=queue, updated_at=now)
+    )
+    return _rowcount(await session.execute(stmt))
+
+
+async def inbound_after(session: AsyncSession, conversation_id: int, after_id: int | None) -> bool:
+    condition = (Message.conversation_id == conversation_id) & (Message.direction == Direction.IN)
+    if after_id is not None:
+        condition = condition & (Message.id > after_id)
+    return bool(await session.scalar(select(exists().where(condition))))
+
+
+async def actions_of_conversation(session: AsyncSession, conversation_id: int) -> list[Action]:
+    stmt = select(Action).where(Action.conversation_id == conversation_id).order_by(Action.id)
+    return list((await session.execute(stmt)).scalars())
+
+
 # --- funnel and migration ---------------------------------------------------------------------
 # What operators read about a campaign version as a whole (the funnel), the rows a migration
 # moves, and the tail of a transcript (the Prefect artifact shows the last messages only).

@@ -1,0 +1,100 @@
+"""The per-identity action queue: enqueue with idempotency, park and unpark by channel.
+
+An outreach ``send`` node never calls a provider itself: its step enqueues an action **in the
+same transaction** as the conversation's state change (the row then waits with
+``Wait(action)``), and the identity's dispatcher performs it when working hours and limits
+allow (``parley.outreach``). The payload holds what the provider needs — the rendered text,
+the recipient — and pointers back (conversation, node, step), never the transcript.
+
+Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the session expired),
+``email-{mailbox}`` (a disconnected mailbox), ``credits`` (InMail credits ran out). Parked
+actions keep their place (``not_before``, id) and go back in that order on reconnect.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.db import queries
+from parley.db.models import Action, Contact, Conversation, Identity, utcnow
+from parley.errors import ChannelError, CreditsExhausted
+from parley.limits import CHANNEL_OF, ActionType
+from parley.state_machine import ActionIntent, step_ref
+
+READY: Final = "ready"
+CREDITS: Final = "credits"
+
+
+def recipient(contact: Contact, channel: str) -> str | None:
+    """Where an action on ``channel`` goes for this contact: the contact's own address when it
+    is on that channel, else its field of that name (``fields: {email: ..., linkedin: ...}``)."""
+    if contact.channel == channel:
+        return contact.address
+    value = contact.fields.get(channel)
+    return value if isinstance(value, str) and value else None
+
+
+async def enqueue(
+    session: AsyncSession,
+    row: Conversation,
+    contact: Contact,
+    intent: ActionIntent,
+    step: int,
+    now: datetime,
+) -> Action:
+    """Queue the node's action for the conversation's identity; a replayed step finds the one
+    it queued before (same idempotency key: the step's reference)."""
+    channel = CHANNEL_OF[_action_type(intent.type)]
+    payload = {
+        "to": recipient(contact, channel),
+        "text": intent.text,
+        "subject": intent.subject,
+        "template": intent.template,
+        "node": row.current_node,
+        "step": step,
+    }
+    return await queries.enqueue_action(
+        session,
+        {
+            "identity_id": row.identity_id,
+            "conversation_id": row.id,
+            "channel": channel,
+            "type": intent.type,
+            "payload": payload,
+            "queue": READY,
+            "not_before": now,
+            "idempotency_key": step_ref(row.id, step),
+            "seen_inbound_id": await queries.last_inbound_id(session, row.id),
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        },
+    )
+
+
+def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:
+    """The queue a channel's actions wait in while the identity cannot use it."""
+    if isinstance(error, CreditsExhausted):
+        return CREDITS
+    if channel == "email":
+        nested = identity.settings.get("email")
+        mailbox = nested.get("address") if isinstance(nested, dict) else None
+        return f"email-{mailbox or identity.address}"
+    return channel
+
+
+async def park(
+    session: AsyncSession, identity: Identity, channel: str, queue: str, reason: str, now: datetime
+) -> int:
+    """Park every queued action of the identity on ``channel``: other channels keep flowing."""
+    moved = await queries.park_actions(session, identity.id, channel, queue, now)
+    identity.parked = {**identity.parked, queue: {"reason": reason, "since": now.isoformat()}}
+    return moved
+
+
+def _action_type(value: str) -> ActionType:
+    if value not in CHANNEL_OF:
+        raise ValueError(f"unknown action type {value!r}")
+    return value  # type: ignore[return-value]

@@ -1,0 +1,300 @@
+"""One identity's next outreach action, from the queue to its recorded outcome.
+
+The dispatcher calls ``perform_next`` for an identity while holding that identity's global
+concurrency slot (one action of an identity at a time). In order:
+
+1. **claim** the identity's next due action (``SKIP LOCKED``: two dispatchers never take it);
+2. **decide** ``PROCEED`` or ``WAIT(reason, until)``: working hours, then daily, weekly and
+   rolling caps, spacing with jitter, provider blocks (``parley.limits.decide`` over what the
+   identity actually sent); a wait puts the action back with ``not_before = until``;
+3. the **freshness check**, under the conversation's row lock (the one the webhook stores
+   messages under): the conversation is still active and at the node that queued the action,
+   and the contact wrote nothing since; otherwise the action is skipped and the conversation
+   told why (a reply interrupts the sequence);
+4. the provider call, and a recovery for each kind of error, recorded on the action: identity
+   expired → park the channel; rate limited → wait for retry-after; transient → a few retries
+   with backoff, then failed; undeliverable → failed and the conversation completed with the
+   reason; anything else permanent → failed (the node's error path).
+
+Each outcome (sent, skipped, failed) is handed to the waiting conversation (``task_result`` of
+its send node, ``wake_requested_at``), and the dispatcher resumes its run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from parley import actions, identities
+from parley.channels.base import OutreachAction, SenderIdentity
+from parley.db import queries
+from parley.db.models import Action, Identity, utcnow
+from parley.errors import (
+    ChannelError,
+    CreditsExhausted,
+    IdentityExpired,
+    ParleyError,
+    RateLimited,
+    TransientChannelError,
+    Undeliverable,
+)
+from parley.limits import Performed, Proceed, decide, learn_retry_after
+from parley.runtime import Runtime
+from parley.state_machine import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    TERMINAL,
+    Status,
+    WaitKind,
+)
+
+log = logging.getLogger(__name__)
+
+Done = Literal["idle", "waiting", "sent", "skipped", "failed", "parked", "retrying"]
+MAX_ATTEMPTS = 4
+RETRY_BACKOFF = timedelta(seconds=30)
+HISTORY = timedelta(days=8)  # enough for weekly caps and rolling windows
+RATE_LIMITED_FALLBACK = timedelta(hours=4)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    action_id: int
+    identity_id: int
+    type: str
+    channel: str
+    payload: dict[str, Any]
+    attempts: int
+    conversation_id: int | None
+    seen_inbound_id: int | None
+    sender: SenderIdentity
+    idempotency_key: str
+
+
+async def perform_next(rt: Runtime, identity_id: int, rng: random.Random | None = None) -> Done:
+    """Take the identity's next due action as far as it can go now."""
+    claimed = await _claim_and_decide(rt, identity_id, rng or random.Random())
+    if isinstance(claimed, str):
+        return claimed  # type: ignore[return-value]
+    stale = await _freshness(rt, claimed)
+    if stale is not None:
+        reason, replied = stale
+        await _finish(rt, claimed, ACTION_SKIPPED, reason, replied=replied)
+        return "skipped"
+    return await _perform(rt, claimed)
+
+
+async def _claim_and_decide(rt: Runtime, identity_id: int, rng: random.Random) -> _Claimed | str:
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        identity = await queries.lock_identity(session, identity_id)
+        action = await queries.claim_action(session, identity_id, now)
+        if action is None:
+            return "idle"
+        decision = await _decision(session, identity, action, now, rng)
+        if not isinstance(decision, Proceed):
+            action.not_before = decision.until
+            action.reason = decision.explain()
+            action.updated_at = utcnow()
+            identity.flagged = decision.explain() if decision.capped else None
+            return "waiting"
+        action.status, action.claimed_at = "running", utcnow()
+        action.attempts += 1
+        return _Claimed(
+            action.id,
+            identity.id,
+            action.type,
+            action.channel,
+            dict(action.payload),
+            action.attempts,
+            action.conversation_id,
+            action.seen_inbound_id,
+            sender_for(identity, action.channel),
+            action.idempotency_key,
+        )
+
+
+async def _decision(
+    session: Any, identity: Identity, action: Action, now: datetime, rng: random.Random
+) -> Any:
+    policy = identities.policy_of(identity)
+    sent = await queries.sent_history(session, identity.id, now - HISTORY)
+    history = [Performed(kind, at) for kind, at in sent]  # type: ignore[arg-type]
+    return decide(
+        policy.limits,
+        policy.working_hours,
+        history,
+        action.type,  # type: ignore[arg-type]
+        now,
+        rng,
+        blocked_until=identities.blocked_of(identity),
+    )
+
+
+def sender_for(identity: Identity, channel: str) -> SenderIdentity:
+    """The account an action on ``channel`` goes out from. An identity is a person's seat on
+    its own channel; its other channels' accounts (a LinkedIn seat's mailbox for the email
+    fallback) are under ``settings[channel]`` with their own ``address``."""
+    if identity.channel == channel:
+        own = {k: v for k, v in identity.settings.items() if not isinstance(v, dict)}
+        return SenderIdentity(channel, identity.address, own)
+    nested = identity.settings.get(channel)
+    if isinstance(nested, dict) and nested.get("address"):
+        return SenderIdentity(channel, str(nested["address"]), dict(nested))
+    return SenderIdentity(channel, identity.address, {})
+
+
+async def _freshness(rt: Runtime, claimed: _Claimed) -> tuple[str, bool] | None:
+    """Why the action must not go out any more (and whether it is because the contact wrote),
+    or None. Read under the conversation's row lock, right before the provider call."""
+    if claimed.conversation_id is None:
+        return None
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, claimed.conversation_id)
+        if row.status in TERMINAL:
+            return f"the conversation is {row.status.value}", False
+        if row.status is Status.PAUSED:
+            return "the conversation is paused", False
+        if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
+            return "the contact wrote after it was queued", True
+        if row.current_node != claimed.payload.get("node") or row.waiting_for != WaitKind.ACTION:
+            return "the conversation moved on", False
+    return None
+
+
+async def _perform(rt: Runtime, claimed: _Claimed) -> Done:
+    to = claimed.payload.get("to")
+    if not to:
+        reason = f"the contact has no {claimed.channel} address"
+        await _finish(rt, claimed, ACTION_FAILED, reason)
+        return "failed"
+    request = OutreachAction(
+        type=claimed.type,
+        to=str(to),
+        client_ref=claimed.idempotency_key,
+        text=claimed.payload.get("text") or None,
+        subject=claimed.payload.get("subject"),
+        template=claimed.payload.get("template"),
+    )
+    try:
+        result = await rt.outreach_channel(claimed.channel).perform(request, claimed.sender)
+    except ChannelError as exc:
+        return await _recover(rt, claimed, exc)
+    except ParleyError as exc:  # no such channel in this process: a configuration problem
+        await _finish(rt, claimed, ACTION_FAILED, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    await _finish(rt, claimed, ACTION_SENT, None, provider_id=result.provider_id)
+    return "sent"
+
+
+async def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> Done:
+    """The error taxonomy: each kind has its own recovery, recorded on the action."""
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, IdentityExpired | CreditsExhausted):
+        await _park(rt, claimed, exc, what)
+        return "parked"
+    if isinstance(exc, RateLimited):
+        await _rate_limited(rt, claimed, exc, what)
+        return "retrying"
+    if isinstance(exc, TransientChannelError) and claimed.attempts < MAX_ATTEMPTS:
+        await _requeue(rt, claimed, rt.clock.now() + RETRY_BACKOFF * 2 ** (claimed.attempts - 1))
+        log.warning("action %s: %s; retrying", claimed.action_id, what)
+        return "retrying"
+    if isinstance(exc, Undeliverable):
+        await _finish(rt, claimed, ACTION_FAILED, what, complete=True)
+        return "failed"
+    await _finish(rt, claimed, ACTION_FAILED, what)
+    return "failed"
+
+
+async def _park(rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str) -> None:
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        identity = await queries.lock_identity(session, claimed.identity_id)
+        action = await queries.lock_action(session, claimed.action_id)
+        queue = actions.parked_queue(identity, claimed.channel, exc)
+        action.status, action.reason, action.updated_at = "queued", what, utcnow()
+        action.attempts = max(0, action.attempts - 1)  # not its fault: the try does not count
+        await session.flush()
+        moved = await actions.park(session, identity, claimed.channel, queue, what, now)
+        action.queue = queue
+    log.warning(
+        "identity %s: %s; %d %s actions parked in %r",
+        claimed.identity_id,
+        what,
+        moved + 1,
+        claimed.channel,
+        queue,
+    )
+
+
+async def _rate_limited(rt: Runtime, claimed: _Claimed, exc: RateLimited, what: str) -> None:
+    now = rt.clock.now()
+    retry_after = exc.retry_after if exc.retry_after is not None else None
+    async with rt.db.transaction() as session:
+        action = await queries.lock_action(session, claimed.action_id)
+        identity = await queries.lock_identity(session, action.identity_id)
+        blocked = identities.blocked_of(identity)
+        fallback = RATE_LIMITED_FALLBACK.total_seconds()
+        updated = learn_retry_after(
+            blocked,
+            claimed.type,  # type: ignore[arg-type]
+            now,
+            retry_after if retry_after is not None else fallback,
+        )
+        identity.blocked_until = {f"{c}/{t}": at.isoformat() for (c, t), at in updated.items()}
+        until = updated[(claimed.channel, claimed.type)]  # type: ignore[index]
+        action.status, action.not_before = "queued", until
+        action.reason, action.updated_at = what, utcnow()
+        action.attempts = max(0, action.attempts - 1)
+
+
+async def _requeue(rt: Runtime, claimed: _Claimed, not_before: datetime) -> None:
+    async with rt.db.transaction() as session:
+        action = await queries.lock_action(session, claimed.action_id)
+        action.status, action.not_before, action.updated_at = "queued", not_before, utcnow()
+
+
+async def _finish(
+    rt: Runtime,
+    claimed: _Claimed,
+    outcome: str,
+    reason: str | None,
+    *,
+    provider_id: str | None = None,
+    replied: bool = False,
+    complete: bool = False,
+) -> None:
+    """Record the outcome and hand it to the conversation waiting at the node that queued it."""
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        action = await queries.lock_action(session, claimed.action_id)
+        action.status, action.outcome, action.reason = "done", outcome, reason
+        action.provider_id = provider_id
+        action.updated_at = utcnow()
+        if outcome == ACTION_SENT:
+            action.performed_at = now
+        if claimed.conversation_id is None:
+            return
+        row = await queries.lock_conversation(session, claimed.conversation_id)
+        if row.status in TERMINAL:
+            return
+        if complete:
+            from parley.executor import end
+
+            await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
+            row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
+            return
+        waiting_here = (
+            row.current_node == claimed.payload.get("node")
+            and row.waiting_for == WaitKind.ACTION
+            and row.task_result is None
+        )
+        if waiting_here:
+            row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
+            row.wake_requested_at = utcnow()
+            queries.touch(row)

@@ -1,0 +1,412 @@
+"""The per-identity dispatcher's scenarios from the Enginy seed, on SQLite and PostgreSQL:
+outreach conversations queue actions, one identity's dispatcher performs them within its
+working hours and limits, against the loopback LinkedIn gateway and SMTP server, on a driven
+clock. (The Prefect half — the per-identity concurrency slot — is in tasks/outreach.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from parley import executor, handshake, inbox, lifecycle, outreach
+from parley.campaign.registry import CampaignCache, install_campaign
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole
+from parley.channels.email.channel import EmailChannel
+from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
+from parley.clock import DrivenClock
+from parley.db import Database, queries
+from parley.db.models import Action, Identity, utcnow
+from parley.http_action import post_json
+from parley.runtime import Runtime
+from parley.state_machine import Cursor, Status, WaitKind
+from parley.testing.linkedin_gateway import FakeLinkedInGateway
+from parley.testing.smtp_server import LoopbackSMTPServer
+
+SEQUENCE = """
+name: li-sequence
+channel: linkedin
+inputs: [first_name]
+on_reply: thank
+start: visit
+nodes:
+  - {id: visit, type: send, action: linkedin_profile_visit}
+  - {id: connect, type: send, action: linkedin_connection, text: "Hi {first_name}, let's connect"}
+  - {id: wait_accept, type: wait_for_reply, timeout: 3d}
+  - {id: message, type: send, action: linkedin_message, text: "Thanks for connecting!"}
+  - {id: mail, type: send, action: email, subject: "Parley", text: "Hello {first_name}"}
+  - {id: thank, type: end}
+  - {id: done, type: end}
+edges:
+  - {from: visit, to: connect}
+  - {from: connect, to: wait_accept}
+  - {from: wait_accept, to: thank, when: replied}
+  - {from: wait_accept, to: message, when: no_reply}
+  - {from: message, to: mail}
+  - {from: mail, to: done}
+"""
+NO_SPACING = {
+    "actions": {
+        kind: {"spacing": "0s"}
+        for kind in ("linkedin_profile_visit", "linkedin_connection", "linkedin_message", "email")
+    }
+}
+FRIDAY_1701 = datetime(2026, 12, 11, 17, 1, tzinfo=UTC)  # a Friday
+TUESDAY_10 = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def gateway() -> Iterator[FakeLinkedInGateway]:
+    fake = FakeLinkedInGateway(require_connection=False)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[LoopbackSMTPServer]:
+    server = LoopbackSMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def clock(tmp_path: Path) -> DrivenClock:
+    driven = DrivenClock(tmp_path / "offset")
+    driven.set_offset(TUESDAY_10 - datetime.now(UTC))
+    return driven
+
+
+@pytest.fixture
+async def rt(db: Database, clock: DrivenClock) -> AsyncIterator[Runtime]:
+    runtime = Runtime(
+        db=db,
+        channels={},
+        post_json=post_json,
+        campaigns=CampaignCache(),
+        lease_seconds=5,
+        clock=clock,
+        outreach={"linkedin": LinkedInChannel(LinkedInConfig()), "email": EmailChannel()},
+    )
+    yield runtime
+    for provider in runtime.outreach.values():
+        await provider.aclose()
+
+
+@pytest.fixture
+async def campaign(db: Database, tmp_path: Path) -> str:
+    path = tmp_path / "sequence.yaml"
+    path.write_text(SEQUENCE)
+    async with db.transaction() as session:
+        return (await install_campaign(session, path)).name
+
+
+async def _identity(
+    db: Database,
+    gateway: FakeLinkedInGateway,
+    *,
+    weekly: dict[str, list[str]] | None = None,
+    limits: dict[str, object] | None = None,
+) -> int:
+    hours = {"weekly": weekly or {d: ["09:00-17:00"] for d in ("mon", "tue", "wed", "thu", "fri")}}
+    limits = NO_SPACING if limits is None else limits
+    async with db.transaction() as session:
+        identity = Identity(
+            channel="linkedin",
+            address="seat-1",
+            timezone="UTC",
+            policy={"working_hours": hours, "limits": limits},
+            settings=dict(gateway.sender().settings),
+        )
+        session.add(identity)
+        await session.flush()
+        return identity.id
+
+
+async def _lead(db: Database, rt: Runtime, campaign: str, identity_id: int, n: int) -> int:
+    change = await lifecycle.start(
+        db,
+        campaign,
+        identity_id,
+        channel="linkedin",
+        address=f"https://linkedin.example/in/lead-{n}",
+        name=f"Lead {n}",
+        fields={"email": f"lead{n}@example.com"},
+        variables={"first_name": f"Lead{n}"},
+    )
+    await executor.begin_run(rt, change.conversation_id, None)
+    return change.conversation_id
+
+
+async def _until_waiting(rt: Runtime, conversation_id: int) -> Cursor:
+    cursor = await executor.current_cursor(rt, conversation_id)
+    for _ in range(30):
+        due = cursor.wait is None or (
+            cursor.wait.until is not None and cursor.wait.until <= rt.clock.now()
+        )
+        if not cursor.active or not due:
+            return cursor
+        cursor = await executor.run_step(rt, conversation_id, cursor.step)
+    raise AssertionError(cursor)
+
+
+async def _look_again(rt: Runtime, conversation_id: int) -> Cursor:
+    """What the resumed run does once the dispatcher handed it the action's outcome."""
+    cursor = await executor.begin_run(rt, conversation_id, None)
+    if cursor.active:
+        cursor = await executor.run_step(rt, conversation_id, cursor.step)
+    return await _until_waiting(rt, conversation_id)
+
+
+async def _actions(db: Database, identity_id: int) -> list[Action]:
+    async with db.read() as session:
+        rows = await session.execute(
+            queries.select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
+        )
+        return list(rows.scalars())
+
+
+def _seeded() -> random.Random:
+    return random.Random(7)
+
+
+async def test_a_send_node_queues_its_action_in_the_step_and_the_run_waits_for_it(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    cursor = await _until_waiting(rt, cid)
+    assert (cursor.node, cursor.wait and cursor.wait.kind) == ("visit", WaitKind.ACTION)
+    [action] = await _actions(db, identity_id)
+    assert (action.type, action.status, action.queue) == (
+        "linkedin_profile_visit",
+        "queued",
+        "ready",
+    )
+    replay = await executor.run_step(rt, cid, cursor.step - 1)  # a replayed step: same action
+    assert replay.step == cursor.step and len(await _actions(db, identity_id)) == 1
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert [a.kind for a in gateway.performed] == ["profile_visit"]
+    cursor = await _look_again(rt, cid)
+    assert cursor.node == "connect"
+
+
+async def test_friday_17_01_waits_for_monday_09_00(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    identity_id = await _identity(db, gateway)
+    clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
+    await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    [action] = await _actions(db, identity_id)
+    monday = datetime(2026, 12, 14, 9, 0, tzinfo=UTC)
+    assert action.not_before == monday
+    assert monday - FRIDAY_1701 == timedelta(hours=63, minutes=59)
+    assert action.reason is not None and "working hours" in action.reason
+    assert gateway.performed == []
+    clock.set_offset(monday - datetime.now(UTC))
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+
+
+async def test_the_51st_connection_request_of_the_day_waits_for_the_next_window(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    limits = {
+        "actions": {
+            "linkedin_connection": {
+                "daily": 50,
+                "weekly": None,
+                "spacing": "0s",
+            },
+            "linkedin_profile_visit": {"spacing": "0s"},
+        }
+    }
+    identity_id = await _identity(db, gateway, limits=limits)
+    now = rt.clock.now()
+    async with db.transaction() as session:
+        for n in range(50):
+            session.add(
+                Action(
+                    identity_id=identity_id,
+                    channel="linkedin",
+                    type="linkedin_connection",
+                    payload={},
+                    not_before=now,
+                    status="done",
+                    outcome="sent",
+                    idempotency_key=f"earlier-{n}",
+                    performed_at=now - timedelta(minutes=n),
+                )
+            )
+    cid = await _lead(db, rt, campaign, identity_id, 51)
+    await _until_waiting(rt, cid)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the visit
+    await _look_again(rt, cid)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    request = (await _actions(db, identity_id))[-1]
+    assert request.type == "linkedin_connection"
+    assert request.not_before == datetime(2026, 12, 9, 9, 0, tzinfo=UTC)  # Wednesday 09:00
+    assert request.reason is not None and "daily" in request.reason
+
+
+async def test_linkedin_disconnects_mid_campaign_its_actions_park_and_email_keeps_flowing(
+    db: Database,
+    rt: Runtime,
+    campaign: str,
+    gateway: FakeLinkedInGateway,
+    smtp: LoopbackSMTPServer,
+) -> None:
+    identity_id = await _identity(db, gateway)
+    leads = [await _lead(db, rt, campaign, identity_id, n) for n in range(10)]
+    for cid in leads:
+        await _until_waiting(rt, cid)
+    async with db.transaction() as session:  # a mailbox of the same identity, queued too
+        identity = await session.get(Identity, identity_id)
+        assert identity is not None
+        mailbox = {"address": "me@example.com", **smtp.smtp_settings()}
+        identity.settings = {**identity.settings, "email": mailbox}
+        session.add(
+            Action(
+                identity_id=identity_id,
+                channel="email",
+                type="email",
+                payload={"to": "lead@example.com", "text": "hi", "subject": "s"},
+                not_before=rt.clock.now() + timedelta(seconds=1),
+                idempotency_key="mail-1",
+            )
+        )
+    gateway.expire_session(gateway.sender().address)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "parked"
+    actions = await _actions(db, identity_id)
+    assert [a.queue for a in actions if a.channel == "linkedin"] == ["linkedin"] * 10
+    async with db.read() as session:
+        identity = await session.get(Identity, identity_id)
+        assert identity is not None and "linkedin" in identity.parked
+    await asyncio.sleep(1.1)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the email
+    assert smtp.wait_for_messages(1, 5)
+    gateway.renew_session(gateway.sender().address)
+    async with db.transaction() as session:
+        moved = await queries.unpark_queue(session, identity_id, "linkedin", rt.clock.now())
+    assert moved == 10
+    for _ in range(10):
+        assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    linkedin = [a for a in await _actions(db, identity_id) if a.channel == "linkedin"]
+    assert [a.outcome for a in linkedin] == ["sent"] * 10
+    assert [a.id for a in sorted(linkedin, key=lambda a: a.performed_at or utcnow())] == [
+        a.id for a in linkedin
+    ]
+
+
+async def test_a_reply_after_the_enqueue_and_before_the_send_means_it_is_not_sent(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    await _suspend(rt, cid)
+    await inbox.store_batch(db, _reply(cid, "https://linkedin.example/in/lead-1"), campaign)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "skipped"
+    assert gateway.performed == []
+    [action] = await _actions(db, identity_id)
+    assert (action.outcome, action.reason) == ("skipped", "the contact wrote after it was queued")
+    cursor = await _look_again(rt, cid)
+    assert cursor.status is Status.COMPLETED and cursor.node == "thank"  # on_reply
+
+
+async def _suspend(rt: Runtime, conversation_id: int) -> None:
+    cursor = await executor.current_cursor(rt, conversation_id)
+    assert (await handshake.prepare_suspend(rt, conversation_id, cursor.step)).suspend
+
+
+def _reply(conversation_id: int, profile: str) -> InboundBatch:
+    return InboundBatch(
+        messages=[
+            InboundMessage(
+                channel="linkedin",
+                provider_message_id=f"li-msg-{conversation_id}",
+                identity_address="seat-1",
+                contact_address=profile,
+                contact_name=None,
+                type="text",
+                role=InboundRole.ANSWER,
+                text="sure, tell me more",
+                reply_id=None,
+                context_message_id=None,
+                timestamp=utcnow(),
+                raw={},
+            )
+        ],
+        statuses=[],
+        ignored=[],
+    )
+
+
+async def test_a_429_storm_waits_for_retry_after_and_then_sends_once(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    identity_id = await _identity(db, gateway)
+    await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
+    gateway.fail_next("rate_limited", 429, count=3, retry_after=120)
+    for _ in range(3):
+        assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
+        [action] = await _actions(db, identity_id)
+        assert action.reason is not None and "RateLimited" in action.reason
+        assert await outreach.perform_next(rt, identity_id, _seeded()) in ("idle", "waiting")
+        clock.advance(timedelta(seconds=121))
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert len(gateway.performed) == 1
+
+
+async def test_an_undeliverable_lead_completes_the_conversation_with_the_reason(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    gateway.mark_unavailable("https://linkedin.example/in/lead-1")
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "failed"
+    async with db.read() as session:
+        row = await queries.get_conversation(session, cid)
+    assert row.status is Status.COMPLETED and row.last_error
+
+
+async def test_two_dispatchers_racing_for_one_identity_never_double_send(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    leads = [await _lead(db, rt, campaign, identity_id, n) for n in range(6)]
+    for cid in leads:
+        await _until_waiting(rt, cid)
+
+    async def dispatcher() -> list[str]:
+        done = []
+        while (outcome := await outreach.perform_next(rt, identity_id, _seeded())) != "idle":
+            done.append(outcome)
+        return done
+
+    first, second = await asyncio.gather(dispatcher(), dispatcher())
+    assert sorted(first + second) == ["sent"] * 6
+    assert len(gateway.performed) == 6
+    assert len({a.payload["to"] for a in await _actions(db, identity_id)}) == 6
+
+
+async def test_a_dispatcher_killed_mid_action_retries_with_the_same_key_and_sends_once(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    from tasks.outreach import recover_abandoned_actions
+
+    identity_id = await _identity(db, gateway)
+    await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
+    [action] = await _actions(db, identity_id)
+    async with db.transaction() as session:  # claimed, then the process died mid-call
+        row = await queries.lock_action(session, action.id)
+        row.status, row.claimed_at = "running", utcnow() - timedelta(minutes=10)
+    assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 1
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert len(gateway.performed) == 1
