@@ -386,9 +386,11 @@ def _interrupted(step: _Step, reply: Reply, jump: str | None = None) -> Transiti
 
 def _noted(step: _Step, reply: Reply, *, done: bool) -> Transition:
     """A message nothing at this node listens to (a person is on the task, no ``on_reply``):
-    it is in the transcript, read, and the conversation keeps waiting as it was."""
-    waiting = _stay(step, dict(step.snapshot.variables), done=done)
-    return replace(waiting, consumed_message_id=reply.message_id)
+    it is in the transcript, read, and the conversation goes on as it would have without it —
+    leaving if its wait is over or its task done, else waiting as it was."""
+    variables = dict(step.snapshot.variables)
+    moved = _leave_or_wait(step, variables) if done else _stay(step, variables, done=False)
+    return replace(moved, consumed_message_id=reply.message_id)
 
 
 def _skip_follow_up(step: _Step) -> Transition:

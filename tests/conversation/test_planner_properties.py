@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,8 +246,6 @@ class Run:
         """A conversation that goes to sleep (nothing unread) can be woken: by the dispatcher
         at ``wait.until``, by a message that moves it on, or by a person completing its task."""
         assert t.wait is not None
-        if _noted_and_parked(t):
-            return  # PARKED: the known bug, pinned down by the xfail tests at the end
         node = self.campaign.node(t.current_node)
         if t.wait.kind is WaitKind.OPERATOR:
             assert isinstance(node, TaskNode) and t.node_done and t.task_result is None, t
@@ -281,19 +278,6 @@ class Run:
             self.maybe_receive(chance=1)
         else:
             self.now += self.data.draw(GAP)
-
-
-PARKED = (
-    "planner bug: a message nothing at the node listens to (_noted) is read, and the "
-    "conversation stays waiting although its wait is over or its task done: Wait(timer, None) "
-    "or Wait(operator) with the result already in, which nothing ever wakes"
-)
-
-
-def _noted_and_parked(t: Transition) -> bool:
-    """The step read a message and stayed where it was: where PARKED shows. Delete this (and
-    its use) once the planner is fixed and the xfail tests below pass."""
-    return t.consumed_message_id is not None and not t.entered
 
 
 PROPERTY = settings(
@@ -364,7 +348,6 @@ edges:
 )
 
 
-@pytest.mark.xfail(strict=True, reason=PARKED)
 def test_a_message_read_after_a_wait_ran_out_does_not_put_the_conversation_to_sleep() -> None:
     """The dispatcher resumes the run at 09:00:30; the contact wrote at 09:00:10 (or the
     message and the timer come in together). Nothing at the wait listens to messages, so the
@@ -385,7 +368,6 @@ def test_a_message_read_after_a_wait_ran_out_does_not_put_the_conversation_to_sl
     assert (t.current_node, t.wait) == ("bye", None), t
 
 
-@pytest.mark.xfail(strict=True, reason=PARKED)
 def test_a_message_read_after_the_task_was_completed_does_not_put_the_conversation_to_sleep() -> (
     None
 ):
