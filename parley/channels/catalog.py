@@ -56,4 +56,5 @@ def build_outreach(settings: Settings) -> dict[str, OutreachChannel]:
         api_key=settings.linkedin_api_key.get_secret_value() or None,
         webhook_secret=settings.linkedin_webhook_secret.get_secret_value(),
     )
-    return {"email": EmailChannel(), "linkedin": LinkedInChannel(config)}
+    whatsapp = WhatsAppChannel(whatsapp_config(settings))
+    return {"email": EmailChannel(), "linkedin": LinkedInChannel(config), "whatsapp": whatsapp}

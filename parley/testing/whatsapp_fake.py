@@ -395,7 +395,20 @@ def _is_reply_button(button: Any) -> bool:
     )
 
 
-_CONTENT_CHECKS: Final = {"text": _text_problem, "interactive": _interactive_problem}
+def _template_problem(template: JSONDict) -> str | None:
+    if not _is_filled_str(template.get("name")):
+        return "Param template['name'] is required"
+    language = template.get("language")
+    if not isinstance(language, dict) or not _is_filled_str(language.get("code")):
+        return "Param template['language']['code'] is required"
+    return None
+
+
+_CONTENT_CHECKS: Final = {
+    "text": _text_problem,
+    "interactive": _interactive_problem,
+    "template": _template_problem,
+}
 
 
 def _is_filled_str(value: object) -> TypeGuard[str]:
@@ -412,6 +425,14 @@ def _failure_reply(failure: _Failure) -> _Reply:
 
 
 def _visible_text(record: JSONDict) -> str | None:
+    template = record.get("template")
+    if isinstance(template, dict):  # what the contact reads: the template and its parameters
+        values = [
+            str(p.get("text"))
+            for c in template.get("components") or []
+            for p in c.get("parameters") or []
+        ]
+        return f"[template {template.get('name')}] {' | '.join(values)}".rstrip()
     for path in (("text", "body"), ("interactive", "body", "text")):
         current: Any = record
         for key in path:

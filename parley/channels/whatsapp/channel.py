@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from parley.channels.base import Capabilities, InboundBatch, OutboundMessage
+from parley.channels.base import (
+    ActionResult,
+    Capabilities,
+    InboundBatch,
+    OutboundMessage,
+    OutreachAction,
+    SenderIdentity,
+)
 from parley.channels.whatsapp.client import CAPABILITIES, WhatsAppClient
 from parley.channels.whatsapp.wire import CHANNEL, SIGNATURE_HEADER, parse_webhook, verify_signature
+from parley.errors import PermanentChannelError
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,24 @@ class WhatsAppChannel:
                 to, message.text, list(message.buttons), client_ref=client_ref
             )
         return await self.client.send_text(to, message.text, client_ref=client_ref)
+
+    action_types: frozenset[str] = frozenset({"whatsapp_template"})
+
+    async def perform(self, action: OutreachAction, sender: SenderIdentity) -> ActionResult:
+        """A template to a lead (an outreach ``whatsapp_template`` action); the node's text, if
+        any, is the template's one body parameter, and ``language`` comes from the sender's
+        settings (default ``en``)."""
+        if action.type != "whatsapp_template" or not action.template:
+            raise PermanentChannelError(f"WhatsApp performs templates only, not {action.type!r}")
+        parameters = action.parameters or ((action.text,) if action.text else ())
+        wamid = await self.client.send_template(
+            action.to,
+            action.template,
+            parameters,
+            language=str(sender.settings.get("language", "en")),
+            client_ref=action.client_ref,
+        )
+        return ActionResult(wamid)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -89,6 +89,28 @@ class WhatsAppClient:
         }
         return await self._send(payload)
 
+    async def send_template(
+        self,
+        to: str,
+        name: str,
+        parameters: tuple[str, ...] = (),
+        *,
+        language: str = "en",
+        client_ref: str | None = None,
+    ) -> str:
+        """A business-initiated message: outside the customer's 24-hour window only an
+        approved template may be sent (anything else fails with 131047). ``parameters`` fill
+        the template body's ``{{1}}``, ``{{2}}``, …; 131056 (too many to one user) is a rate
+        limit like 130429."""
+        payload = _envelope(to, client_ref)
+        template: JSONDict = {"name": name, "language": {"code": language}}
+        if parameters:
+            template["components"] = [
+                {"type": "body", "parameters": [{"type": "text", "text": p} for p in parameters]}
+            ]
+        payload.update({"type": "template", "template": template})
+        return await self._send(payload)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
