@@ -22,13 +22,15 @@ its send node, ``wake_requested_at``), and the dispatcher resumes its run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from uuid import uuid4
 
-from parley import actions, identities
+from parley import actions, identities, lifecycle
 from parley.channels.base import OutreachAction, SenderIdentity
 from parley.db import queries
 from parley.db.models import Action, Identity, utcnow
@@ -36,12 +38,14 @@ from parley.errors import (
     ChannelError,
     CreditsExhausted,
     IdentityExpired,
+    InvalidInput,
     ParleyError,
     RateLimited,
     TransientChannelError,
+    TransitionNotAllowed,
     Undeliverable,
 )
-from parley.limits import Performed, Proceed, decide, learn_retry_after
+from parley.limits import CHANNEL_OF, Performed, Proceed, decide, learn_retry_after
 from parley.runtime import Runtime
 from parley.state_machine import (
     ACTION_FAILED,
@@ -95,7 +99,7 @@ async def _claim_and_decide(rt: Runtime, identity_id: int, rng: random.Random) -
         action = await queries.claim_action(session, identity_id, now)
         if action is None:
             return "idle"
-        decision = await _decision(session, identity, action, now, rng)
+        decision = await _decision(session, identity, action.type, now, rng)
         if not isinstance(decision, Proceed):
             action.not_before = decision.until
             action.reason = decision.explain()
@@ -119,7 +123,7 @@ async def _claim_and_decide(rt: Runtime, identity_id: int, rng: random.Random) -
 
 
 async def _decision(
-    session: Any, identity: Identity, action: Action, now: datetime, rng: random.Random
+    session: Any, identity: Identity, action_type: str, now: datetime, rng: random.Random
 ) -> Any:
     policy = identities.policy_of(identity)
     sent = await queries.sent_history(session, identity.id, now - HISTORY)
@@ -128,7 +132,7 @@ async def _decision(
         policy.limits,
         policy.working_hours,
         history,
-        action.type,  # type: ignore[arg-type]
+        action_type,  # type: ignore[arg-type]
         now,
         rng,
         blocked_until=identities.blocked_of(identity),
@@ -298,3 +302,116 @@ async def _finish(
             row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
             row.wake_requested_at = utcnow()
             queries.touch(row)
+
+
+# --- manual sends -----------------------------------------------------------------------------
+
+MANUAL_TYPES: dict[str, str] = {"linkedin": "linkedin_message", "email": "email"}
+
+
+@dataclass(frozen=True)
+class ManualSend:
+    """What became of an operator's message: sent (the sequence is interrupted: its queued
+    actions are skipped and the conversation paused for the person who took over), or the
+    reason nothing was sent."""
+
+    sent: bool
+    reason: str
+    action_id: int | None = None
+
+
+async def manual_send(
+    rt: Runtime,
+    conversation_id: int,
+    text: str,
+    *,
+    action_type: str | None = None,
+    subject: str | None = None,
+    rng: random.Random | None = None,
+) -> ManualSend:
+    """Send ``text`` to the conversation's contact now, from its identity, through the same
+    decision as the dispatcher's actions: outside working hours, over a cap, while the channel
+    is parked, nothing is sent and the caller gets the reason."""
+    if not text.strip():
+        raise InvalidInput("a manual send needs a text")
+    claimed = await _claim_manual(rt, conversation_id, text, action_type, subject, rng)
+    if isinstance(claimed, ManualSend):
+        return claimed
+    outcome = await _perform(rt, claimed)
+    if outcome != "sent":
+        async with rt.db.read() as session:
+            action = await queries.get_action(session, claimed.action_id)
+        return ManualSend(False, action.reason or outcome, claimed.action_id)
+    await _take_over(rt, conversation_id)
+    return ManualSend(True, "sent; the automated sequence is paused", claimed.action_id)
+
+
+async def _claim_manual(
+    rt: Runtime,
+    conversation_id: int,
+    text: str,
+    action_type: str | None,
+    subject: str | None,
+    rng: random.Random | None,
+) -> _Claimed | ManualSend:
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
+        if row.status in TERMINAL:
+            raise TransitionNotAllowed(f"conversation {row.id} is {row.status.value}")
+        identity = await queries.lock_identity(session, row.identity_id)
+        kind = action_type or MANUAL_TYPES.get(identity.channel)
+        if kind is None or kind not in CHANNEL_OF:
+            raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
+        channel = CHANNEL_OF[kind]  # type: ignore[index]
+        parked = [q for q in identity.parked if q == channel or q.startswith(f"{channel}-")]
+        if parked:
+            return ManualSend(False, f"{channel} is parked: {identity.parked[parked[0]]}")
+        decision = await _decision(session, identity, kind, now, rng or random.Random())
+        if not isinstance(decision, Proceed):
+            return ManualSend(False, decision.explain())
+        contact = await queries.get_contact(session, row.contact_id)
+        action = Action(
+            identity_id=identity.id,
+            conversation_id=row.id,
+            channel=channel,
+            type=kind,
+            payload={
+                "to": actions.recipient(contact, channel),
+                "text": text,
+                "subject": subject,
+                "manual": True,
+            },
+            queue=actions.READY,
+            not_before=now,
+            status="running",
+            attempts=1,
+            claimed_at=utcnow(),
+            idempotency_key=f"manual-{uuid4().hex}",
+        )
+        session.add(action)
+        await session.flush()
+        return _Claimed(
+            action.id,
+            identity.id,
+            kind,
+            channel,
+            dict(action.payload),
+            1,
+            None,
+            None,
+            sender_for(identity, channel),
+            action.idempotency_key,
+        )
+
+
+async def _take_over(rt: Runtime, conversation_id: int) -> None:
+    """A person wrote: the sequence's queued actions are skipped and the conversation paused
+    (resume it to let the sequence go on)."""
+    async with rt.db.transaction() as session:
+        for action in await queries.actions_of_conversation(session, conversation_id):
+            if action.status == "queued":
+                action.status, action.outcome = "done", ACTION_SKIPPED
+                action.reason = "a person took over with a manual message"
+    with contextlib.suppress(TransitionNotAllowed):  # it ended meanwhile
+        await lifecycle.pause(rt.db, conversation_id)

@@ -19,7 +19,7 @@ from parley.channels.catalog import build_channels
 from parley.db import Database
 from parley.settings import get_settings
 from tasks.runtime import resolve_database_url
-from webhook.routes import api, campaigns, identities, whatsapp
+from webhook.routes import api, campaigns, identities, sending, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
@@ -107,6 +107,7 @@ def create_app() -> FastAPI:
     application = FastAPI(title="Parley webhook", lifespan=lifespan)
     application.include_router(whatsapp.router)
     application.include_router(campaigns.router)  # before api: /campaigns/{name}/{command}
+    application.include_router(sending.router)  # before api: /conversations/{id}/{command}
     application.include_router(api.router)
     application.include_router(identities.router)
 

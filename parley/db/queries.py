@@ -784,6 +784,10 @@ async def inbound_after(session: AsyncSession, conversation_id: int, after_id: i
     return bool(await session.scalar(select(exists().where(condition))))
 
 
+async def get_action(session: AsyncSession, action_id: int) -> Action:
+    return await _get(session, Action, action_id, "action")
+
+
 async def actions_of_conversation(session: AsyncSession, conversation_id: int) -> list[Action]:
     stmt = select(Action).where(Action.conversation_id == conversation_id).order_by(Action.id)
     return list((await session.execute(stmt)).scalars())

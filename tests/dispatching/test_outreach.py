@@ -410,3 +410,81 @@ async def test_a_dispatcher_killed_mid_action_retries_with_the_same_key_and_send
     assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 1
     assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(gateway.performed) == 1
+
+
+async def test_a_manual_send_outside_working_hours_is_refused_with_the_reason(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
+    refused = await outreach.manual_send(rt, cid, "Are you free for a call?")
+    assert not refused.sent and "working hours" in refused.reason
+    assert gateway.performed == []
+    assert [a.status for a in await _actions(db, identity_id)] == ["queued"]
+
+
+async def test_a_manual_send_goes_out_now_and_interrupts_the_sequence(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)  # the profile visit is queued
+    sent = await outreach.manual_send(rt, cid, "Hi, it's Ana from Parley")
+    assert sent.sent, sent.reason
+    assert [(a.kind, a.text) for a in gateway.performed] == [
+        ("message", "Hi, it's Ana from Parley")
+    ]
+    visit, manual = await _actions(db, identity_id)
+    assert (visit.outcome, visit.reason) == ("skipped", "a person took over with a manual message")
+    assert (manual.outcome, manual.payload["manual"]) == ("sent", True)
+    async with db.read() as session:
+        row = await queries.get_conversation(session, cid)
+    assert (row.status, row.paused_by) == (Status.PAUSED, "operator")
+
+
+async def test_a_manual_send_on_a_parked_channel_is_refused(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    gateway.expire_session(gateway.sender().address)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "parked"
+    refused = await outreach.manual_send(rt, cid, "hello?")
+    assert not refused.sent and "parked" in refused.reason
+
+
+async def test_parley_send_from_the_cli_says_why_not_or_sends(
+    db: Database,
+    rt: Runtime,
+    campaign: str,
+    gateway: FakeLinkedInGateway,
+    clock: DrivenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from parley.cli import app
+    from parley.settings import get_settings
+
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
+    monkeypatch.setenv("PARLEY_CLOCK_FILE", str(clock.path))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
+        args = ["send", str(cid), "--text", "Quick question", "--json"]
+        refused = await asyncio.to_thread(runner.invoke, app, args)
+        assert refused.exit_code == 1 and '"sent": false' in refused.output
+        assert "working hours" in refused.output
+        clock.set_offset(TUESDAY_10 - datetime.now(UTC))
+        sent = await asyncio.to_thread(runner.invoke, app, args)
+        assert sent.exit_code == 0, sent.output
+        assert [a.text for a in gateway.performed] == ["Quick question"]
+    finally:
+        get_settings.cache_clear()

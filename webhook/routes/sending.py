@@ -1,0 +1,54 @@
+"""``POST /api/conversations/{id}/send``: an operator's message, through the identity's
+decision (the same as ``parley send``): 200 with ``sent: true``, or 409 with the reason."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from parley import outreach
+from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
+from parley.runtime import Runtime
+from tasks.runtime import get_runtime
+from webhook.deps import ApiKey
+
+router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])
+
+
+class ManualSendIn(BaseModel):
+    text: str = Field(min_length=1)
+    type: str | None = Field(default=None, description="e.g. linkedin_message, email")
+    subject: str | None = None
+
+
+class ManualSendOut(BaseModel):
+    sent: bool
+    reason: str
+    action_id: int | None
+
+
+async def _runtime(request: Request) -> Runtime:
+    return await get_runtime()
+
+
+@router.post("/conversations/{conversation_id}/send")
+async def manual_send(
+    conversation_id: int,
+    body: ManualSendIn,
+    rt: Annotated[Runtime, Depends(_runtime)],
+) -> ManualSendOut:
+    try:
+        result = await outreach.manual_send(
+            rt, conversation_id, body.text, action_type=body.type, subject=body.subject
+        )
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except TransitionNotAllowed as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except InvalidInput as exc:
+        raise HTTPException(422, str(exc)) from exc
+    if not result.sent:
+        raise HTTPException(409, f"not sent: {result.reason}")
+    return ManualSendOut(sent=True, reason=result.reason, action_id=result.action_id)
