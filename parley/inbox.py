@@ -5,6 +5,10 @@ new conversation ("signal-with-start"). Under the same conversation row lock the
 before it goes to sleep, ``handshake.wakeup_for`` decides the wake-up (resume a suspended run,
 start a new one, or nothing for a run that will see the message by itself). The wake-up happens
 after commit, so a Prefect outage never loses a message.
+
+Outreach channels (LinkedIn, email) pass no campaign: a lead writes back to a conversation we
+started, and a message from anyone without an active conversation must not open one on the
+default (onboarding) campaign. It is recorded as an ``unmatched_message`` webhook event instead.
 """
 
 from __future__ import annotations
@@ -26,23 +30,35 @@ class _Duplicate(Exception):
     """A re-delivered message raced us after we created its conversation: undo both."""
 
 
+class NoActiveConversation(Exception):
+    """No campaign to start one with, and the contact has no active conversation; raising it
+    rolls back the identity and contact rows the lookup would otherwise leave behind."""
+
+
 @dataclass
 class StoreResult:
     stored: int = 0
     duplicates: int = 0
     statuses: int = 0
     ignored: int = 0
+    unmatched: int = 0  # messages with no active conversation to go to (no campaign given)
     wakeups: list[WakeUp] = field(default_factory=list)
 
 
-async def store_batch(db: Database, batch: InboundBatch, campaign_name: str) -> StoreResult:
+async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | None) -> StoreResult:
+    """``campaign_name=None``: messages only reach active conversations (see the module doc)."""
     result = StoreResult()
     for message in batch.messages:
         if message.role is InboundRole.UNSUPPORTED:
             await record_event(db, message.channel, "unsupported_message", message.raw)
             result.ignored += 1
             continue
-        wakeup, inserted = await store_message(db, message, campaign_name)
+        try:
+            wakeup, inserted = await store_message(db, message, campaign_name)
+        except NoActiveConversation:
+            await record_event(db, message.channel, "unmatched_message", _unmatched(message))
+            result.unmatched += 1
+            continue
         result.stored += int(inserted)
         result.duplicates += int(not inserted)
         if wakeup is not None and wakeup not in result.wakeups:
@@ -57,9 +73,10 @@ async def store_batch(db: Database, batch: InboundBatch, campaign_name: str) -> 
 
 
 async def store_message(
-    db: Database, message: InboundMessage, campaign_name: str
+    db: Database, message: InboundMessage, campaign_name: str | None
 ) -> tuple[WakeUp | None, bool]:
-    """Store one message; ``(wake-up or None, inserted)``. A re-delivery changes nothing."""
+    """Store one message; ``(wake-up or None, inserted)``. A re-delivery changes nothing.
+    Raises ``NoActiveConversation`` when ``campaign_name`` is None and none is active."""
     try:
         async with db.transaction() as session:
             return await _store_in(session, message, campaign_name)
@@ -68,7 +85,7 @@ async def store_message(
 
 
 async def _store_in(
-    session: AsyncSession, message: InboundMessage, campaign_name: str
+    session: AsyncSession, message: InboundMessage, campaign_name: str | None
 ) -> tuple[WakeUp | None, bool]:
     identity = await queries.ensure_identity(session, message.channel, message.identity_address)
     contact = await queries.ensure_contact(
@@ -80,6 +97,8 @@ async def _store_in(
         # A re-delivery of a message whose conversation has ended must not open a new one.
         if await queries.inbound_exists(session, message.provider_message_id):
             return None, False
+        if campaign_name is None:
+            raise NoActiveConversation(message.provider_message_id)
         campaign = await _campaign_for_new(session, campaign_name)
         conversation, created = await queries.create_conversation(
             session, identity.id, contact.id, campaign, start_node_of(campaign)
@@ -99,6 +118,16 @@ async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion
         return await queries.latest_campaign_version(session, name)
     except NotFound as exc:
         raise NotFound(f"{exc}; the webhook installs PARLEY_DEFAULT_CAMPAIGN at start") from exc
+
+
+def _unmatched(message: InboundMessage) -> JSONDict:
+    return {
+        "provider_message_id": message.provider_message_id,
+        "identity": message.identity_address,
+        "contact": message.contact_address,
+        "reason": "no active conversation with this contact; none is started on this channel",
+        "payload": message.raw,
+    }
 
 
 def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict[str, object]:

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     )
     linkedin_api_key: SecretStr = SecretStr("")
     linkedin_webhook_secret: SecretStr = SecretStr("")
+    email_webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Signs the inbound-email webhook (X-Parley-Signature); empty: every "
+        "inbound email POST is refused until it is set.",
+    )
 
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8000

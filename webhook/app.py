@@ -16,10 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.campaign.registry import install_campaign
 from parley.channels.catalog import build_channels
+from parley.channels.email.channel import EmailChannel, EmailConfig
+from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.db import Database
 from parley.settings import get_settings
 from tasks.runtime import resolve_database_url
-from webhook.routes import api, campaigns, identities, sending, whatsapp
+from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
 
 log = logging.getLogger("parley.webhook")
 
@@ -43,12 +45,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.settings = settings
     app.state.db = db
     app.state.channels = build_channels(settings)
+    # The outreach channels' inbound halves: the webhook only verifies and parses with them.
+    app.state.linkedin = LinkedInChannel(
+        LinkedInConfig(webhook_secret=settings.linkedin_webhook_secret.get_secret_value())
+    )
+    app.state.email = EmailChannel(
+        EmailConfig(webhook_secret=settings.email_webhook_secret.get_secret_value())
+    )
     app.state.campaign_name = version.name
     try:
         yield
     finally:
         for channel in app.state.channels.values():
             await channel.aclose()
+        await app.state.linkedin.aclose()
+        await app.state.email.aclose()
         await db.dispose()
 
 
@@ -106,6 +117,8 @@ async def _too_large(send: Send, limit: int) -> None:
 def create_app() -> FastAPI:
     application = FastAPI(title="Parley webhook", lifespan=lifespan)
     application.include_router(whatsapp.router)
+    application.include_router(linkedin.router)
+    application.include_router(email.router)
     application.include_router(campaigns.router)  # before api: /campaigns/{name}/{command}
     application.include_router(sending.router)  # before api: /conversations/{id}/{command}
     application.include_router(api.router)

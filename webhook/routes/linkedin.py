@@ -1,0 +1,132 @@
+"""The LinkedIn gateway's signed webhooks (``parley.channels.linkedin.wire``): a lead's new
+message, an accepted connection request, a seat's expired session.
+
+Thin like the WhatsApp route: verify (401), read the whole body (400), store durably
+(``parley.inbox``), answer 200, and only then wake runs. Unlike WhatsApp, a lead only ever
+*answers* outreach we started: a message from a profile with no active conversation is recorded
+as an ``unmatched_message`` webhook event, never the start of a conversation on the default
+(WhatsApp onboarding) campaign. A message that does reach its conversation is what stops a
+sequence: the planner interrupts the wait, the dispatcher's freshness check skips queued actions.
+
+The two account events are recorded as webhook events too, and acted on in the request, so a
+200 means it was done and a failure (5xx) makes the gateway deliver again; both acts are
+idempotent. An accepted connection is a ``field_changed`` signal (``linkedin_connected: true``)
+to the lead's active conversation, whose run is resumed only if its edges read that field. An
+expired session parks the seat's queued LinkedIn actions (other channels keep flowing) until an
+operator runs ``parley identity reconnect ID linkedin``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+
+from parley import actions, inbox, lifecycle
+from parley.channels.linkedin.channel import LinkedInChannel
+from parley.channels.linkedin.wire import CHANNEL, GatewayEvent, GatewayEventKind
+from parley.clock import clock_from
+from parley.db import Database, queries
+from parley.errors import (
+    ConcurrentUpdate,
+    IdentityExpired,
+    InvalidSignature,
+    MalformedPayload,
+    TransitionNotAllowed,
+)
+from parley.lifecycle import Change
+from parley.settings import Settings
+from tasks.runs import carry_out, wake
+from webhook.deps import DbDep, SettingsDep
+
+CONNECTED_FIELD: Final = "linkedin_connected"
+
+router = APIRouter(prefix="/webhooks/linkedin", tags=["linkedin"])
+
+
+def _linkedin(request: Request) -> LinkedInChannel:
+    return request.app.state.linkedin  # type: ignore[no-any-return]
+
+
+LinkedInDep = Annotated[LinkedInChannel, Depends(_linkedin)]
+
+
+@router.post("")
+async def receive(
+    request: Request,
+    background: BackgroundTasks,
+    settings: SettingsDep,
+    db: DbDep,
+    channel: LinkedInDep,
+) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        channel.verify(raw, request.headers)
+        batch = channel.parse(raw)
+        events = channel.events(raw)
+    except InvalidSignature as exc:
+        raise HTTPException(status_code=401, detail=str(exc)) from exc
+    except MalformedPayload as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    # No campaign: messages reach active conversations only (see the module doc).
+    result = await inbox.store_batch(db, batch, None)
+    for wakeup in result.wakeups:
+        background.add_task(wake, db, settings, wakeup)
+    signalled = parked = 0
+    for event in events:
+        if event.kind is GatewayEventKind.CONNECTION_ACCEPTED:
+            change = await _connection_accepted(db, event)
+            if change is not None:
+                signalled += 1
+                if change.run != "none":
+                    background.add_task(carry_out, db, settings, change)
+        elif event.kind is GatewayEventKind.SESSION_EXPIRED:
+            parked += await _session_expired(db, settings, event)
+    return {
+        "stored": result.stored,
+        "duplicates": result.duplicates,
+        "statuses": result.statuses,
+        "ignored": result.ignored,
+        "unmatched": result.unmatched,
+        "signalled": signalled,
+        "parked": parked,
+    }
+
+
+async def _connection_accepted(db: Database, event: GatewayEvent) -> Change | None:
+    """The signal to the lead's active conversation with this seat, if there is one (the event
+    itself is already recorded)."""
+    conversation_id = await _active_conversation(db, event.account_id, str(event.contact))
+    if conversation_id is None:
+        return None
+    try:
+        return await lifecycle.signal(db, conversation_id, "field_changed", {CONNECTED_FIELD: True})
+    except TransitionNotAllowed:
+        return None  # it ended between the lookup and the signal: nothing waits for it
+    except ConcurrentUpdate as exc:
+        # Its run kept committing steps; the gateway's retry applies the signal again.
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
+
+
+async def _active_conversation(db: Database, account_id: str, profile: str) -> int | None:
+    async with db.transaction() as session:
+        identity = await queries.find_identity(session, CHANNEL, account_id)
+        if identity is None:
+            return None  # not one of our seats: nothing of ours can wait for it
+        contact = await queries.ensure_contact(session, CHANNEL, profile, None)
+        row = await queries.lock_active_conversation(session, identity.id, contact.id)
+        return row.id if row is not None else None
+
+
+async def _session_expired(db: Database, settings: Settings, event: GatewayEvent) -> int:
+    """Park the seat's queued LinkedIn actions; how many were parked."""
+    reason = event.data.get("reason")
+    what = f"IdentityExpired: {reason or 'the LinkedIn session expired'} (gateway webhook)"
+    now = clock_from(settings.clock_file).now()
+    async with db.transaction() as session:
+        found = await queries.find_identity(session, CHANNEL, event.account_id)
+        if found is None:
+            return 0  # a seat Parley does not send from; the event is recorded
+        identity = await queries.lock_identity(session, found.id)
+        queue = actions.parked_queue(identity, CHANNEL, IdentityExpired(what))
+        return await actions.park(session, identity, CHANNEL, queue, what, now)
