@@ -249,7 +249,10 @@ async def _record_intent(session: AsyncSession, row: Conversation, t: Transition
 async def _perform(rt: Runtime, p: PlannedStep) -> Transition:
     t = p.transition
     if p.intent is not None and t.outbound is not None:
-        guard = p.conversation_id if p.snapshot.follow_up else None
+        # A follow-up is dropped if the contact wrote first — unless this very step reads what
+        # they wrote (an answer's retry prompt answers the message, it is no follow-up).
+        reads_it = t.consumed_message_id is not None
+        guard = p.conversation_id if p.snapshot.follow_up and not reads_it else None
         await outbox.deliver(rt, p.intent, t.outbound, p.address, p.channel, unless_replied=guard)
     if t.http is not None:
         result = await _call_http(rt, t.http, step_ref(p.conversation_id, p.step))

@@ -355,7 +355,13 @@ def _answer(step: _Step, node: AskNode, reply: Reply) -> Transition:
         return replace(moved, consumed_message_id=reply.message_id)
     retry = OutboundMessage(render(node.retry, variables, step.env), _buttons(node))
     waiting = _stay(step, variables, done=True)
-    return replace(waiting, attempts=attempts, consumed_message_id=reply.message_id, outbound=retry)
+    return replace(  # the contact was heard: what follows is no follow-up any more
+        waiting,
+        attempts=attempts,
+        consumed_message_id=reply.message_id,
+        outbound=retry,
+        follow_up=False,
+    )
 
 
 def _leave_after_answer(step: _Step, variables: dict[str, Any]) -> Transition:

@@ -280,18 +280,9 @@ class Run:
             self.now += self.data.draw(GAP)
 
 
-RETRY_DROPPED = (
-    "executor bug: at an ask a timer brought the conversation to (follow_up), an invalid answer's "
-    "retry prompt is dropped as a superseded follow-up because the answer itself is still unread "
-    "(it is consumed only at commit); the step commits unchanged and the next one plans the same "
-    "again: the run spins for ever"
-)
-
-
 def _answers_the_reply(t: Transition) -> bool:
-    """The step reads the message it sends for: RETRY_DROPPED says the executor drops it all the
-    same (an executor bug, so no planner-level test can show its fix). Delete this (and its use)
-    once the executor no longer guards a step that consumes the reply."""
+    """The step reads the message it sends for (an invalid answer's retry prompt): the executor
+    does not guard such a send as a follow-up, it answers the message."""
     return t.consumed_message_id is not None
 
 

@@ -170,6 +170,7 @@ def _no_growth(measures: dict[int, Measure]) -> None:
         assert m.statements <= first.statements, (n, m)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # sizes and statement counts, not the backend
 async def test_state_stays_small_whatever_the_conversations_length(
     db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI, backend: str
 ) -> None:
