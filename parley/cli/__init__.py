@@ -73,5 +73,19 @@ def demo(
     raise typer.Exit(run_demo(keep=keep))
 
 
+@app.command("outreach-demo")
+def outreach_demo(
+    leads: Annotated[int, typer.Option(min=2, help="How many leads to start.")] = 20,
+    keep: Annotated[
+        bool, typer.Option(help="Leave the stack running afterwards (if the demo started it).")
+    ] = False,
+) -> None:
+    """The outreach campaign for N leads on one LinkedIn seat, on a running `parley dev` (or a
+    stack it starts): visits, capped connection requests, a reply that stops a sequence."""
+    from parley.local.outreach_demo import run_outreach_demo
+
+    raise typer.Exit(run_outreach_demo(leads=leads, keep=keep))
+
+
 def main() -> None:
     app()

@@ -126,6 +126,53 @@ def _report(change: Change, as_json: bool) -> None:
     )
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """``k=v`` options as a mapping; a malformed one is a refusal (exit 1)."""
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            err_console.print(f"[red]{option} {item!r}: expected KEY=VALUE[/]")
+            raise typer.Exit(EXIT_REFUSED)
+        pairs[key.strip()] = value
+    return pairs
+
+
+@conversations_app.command("start")
+def conversations_start(
+    campaign: Annotated[str, typer.Option(help="The campaign's name (its latest version).")],
+    identity: Annotated[int, typer.Option(help="The sender identity's id.")],
+    to: Annotated[str, typer.Option("--to", help="The lead's address on --channel.")],
+    channel: Annotated[str, typer.Option(help="The lead's channel.")] = "linkedin",
+    name: Annotated[str | None, typer.Option(help="The lead's name.")] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", help="A contact field KEY=VALUE (email=..., repeatable)."),
+    ] = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="A variable KEY=VALUE (the campaign's inputs, repeatable)."),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Start a business-initiated conversation (an outreach lead) from an identity; its run
+    starts within a dispatcher tick."""
+    fields, variables = _pairs(field, "--field"), _pairs(var, "--var")
+    change = run_with_db(
+        lambda db: lifecycle.start(
+            db,
+            campaign,
+            identity,
+            channel=channel,
+            address=to,
+            name=name,
+            fields=fields,
+            variables=variables,
+        )
+    )
+    _report(change, as_json)
+
+
 @conversations_app.command("pause")
 def conversations_pause(conversation_id: ConversationId, as_json: AsJson = False) -> None:
     """Hold a conversation: it stops before its next node and holds no process."""

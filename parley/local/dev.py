@@ -1,34 +1,80 @@
-"""Bringing the local stack up for ``parley dev`` and ``parley demo``.
+"""Bringing the local stack up for ``parley dev``, ``parley demo`` and ``parley outreach-demo``.
 
 Real processes (Prefect server, worker, webhook) plus loopback stand-ins for what a developer's
-machine lacks: the WhatsApp Cloud API and the endpoints the default campaign calls (its
-``env:`` URLs, e.g. the example CRM). A stand-in starts only where nothing answers already — a
-developer's own mock or a tunnel keeps its port — unless ``--fake-providers`` /
-``--no-fake-providers`` says otherwise. Every port Parley needs is checked first, and a busy
-one is named together with the setting that moves it.
+machine lacks: the WhatsApp Cloud API, the endpoints the default campaign calls (its ``env:``
+URLs, e.g. the example CRM), and for outreach a LinkedIn gateway and an SMTP server. A stand-in
+starts only where nothing answers already — a developer's own mock or a tunnel keeps its port —
+unless ``--fake-providers`` / ``--no-fake-providers`` says otherwise. Every port Parley needs is
+checked first, and a busy one is named together with the setting that moves it.
+
+Outreach: the fake LinkedIn gateway serves ``PARLEY_LINKEDIN_GATEWAY_URL`` (a free port when
+unset) and signs its webhooks to the webhook's ``/webhooks/linkedin`` with
+``PARLEY_LINKEDIN_WEBHOOK_SECRET`` (a demo secret when unset); the loopback SMTP server listens
+on ``PARLEY_DEV_SMTP_PORT`` (a free port when unset). The worker and the webhook get the
+gateway's URL, key and secret in their environment; where the fakes are is written to
+``<data_dir>/dev-outreach.json`` for ``parley outreach-demo``. The outreach example campaign is
+installed alongside the default one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import signal
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from rich.console import Console
 
 from parley.campaign import load_campaign
-from parley.db import migrate
-from parley.local.processes import Stack, StackError, api_is_healthy
+from parley.campaign.registry import install_campaign
+from parley.db import Database, migrate
+from parley.local.processes import Stack, StackError, api_is_healthy, free_port
 from parley.settings import Settings, is_loopback
+from parley.testing import linkedin_gateway
+from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.recording_endpoint import RecordingEndpoint
+from parley.testing.smtp_server import LoopbackSMTPServer
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 DEFAULT_PREFECT_PORT = 4200
+DEMO_LINKEDIN_WEBHOOK_SECRET = "parley-demo-linkedin-webhook-secret"
+SMTP_PORT_VARIABLE = "PARLEY_DEV_SMTP_PORT"
+OUTREACH_FILE = "dev-outreach.json"
+OUTREACH_CAMPAIGN = Path(__file__).resolve().parents[2] / "examples" / "campaigns" / "outreach.yaml"
 console = Console()
+
+
+@dataclass(frozen=True)
+class OutreachFakes:
+    """Where the dev stack's outreach providers are, as ``parley outreach-demo`` reads them."""
+
+    gateway_url: str | None
+    gateway_api_key: str | None
+    gateway_account_id: str | None
+    gateway_webhook_url: str | None
+    smtp_host: str | None
+    smtp_port: int | None
+
+    def write(self, data_dir: Path) -> Path:
+        path = data_dir / OUTREACH_FILE
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, data_dir: Path) -> OutreachFakes | None:
+        try:
+            values: dict[str, Any] = json.loads((data_dir / OUTREACH_FILE).read_text("utf-8"))
+            return cls(**values)
+        except (OSError, ValueError, TypeError):
+            return None
 
 
 @dataclass
@@ -36,6 +82,9 @@ class RunningStack:
     stack: Stack
     fake_whatsapp: FakeWhatsAppAPI | None
     endpoints: dict[str, RecordingEndpoint] = field(default_factory=dict)
+    fake_linkedin: FakeLinkedInGateway | None = None
+    smtp: LoopbackSMTPServer | None = None
+    outreach: OutreachFakes | None = None
 
     @property
     def ui_url(self) -> str:
@@ -48,6 +97,13 @@ class RunningStack:
             self.fake_whatsapp.stop()
         for endpoint in self.endpoints.values():
             endpoint.stop()
+        if self.fake_linkedin is not None:
+            self.fake_linkedin.stop()
+        if self.smtp is not None:
+            self.smtp.stop()
+        if self.outreach is not None:
+            with contextlib.suppress(OSError):
+                (self.stack.data_dir / OUTREACH_FILE).unlink()
 
 
 def prefect_port() -> int:
@@ -118,6 +174,110 @@ def _start_endpoints(urls: dict[str, str]) -> dict[str, RecordingEndpoint]:
     return started
 
 
+def _start_fake_linkedin(
+    settings: Settings, running: RunningStack, fake_providers: bool | None
+) -> tuple[str | None, str | None, str | None]:
+    """The gateway URL, key and webhook URL the stack uses; a fake serves it when nothing
+    answers there (or at a free port when ``PARLEY_LINKEDIN_GATEWAY_URL`` is unset)."""
+    configured = settings.linkedin_gateway_url
+    url = configured or f"http://127.0.0.1:{free_port()}"
+    api_key = settings.linkedin_api_key.get_secret_value() or None
+    secret = settings.linkedin_webhook_secret.get_secret_value() or DEMO_LINKEDIN_WEBHOOK_SECRET
+    webhook_url = f"{settings.webhook_url}/webhooks/linkedin"
+    running.stack.env["PARLEY_LINKEDIN_WEBHOOK_SECRET"] = secret
+    if fake_providers is False or (configured and not _wants_stand_in(url, fake_providers)):
+        if configured:
+            console.print(f"[dim]using the LinkedIn gateway at {configured}[/]")
+        return configured, api_key, None
+    host, port = _host_port(url)
+    _refuse_busy(port, host, "stop it, use --no-fake-providers, or set PARLEY_LINKEDIN_GATEWAY_URL")
+    api_key = api_key or linkedin_gateway.DEFAULT_API_KEY
+    fake = FakeLinkedInGateway(
+        host=host,
+        port=port,
+        api_key=api_key,
+        webhook_url=webhook_url,
+        webhook_secret=secret,
+    )
+    fake.start()
+    running.fake_linkedin = fake
+    running.stack.env["PARLEY_LINKEDIN_GATEWAY_URL"] = fake.gateway_url
+    running.stack.env["PARLEY_LINKEDIN_API_KEY"] = api_key
+    console.print(
+        f"[dim]fake LinkedIn gateway at {fake.gateway_url} (seat "
+        f"{linkedin_gateway.DEFAULT_ACCOUNT_ID}; webhooks to {webhook_url})[/]"
+    )
+    return fake.gateway_url, api_key, webhook_url
+
+
+def _start_smtp(running: RunningStack, fake_providers: bool | None) -> tuple[str, int] | None:
+    """A loopback SMTP server on ``PARLEY_DEV_SMTP_PORT`` (or a free port) unless one answers
+    there already."""
+    configured = os.environ.get(SMTP_PORT_VARIABLE)
+    port = int(configured) if configured else free_port()
+    if fake_providers is False:
+        return ("127.0.0.1", port) if configured else None
+    if configured and fake_providers is None and listening("127.0.0.1", port):
+        console.print(f"[dim]using the SMTP server at 127.0.0.1:{port}[/]")
+        return "127.0.0.1", port
+    _refuse_busy(
+        port, "127.0.0.1", f"stop it, use --no-fake-providers, or set {SMTP_PORT_VARIABLE}"
+    )
+    server = LoopbackSMTPServer(port=port)
+    server.start()
+    running.smtp = server
+    console.print(f"[dim]loopback SMTP server at {server.host}:{server.port}[/]")
+    return server.host, server.port
+
+
+def _start_outreach_fakes(
+    settings: Settings, running: RunningStack, fake_providers: bool | None
+) -> OutreachFakes:
+    gateway_url, api_key, webhook_url = _start_fake_linkedin(settings, running, fake_providers)
+    smtp = _start_smtp(running, fake_providers)
+    fakes = OutreachFakes(
+        gateway_url=gateway_url,
+        gateway_api_key=api_key,
+        gateway_account_id=linkedin_gateway.DEFAULT_ACCOUNT_ID if running.fake_linkedin else None,
+        gateway_webhook_url=webhook_url,
+        smtp_host=smtp[0] if smtp else None,
+        smtp_port=smtp[1] if smtp else None,
+    )
+    fakes.write(Path(settings.data_dir))
+    running.outreach = fakes
+    return fakes
+
+
+def _install_outreach_campaign(database_url: str) -> str | None:
+    if not OUTREACH_CAMPAIGN.exists():
+        return None
+
+    async def install() -> str:
+        db = Database(database_url)
+        try:
+            async with db.transaction() as session:
+                version = await install_campaign(session, OUTREACH_CAMPAIGN)
+                return f"{version.name} v{version.version}"
+        finally:
+            await db.dispose()
+
+    return asyncio.run(install())
+
+
+def _linkedin_route_missing(settings: Settings, running: RunningStack) -> None:
+    """Until the webhook serves ``/webhooks/linkedin``, the fake keeps its events to itself
+    rather than retrying into a 404."""
+    if running.fake_linkedin is None:
+        return
+    try:
+        paths = httpx.get(f"{settings.webhook_url}/openapi.json", timeout=5).json()["paths"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return
+    if "/webhooks/linkedin" not in paths:
+        running.fake_linkedin.webhook_url = None
+        console.print("[dim]the webhook has no /webhooks/linkedin route: gateway events off[/]")
+
+
 def _start_prefect(stack: Stack, data_dir: Path) -> None:
     external = os.environ.get("PREFECT_API_URL")
     if external and api_is_healthy(external):
@@ -142,6 +302,9 @@ def bring_up(settings: Settings, *, fake_providers: bool | None = None) -> Runni
     _refuse_busy(settings.webhook_port, settings.webhook_host, "set PARLEY_WEBHOOK_PORT")
     console.print(f"[dim]database: {settings.printable_database_url}[/]")
     migrate.upgrade(settings.resolved_database_url)
+    installed = _install_outreach_campaign(settings.resolved_database_url)
+    if installed:
+        console.print(f"[dim]campaign {installed} installed[/]")
     stack = Stack(data_dir)
     running = RunningStack(stack, None)
     try:
@@ -152,14 +315,29 @@ def bring_up(settings: Settings, *, fake_providers: bool | None = None) -> Runni
         running.endpoints = _start_endpoints(_campaign_endpoints(settings, fake_providers))
         for name, endpoint in running.endpoints.items():
             console.print(f"[dim]example endpoint for {name} at {endpoint.url}[/]")
+        _start_outreach_fakes(settings, running, fake_providers)
         console.print("[dim]starting the worker and the webhook...[/]")
         stack.start_worker()
         stack.wait_for_deployment(settings.conversation_deployment)
         stack.start_webhook(settings.webhook_host, settings.webhook_port)
+        _linkedin_route_missing(settings, running)
     except BaseException:
         running.stop()
         raise
     return running
+
+
+def _outreach_line(fakes: OutreachFakes | None) -> str:
+    if fakes is None:
+        return ""
+    parts = []
+    if fakes.gateway_url:
+        parts.append(f"LinkedIn gateway {fakes.gateway_url}")
+    if fakes.smtp_host:
+        parts.append(f"SMTP {fakes.smtp_host}:{fakes.smtp_port}")
+    if not parts:
+        return ""
+    return f"outreach: {', '.join(parts)} (try `parley outreach-demo`)\n"
 
 
 def run_dev(settings: Settings, *, fake_providers: bool | None = None) -> int:
@@ -176,6 +354,7 @@ def run_dev(settings: Settings, *, fake_providers: bool | None = None) -> int:
         f"[green]Parley is up.[/] Prefect UI: {running.ui_url}  webhook: "
         f"{settings.webhook_url}/webhooks/whatsapp  logs: {running.stack.log_dir}\n"
         f"REST API: {settings.webhook_url}/api (Authorization: Bearer <PARLEY_API_KEYS>)\n"
+        f"{_outreach_line(running.outreach)}"
         "Ctrl-C stops everything."
     )
     try:

@@ -78,6 +78,40 @@ async def _applied(change: Change, db: DbDep, settings: SettingsDep) -> ChangeOu
     )
 
 
+class StartIn(BaseModel):
+    campaign: str = Field(description="the campaign's name; its latest version is used")
+    identity_id: int = Field(description="the sender identity")
+    channel: str = Field(default="linkedin", description="the lead's channel")
+    address: str = Field(description="the lead's address on that channel (a profile URL, ...)")
+    name: str | None = None
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="contact fields the actions need: email, linkedin"
+    )
+    variables: dict[str, Any] = Field(
+        default_factory=dict, description="the campaign's inputs, e.g. first_name"
+    )
+
+
+@router.post("/conversations", status_code=201)
+async def start_conversation(body: StartIn, db: DbDep, settings: SettingsDep) -> ChangeOut:
+    """Start a business-initiated conversation (an outreach lead); its run starts at once.
+    404 unknown identity or campaign, 409 the contact already has an active conversation
+    there, 422 missing inputs."""
+    change = await _refusing(
+        lifecycle.start(
+            db,
+            body.campaign,
+            body.identity_id,
+            channel=body.channel,
+            address=body.address,
+            name=body.name,
+            fields=body.fields,
+            variables=body.variables,
+        )
+    )
+    return await _applied(change, db, settings)
+
+
 class SignalIn(BaseModel):
     kind: str = Field(description="task_completed, field_changed or variables_changed")
     data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,288 @@
+"""The outreach campaign end to end: 20 leads on one LinkedIn seat, started over the REST API,
+on a real stack (worker, webhook, dispatcher, Prefect server) against the loopback LinkedIn
+gateway and SMTP server, on a driven clock.
+
+The seat may act Mon-Fri 09:00-17:00 UTC and send 5 connection requests a day: on a Friday
+afternoon every profile is visited and exactly 5 requests go out, the weekend sends nothing,
+and Monday morning brings the next 5. A lead who replies while its request is queued gets
+nothing more: its conversation stops and the queued request is skipped when it comes up."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from sqlalchemy import select
+
+from parley import inbox
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole
+from parley.clock import DrivenClock
+from parley.db import Database
+from parley.db.models import Action, utcnow
+from parley.testing.linkedin_gateway import FakeLinkedInGateway
+from parley.testing.smtp_server import LoopbackSMTPServer
+from tests.e2e.conftest import API_KEY, ROOT, E2EStack
+
+pytestmark = pytest.mark.e2e
+
+OUTREACH = ROOT / "examples" / "campaigns" / "outreach.yaml"
+SEAT = "seat-e2e"
+SECRET = "test-linkedin-webhook-secret"
+LEADS = 20
+DAILY_CONNECTIONS = 5
+CONNECTION_SPACING = timedelta(seconds=1)
+FRIDAY_15 = datetime(2026, 12, 11, 15, 0, tzinfo=UTC)
+SATURDAY_12 = datetime(2026, 12, 12, 12, 0, tzinfo=UTC)
+MONDAY_0901 = datetime(2026, 12, 14, 9, 1, tzinfo=UTC)
+POLICY = {
+    "working_hours": {"weekly": {d: ["09:00-17:00"] for d in ("mon", "tue", "wed", "thu", "fri")}},
+    "limits": {
+        "actions": {
+            "linkedin_profile_visit": {"spacing": "0s"},
+            "linkedin_connection": {"daily": DAILY_CONNECTIONS, "spacing": "1s"},
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def clock(tmp_path_factory: pytest.TempPathFactory) -> DrivenClock:
+    return DrivenClock(tmp_path_factory.mktemp("outreach-clock") / "offset")
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[FakeLinkedInGateway]:
+    fake = FakeLinkedInGateway(accounts=(SEAT,), webhook_secret=SECRET)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[LoopbackSMTPServer]:
+    server = LoopbackSMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def outreach_stack(
+    stack_factory: Any, clock: DrivenClock, gateway: FakeLinkedInGateway
+) -> E2EStack:
+    stack: E2EStack = stack_factory(
+        "postgresql",
+        hot_wait=1.0,
+        campaign=OUTREACH,
+        extra_env={
+            "PARLEY_CLOCK_FILE": str(clock.path),
+            "PARLEY_LINKEDIN_WEBHOOK_SECRET": SECRET,
+        },
+    )
+    gateway.webhook_url = stack.webhook_url.replace("/webhooks/whatsapp", "/webhooks/linkedin")
+    return stack
+
+
+async def _api(stack: E2EStack, method: str, path: str, body: Any = None) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60) as client:
+        return await client.request(
+            method,
+            f"http://127.0.0.1:{stack.webhook_port}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+
+
+async def _actions(stack: E2EStack, identity_id: int) -> list[Action]:
+    db = Database(stack.db_url)
+    try:
+        async with db.read() as session:
+            rows = await session.execute(
+                select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
+            )
+            return list(rows.scalars())
+    finally:
+        await db.dispose()
+
+
+async def _eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await ready():
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def _kinds(gateway: FakeLinkedInGateway, kind: str) -> list[str]:
+    return [a.to for a in gateway.performed if a.account_id == SEAT and a.kind == kind]
+
+
+def _within_hours(at: datetime) -> bool:
+    return at.weekday() < 5 and 9 <= at.hour < 17
+
+
+async def _reply(stack: E2EStack, gateway: FakeLinkedInGateway, profile: str) -> None:
+    """Through the gateway's signed webhook once the stack has the route; until then stored in
+    the inbox the way that route would (the dispatcher's sweep resumes the run)."""
+    paths = (await _api(stack, "GET", "/openapi.json")).json()["paths"]
+    if "/webhooks/linkedin" in paths:
+        assert gateway.deliver_message(SEAT, profile, "Not interested, thanks").wait(15)
+        return
+    message = InboundMessage(
+        channel="linkedin",
+        provider_message_id=f"li-reply-{profile.rsplit('-', 1)[-1]}",
+        identity_address=SEAT,
+        contact_address=profile,
+        contact_name=None,
+        type="text",
+        role=InboundRole.ANSWER,
+        text="Not interested, thanks",
+        reply_id=None,
+        context_message_id=None,
+        timestamp=utcnow(),
+        raw={},
+    )
+    db = Database(stack.db_url)
+    try:
+        await inbox.store_batch(db, InboundBatch(messages=[message]), "outreach")
+    finally:
+        await db.dispose()
+
+
+async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
+    outreach_stack: E2EStack,
+    clock: DrivenClock,
+    gateway: FakeLinkedInGateway,
+    smtp: LoopbackSMTPServer,
+) -> None:
+    stack = outreach_stack
+    clock.set_offset(FRIDAY_15 - datetime.now(UTC))
+    seat_settings = {
+        **gateway.sender(SEAT).settings,
+        "email": {"address": "seat@parley.example", **smtp.smtp_settings()},
+    }
+    added = await _api(
+        stack,
+        "POST",
+        "/api/identities",
+        {"channel": "linkedin", "address": SEAT, "policy": POLICY, "settings": seat_settings},
+    )
+    assert added.status_code == 201, added.text
+    identity_id = added.json()["id"]
+
+    profiles: dict[int, str] = {}
+    for n in range(1, LEADS + 1):
+        profile = f"https://www.linkedin.com/in/e2e-lead-{n}"
+        started = await _api(
+            stack,
+            "POST",
+            "/api/conversations",
+            {
+                "campaign": "outreach",
+                "identity_id": identity_id,
+                "channel": "linkedin",
+                "address": profile,
+                "name": f"Lead {n}",
+                "fields": {"email": f"lead{n}@example.com"},
+                "variables": {"first_name": f"Lead{n}"},
+            },
+        )
+        assert started.status_code == 201, started.text
+        assert started.json()["run"] == "start" and started.json()["run_reached"] is True
+        profiles[started.json()["id"]] = profile
+    lead = {"campaign": "outreach", "identity_id": identity_id, "address": profiles[1]}
+    again = await _api(
+        stack, "POST", "/api/conversations", {**lead, "variables": {"first_name": "A"}}
+    )
+    assert again.status_code == 409, again.text  # already has an active conversation
+    unknown = await _api(
+        stack, "POST", "/api/conversations", {**lead, "identity_id": 999_999, "address": "x"}
+    )
+    assert unknown.status_code == 404, unknown.text
+    no_inputs = await _api(stack, "POST", "/api/conversations", {**lead, "address": "new"})
+    assert no_inputs.status_code == 422 and "first_name" in no_inputs.text
+
+    # Friday afternoon: every profile visited, exactly the day's 5 connection requests; the
+    # dispatcher looks at the rest one by one and puts each off until Monday's window.
+    monday_09 = MONDAY_0901.replace(minute=0)
+
+    async def friday_done() -> bool:
+        rows = await _actions(stack, identity_id)
+        capped = [a for a in rows if a.type == "linkedin_connection" and a.status == "queued"]
+        return (
+            len(_kinds(gateway, "profile_visit")) == LEADS
+            and len(_kinds(gateway, "invitation")) == DAILY_CONNECTIONS
+            and len(capped) == LEADS - DAILY_CONNECTIONS
+            and all(a.not_before == monday_09 for a in capped)
+        )
+
+    started = time.monotonic()
+    await _eventually("20 visits, 5 connection requests, the rest put off", friday_done, 90)
+    print(f"Friday's work took {time.monotonic() - started:.1f} s")
+    rows = await _actions(stack, identity_id)
+    capped = [a for a in rows if a.type == "linkedin_connection" and a.status == "queued"]
+    assert all("daily cap" in (a.reason or "") for a in capped), capped[0].reason
+    sent = [a for a in rows if a.outcome == "sent"]
+    assert sent and all(a.performed_at and _within_hours(a.performed_at) for a in sent)
+    requests = sorted(
+        a.performed_at for a in sent if a.type == "linkedin_connection" and a.performed_at
+    )
+    assert all(b - a >= CONNECTION_SPACING for a, b in itertools.pairwise(requests))
+    for kind in ("profile_visit", "invitation"):
+        assert len(set(_kinds(gateway, kind))) == len(_kinds(gateway, kind))  # none twice
+
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(f"identity-{identity_id}")
+    assert limit.limit == 1
+
+    shown = await _api(stack, "GET", f"/api/identities/{identity_id}")
+    assert shown.status_code == 200, shown.text
+    explained = shown.json()
+    assert explained["status"]["until"] == monday_09.isoformat(), explained["status"]
+    assert "daily cap" in explained["next_action"]["reason"], explained["next_action"]
+    assert explained["usage"]["linkedin_connection"]["today"] == DAILY_CONNECTIONS
+
+    # A lead whose request is still queued replies: its conversation stops there.
+    replying = capped[0]
+    assert replying.conversation_id is not None
+    profile = profiles[replying.conversation_id]
+    await _reply(stack, gateway, profile)
+
+    async def stopped() -> bool:
+        detail = await _api(stack, "GET", f"/api/conversations/{replying.conversation_id}")
+        body = detail.json()
+        return bool(body["status"] == "completed" and body["current_node"] == "stopped")
+
+    await _eventually("the replying lead's conversation stopped", stopped, 60)
+
+    # The weekend: nothing.
+    clock.set_offset(SATURDAY_12 - datetime.now(UTC))
+    await asyncio.sleep(3)
+    assert len(_kinds(gateway, "invitation")) == DAILY_CONNECTIONS
+
+    # Monday 09:01: the next 5; the replying lead's request is skipped, not sent.
+    clock.set_offset(MONDAY_0901 - datetime.now(UTC))
+
+    async def monday_done() -> bool:
+        return len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
+
+    await _eventually("Monday's 5 connection requests", monday_done, 60)
+    await asyncio.sleep(2)
+    assert len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
+    skipped = {a.id: a for a in await _actions(stack, identity_id)}[replying.id]
+    assert (skipped.status, skipped.outcome) == ("done", "skipped"), skipped.reason
+    assert [a.kind for a in gateway.actions_to(profile)] == ["profile_visit"]
+    monday = [
+        a
+        for a in await _actions(stack, identity_id)
+        if a.type == "linkedin_connection" and a.outcome == "sent" and a.performed_at
+    ]
+    assert sum(a.performed_at >= monday_09 for a in monday if a.performed_at) == DAILY_CONNECTIONS
