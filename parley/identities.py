@@ -517,7 +517,8 @@ def _status(
         return _said(decision.reason, decision.until, now, _waiting(decision, label, now) + also)
     if at > now:
         when = f"{describe_instant(at, zone)}, in {format_wait(at - now)}"
-        return _said("not_due", at, now, f"{label} is not due before {when}.{also}")
+        why = f" ({action.reason})" if action.reason else ""  # the dispatcher's last decision
+        return _said("not_due", at, now, f"{label} is not due before {when}{why}.{also}")
     return _said("moving", None, now, f"moving: {label} may proceed now.{also}")
 
 
