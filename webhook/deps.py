@@ -7,14 +7,30 @@ Everything lives on ``app.state`` (built once in the lifespan) and reaches route
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import BackgroundTasks, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from parley.channels.base import Channel
+from parley import inbox
+from parley.channels.base import Channel, InboundBatch
 from parley.db import Database
+from parley.errors import (
+    AlreadyExists,
+    ConcurrentUpdate,
+    ConfigurationError,
+    InvalidInput,
+    InvalidSignature,
+    MalformedPayload,
+    NotFound,
+    ParleyError,
+    TransitionNotAllowed,
+)
 from parley.settings import Settings
+from tasks.runs import wake
+
+T = TypeVar("T")
 
 
 def _settings(request: Request) -> Settings:
@@ -60,3 +76,56 @@ def require_api_key(
 
 
 ApiKey = Depends(require_api_key)
+
+
+HTTP_STATUS_OF: list[tuple[type[ParleyError], int]] = [
+    (NotFound, 404),
+    (AlreadyExists, 409),
+    (TransitionNotAllowed, 409),
+    (ConcurrentUpdate, 409),
+    (InvalidInput, 422),
+    (ConfigurationError, 422),
+]
+"""How the operator API answers Parley's refusals: unknown 404, not allowed now 409, invalid
+input 422; nothing was changed in any of them."""
+
+
+async def refusing(action: Awaitable[T]) -> T:
+    """Await an operator action; a Parley refusal becomes the HTTP error with its reason."""
+    try:
+        return await action
+    except ParleyError as exc:
+        code = next((code for kind, code in HTTP_STATUS_OF if isinstance(exc, kind)), 400)
+        raise HTTPException(status_code=code, detail=str(exc)) from exc
+
+
+def read_signed(
+    raw: bytes,
+    headers: Mapping[str, str],
+    verify: Callable[[bytes, Mapping[str, str]], None],
+    parse: Callable[[bytes], T],
+) -> T:
+    """A provider's webhook body, verified before anything is read from it: 401 for a bad or
+    missing signature, 400 with the reason for a body that is not the provider's format."""
+    try:
+        verify(raw, headers)
+        return parse(raw)
+    except InvalidSignature as exc:
+        raise HTTPException(status_code=401, detail=str(exc)) from exc
+    except MalformedPayload as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+async def store_and_wake(
+    db: Database,
+    settings: Settings,
+    background: BackgroundTasks,
+    batch: InboundBatch,
+    campaign_name: str | None,
+) -> inbox.StoreResult:
+    """Store every message once, then — after the 200 has gone out — start or resume the runs
+    that are owed it (the dispatcher does whatever that does not finish)."""
+    result = await inbox.store_batch(db, batch, campaign_name)
+    for wakeup in result.wakeups:
+        background.add_task(wake, db, settings, wakeup)
+    return result

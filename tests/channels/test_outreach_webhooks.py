@@ -47,7 +47,7 @@ from parley.testing.linkedin_payloads import (
     build_session_expired,
     signed_request,
 )
-from webhook.routes import email as email_route
+from webhook import deps
 from webhook.routes import linkedin as linkedin_route
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,9 +95,8 @@ class Woken:
 @pytest.fixture
 def woken(monkeypatch: pytest.MonkeyPatch) -> Woken:
     recorder = Woken()
-    monkeypatch.setattr(linkedin_route, "wake", recorder.wake)
+    monkeypatch.setattr(deps, "wake", recorder.wake)
     monkeypatch.setattr(linkedin_route, "carry_out", recorder.carry_out)
-    monkeypatch.setattr(email_route, "wake", recorder.wake)
     return recorder
 
 

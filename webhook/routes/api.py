@@ -8,41 +8,18 @@ Refusals are HTTP errors with the reason: 404 unknown, 409 not allowed now, 422 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
 
 from parley import lifecycle, operator_views
-from parley.errors import (
-    ConcurrentUpdate,
-    InvalidInput,
-    NotFound,
-    ParleyError,
-    TransitionNotAllowed,
-)
 from parley.lifecycle import CampaignChange, Change
 from parley.state_machine import Status
 from tasks.runs import carry_out
-from webhook.deps import ApiKey, DbDep, SettingsDep
+from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 
-T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])
-
-_STATUS_OF: list[tuple[type[ParleyError], int]] = [
-    (NotFound, 404),
-    (TransitionNotAllowed, 409),
-    (ConcurrentUpdate, 409),
-    (InvalidInput, 422),
-]
-
-
-async def _refusing(action: Awaitable[T]) -> T:
-    try:
-        return await action
-    except ParleyError as exc:
-        code = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 400)
-        raise HTTPException(status_code=code, detail=str(exc)) from exc
 
 
 @router.get("/conversations")
@@ -56,7 +33,7 @@ async def list_conversations(
 
 @router.get("/conversations/{conversation_id}")
 async def show_conversation(conversation_id: int, db: DbDep) -> dict[str, Any]:
-    return await _refusing(operator_views.show_conversation(db, conversation_id))
+    return await refusing(operator_views.show_conversation(db, conversation_id))
 
 
 class ChangeOut(BaseModel):
@@ -97,7 +74,7 @@ async def start_conversation(body: StartIn, db: DbDep, settings: SettingsDep) ->
     """Start a business-initiated conversation (an outreach lead); its run starts at once.
     404 unknown identity or campaign, 409 the contact already has an active conversation
     there, 422 missing inputs."""
-    change = await _refusing(
+    change = await refusing(
         lifecycle.start(
             db,
             body.campaign,
@@ -121,7 +98,7 @@ class SignalIn(BaseModel):
 async def signal_conversation(
     conversation_id: int, signal: SignalIn, db: DbDep, settings: SettingsDep
 ) -> ChangeOut:
-    change = await _refusing(lifecycle.signal(db, conversation_id, signal.kind, signal.data))
+    change = await refusing(lifecycle.signal(db, conversation_id, signal.kind, signal.data))
     return await _applied(change, db, settings)
 
 
@@ -133,7 +110,7 @@ async def complete_task(
     settings: SettingsDep,
 ) -> ChangeOut:
     """Complete the open task with a result the task node's model accepts."""
-    change = await _refusing(lifecycle.complete_task(db, conversation_id, result))
+    change = await refusing(lifecycle.complete_task(db, conversation_id, result))
     return await _applied(change, db, settings)
 
 
@@ -162,7 +139,7 @@ async def change_conversation(
         "complete": lambda: lifecycle.complete(db, conversation_id, reason),
         "retry": lambda: lifecycle.retry(db, conversation_id),
     }
-    change = await _refusing(actions[command]())
+    change = await refusing(actions[command]())
     return await _applied(change, db, settings)
 
 
@@ -186,6 +163,6 @@ async def change_campaign(
         if command == "pause"
         else lifecycle.resume_campaign(db, name)
     )
-    change = await _refusing(action)
+    change = await refusing(action)
     outs = [await _applied(c, db, settings) for c in change.changes]
     return CampaignChangeOut(name=change.name, paused=change.paused, conversations=outs)

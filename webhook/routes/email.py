@@ -15,11 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 
-from parley import inbox
 from parley.channels.email.channel import EmailChannel
-from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
-from tasks.runs import wake
-from webhook.deps import DbDep, SettingsDep
+from parley.errors import ConfigurationError
+from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake
 
 router = APIRouter(prefix="/webhooks/email", tags=["email"])
 
@@ -39,22 +37,14 @@ async def receive(
     db: DbDep,
     channel: EmailDep,
 ) -> dict[str, Any]:
-    raw = await request.body()
     try:
-        channel.verify(raw, request.headers)
-        batch = channel.parse(raw)
-    except InvalidSignature as exc:
-        raise HTTPException(status_code=401, detail=str(exc)) from exc
+        batch = read_signed(await request.body(), request.headers, channel.verify, channel.parse)
     except ConfigurationError as exc:
         # Not the sender's fault: 503 so the relay keeps the event and retries once it is set.
         detail = f"{exc}; set PARLEY_EMAIL_WEBHOOK_SECRET"
         raise HTTPException(status_code=503, detail=detail) from exc
-    except MalformedPayload as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
     # No campaign: replies reach active conversations only (see the module doc).
-    result = await inbox.store_batch(db, batch, None)
-    for wakeup in result.wakeups:
-        background.add_task(wake, db, settings, wakeup)
+    result = await store_and_wake(db, settings, background, batch, None)
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,

@@ -7,34 +7,16 @@ identity, 409 duplicate channel and address, 422 invalid input or policy.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from parley import identities
 from parley.clock import clock_from
-from parley.errors import AlreadyExists, ConfigurationError, InvalidInput, NotFound, ParleyError
-from webhook.deps import ApiKey, DbDep, SettingsDep
+from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 
-T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["identities"], dependencies=[ApiKey])
-
-_STATUS_OF: list[tuple[type[ParleyError], int]] = [
-    (NotFound, 404),
-    (AlreadyExists, 409),
-    (InvalidInput, 422),
-    (ConfigurationError, 422),
-]
-
-
-async def _refusing(action: Awaitable[T]) -> T:
-    try:
-        return await action
-    except ParleyError as exc:
-        code = next((code for kind, code in _STATUS_OF if isinstance(exc, kind)), 400)
-        raise HTTPException(status_code=code, detail=str(exc)) from exc
 
 
 class IdentityIn(BaseModel):
@@ -69,7 +51,7 @@ async def list_identities(db: DbDep) -> list[dict[str, Any]]:
 
 @router.post("/identities", status_code=201)
 async def add_identity(body: IdentityIn, db: DbDep) -> dict[str, Any]:
-    return await _refusing(
+    return await refusing(
         identities.add_identity(
             db,
             body.channel,
@@ -87,12 +69,12 @@ async def show_identity(identity_id: int, db: DbDep, settings: SettingsDep) -> d
     """The identity, its parked queues, usage against its caps, its next action, and
     ``status.sentence``: why its queue is not moving and when it will."""
     clock = clock_from(settings.clock_file)
-    return await _refusing(identities.explain(db, identity_id, clock=clock))
+    return await refusing(identities.explain(db, identity_id, clock=clock))
 
 
 @router.patch("/identities/{identity_id}")
 async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> dict[str, Any]:
-    return await _refusing(
+    return await refusing(
         identities.update_identity(
             db,
             identity_id,
@@ -108,5 +90,5 @@ async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> d
 @router.post("/identities/{identity_id}/reconnect")
 async def reconnect_identity(identity_id: int, body: ReconnectIn, db: DbDep) -> dict[str, Any]:
     """Release a parked channel: its actions go back to the ready queue in their order."""
-    moved = await _refusing(identities.reconnect(db, identity_id, body.channel))
+    moved = await refusing(identities.reconnect(db, identity_id, body.channel))
     return {"id": identity_id, "channel": body.channel, "unparked": moved}

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 
-from parley import actions, inbox, lifecycle
+from parley import actions, lifecycle
 from parley.channels.linkedin.channel import LinkedInChannel
 from parley.channels.linkedin.wire import CHANNEL, GatewayEvent, GatewayEventKind
 from parley.clock import clock_from
@@ -30,14 +30,12 @@ from parley.db import Database, queries
 from parley.errors import (
     ConcurrentUpdate,
     IdentityExpired,
-    InvalidSignature,
-    MalformedPayload,
     TransitionNotAllowed,
 )
 from parley.lifecycle import Change
 from parley.settings import Settings
-from tasks.runs import carry_out, wake
-from webhook.deps import DbDep, SettingsDep
+from tasks.runs import carry_out
+from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake
 
 CONNECTED_FIELD: Final = "linkedin_connected"
 
@@ -59,19 +57,14 @@ async def receive(
     db: DbDep,
     channel: LinkedInDep,
 ) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        channel.verify(raw, request.headers)
-        batch = channel.parse(raw)
-        events = channel.events(raw)
-    except InvalidSignature as exc:
-        raise HTTPException(status_code=401, detail=str(exc)) from exc
-    except MalformedPayload as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    batch, events = read_signed(
+        await request.body(),
+        request.headers,
+        channel.verify,
+        lambda raw: (channel.parse(raw), channel.events(raw)),
+    )
     # No campaign: messages reach active conversations only (see the module doc).
-    result = await inbox.store_batch(db, batch, None)
-    for wakeup in result.wakeups:
-        background.add_task(wake, db, settings, wakeup)
+    result = await store_and_wake(db, settings, background, batch, None)
     signalled = parked = 0
     for event in events:
         if event.kind is GatewayEventKind.CONNECTION_ACCEPTED:

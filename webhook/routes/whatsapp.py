@@ -12,10 +12,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from parley import inbox
-from parley.errors import InvalidSignature, MalformedPayload
-from tasks.runs import wake
-from webhook.deps import CampaignNameDep, DbDep, SettingsDep, WhatsAppDep
+from webhook.deps import (
+    CampaignNameDep,
+    DbDep,
+    SettingsDep,
+    WhatsAppDep,
+    read_signed,
+    store_and_wake,
+)
 
 router = APIRouter(prefix="/webhooks/whatsapp", tags=["whatsapp"])
 
@@ -42,17 +46,8 @@ async def receive(
     channel: WhatsAppDep,
     campaign_name: CampaignNameDep,
 ) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        channel.verify(raw, request.headers)
-        batch = channel.parse(raw)
-    except InvalidSignature as exc:
-        raise HTTPException(status_code=401, detail=str(exc)) from exc
-    except MalformedPayload as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
-    result = await inbox.store_batch(db, batch, campaign_name)
-    for wakeup in result.wakeups:
-        background.add_task(wake, db, settings, wakeup)
+    batch = read_signed(await request.body(), request.headers, channel.verify, channel.parse)
+    result = await store_and_wake(db, settings, background, batch, campaign_name)
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,
