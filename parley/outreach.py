@@ -93,9 +93,11 @@ async def perform_next(rt: Runtime, identity_id: int, rng: random.Random | None 
 
 
 async def _claim_and_decide(rt: Runtime, identity_id: int, rng: random.Random) -> _Claimed | str:
-    now = rt.clock.now()
     async with rt.db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
+        # The time of the decision is read once the identity is ours: a dispatcher that
+        # waited for the lock must not judge spacing by a "now" older than the last send.
+        now = rt.clock.now()
         action = await queries.claim_action(session, identity_id, now)
         if action is None:
             return "idle"
@@ -354,12 +356,12 @@ async def _claim_manual(
     subject: str | None,
     rng: random.Random | None,
 ) -> _Claimed | ManualSend:
-    now = rt.clock.now()
     async with rt.db.transaction() as session:
         row = await queries.lock_conversation(session, conversation_id)
         if row.status in TERMINAL:
             raise TransitionNotAllowed(f"conversation {row.id} is {row.status.value}")
         identity = await queries.lock_identity(session, row.identity_id)
+        now = rt.clock.now()  # read once the identity is ours (see _claim_and_decide)
         kind = action_type or MANUAL_TYPES.get(identity.channel)
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
