@@ -47,6 +47,8 @@ class E2EStack:
     webhook_port: int
     users: list[WhatsAppUser] = field(default_factory=list)
     worker_env: dict[str, str] | None = None  # e.g. its database or Prefect behind a proxy
+    shared: bool = False  # the session's pg_stack: outlives the module that started it
+    stopped: bool = False
 
     @property
     def webhook_url(self) -> str:
@@ -96,6 +98,9 @@ class E2EStack:
         raise AssertionError(f"{user.phone} never reached {status!r}: {detail.get('status')}")
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         self.stack.stop()
         self.fake.stop()
         self.crm.stop()
@@ -167,6 +172,7 @@ def stack_factory(
         stack.start_webhook("127.0.0.1", webhook_port, webhook_env)
         return handle
 
+    start.stacks = stacks  # type: ignore[attr-defined]
     yield start
     for handle in stacks:
         handle.stop()
@@ -175,4 +181,17 @@ def stack_factory(
 @pytest.fixture(scope="session")
 def pg_stack(stack_factory: Any) -> E2EStack:
     """The shared PostgreSQL stack most scenarios run on (each with its own phone numbers)."""
-    return stack_factory("postgresql")  # type: ignore[no-any-return]
+    stack: E2EStack = stack_factory("postgresql")
+    stack.shared = True
+    return stack
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stacks_die_with_their_module(stack_factory: Any) -> Iterator[None]:
+    """A module's own stacks stop when it ends: on two cores, idle workers and dispatchers of
+    finished modules polling Prefect would slow every later test down."""
+    before = len(stack_factory.stacks)
+    yield
+    for handle in stack_factory.stacks[before:]:
+        if not handle.shared:
+            handle.stop()
