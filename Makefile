@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON := 3.11
 
-.PHONY: setup demo dev test lint typecheck contracts bench bench-quick clean
+.PHONY: bench-dispatcher setup demo dev test lint typecheck contracts bench bench-quick clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -37,3 +37,6 @@ bench: setup
 
 bench-quick: setup
 	$(UV) run python -m bench --quick $(BENCH_ARGS)
+
+bench-dispatcher: setup
+	$(UV) run python -m bench.dispatcher $(BENCH_ARGS)
