@@ -92,6 +92,12 @@ async def _store_in(
         session, message.channel, message.contact_address, message.contact_name
     )
     conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
+    if conversation is None and message.context_message_id:
+        # A reply to something one of our conversations sent from another account (a LinkedIn
+        # sequence's email fallback): it belongs to that conversation, and stops its sequence.
+        conversation = await queries.lock_active_conversation_that_sent(
+            session, message.context_message_id
+        )
     created = False
     if conversation is None:
         # A re-delivery of a message whose conversation has ended must not open a new one.

@@ -784,6 +784,28 @@ async def inbound_after(session: AsyncSession, conversation_id: int, after_id: i
     return bool(await session.scalar(select(exists().where(condition))))
 
 
+async def lock_active_conversation_that_sent(
+    session: AsyncSession, provider_id: str
+) -> Conversation | None:
+    """The active conversation whose action (or message) the provider knows as ``provider_id``
+    (an email's Message-ID), locked; None when it ended or was never ours."""
+    by_action = select(Action.conversation_id).where(Action.provider_id == provider_id)
+    by_message = select(Message.conversation_id).where(
+        Message.provider_message_id == provider_id, Message.direction == Direction.OUT
+    )
+    stmt = (
+        select(Conversation)
+        .where(
+            Conversation.id.in_(by_action.union(by_message)),
+            Conversation.status.in_(ACTIVE),
+        )
+        .limit(1)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def get_action(session: AsyncSession, action_id: int) -> Action:
     return await _get(session, Action, action_id, "action")
 

@@ -488,3 +488,76 @@ async def test_parley_send_from_the_cli_says_why_not_or_sends(
         assert [a.text for a in gateway.performed] == ["Quick question"]
     finally:
         get_settings.cache_clear()
+
+
+FALLBACK = """
+name: mail-fallback
+channel: linkedin
+start: mail
+nodes:
+  - {id: mail, type: send, action: email, subject: "Parley", text: "Hello again"}
+  - {id: listen, type: wait_for_reply, timeout: 5d}
+  - {id: thanks, type: end}
+  - {id: done, type: end}
+edges:
+  - {from: mail, to: listen}
+  - {from: listen, to: thanks, when: replied}
+  - {from: listen, to: done, when: no_reply}
+"""
+
+
+async def test_an_email_reply_to_a_linkedin_sequences_fallback_reaches_its_conversation(
+    db: Database,
+    rt: Runtime,
+    gateway: FakeLinkedInGateway,
+    smtp: LoopbackSMTPServer,
+    tmp_path: Path,
+) -> None:
+    """The lead answers the email fallback: another account (the mailbox) and another address
+    (their email) than the conversation's, matched by In-Reply-To to what the sequence sent."""
+    path = tmp_path / "fallback.yaml"
+    path.write_text(FALLBACK)
+    async with db.transaction() as session:
+        name = (await install_campaign(session, path)).name
+    identity_id = await _identity(db, gateway)
+    async with db.transaction() as session:
+        identity = await session.get(Identity, identity_id)
+        assert identity is not None
+        mailbox = {"address": "me@example.com", **smtp.smtp_settings()}
+        identity.settings = {**identity.settings, "email": mailbox}
+    change = await lifecycle.start(
+        db,
+        name,
+        identity_id,
+        channel="linkedin",
+        address="lead-9",
+        fields={"email": "lead9@example.com"},
+    )
+    cid = change.conversation_id
+    await executor.begin_run(rt, cid, None)
+    await _until_waiting(rt, cid)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    [mail] = await _actions(db, identity_id)
+    assert mail.provider_id and mail.provider_id.startswith("<")
+    cursor = await _look_again(rt, cid)
+    assert cursor.node == "listen"
+    await _suspend(rt, cid)
+    reply = InboundMessage(
+        channel="email",
+        provider_message_id="<reply-1@example.com>",
+        identity_address="me@example.com",
+        contact_address="lead9@example.com",
+        contact_name=None,
+        type="text",
+        role=InboundRole.ANSWER,
+        text="Yes, let's talk",
+        reply_id=None,
+        context_message_id=mail.provider_id,
+        timestamp=utcnow(),
+        raw={},
+    )
+    result = await inbox.store_batch(db, InboundBatch(messages=[reply]), None)
+    assert (result.stored, result.unmatched) == (1, 0)
+    assert [w.conversation_id for w in result.wakeups] == [cid]
+    cursor = await _look_again(rt, cid)
+    assert (cursor.status, cursor.node) == (Status.COMPLETED, "thanks")
