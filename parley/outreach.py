@@ -45,6 +45,7 @@ from parley.errors import (
     TransitionNotAllowed,
     Undeliverable,
 )
+from parley.executor import end
 from parley.limits import CHANNEL_OF, Performed, Proceed, decide, learn_retry_after
 from parley.runtime import Runtime
 from parley.state_machine import (
@@ -290,8 +291,6 @@ async def _finish(
         if row.status in TERMINAL:
             return
         if complete:
-            from parley.executor import end
-
             await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
             row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
             return

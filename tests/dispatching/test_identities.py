@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -26,7 +25,8 @@ from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput, NotFound
 from parley.identities import IdentityPolicy, format_wait
 from parley.limits import DEFAULT_POLICY
-from parley.settings import Settings, get_settings
+from parley.settings import get_settings
+from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
 
 MADRID = ZoneInfo("Europe/Madrid")
@@ -528,15 +528,7 @@ async def test_cli_refusals_exit_1(cli_db: Database, tmp_path: Path) -> None:
 
 
 def _api(db: Database) -> httpx.AsyncClient:
-    application = FastAPI()
-    application.include_router(identity_routes.router)
-    application.state.db = db
-    application.state.settings = Settings(api_keys=API_KEY)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=application),
-        base_url="http://parley",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
+    return operator_api(db, identity_routes.router, api_key=API_KEY)
 
 
 async def test_rest_identities(db: Database) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from parley import operator_views as views
@@ -22,7 +21,7 @@ from parley.errors import NotFound
 from parley.funnel import campaign_funnel
 from parley.migration import MigrationRefused, migrate
 from parley.runtime import Runtime
-from parley.settings import Settings, get_settings
+from parley.settings import get_settings
 from tests.operations.driving import (
     ROOT,
     SetClock,
@@ -34,6 +33,7 @@ from tests.operations.driving import (
     start,
     suspend,
 )
+from tests.operator_api import operator_api
 from tests.storage.conftest import (  # noqa: F401  (fixtures)
     campaign_name,
     crm,
@@ -222,15 +222,7 @@ async def test_cli_migrate_refuses_with_exit_2_then_moves_with_a_map(
 
 
 def _api(db: Database) -> httpx.AsyncClient:
-    application = FastAPI()
-    application.include_router(campaign_routes.router)
-    application.state.db = db
-    application.state.settings = Settings(api_keys=API_KEY)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=application),
-        base_url="http://parley",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
+    return operator_api(db, campaign_routes.router, api_key=API_KEY)
 
 
 async def test_rest_migrate(

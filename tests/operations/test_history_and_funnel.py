@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from typer.testing import CliRunner
 
 import tasks.artifacts as artifacts
@@ -25,8 +24,9 @@ from parley.db import Database
 from parley.errors import NotFound
 from parley.funnel import NodeFunnel, campaign_funnel, percentile
 from parley.runtime import Runtime
-from parley.settings import Settings, get_settings
+from parley.settings import get_settings
 from tests.operations.driving import SetClock, answer, on_clock, say, start, suspend
+from tests.operator_api import operator_api
 from tests.storage.conftest import (  # noqa: F401  (fixtures)
     campaign_name,
     crm,
@@ -335,15 +335,7 @@ async def test_cli_funnel_and_show(
 
 
 def _api(db: Database) -> httpx.AsyncClient:
-    application = FastAPI()
-    application.include_router(campaign_routes.router)
-    application.state.db = db
-    application.state.settings = Settings(api_keys=API_KEY)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=application),
-        base_url="http://parley",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
+    return operator_api(db, campaign_routes.router, api_key=API_KEY)
 
 
 async def test_rest_funnel(

@@ -1,0 +1,25 @@
+"""An in-process client for operator routes: the routers under test on a bare FastAPI app with
+the database and an API key, spoken to over ASGI (no lifespan, no Prefect)."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import APIRouter, FastAPI
+
+from parley.db import Database
+from parley.settings import Settings
+
+API_KEY = "test-operator-key"
+
+
+def operator_api(db: Database, *routers: APIRouter, api_key: str = API_KEY) -> httpx.AsyncClient:
+    application = FastAPI()
+    for router in routers:
+        application.include_router(router)
+    application.state.db = db
+    application.state.settings = Settings(api_keys=api_key)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application),
+        base_url="http://parley",
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
