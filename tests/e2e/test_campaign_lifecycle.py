@@ -18,6 +18,7 @@ from uuid import UUID
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flow_runs import aresume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
@@ -157,7 +158,13 @@ async def _complete_in_the_prefect_ui(flow_run_id: str, answer: dict[str, Any]) 
             assert time.monotonic() < deadline, run.state
             await asyncio.sleep(0.2)
         keyset = keyset_from_paused_state(run.state)
-        schema = await client.read_flow_run_input(UUID(flow_run_id), keyset["schema"])
+        while True:  # Prefect saves the form a moment after the run shows Paused
+            try:
+                schema = await client.read_flow_run_input(UUID(flow_run_id), keyset["schema"])
+                break
+            except PrefectHTTPStatusError:
+                assert time.monotonic() < deadline, "the pause's form was never saved"
+                await asyncio.sleep(0.2)
         description = await client.read_flow_run_input(UUID(flow_run_id), keyset["description"])
     assert json.loads(schema)["properties"]["outcome"]["anyOf"][0]["enum"] == [
         "reached",

@@ -225,7 +225,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         )
 
     started = time.monotonic()
-    await _eventually("20 visits, 5 connection requests, the rest put off", friday_done, 90)
+    await _eventually("20 visits, 5 connection requests, the rest put off", friday_done, 240)
     print(f"Friday's work took {time.monotonic() - started:.1f} s")
     rows = await _actions(stack, identity_id)
     capped = [a for a in rows if a.type == "linkedin_connection" and a.status == "queued"]
@@ -274,7 +274,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
     async def monday_done() -> bool:
         return len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
 
-    await _eventually("Monday's 5 connection requests", monday_done, 60)
+    await _eventually("Monday's 5 connection requests", monday_done, 120)
     await asyncio.sleep(2)
     assert len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
     skipped = {a.id: a for a in await _actions(stack, identity_id)}[replying.id]
