@@ -39,6 +39,7 @@ from prefect.flow_engine import run_flow_async
 from prefect.states import Cancelled, Pending
 from prefect.utilities.engine import propose_state
 
+from deployments.engine import shared_engine, with_resolved_result_storage
 from deployments.register import kick_dispatcher, register_deployments
 from parley import executor
 from parley.settings import Settings, get_settings
@@ -60,8 +61,13 @@ class InProcessWorker:
         self._cancelled_since = datetime.now(UTC) - CANCELLATION_CHECK
 
     async def run(self) -> None:
+        async with shared_engine():
+            await self._serve()
+
+    async def _serve(self) -> None:
         self.flows = await register_deployments(self.settings)
         await kick_dispatcher(self.flows)
+        await with_resolved_result_storage(self.flows)
         log.info(
             "worker serving %s and %s in-process",
             self.settings.conversation_deployment,
