@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         "inbound email POST is refused until it is set.",
     )
 
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="PostgreSQL connections the webhook and each worker keep open (SQLite: "
+        "ignored).",
+    )
+    database_max_overflow: int = Field(
+        default=30,
+        ge=0,
+        description="Extra connections a process may open under a burst, above the pool; keep "
+        "the sum over all processes under PostgreSQL's max_connections.",
+    )
+
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8000
     webhook_max_body_bytes: int = Field(

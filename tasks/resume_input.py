@@ -14,7 +14,6 @@ import logging
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
 from prefect.input import RunInput
 from prefect.input.actions import adelete_flow_run_input
 from pydantic import Field, create_model
@@ -23,6 +22,7 @@ from parley import lifecycle
 from parley.campaign import TaskNode
 from parley.db import queries
 from parley.errors import InvalidInput, TransitionNotAllowed
+from tasks.prefect_api import prefect_api
 from tasks.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def apply_task_answers(conversation_id: int, flow_run_id: str) -> int:
     node's model validates them), then deleted so none is applied twice. A refused one (the
     task was completed another way meanwhile) is logged and dropped."""
     applied = 0
-    async with get_client() as client:
+    async with prefect_api() as client:
         inputs = await client.filter_flow_run_input(
             flow_run_id=UUID(flow_run_id), key_prefix=RESPONSE_PREFIX, limit=20, exclude_keys=set()
         )

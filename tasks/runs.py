@@ -13,10 +13,10 @@ import logging
 import random
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -26,7 +26,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import NotPausedError, ObjectNotFound, PrefectHTTPStatusError
-from prefect.flow_runs import aresume_flow_run
 from prefect.states import Crashed
 
 from parley.db import Database, queries
@@ -36,6 +35,7 @@ from parley.lifecycle import Change
 from parley.operator_views import mask_address
 from parley.settings import Settings
 from parley.state_machine import Status
+from tasks.prefect_api import deployment_id, prefect_api, resume
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,26 @@ async def create_run(
     async with db.read() as session:
         conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
     key = f"parley-conversation-{conv.uid}" + (f"-{attempt}" if attempt else "")
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(settings.conversation_deployment)
-        run = await client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={"conversation_id": conversation_id},
-            name=f"{contact.channel} {mask_address(contact.address)} #{conversation_id}",
-            tags=[
-                f"campaign:{campaign.name}",
-                f"campaign-version:{campaign.version}",
-                f"channel:{contact.channel}",
-            ],
-            idempotency_key=key,
-        )
+    name = settings.conversation_deployment
+    arguments: dict[str, Any] = {
+        "parameters": {"conversation_id": conversation_id},
+        "name": f"{contact.channel} {mask_address(contact.address)} #{conversation_id}",
+        "tags": [
+            f"campaign:{campaign.name}",
+            f"campaign-version:{campaign.version}",
+            f"channel:{contact.channel}",
+        ],
+        "idempotency_key": key,
+    }
+    async with prefect_api() as client:
+        try:
+            run = await client.create_flow_run_from_deployment(
+                await deployment_id(name), **arguments
+            )
+        except ObjectNotFound:  # redeployed under a new id since we asked
+            run = await client.create_flow_run_from_deployment(
+                await deployment_id(name, fresh=True), **arguments
+            )
     async with db.transaction() as session:
         conv = await queries.lock_conversation(session, conversation_id)
         if conv.flow_run_id is None or attempt:
@@ -93,7 +100,7 @@ async def resume_once(flow_run_id: str, conversation_id: int, *, reason: str) ->
     """One attempt; Prefect refusing the input itself (it fails the run's input model) is a
     caller error and raises ``ResumeRejected``."""
     try:
-        await aresume_flow_run(
+        await resume(
             UUID(flow_run_id), run_input={"reason": reason, "conversation_id": conversation_id}
         )
     except NotPausedError:
@@ -124,9 +131,10 @@ async def resume_run(
     deadline = loop.time() + give_up_after
     delay, retries = 0.05, 0
     while True:
-        try:
-            outcome = await resume_once(flow_run_id, conversation_id, reason=reason)
-        except PREFECT_UNAVAILABLE as exc:
+        try:  # the client's own retries must not outlast the window either
+            async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                outcome = await resume_once(flow_run_id, conversation_id, reason=reason)
+        except (*PREFECT_UNAVAILABLE, TimeoutError) as exc:
             log.debug("resume of %s not possible yet: %r", flow_run_id, exc)
             outcome = ResumeOutcome.NOT_PAUSED
         if outcome is ResumeOutcome.RESUMED:
@@ -216,7 +224,7 @@ async def crash_dead_dispatcher_runs(settings: Settings) -> int:
     """A live dispatcher run ends after one interval; one still Running after two lost its
     process (a killed worker). Mark it Crashed so the UI shows what happened."""
     cutoff = datetime.now(UTC) - timedelta(seconds=2 * settings.dispatcher_interval_seconds)
-    async with get_client() as client:
+    async with prefect_api() as client:
         deployment = await client.read_deployment_by_name(settings.dispatcher_deployment)
         runs = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
@@ -238,7 +246,7 @@ async def ensure_next_run(deployment_id: UUID, *, within: timedelta, this_run: U
     fills a deployment's schedule every minute or so, which can leave a gap after a fresh
     deployment or a slow server; a run tagged ``relay`` closes it. Nothing is created when
     another run is already pending or running, or one is scheduled within ``within``."""
-    async with get_client() as client:
+    async with prefect_api() as client:
         by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
         live = await client.read_flow_runs(
             deployment_filter=by_deployment,
@@ -265,6 +273,6 @@ async def ensure_next_run(deployment_id: UUID, *, within: timedelta, this_run: U
 async def slot_taken(limit_name: str) -> bool:
     """Whether every slot of a global concurrency limit is held right now (asking does not
     queue for it, and a refusal is not an error worth logging)."""
-    async with get_client() as client:
+    async with prefect_api() as client:
         limit = await client.read_global_concurrency_limit_by_name(limit_name)
     return limit.active_slots >= limit.limit

@@ -76,7 +76,11 @@ async def get_runtime() -> Runtime:
             settings = get_settings()
             url = await resolve_database_url(settings)
             _runtime = Runtime(
-                db=Database(url),
+                db=Database(
+                    url,
+                    pool_size=settings.database_pool_size,
+                    max_overflow=settings.database_max_overflow,
+                ),
                 channels=build_channels(settings),
                 outreach=build_outreach(settings),
                 post_json=partial(post_json),

@@ -32,7 +32,7 @@ from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
@@ -43,6 +43,7 @@ from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
+from tasks.prefect_api import deployment_id, prefect_api
 from tasks.runs import ResumeOutcome, create_run, resume_once, start_run
 from tasks.runtime import get_runtime
 
@@ -144,9 +145,9 @@ async def _runs_in_trouble(settings: Settings, since: datetime) -> list[FlowRun]
     )
 
     ended = [StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(settings.conversation_deployment)
-        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+    conversations = await deployment_id(settings.conversation_deployment)
+    async with prefect_api() as client:
+        by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[conversations]))
         finished = await client.read_flow_runs(
             deployment_filter=by_deployment,
             flow_run_filter=FlowRunFilter(
@@ -211,7 +212,7 @@ async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
     (and shows how the conversation ended); one that is not paused ends by itself."""
     outcome = await resume_once(run_id, conversation_id, reason="operator")
     if outcome is ResumeOutcome.NOT_PAUSED:
-        async with get_client() as client:
+        async with prefect_api() as client:
             run = await client.read_flow_run(UUID(run_id))
         if run.state is not None and run.state.type == StateType.PAUSED:
             return "waiting for its pause"
@@ -223,7 +224,7 @@ async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
 
 async def _recover(rt: Runtime, settings: Settings, conversation_id: int, run_id: str) -> str:
     """What Prefect's state of the run says to do, for a conversation whose row is active."""
-    async with get_client() as client:
+    async with prefect_api() as client:
         try:
             run = await client.read_flow_run(UUID(run_id))
         except ObjectNotFound:

@@ -20,6 +20,7 @@ from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.db import Database
 from parley.settings import get_settings
+from tasks.prefect_api import close_prefect_api
 from tasks.runtime import resolve_database_url
 from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
 
@@ -39,7 +40,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_logging()
     settings = get_settings()
     # The same resolution as the worker's: the parley-db block first, then the settings.
-    db = Database(await resolve_database_url(settings))
+    db = Database(
+        await resolve_database_url(settings),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     async with db.transaction() as session:
         version = await install_campaign(session, settings.default_campaign)
     app.state.settings = settings
@@ -61,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.linkedin.aclose()
         await app.state.email.aclose()
         await db.dispose()
+        await close_prefect_api()
 
 
 class BodySizeLimit:

@@ -1,0 +1,78 @@
+"""One Prefect API client per process and event loop, shared by everything that calls Prefect.
+
+``get_client()`` outside a flow run builds a new client each time, and a new client costs
+~28 ms of CPU (most of it loading the CA bundle into a TLS context, even for ``http://``),
+spent on the event loop: under a burst of new contacts the webhook did that for every start
+and every resume, and its 200s queued behind it. Inside a flow run (or the worker's shared
+engine) Prefect's own context client is used, as ``get_client()`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.context import AsyncClientContext
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PrefectClient] = (
+    weakref.WeakKeyDictionary()
+)
+_deployment_ids: dict[str, UUID] = {}
+
+
+@contextlib.asynccontextmanager
+async def prefect_api() -> AsyncIterator[PrefectClient]:
+    """The client to use now; never closed by the caller (``close_prefect_api`` does that)."""
+    loop = asyncio.get_running_loop()
+    context = AsyncClientContext.get()
+    if context is not None and getattr(context.client, "_loop", None) is loop:
+        yield context.client
+        return
+    client = _clients.get(loop)
+    if client is None:
+        client = get_client()
+        assert isinstance(client, PrefectClient)
+        await client.__aenter__()
+        if (raced := _clients.get(loop)) is not None:  # another caller opened one meanwhile
+            await client.__aexit__(None, None, None)
+            client = raced
+        _clients[loop] = client
+    yield client
+
+
+async def deployment_id(name: str, *, fresh: bool = False) -> UUID:
+    """A deployment's id by ``flow/deployment`` name, asked once per process: a start then
+    costs one API call, not two. ``fresh`` after Prefect said the id is gone (redeployed)."""
+    if fresh or name not in _deployment_ids:
+        async with prefect_api() as client:
+            _deployment_ids[name] = (await client.read_deployment_by_name(name)).id
+    return _deployment_ids[name]
+
+
+async def close_prefect_api() -> None:
+    """At shutdown (the webhook's lifespan): close this loop's client, if one was opened."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.__aexit__(None, None, None)
+
+
+async def resume(flow_run_id: UUID, run_input: dict[str, Any]) -> None:
+    """``prefect.flow_runs.aresume_flow_run`` on the shared client, with its errors."""
+    async with prefect_api() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        if not flow_run.state or not flow_run.state.is_paused():
+            raise NotPausedError("Cannot resume a run that isn't paused!")
+        response = await client.resume_flow_run(flow_run_id, run_input=run_input)
+    if response.status == SetStateStatus.REJECT:
+        if response.state and response.state.type == StateType.FAILED:
+            raise FlowPauseTimeout("Flow run can no longer be resumed.")
+        reason = getattr(response.details, "reason", None)
+        raise RuntimeError(f"Cannot resume this run: {reason}")
