@@ -16,6 +16,7 @@ from typing import Literal
 from parley.db import queries
 from parley.db.models import Conversation
 from parley.executor import extend_lease, set_status
+from parley.inbox_signal import Subscription
 from parley.runtime import Runtime
 from parley.state_machine import LIVE, TERMINAL, Status, suspend_key
 
@@ -60,11 +61,22 @@ async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float)
             seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
         set_status(row, Status.HOT)
         extend_lease(row, rt.lease_seconds)
+    async with rt.signal.subscribe(conversation_id) as inbox:
+        return await _until_told(rt, conversation_id, inbox, seconds)
+
+
+async def _until_told(
+    rt: Runtime, conversation_id: int, inbox: Subscription, seconds: float
+) -> bool:
+    """Subscribed before the first look, so a message stored between two looks still wakes
+    us; between notifications the inbox is read every ``recheck_seconds`` (an operator's pause
+    or a graceful stop is seen then) and at each renewal of the lease."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     renew_at = loop.time() + rt.lease_seconds / 3
     while loop.time() < deadline and not rt.stopping:
-        await rt.signal.wait(conversation_id, min(deadline - loop.time(), 1.0))
+        until_next_look = min(deadline, renew_at) - loop.time()
+        await inbox.wait(max(0.0, min(until_next_look, inbox.recheck_seconds)))
         async with rt.db.read() as session:
             if await queries.has_unconsumed_inbound(session, conversation_id):
                 return True

@@ -181,6 +181,25 @@ async def test_storing_a_message_notifies_the_process_waiting_for_it(
         await signal.close()
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_message_stored_between_two_looks_is_not_slept_through(
+    db: Database, campaign_name: str
+) -> None:
+    """A hot run reads the inbox between waits; a NOTIFY arriving while it reads is kept for
+    its next wait, which returns at once instead of after the trusted interval (30 s here)."""
+    await inbox.store_batch(db, make_batch("hi"), campaign_name)
+    cid = int((await views.list_conversations(db))[0]["id"])
+    signal = PostgresSignal(db.url, fallback_poll_seconds=30, trusted_seconds=30)
+    try:
+        async with signal.subscribe(cid) as subscription:
+            assert await subscription.wait(0.2) is False
+            await inbox.store_batch(db, make_batch("Ana"), campaign_name)  # nobody waiting now
+            assert await asyncio.wait_for(subscription.wait(30), timeout=10) is True
+            assert await subscription.wait(0.2) is False  # told once, not for ever
+    finally:
+        await signal.close()
+
+
 async def test_a_hot_wait_with_no_message_gives_up_and_reports_it(
     db: Database, runtime: Runtime, campaign_name: str
 ) -> None:
