@@ -1,8 +1,11 @@
 """Registering what Parley needs in Prefect: its deployments and its concurrency limits.
 
-The worker calls this at start, so a fresh Prefect server (or one that lost its database) is
-set up by simply starting a worker; ``prefect deploy --all`` with ``prefect.yaml`` is the
-alternative for pool-based rollouts.
+``python -m deployments.worker`` calls ``register_deployments`` at start, so a fresh Prefect
+server (or one that lost its database) is set up by simply starting that worker. With the
+``parley`` worker type (``prefect worker start --pool parley``) deployments come from
+``prefect deploy --all`` (prefect.yaml) instead; that worker still creates the dispatcher's
+concurrency limit and kicks a dispatcher run at start (``ensure_concurrency_limit``,
+``kick_dispatcher``).
 """
 
 from __future__ import annotations
@@ -44,14 +47,13 @@ async def register_deployments(settings: Settings) -> dict[UUID, Flow[..., Any]]
     return {conversation_id: conversation, dispatcher_id: dispatcher}
 
 
-async def kick_dispatcher(flows: dict[UUID, Flow[..., Any]]) -> None:
+async def kick_dispatcher(deployment_ids: list[UUID]) -> None:
     """Start a dispatcher run now rather than at the next scheduled time: a worker that comes
     back after a crash recovers its conversations at once. Not when the schedule has one due
     in a moment anyway (a freshly registered deployment)."""
-    dispatcher_ids = [deployment_id for deployment_id, f in flows.items() if f is dispatcher]
     soon = datetime.now(UTC) + KICK_UNLESS_DUE_WITHIN
     async with get_client() as client:
-        for deployment_id in dispatcher_ids:
+        for deployment_id in deployment_ids:
             due = await client.get_scheduled_flow_runs_for_deployments(
                 deployment_ids=[deployment_id], scheduled_before=soon, limit=1
             )
