@@ -1,7 +1,8 @@
 """One identity's next outreach action, from the queue to its recorded outcome.
 
-The dispatcher calls ``perform_next`` for an identity while holding that identity's global
-concurrency slot (one action of an identity at a time). In order:
+The dispatcher calls ``drain`` (or ``perform_next`` for a single action) for an identity while
+holding that identity's global concurrency slot (one action of an identity at a time). In
+order:
 
 1. **claim** the identity's next due action (``SKIP LOCKED``: two dispatchers never take it);
 2. **decide** ``PROCEED`` or ``WAIT(reason, until)``: working hours, then daily, weekly and
@@ -18,6 +19,12 @@ concurrency slot (one action of an identity at a time). In order:
 
 Each outcome (sent, skipped, failed) is handed to the waiting conversation (``task_result`` of
 its send node, ``wake_requested_at``), and the dispatcher resumes its run.
+
+Transactions: steps 1-3 are one (the conversation's row is taken with ``SKIP LOCKED``; when
+the webhook holds it, the check waits for it in a transaction of its own before the call), and
+the outcome of step 4 is written in the transaction that claims the identity's next action. A
+dispatcher killed between the call and that commit leaves the action ``running``: it is retried
+with the same key (``recover_abandoned_actions``), never sent as a new one.
 """
 
 from __future__ import annotations
@@ -25,15 +32,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 from uuid import uuid4
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley import actions, identities, lifecycle
 from parley.channels.base import OutreachAction, SenderIdentity
 from parley.db import queries
-from parley.db.models import Action, Identity, utcnow
+from parley.db.models import Action, Conversation, Identity, utcnow
 from parley.errors import (
     ChannelError,
     CreditsExhausted,
@@ -78,51 +89,106 @@ class _Claimed:
     seen_inbound_id: int | None
     sender: SenderIdentity
     idempotency_key: str
+    fresh: bool = False  # the freshness check passed in the claim's transaction
 
 
 async def perform_next(rt: Runtime, identity_id: int, rng: random.Random | None = None) -> Done:
     """Take the identity's next due action as far as it can go now."""
-    claimed = await _claim_and_decide(rt, identity_id, rng or random.Random())
-    if isinstance(claimed, str):
-        return claimed  # type: ignore[return-value]
-    stale = await _freshness(rt, claimed)
-    if stale is not None:
-        reason, replied = stale
-        await _finish(rt, claimed, ACTION_SKIPPED, reason, replied=replied)
-        return "skipped"
-    return await _perform(rt, claimed)
+    return (await drain(rt, identity_id, rng, limit=1))[0]
 
 
-async def _claim_and_decide(rt: Runtime, identity_id: int, rng: random.Random) -> _Claimed | str:
-    async with rt.db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
-        # The time of the decision is read once the identity is ours: a dispatcher that
-        # waited for the lock must not judge spacing by a "now" older than the last send.
-        now = rt.clock.now()
-        action = await queries.claim_action(session, identity_id, now)
-        if action is None:
-            return "idle"
-        decision = await _decision(session, identity, action.type, now, rng)
-        if not isinstance(decision, Proceed):
-            action.not_before = decision.until
-            action.reason = decision.explain()
-            action.updated_at = utcnow()
-            identity.flagged = decision.explain() if decision.capped else None
-            return "waiting"
-        action.status, action.claimed_at = "running", utcnow()
-        action.attempts += 1
-        return _Claimed(
-            action.id,
-            identity.id,
-            action.type,
-            action.channel,
-            dict(action.payload),
-            action.attempts,
-            action.conversation_id,
-            action.seen_inbound_id,
-            sender_for(identity, action.channel),
-            action.idempotency_key,
-        )
+async def drain(
+    rt: Runtime,
+    identity_id: int,
+    rng: random.Random | None = None,
+    *,
+    limit: int,
+    stopping: Callable[[], bool] = lambda: False,
+) -> list[Done]:
+    """Up to ``limit`` of the identity's due actions, one after the other (the caller holds the
+    identity's slot); the list ends with ``idle`` or ``waiting`` when the identity may do
+    nothing more now.
+
+    One transaction per action: it records the outcome of the action before — so the decision
+    counts that send — then claims the next one, decides and checks its freshness. An outcome
+    is never lost to a failed claim: it is then recorded on its own before the error goes up."""
+    rng = rng or random.Random()
+    done: list[Done] = []
+    record: _Record | None = None
+    while True:
+        more = len(done) < limit and not stopping()
+        try:
+            async with rt.db.transaction() as session:
+                if record is not None:
+                    await record(session)
+                step = await _claim(session, rt, identity_id, rng) if more else None
+        except Exception:
+            if record is None:
+                raise
+            async with rt.db.transaction() as session:
+                await record(session)
+            raise
+        record = None
+        if step is None:
+            return done
+        if isinstance(step, _Claimed):
+            outcome, record = await _fresh_then_performed(rt, step)
+        else:
+            outcome = step
+        done.append(outcome)
+        if outcome in ("idle", "waiting"):
+            return done
+
+
+_Record = Callable[[AsyncSession], Awaitable[None]]
+"""What became of a performed action, written in the transaction that claims the next one."""
+
+
+async def _claim(
+    session: AsyncSession, rt: Runtime, identity_id: int, rng: random.Random
+) -> _Claimed | Done:
+    """Claim the identity's next due action and decide; ``skipped`` when it is stale."""
+    identity = await queries.lock_identity(session, identity_id)
+    # The time of the decision is read once the identity is ours: a dispatcher that
+    # waited for the lock must not judge spacing by a "now" older than the last send.
+    now = rt.clock.now()
+    action = await queries.claim_action(session, identity_id, now)
+    if action is None:
+        return "idle"
+    decision = await _decision(session, identity, action.type, now, rng)
+    if not isinstance(decision, Proceed):
+        action.not_before = decision.until
+        action.reason = decision.explain()
+        action.updated_at = utcnow()
+        identity.flagged = decision.explain() if decision.capped else None
+        return "waiting"
+    action.status, action.claimed_at = "running", utcnow()
+    action.attempts += 1
+    claimed = _Claimed(
+        action.id,
+        identity.id,
+        action.type,
+        action.channel,
+        dict(action.payload),
+        action.attempts,
+        action.conversation_id,
+        action.seen_inbound_id,
+        sender_for(identity, action.channel),
+        action.idempotency_key,
+    )
+    if claimed.conversation_id is None:
+        return replace(claimed, fresh=True)
+    # The freshness check in the same transaction when the conversation's row is free; when
+    # the webhook holds it (storing a message), it is checked once that lock is released.
+    row = await queries.lock_conversation_if_free(session, claimed.conversation_id)
+    if row is None:
+        return claimed
+    stale = await _stale(session, row, claimed)
+    if stale is None:
+        return replace(claimed, fresh=True)
+    reason, replied = stale
+    await _finish(session, rt, claimed, ACTION_SKIPPED, reason, replied=replied)
+    return "skipped"
 
 
 async def _decision(
@@ -155,30 +221,40 @@ def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     return SenderIdentity(channel, identity.address, {})
 
 
-async def _freshness(rt: Runtime, claimed: _Claimed) -> tuple[str, bool] | None:
+async def _stale(
+    session: AsyncSession, row: Conversation, claimed: _Claimed
+) -> tuple[str, bool] | None:
     """Why the action must not go out any more (and whether it is because the contact wrote),
-    or None. Read under the conversation's row lock, right before the provider call."""
-    if claimed.conversation_id is None:
-        return None
-    async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, claimed.conversation_id)
-        if row.status in TERMINAL:
-            return f"the conversation is {row.status.value}", False
-        if row.status is Status.PAUSED:
-            return "the conversation is paused", False
-        if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
-            return "the contact wrote after it was queued", True
-        if row.current_node != claimed.payload.get("node") or row.waiting_for != WaitKind.ACTION:
-            return "the conversation moved on", False
+    or None. ``row`` is locked: the webhook stores messages under the same lock."""
+    if row.status in TERMINAL:
+        return f"the conversation is {row.status.value}", False
+    if row.status is Status.PAUSED:
+        return "the conversation is paused", False
+    if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
+        return "the contact wrote after it was queued", True
+    if row.current_node != claimed.payload.get("node") or row.waiting_for != WaitKind.ACTION:
+        return "the conversation moved on", False
     return None
 
 
-async def _perform(rt: Runtime, claimed: _Claimed) -> Done:
+async def _fresh_then_performed(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
+    """The freshness check if the claim could not make it, right before the provider call."""
+    if not claimed.fresh and claimed.conversation_id is not None:
+        async with rt.db.transaction() as session:
+            row = await queries.lock_conversation(session, claimed.conversation_id)
+            stale = await _stale(session, row, claimed)
+        if stale is not None:
+            reason, replied = stale
+            return "skipped", _finishing(rt, claimed, ACTION_SKIPPED, reason, replied=replied)
+    return await _perform(rt, claimed)
+
+
+async def _perform(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
+    """The provider call; what to record of it is left to the caller's next transaction."""
     to = claimed.payload.get("to")
     if not to:
         reason = f"the contact has no {claimed.channel} address"
-        await _finish(rt, claimed, ACTION_FAILED, reason)
-        return "failed"
+        return "failed", _finishing(rt, claimed, ACTION_FAILED, reason)
     request = OutreachAction(
         type=claimed.type,
         to=str(to),
@@ -190,45 +266,40 @@ async def _perform(rt: Runtime, claimed: _Claimed) -> Done:
     try:
         result = await rt.outreach_channel(claimed.channel).perform(request, claimed.sender)
     except ChannelError as exc:
-        return await _recover(rt, claimed, exc)
+        return _recover(rt, claimed, exc)
     except ParleyError as exc:  # no such channel in this process: a configuration problem
-        await _finish(rt, claimed, ACTION_FAILED, f"{type(exc).__name__}: {exc}")
-        return "failed"
-    await _finish(rt, claimed, ACTION_SENT, None, provider_id=result.provider_id)
-    return "sent"
+        return "failed", _finishing(rt, claimed, ACTION_FAILED, f"{type(exc).__name__}: {exc}")
+    return "sent", _finishing(rt, claimed, ACTION_SENT, None, provider_id=result.provider_id)
 
 
-async def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> Done:
+def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> tuple[Done, _Record]:
     """The error taxonomy: each kind has its own recovery, recorded on the action."""
     what = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, IdentityExpired | CreditsExhausted):
-        await _park(rt, claimed, exc, what)
-        return "parked"
+        return "parked", partial(_park, rt=rt, claimed=claimed, exc=exc, what=what)
     if isinstance(exc, RateLimited):
-        await _rate_limited(rt, claimed, exc, what)
-        return "retrying"
+        return "retrying", partial(_rate_limited, rt=rt, claimed=claimed, exc=exc, what=what)
     if isinstance(exc, TransientChannelError) and claimed.attempts < MAX_ATTEMPTS:
-        await _requeue(rt, claimed, rt.clock.now() + RETRY_BACKOFF * 2 ** (claimed.attempts - 1))
         log.warning("action %s: %s; retrying", claimed.action_id, what)
-        return "retrying"
+        not_before = rt.clock.now() + RETRY_BACKOFF * 2 ** (claimed.attempts - 1)
+        return "retrying", partial(_requeue, claimed=claimed, not_before=not_before)
     if isinstance(exc, Undeliverable):
-        await _finish(rt, claimed, ACTION_FAILED, what, complete=True)
-        return "failed"
-    await _finish(rt, claimed, ACTION_FAILED, what)
-    return "failed"
+        return "failed", _finishing(rt, claimed, ACTION_FAILED, what, complete=True)
+    return "failed", _finishing(rt, claimed, ACTION_FAILED, what)
 
 
-async def _park(rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str) -> None:
+async def _park(
+    session: AsyncSession, *, rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str
+) -> None:
     now = rt.clock.now()
-    async with rt.db.transaction() as session:
-        identity = await queries.lock_identity(session, claimed.identity_id)
-        action = await queries.lock_action(session, claimed.action_id)
-        queue = actions.parked_queue(identity, claimed.channel, exc)
-        action.status, action.reason, action.updated_at = "queued", what, utcnow()
-        action.attempts = max(0, action.attempts - 1)  # not its fault: the try does not count
-        await session.flush()
-        moved = await actions.park(session, identity, claimed.channel, queue, what, now)
-        action.queue = queue
+    identity = await queries.lock_identity(session, claimed.identity_id)
+    action = await queries.lock_action(session, claimed.action_id)
+    queue = actions.parked_queue(identity, claimed.channel, exc)
+    action.status, action.reason, action.updated_at = "queued", what, utcnow()
+    action.attempts = max(0, action.attempts - 1)  # not its fault: the try does not count
+    await session.flush()
+    moved = await actions.park(session, identity, claimed.channel, queue, what, now)
+    action.queue = queue
     log.warning(
         "identity %s: %s; %d %s actions parked in %r",
         claimed.identity_id,
@@ -239,34 +310,60 @@ async def _park(rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str) ->
     )
 
 
-async def _rate_limited(rt: Runtime, claimed: _Claimed, exc: RateLimited, what: str) -> None:
+async def _rate_limited(
+    session: AsyncSession, *, rt: Runtime, claimed: _Claimed, exc: RateLimited, what: str
+) -> None:
     now = rt.clock.now()
     retry_after = exc.retry_after if exc.retry_after is not None else None
-    async with rt.db.transaction() as session:
-        action = await queries.lock_action(session, claimed.action_id)
-        identity = await queries.lock_identity(session, action.identity_id)
-        blocked = identities.blocked_of(identity)
-        fallback = RATE_LIMITED_FALLBACK.total_seconds()
-        updated = learn_retry_after(
-            blocked,
-            claimed.type,  # type: ignore[arg-type]
-            now,
-            retry_after if retry_after is not None else fallback,
+    action = await queries.lock_action(session, claimed.action_id)
+    identity = await queries.lock_identity(session, action.identity_id)
+    blocked = identities.blocked_of(identity)
+    fallback = RATE_LIMITED_FALLBACK.total_seconds()
+    updated = learn_retry_after(
+        blocked,
+        claimed.type,  # type: ignore[arg-type]
+        now,
+        retry_after if retry_after is not None else fallback,
+    )
+    identity.blocked_until = {f"{c}/{t}": at.isoformat() for (c, t), at in updated.items()}
+    until = updated[(claimed.channel, claimed.type)]  # type: ignore[index]
+    action.status, action.not_before = "queued", until
+    action.reason, action.updated_at = what, utcnow()
+    action.attempts = max(0, action.attempts - 1)
+
+
+async def _requeue(session: AsyncSession, *, claimed: _Claimed, not_before: datetime) -> None:
+    action = await queries.lock_action(session, claimed.action_id)
+    action.status, action.not_before, action.updated_at = "queued", not_before, utcnow()
+
+
+def _finishing(
+    rt: Runtime,
+    claimed: _Claimed,
+    outcome: str,
+    reason: str | None,
+    *,
+    provider_id: str | None = None,
+    replied: bool = False,
+    complete: bool = False,
+) -> _Record:
+    async def record(session: AsyncSession) -> None:
+        await _finish(
+            session,
+            rt,
+            claimed,
+            outcome,
+            reason,
+            provider_id=provider_id,
+            replied=replied,
+            complete=complete,
         )
-        identity.blocked_until = {f"{c}/{t}": at.isoformat() for (c, t), at in updated.items()}
-        until = updated[(claimed.channel, claimed.type)]  # type: ignore[index]
-        action.status, action.not_before = "queued", until
-        action.reason, action.updated_at = what, utcnow()
-        action.attempts = max(0, action.attempts - 1)
 
-
-async def _requeue(rt: Runtime, claimed: _Claimed, not_before: datetime) -> None:
-    async with rt.db.transaction() as session:
-        action = await queries.lock_action(session, claimed.action_id)
-        action.status, action.not_before, action.updated_at = "queued", not_before, utcnow()
+    return record
 
 
 async def _finish(
+    session: AsyncSession,
     rt: Runtime,
     claimed: _Claimed,
     outcome: str,
@@ -278,31 +375,30 @@ async def _finish(
 ) -> None:
     """Record the outcome and hand it to the conversation waiting at the node that queued it."""
     now = rt.clock.now()
-    async with rt.db.transaction() as session:
-        action = await queries.lock_action(session, claimed.action_id)
-        action.status, action.outcome, action.reason = "done", outcome, reason
-        action.provider_id = provider_id
-        action.updated_at = utcnow()
-        if outcome == ACTION_SENT:
-            action.performed_at = now
-        if claimed.conversation_id is None:
-            return
-        row = await queries.lock_conversation(session, claimed.conversation_id)
-        if row.status in TERMINAL:
-            return
-        if complete:
-            await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
-            row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
-            return
-        waiting_here = (
-            row.current_node == claimed.payload.get("node")
-            and row.waiting_for == WaitKind.ACTION
-            and row.task_result is None
-        )
-        if waiting_here:
-            row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
-            row.wake_requested_at = utcnow()
-            queries.touch(row)
+    action = await queries.lock_action(session, claimed.action_id)
+    action.status, action.outcome, action.reason = "done", outcome, reason
+    action.provider_id = provider_id
+    action.updated_at = utcnow()
+    if outcome == ACTION_SENT:
+        action.performed_at = now
+    if claimed.conversation_id is None:
+        return
+    row = await queries.lock_conversation(session, claimed.conversation_id)
+    if row.status in TERMINAL:
+        return
+    if complete:
+        await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
+        row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
+        return
+    waiting_here = (
+        row.current_node == claimed.payload.get("node")
+        and row.waiting_for == WaitKind.ACTION
+        and row.task_result is None
+    )
+    if waiting_here:
+        row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
+        row.wake_requested_at = utcnow()
+        queries.touch(row)
 
 
 # --- manual sends -----------------------------------------------------------------------------
@@ -338,7 +434,9 @@ async def manual_send(
     claimed = await _claim_manual(rt, conversation_id, text, action_type, subject, rng)
     if isinstance(claimed, ManualSend):
         return claimed
-    outcome = await _perform(rt, claimed)
+    outcome, record = await _perform(rt, claimed)
+    async with rt.db.transaction() as session:
+        await record(session)
     if outcome != "sent":
         async with rt.db.read() as session:
             action = await queries.get_action(session, claimed.action_id)

@@ -85,11 +85,14 @@ async def _drain(rt: Runtime, identity_id: int) -> Counter[str]:
             lease_duration=SLOT_LEASE_SECONDS,
             strict=True,
         ):
-            for _ in range(ACTIONS_PER_IDENTITY_PER_TICK):
-                outcome = await outreach.perform_next(rt, identity_id, _rng)
-                done[f"action {outcome}"] += 1
-                if outcome in ("idle", "waiting") or rt.stopping:
-                    break
+            outcomes = await outreach.drain(
+                rt,
+                identity_id,
+                _rng,
+                limit=ACTIONS_PER_IDENTITY_PER_TICK,
+                stopping=lambda: rt.stopping,
+            )
+            done.update(f"action {outcome}" for outcome in outcomes)
     except AcquireConcurrencySlotTimeoutError:
         done["identity busy elsewhere"] += 1
     except Exception as exc:  # one identity's trouble never stops the others
