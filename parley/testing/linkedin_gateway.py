@@ -15,12 +15,14 @@ Run it alone for ``parley dev``::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
 import queue
 import re
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -59,6 +61,7 @@ DEFAULT_STANDALONE_PORT: Final = 8091
 WEBHOOK_ATTEMPTS: Final = 4
 WEBHOOK_FIRST_BACKOFF: Final = 0.1
 CONTROL_DELIVERY_WAIT: Final = 10.0
+KEEP_ALIVE_SECONDS: Final = 30.0
 
 # endpoint -> what the fake records it as, and the prefix of the ids it hands out
 ENDPOINT_KINDS: Final = {
@@ -217,6 +220,7 @@ class FakeLinkedInGateway:
         if server is None:
             return
         server.shutdown()
+        server.close_connections()
         server.server_close()
         self._stopping.set()
         self._deliveries.put(None)
@@ -594,19 +598,49 @@ def _failure_reply(failure: _Failure) -> _Reply:
 
 
 class _Server(ThreadingHTTPServer):
+    """HTTP/1.1 with keep-alive, like a real gateway: a dispatcher's pooled client sends each
+    action on a connection it already has. ``close_connections`` ends the open ones, so a
+    stopped fake refuses everything at once."""
+
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], fake: FakeLinkedInGateway) -> None:
         super().__init__(address, _Handler)
         self.fake = fake
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            open_now = list(self._open)
+        for connection in open_now:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "FakeLinkedInGateway/1.0"
+    protocol_version = "HTTP/1.1"  # every answer has a Content-Length; connections stay open
+    timeout = KEEP_ALIVE_SECONDS  # longer than httpx's keep-alive expiry (5 s): the client
+    # always drops an idle connection before the server does, so no request meets a closed one
 
     @property
     def fake(self) -> FakeLinkedInGateway:
         return cast(_Server, self.server).fake
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError):  # the client went away between requests
+            super().handle()
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
