@@ -5,7 +5,7 @@
 A fresh database (``dispatcher_bench``) gets N identities, each a LinkedIn seat at the loopback
 gateway with its own queue of actions, all due now, inside working hours, under limits that
 allow them (spacing 0). The dispatcher's own loop then drains them exactly as a dispatcher run
-does (``parley.outreach.perform_next`` per identity, ``--parallel`` identities at a time): claim
+does (``parley.outreach.drain`` per identity, ``--parallel`` identities at a time): claim
 with SKIP LOCKED, the decision over the identity's history, the freshness check, the gateway
 call, the recorded outcome. What is *not* in the figure: Prefect's per-identity concurrency
 slot (``tasks/outreach.py`` acquires one per identity per tick; two API calls) — run with
@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import httpx
 from sqlalchemy import func, select
 
 from bench.pg import Server
@@ -37,9 +42,10 @@ from parley.db.migrate import upgrade
 from parley.db.models import Action, Identity
 from parley.http_action import post_json
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
+from parley.testing.linkedin_gateway import DEFAULT_API_KEY, FakeLinkedInGateway
 
 DATABASE = "dispatcher_bench"
+PER_DRAIN = 20  # tasks.outreach.ACTIONS_PER_IDENTITY_PER_TICK
 ALWAYS_OPEN = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 POLICY = {
     "working_hours": {"weekly": ALWAYS_OPEN},
@@ -53,6 +59,11 @@ def main() -> None:
     parser.add_argument("--per-identity", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=10, help="identities worked at once")
     parser.add_argument("--with-slots", action="store_true", help="acquire Prefect's slot too")
+    parser.add_argument(
+        "--gateway-in-process",
+        action="store_true",
+        help="run the loopback gateway in this process (it then competes for the GIL)",
+    )
     args = parser.parse_args()
     raise SystemExit(asyncio.run(_run(args)))
 
@@ -64,8 +75,7 @@ async def _run(args: argparse.Namespace) -> int:
     url = server.asyncpg_url(DATABASE)
     await asyncio.to_thread(upgrade, url)
     accounts = [f"seat-{n}" for n in range(args.identities)]
-    gateway = FakeLinkedInGateway(require_connection=False, accounts=accounts, auto_delivered=False)
-    gateway.start()
+    gateway = _Gateway(accounts, in_process=args.gateway_in_process)
     db = Database(url, pool_size=args.parallel + 5)
     channel = LinkedInChannel(LinkedInConfig())
     rt = Runtime(
@@ -78,28 +88,80 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         identity_ids = await _queue(db, gateway, accounts, args.per_identity)
         started = time.perf_counter()
+        cpu = time.process_time()
         outcomes = await _drain(rt, identity_ids, args)
-        elapsed = time.perf_counter() - started
-        return _report(args, outcomes, elapsed, gateway, server)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return _report(args, outcomes, elapsed, cpu, gateway.idempotency_keys(), server)
     finally:
         await channel.aclose()
         await db.dispose()
         gateway.stop()  # the database stays for a look; the next run recreates it
 
 
+class _Gateway:
+    """The loopback gateway, in a process of its own by default: a real gateway is another
+    service, and one sharing the dispatcher's interpreter makes every call wait for the GIL."""
+
+    def __init__(self, accounts: list[str], *, in_process: bool) -> None:
+        self.fake: FakeLinkedInGateway | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        if in_process:
+            self.fake = FakeLinkedInGateway(
+                require_connection=False, accounts=accounts, auto_delivered=False
+            )
+            self.fake.start()
+            self.url = self.fake.gateway_url
+            return
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        seats = [arg for account in accounts for arg in ("--account", account)]
+        command = [sys.executable, "-m", "parley.testing.linkedin_gateway", "--port", str(port)]
+        self.process = subprocess.Popen(
+            [*command, "--no-connection-check", *seats],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/_fake/accounts", timeout=5).is_success:
+                    return
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit("the loopback gateway did not start")
+
+    def settings(self, account: str) -> dict[str, str]:
+        return {"account_id": account, "gateway_url": self.url, "api_key": DEFAULT_API_KEY}
+
+    def idempotency_keys(self) -> Counter[str]:
+        """What the gateway performed, by key: each must be there exactly once."""
+        if self.fake is not None:
+            return Counter(action.idempotency_key for action in self.fake.performed)
+        performed = httpx.get(f"{self.url}/_fake/actions", timeout=60).json()
+        return Counter(str(action["idempotency_key"]) for action in performed)
+
+    def stop(self) -> None:
+        if self.fake is not None:
+            self.fake.stop()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 async def _queue(
-    db: Database, gateway: FakeLinkedInGateway, accounts: list[str], per_identity: int
+    db: Database, gateway: _Gateway, accounts: list[str], per_identity: int
 ) -> list[int]:
     now = datetime.now(UTC)
     ids: list[int] = []
     async with db.transaction() as session:
         for n, account in enumerate(accounts):
-            sender = gateway.sender(account)
             identity = Identity(
                 channel="linkedin",
                 address=account,
                 policy=POLICY,
-                settings=dict(sender.settings),
+                settings=gateway.settings(account),
             )
             session.add(identity)
             await session.flush()
@@ -130,11 +192,11 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
 
                 outcomes.update(await drain_with_slot(rt, identity_id))
                 return
-            while (outcome := await outreach.perform_next(rt, identity_id, rng)) not in (
-                "idle",
-                "waiting",
-            ):
-                outcomes[outcome] += 1
+            while True:
+                done = await outreach.drain(rt, identity_id, rng, limit=PER_DRAIN)
+                outcomes.update(o for o in done if o not in ("idle", "waiting"))
+                if done[-1] in ("idle", "waiting"):
+                    break
 
     for _ in range(10):  # retries (a transient gateway error backs off) run in later rounds
         await asyncio.gather(*(one(identity_id) for identity_id in identity_ids))
@@ -152,17 +214,18 @@ def _report(
     args: argparse.Namespace,
     outcomes: Counter[str],
     elapsed: float,
-    gateway: FakeLinkedInGateway,
+    cpu: float,
+    keys: Counter[str],
     server: Server,
 ) -> int:
     expected = args.identities * args.per_identity
     sent = outcomes.get("sent", 0) + outcomes.get("action sent", 0)
-    keys = Counter(action.idempotency_key for action in gateway.performed)
     settings = {
         "identities": args.identities,
         "actions_per_identity": args.per_identity,
         "identities_at_once": args.parallel,
         "prefect_slots": args.with_slots,
+        "gateway": "in this process" if args.gateway_in_process else "its own process",
         "postgresql": server.version(),
         "cores": os.cpu_count(),
     }
@@ -172,7 +235,8 @@ def _report(
         print(f"REFUSED: {sent} sent of {expected}, {len(keys)} distinct at the gateway")
         return 1
     print(
-        f"dispatcher throughput: {expected / elapsed:.1f} actions/s ({expected} in {elapsed:.1f} s)"
+        f"dispatcher throughput: {expected / elapsed:.1f} actions/s ({expected} in {elapsed:.1f} s"
+        f"; {1000 * cpu / expected:.1f} ms of this process's CPU per action)"
     )
     return 0
 
