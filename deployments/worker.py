@@ -213,7 +213,7 @@ def _import_flow(entrypoint: str, flow_name: str) -> Flow[..., Any]:
     module = path.removesuffix(".py").replace("/", ".") if path.endswith(".py") else path
     try:
         candidate = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
         log.debug("entrypoint %r is not importable here (%s)", entrypoint, exc)
         candidate = KNOWN_FLOWS.get(flow_name)
     if not isinstance(candidate, Flow):

@@ -299,3 +299,19 @@ def test_the_worker_type_is_found_through_prefects_entry_point() -> None:
 
     assert "parley" in BaseWorker.get_all_available_worker_types()
     assert BaseWorker.get_worker_class_from_type("parley") is ParleyWorker
+
+
+def test_a_deployments_entrypoint_names_the_flow_the_worker_imports() -> None:
+    """prefect.yaml's path form, the module form, and a path only the deploying host had (the
+    flow's name then picks Parley's own flow); anything else is refused, not guessed."""
+    from deployments.worker import UnknownFlow, _import_flow
+    from flows.conversation import conversation
+    from flows.dispatcher import dispatcher
+
+    assert _import_flow("flows/conversation.py:conversation", "conversation") is conversation
+    assert _import_flow("flows.dispatcher:dispatcher", "dispatcher") is dispatcher
+    assert _import_flow("/srv/old/flows/conversation.py:conversation", "conversation") is (
+        conversation
+    )
+    with pytest.raises(UnknownFlow):
+        _import_flow("elsewhere/report.py:report", "report")
