@@ -96,9 +96,18 @@ async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     """Step ``step`` to its end: what a provider calls temporary is retried for
     ``rt.send_retry.budget_seconds`` (a 429's retry-after honoured), then the node has failed
     for good and the conversation takes its error path with the reason."""
+    at = [step]  # the step with the effect: quiet steps before it are committed by then
+
+    async def attempt() -> Cursor:
+        planned = await plan(rt, conversation_id, at[0])
+        if isinstance(planned, Cursor):
+            return planned
+        at[0] = planned.step
+        return await perform(rt, planned)
+
     try:
         return await retrying(
-            lambda: advance(rt, conversation_id, step),
+            attempt,
             rt.send_retry,
             retryable=provider_may_retry,
             what=f"conversation {conversation_id} step {step}",
@@ -106,7 +115,7 @@ async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     except ChannelError as exc:
         budget = rt.send_retry.budget_seconds
         reason = f"{type(exc).__name__} for {budget:.0f} s: {exc}"
-        return await give_up(rt, conversation_id, step, reason)
+        return await give_up(rt, conversation_id, at[0], reason)
 
 
 async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
@@ -116,6 +125,24 @@ async def advance(rt: Runtime, conversation_id: int, step: int) -> Cursor:
     if isinstance(planned, Cursor):
         return planned
     return await perform(rt, planned)
+
+
+QUIET_STEPS_PER_PLAN = 20
+"""A bound on quiet steps chained in one plan (a graph of branches that loops without waiting
+moves on one task at a time beyond it, as it always did)."""
+
+
+def _quiet(t: Transition) -> bool:
+    """A step that only moves to the next node (an answer taken, a branch, a set): nothing to
+    perform, so it commits in the planning transaction and the next node is planned at once."""
+    return (
+        t.entered
+        and t.status is Status.RUNNING
+        and t.wait is None
+        and t.outbound is None
+        and t.http is None
+        and t.action is None
+    )
 
 
 @dataclass(frozen=True)
@@ -147,13 +174,17 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
             return cursor_of(row)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
         contact = await queries.get_contact(session, row.contact_id)
-        snapshot = await _snapshot(session, row, contact.fields, campaign, rt.clock.now())
-        reply = await _next_reply(session, row)
-        transition = plan_step(campaign, snapshot, reply, rt.environ)
+        for _ in range(QUIET_STEPS_PER_PLAN):
+            now = rt.clock.now()
+            snapshot = await _snapshot(session, row, contact.fields, campaign, now)
+            transition = plan_step(campaign, snapshot, await _next_reply(session, row), rt.environ)
+            if not _quiet(transition):
+                break
+            await _commit_locked(session, row, row.step, transition, rt.lease_seconds, now)
         intent = await _record_intent(session, row, transition)
     return PlannedStep(
         conversation_id,
-        step,
+        row.step,
         campaign,
         snapshot,
         transition,
@@ -285,15 +316,27 @@ async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -
         row = await queries.lock_conversation(session, conversation_id)
         if row.step != step:
             return cursor_of(row)
-        if t.consumed_message_id is not None:
-            await queries.mark_consumed(session, t.consumed_message_id, step)
-        if t.action is not None:  # queued in the same transaction as the state change
-            contact = await queries.get_contact(session, row.contact_id)
-            await actions.enqueue(session, row, contact, t.action, step, rt.clock.now())
-        await _record_visit(session, row, t, rt.clock.now())
-        _apply(row, step, t, rt.lease_seconds, rt.clock.now())
+        await _commit_locked(session, row, step, t, rt.lease_seconds, rt.clock.now())
         successor = await _hand_over_unread(session, row) if t.status in TERMINAL else None
         return replace(cursor_of(row), successor=successor)
+
+
+async def _commit_locked(
+    session: AsyncSession,
+    row: Conversation,
+    step: int,
+    t: Transition,
+    lease_seconds: float,
+    now: datetime,
+) -> None:
+    """Step ``step``'s transition written into the locked row: step+1 from here."""
+    if t.consumed_message_id is not None:
+        await queries.mark_consumed(session, t.consumed_message_id, step)
+    if t.action is not None:  # queued in the same transaction as the state change
+        contact = await queries.get_contact(session, row.contact_id)
+        await actions.enqueue(session, row, contact, t.action, step, now)
+    await _record_visit(session, row, t, now)
+    _apply(row, step, t, lease_seconds, now)
 
 
 async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | None:

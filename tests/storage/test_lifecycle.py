@@ -158,10 +158,9 @@ async def test_the_reply_that_arrives_after_a_follow_up_was_planned_stops_it(
     clock.advance(timedelta(minutes=10))
     await _run_until_waiting(rt, cid)
     clock.advance(timedelta(days=2))
-    cursor = await executor.run_step(rt, cid, (await executor.current_cursor(rt, cid)).step)
-    assert cursor.node == "reminder"
-    planned = await executor.plan(rt, cid, cursor.step)
+    planned = await executor.plan(rt, cid, (await executor.current_cursor(rt, cid)).step)
     assert isinstance(planned, executor.PlannedStep) and planned.transition.outbound is not None
+    assert planned.snapshot.current_node == "reminder"  # the timeout's move, in the same plan
     await inbox.store_batch(db, make_batch("sorry, I was away"), follow_up)
     after = await executor.perform(rt, planned)
     assert after.node == "reminder"
