@@ -50,27 +50,28 @@ def wakeup_for(conversation: Conversation, created: bool) -> WakeUp | None:
 async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float) -> bool:
     """Stay in-process for up to ``seconds`` waiting for the next message (a live chat answers
     in milliseconds), never past the wait's own deadline; True also when an operator paused
-    or ended the conversation meanwhile. False means nothing came and the run may go cold."""
-    async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
-        if row.step != step or row.status in TERMINAL or row.status is Status.PAUSED:
-            return True
-        if await queries.has_unconsumed_inbound(session, conversation_id):
-            return True
-        if row.wake_at is not None:
-            seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
-        set_status(row, Status.HOT)
-        extend_lease(row, rt.lease_seconds)
+    or ended the conversation meanwhile. False means nothing came and the run may go cold.
+    Subscribed before the first look: a message is either seen by that look or notified."""
     async with rt.signal.subscribe(conversation_id) as inbox:
+        async with rt.db.transaction() as session:
+            row = await queries.lock_conversation(session, conversation_id)
+            if row.step != step or row.status in TERMINAL or row.status is Status.PAUSED:
+                return True
+            if await queries.has_unconsumed_inbound(session, conversation_id):
+                return True
+            if row.wake_at is not None:
+                seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
+            set_status(row, Status.HOT)
+            extend_lease(row, rt.lease_seconds)
         return await _until_told(rt, conversation_id, inbox, seconds)
 
 
 async def _until_told(
     rt: Runtime, conversation_id: int, inbox: Subscription, seconds: float
 ) -> bool:
-    """Subscribed before the first look, so a message stored between two looks still wakes
-    us; between notifications the inbox is read every ``recheck_seconds`` (an operator's pause
-    or a graceful stop is seen then) and at each renewal of the lease."""
+    """A message stored between two looks still wakes us (the subscription keeps it); between
+    notifications the inbox is read every ``recheck_seconds`` (an operator's pause or a
+    graceful stop is seen then) and at each renewal of the lease."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     renew_at = loop.time() + rt.lease_seconds / 3
