@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 
 from bench import parley_stack
+from bench.breakdown import render as render_breakdowns
+from bench.breakdown import turn_breakdowns
 from bench.context import PARLEY_DB, PREFECT_DB, Context
 from bench.harness import (
     Chat,
@@ -104,6 +106,10 @@ async def _latency(ctx: Context, stack: ParleyStack) -> list[Chat]:
             everyone = warmup + chats
             await verify_transcripts("parley latency", stack.fake, everyone, settle=1.0)
             await probe.verify("parley latency", everyone, "completed")
+            runs = {c.phone: run for c in chats if (run := await probe.flow_run_of(c.phone))}
+            breakdowns = await turn_breakdowns(chats, runs, stack.api)
+            ctx.report.add("turn_breakdown", breakdowns)
+            print("\n".join(render_breakdowns(breakdowns)), flush=True)
     finally:
         await probe.close()
     ctx.remember("parley latency", stack.fake, everyone)

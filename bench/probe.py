@@ -48,6 +48,10 @@ class Probe:
         row = await cursor.fetchone()
         return (str(row[0]), row[1]) if row else ("missing", None)
 
+    async def flow_run_of(self, phone: str) -> str | None:
+        """The flow run of the contact's latest conversation."""
+        return (await self._conversation(phone))[1]
+
     async def _prefect_state(self, flow_run_id: str) -> str:
         response = await self.http.get(f"{self.api}/flow_runs/{flow_run_id}")
         response.raise_for_status()
