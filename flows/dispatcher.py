@@ -1,6 +1,7 @@
 """The dispatcher: one scheduled flow that makes sure every conversation gets what it is owed.
 
-Each run loops for one schedule interval, looking for work every tick; the schedule then starts
+Each run loops for one schedule interval, looking for work every tick — or at once when an
+action is enqueued (PostgreSQL ``LISTEN parley_actions``); the schedule then starts
 the next run, and a worker that starts kicks one at once. Work found is claimed and repaired
 while holding the ``parley-dispatcher`` global concurrency limit (one slot), so however many
 dispatcher runs are alive — a kicked one beside a scheduled one, replicas on several hosts — one
@@ -23,7 +24,7 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from prefect.context import FlowRunContext
 
 from parley.settings import Settings, get_settings
-from tasks.outreach import outreach_tick, recover_abandoned_actions
+from tasks.outreach import action_signal, outreach_tick, recover_abandoned_actions
 from tasks.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.runtime import get_runtime
 from tasks.sweep import (
@@ -85,6 +86,7 @@ class _Ticks:
         deadline = loop.time() + self.settings.dispatcher_interval_seconds
         await crash_dead_dispatcher_runs(self.settings)
         await recover_abandoned_actions(runtime, timedelta(seconds=4 * self.settings.lease_seconds))
+        ready = action_signal(runtime)  # an enqueue wakes the loop; else the tick does
         while loop.time() < deadline and not runtime.stopping:
             try:
                 await self._tick(loop.time())
@@ -93,7 +95,9 @@ class _Ticks:
             except Exception as exc:  # the database or Prefect may be away for a moment
                 self.healthy_since = None
                 get_run_logger().warning("dispatcher tick failed (%r); next tick", exc)
-            await asyncio.sleep(self.settings.dispatcher_tick_seconds)
+            await ready.wait(
+                max(0.0, min(self.settings.dispatcher_tick_seconds, deadline - loop.time()))
+            )
         return self.totals
 
     async def _tick(self, now: float) -> None:

@@ -6,6 +6,9 @@ same transaction** as the conversation's state change (the row then waits with
 allow (``parley.outreach``). The payload holds what the provider needs — the rendered text,
 the recipient — and pointers back (conversation, node, step), never the transcript.
 
+On PostgreSQL the enqueue also notifies ``parley_actions`` (delivered at commit), so a waiting
+dispatcher performs a ready action now rather than at its next tick (``parley.action_signal``).
+
 Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the session expired),
 ``email-{mailbox}`` (a disconnected mailbox), ``credits`` (InMail credits ran out). Parked
 actions keep their place (``not_before``, id) and go back in that order on reconnect.
@@ -56,7 +59,7 @@ async def enqueue(
         "node": row.current_node,
         "step": step,
     }
-    return await queries.enqueue_action(
+    action = await queries.enqueue_action(
         session,
         {
             "identity_id": row.identity_id,
@@ -72,6 +75,9 @@ async def enqueue(
             "updated_at": utcnow(),
         },
     )
+    if action.status == "queued" and action.queue == READY:
+        await queries.notify_action_ready(session, action.identity_id)  # no wait for a tick
+    return action
 
 
 def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:

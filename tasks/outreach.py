@@ -22,6 +22,7 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from prefect.exceptions import ObjectNotFound
 
 from parley import outreach
+from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
 from parley.db.models import utcnow
 from parley.runtime import Runtime
@@ -34,6 +35,16 @@ ACTIONS_PER_IDENTITY_PER_TICK = 20
 SLOT_LEASE_SECONDS = 60.0  # Prefect's minimum: a killed dispatcher frees the slot after this
 _known_limits: set[str] = set()
 _rng = random.Random()
+_signal: ActionSignal | None = None
+
+
+def action_signal(rt: Runtime) -> ActionSignal:
+    """This process's wake-up for ready actions: one LISTEN connection on PostgreSQL (kept
+    across dispatcher runs, like the inbox's), a plain sleep on SQLite."""
+    global _signal
+    if _signal is None:
+        _signal = action_signal_for(rt.db.url)
+    return _signal
 
 
 def identity_limit(identity_id: int) -> str:

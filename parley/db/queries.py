@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley.action_signal import CHANNEL as ACTIONS_CHANNEL
 from parley.channels.base import DELIVERY_RANK, DeliveryStatus
 from parley.db.models import (
     Action,
@@ -700,6 +701,13 @@ async def enqueue_action(session: AsyncSession, values: dict[str, Any]) -> Actio
     await _insert_ignoring_conflict(session, Action, values, ("idempotency_key",))
     stmt = select(Action).where(Action.idempotency_key == values["idempotency_key"])
     return (await session.execute(stmt)).scalar_one()
+
+
+async def notify_action_ready(session: AsyncSession, identity_id: int) -> None:
+    """Delivered at commit (never for a rolled-back enqueue): wakes a dispatcher waiting for
+    its next tick (parley.action_signal). Nothing to do on SQLite: the tick finds it."""
+    if _dialect(session) == "postgresql":
+        await session.execute(select(func.pg_notify(ACTIONS_CHANNEL, str(identity_id))))
 
 
 async def last_inbound_id(session: AsyncSession, conversation_id: int) -> int | None:
