@@ -286,3 +286,233 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         if a.type == "linkedin_connection" and a.outcome == "sent" and a.performed_at
     ]
     assert sum(a.performed_at >= monday_09 for a in monday if a.performed_at) == DAILY_CONNECTIONS
+
+
+# --- past the three-day wait: acceptance, the email fallback and its errors -------------------
+# Fresh seats, open around the clock, on the same stack; the clock is moved three days on
+# instead of waited for. Each lead is its own case, all four in flight at once:
+#   accepted  — accepts the invitation (the gateway's signed webhook): the LinkedIn message;
+#   quiet     — never accepts: the message is refused (not a connection), the email goes out
+#               through the loopback SMTP server with our Message-ID;
+#   refused   — the same, but the mailbox's server refuses the recipient (550 5.1.1): the
+#               conversation completes with that reason;
+#   throttled — the same, but the server answers 451 (greylisted, try again in 60 seconds)
+#               once: the mailbox waits that long, then the email is retried and sent once.
+
+TUESDAY_10 = datetime(2026, 12, 15, 10, 0, tzinfo=UTC)
+ALWAYS_OPEN = {
+    "working_hours": {
+        "weekly": {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+    },
+    "limits": {
+        "actions": {
+            kind: {"spacing": "0s"}
+            for kind in (
+                "linkedin_profile_visit",
+                "linkedin_connection",
+                "linkedin_message",
+                "email",
+            )
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def refusing_smtp() -> Iterator[LoopbackSMTPServer]:
+    server = LoopbackSMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def throttling_smtp() -> Iterator[LoopbackSMTPServer]:
+    server = LoopbackSMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _seat(
+    stack: E2EStack, gateway: FakeLinkedInGateway, seat: str, smtp: LoopbackSMTPServer
+) -> int:
+    gateway.add_account(seat)
+    settings = {
+        **gateway.sender(seat).settings,
+        "email": {"address": f"{seat}@parley.example", **smtp.smtp_settings()},
+    }
+    added = await _api(
+        stack,
+        "POST",
+        "/api/identities",
+        {"channel": "linkedin", "address": seat, "policy": ALWAYS_OPEN, "settings": settings},
+    )
+    assert added.status_code == 201, added.text
+    return int(added.json()["id"])
+
+
+async def _start_lead(stack: E2EStack, identity_id: int, name: str) -> tuple[int, str, str]:
+    profile, email = f"https://www.linkedin.com/in/e2e-{name}", f"{name}@example.com"
+    started = await _api(
+        stack,
+        "POST",
+        "/api/conversations",
+        {
+            "campaign": "outreach",
+            "identity_id": identity_id,
+            "channel": "linkedin",
+            "address": profile,
+            "name": name.title(),
+            "fields": {"email": email},
+            "variables": {"first_name": name.title()},
+        },
+    )
+    assert started.status_code == 201, started.text
+    return int(started.json()["id"]), profile, email
+
+
+async def _detail(stack: E2EStack, conversation_id: int) -> dict[str, Any]:
+    shown = await _api(stack, "GET", f"/api/conversations/{conversation_id}")
+    assert shown.status_code == 200, shown.text
+    body: dict[str, Any] = shown.json()
+    return body
+
+
+async def _at(stack: E2EStack, conversation_id: int, node: str, status: str | None = None) -> bool:
+    detail = await _detail(stack, conversation_id)
+    wait = detail.get("wait") or {}
+    if status is not None:
+        return bool(detail["status"] == status and detail["current_node"] == node)
+    return bool(detail["current_node"] == node and wait.get("kind") == "reply")
+
+
+async def _actions_of(stack: E2EStack, conversation_id: int) -> list[Action]:
+    db = Database(stack.db_url)
+    try:
+        async with db.read() as session:
+            rows = await session.execute(
+                select(Action).where(Action.conversation_id == conversation_id).order_by(Action.id)
+            )
+            return list(rows.scalars())
+    finally:
+        await db.dispose()
+
+
+def _by_type(rows: list[Action]) -> dict[str, list[tuple[str, str | None]]]:
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for row in rows:
+        out.setdefault(row.type, []).append((row.status, row.outcome))
+    return out
+
+
+async def _snapshot(stack: E2EStack, leads: tuple[int, ...]) -> str:
+    """Where each lead is, for a failure's message."""
+    lines = []
+    for lead in leads:
+        detail = await _detail(stack, lead)
+        rows = await _actions_of(stack, lead)
+        done = [(a.type, a.status, a.outcome, (a.reason or "")[:60]) for a in rows]
+        lines.append(f"{lead}: {detail['status']} at {detail['current_node']} {detail['wait']}")
+        lines.append(f"    {done}")
+    return "\n".join(lines)
+
+
+@pytest.mark.timeout(480)  # a stack of its own when run alone, and four leads on 2 loaded cores
+async def test_past_the_three_day_wait_acceptance_the_email_fallback_and_its_errors(
+    outreach_stack: E2EStack,
+    clock: DrivenClock,
+    gateway: FakeLinkedInGateway,
+    smtp: LoopbackSMTPServer,
+    refusing_smtp: LoopbackSMTPServer,
+    throttling_smtp: LoopbackSMTPServer,
+) -> None:
+    stack = outreach_stack
+    clock.set_offset(TUESDAY_10 - datetime.now(UTC))
+    seat_ok = await _seat(stack, gateway, "seat-e2e-wait", smtp)
+    seat_refusing = await _seat(stack, gateway, "seat-e2e-refusing", refusing_smtp)
+    seat_throttled = await _seat(stack, gateway, "seat-e2e-throttled", throttling_smtp)
+    accepted, accepted_profile, accepted_email = await _start_lead(stack, seat_ok, "accepting")
+    quiet, quiet_profile, quiet_email = await _start_lead(stack, seat_ok, "quiet")
+    refused, _, refused_email = await _start_lead(stack, seat_refusing, "refused")
+    throttled, _, throttled_email = await _start_lead(stack, seat_throttled, "throttled")
+    leads = (accepted, quiet, refused, throttled)
+
+    async def until(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
+        try:
+            await _eventually(what, ready, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await _snapshot(stack, leads)}") from None
+
+    async def all_invited() -> bool:
+        return all([await _at(stack, lead, "wait_accept") for lead in leads])
+
+    await until("every lead visited, invited and waiting to accept", all_invited, 120)
+    assert [a.kind for a in gateway.actions_to(accepted_profile)] == [
+        "profile_visit",
+        "invitation",
+    ]
+    assert gateway.accept_invitation("seat-e2e-wait", accepted_profile).wait(15)
+    refusing_smtp.fail_next(550, "5.1.1 <refused@example.com>: no such user here")
+    throttling_smtp.fail_next(451, "4.7.1 greylisted, try again in 60 seconds")
+
+    # Three days on: every wait_accept times out; only the accepted lead is a connection.
+    clock.advance(timedelta(days=3, minutes=1))
+
+    async def message_then_fallback() -> bool:
+        return (
+            await _at(stack, accepted, "wait_message")
+            and await _at(stack, quiet, "wait_mail")
+            and await _at(stack, refused, "mail", status="completed")
+        )
+
+    await until("the message, the fallback, the refusal", message_then_fallback, 150)
+
+    # (a) accepted: the LinkedIn message went out, no email.
+    kinds = [a.kind for a in gateway.actions_to(accepted_profile)]
+    assert kinds == ["profile_visit", "invitation", "message"], kinds
+    assert smtp.messages_to(accepted_email) == []
+    assert _by_type(await _actions_of(stack, accepted))["linkedin_message"] == [("done", "sent")]
+
+    # (b) quiet: the message was refused (not a connection), the email went out once, with
+    # the Message-ID Parley recorded as the action's provider id.
+    assert [a.kind for a in gateway.actions_to(quiet_profile)] == ["profile_visit", "invitation"]
+    quiet_rows = _by_type(await _actions_of(stack, quiet))
+    assert quiet_rows["linkedin_message"] == [("done", "failed")]
+    assert quiet_rows["email"] == [("done", "sent")]
+    [mail] = smtp.messages_to(quiet_email)
+    message_id = mail.message["Message-ID"]
+    assert message_id and message_id.startswith("<") and "@" in message_id
+    assert mail.message["Subject"] == "Quick question, Quiet"
+    [email_action] = [a for a in await _actions_of(stack, quiet) if a.type == "email"]
+    assert email_action.provider_id is not None
+    assert email_action.provider_id.strip("<>") == message_id.strip("<>")
+
+    # (c) refused recipient: nothing accepted, the action failed with the server's words, and
+    # the conversation completed with them.
+    assert refusing_smtp.messages_to(refused_email) == []
+    [refused_action] = [a for a in await _actions_of(stack, refused) if a.type == "email"]
+    assert refused_action.outcome == "failed"
+    assert refused_action.reason and "550" in refused_action.reason
+    refused_detail = await _detail(stack, refused)
+    assert "550" in (refused_detail["last_error"] or ""), refused_detail
+
+    # (c') a 4xx is a throttle: queued again until the server's "try again in", then sent once
+    # (the refused try does not count as an attempt).
+    async def greylisted() -> bool:
+        rows = [a for a in await _actions_of(stack, throttled) if a.type == "email"]
+        return bool(rows and rows[0].status == "queued" and "451" in (rows[0].reason or ""))
+
+    await until("the 451 put the email back in the queue", greylisted, 60)
+    [waiting] = [a for a in await _actions_of(stack, throttled) if a.type == "email"]
+    assert waiting.not_before > clock.now() + timedelta(seconds=30)  # not before it is due
+    assert throttling_smtp.messages_to(throttled_email) == []
+    clock.advance(timedelta(minutes=2))  # past the server's 60 seconds
+
+    async def retried() -> bool:
+        return await _at(stack, throttled, "wait_mail")
+
+    await until("the greylisted email retried and sent", retried, 90)
+    assert len(throttling_smtp.messages_to(throttled_email)) == 1
+    [throttled_action] = [a for a in await _actions_of(stack, throttled) if a.type == "email"]
+    assert (throttled_action.outcome, throttled_action.attempts) == ("sent", 1)
