@@ -163,14 +163,16 @@ async def _complete_in_the_prefect_ui(flow_run_id: str, answer: dict[str, Any]) 
             assert time.monotonic() < deadline, run.state
             await asyncio.sleep(0.2)
         keyset = keyset_from_paused_state(run.state)
-        while True:  # Prefect saves the form a moment after the run shows Paused
+        while True:  # Prefect saves the form (schema, then description) after Paused shows
             try:
                 schema = await client.read_flow_run_input(UUID(flow_run_id), keyset["schema"])
+                description = await client.read_flow_run_input(
+                    UUID(flow_run_id), keyset["description"]
+                )
                 break
             except PrefectHTTPStatusError:
                 assert time.monotonic() < deadline, "the pause's form was never saved"
                 await asyncio.sleep(0.2)
-        description = await client.read_flow_run_input(UUID(flow_run_id), keyset["description"])
     assert json.loads(schema)["properties"]["outcome"]["anyOf"][0]["enum"] == [
         "reached",
         "voicemail",
