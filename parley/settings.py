@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         default="parley-dispatcher",
         description="Prefect global concurrency limit (1 slot) that keeps one dispatcher active.",
     )
+    identity_limit_prefix: str = Field(
+        default="identity-",
+        min_length=1,
+        description=(
+            "Prefix of each identity's one-slot global concurrency limit ({prefix}{id}). Two "
+            "Parley installations on one Prefect server (staging beside production) must use "
+            "different prefixes, or identity 7 of one blocks identity 7 of the other."
+        ),
+    )
     dispatcher_interval_seconds: float = Field(
         default=300.0,
         ge=10,

@@ -26,6 +26,7 @@ from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
 from parley.db.models import utcnow
 from parley.runtime import Runtime
+from parley.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def action_signal(rt: Runtime) -> ActionSignal:
 
 
 def identity_limit(identity_id: int) -> str:
-    return f"identity-{identity_id}"
+    return f"{get_settings().identity_limit_prefix}{identity_id}"
 
 
 async def ensure_identity_limit(identity_id: int) -> None:

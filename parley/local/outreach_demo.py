@@ -382,9 +382,10 @@ async def _report(
         seen.get("profile_visit", 0) == demo.leads and seen.get("invitation", 0) == demo.cap,
         f"{dict(seen)}",
     )
+    limit_name = f"{demo.settings.identity_limit_prefix}{identity_id}"
     demo.check(
-        f"Prefect global concurrency limit identity-{identity_id} exists",
-        await _limit_exists(demo.prefect_api, f"identity-{identity_id}"),
+        f"Prefect global concurrency limit {limit_name} exists",
+        await _limit_exists(demo.prefect_api, limit_name),
     )
     shown = subprocess.run(
         [sys.executable, "-m", "parley", "identity", "show", str(identity_id)],

@@ -147,6 +147,9 @@ def stack_factory(
             "PARLEY_CONVERSATION_DEPLOYMENT": f"conversation/{name}",
             "PARLEY_DISPATCHER_DEPLOYMENT": f"dispatcher/{name}",
             "PARLEY_DISPATCHER_LIMIT": f"parley-dispatcher-{name}",
+            # Every stack's database numbers its identities from 1, and the stacks of a test
+            # worker share one Prefect server: one stack's identity 2 must not hold another's.
+            "PARLEY_IDENTITY_LIMIT_PREFIX": f"identity-{name}-",
             "PARLEY_DISPATCHER_INTERVAL_SECONDS": "30",
             "PARLEY_DISPATCHER_TICK_SECONDS": "0.5",
             "PARLEY_API_KEYS": f"{API_KEY},{NEXT_API_KEY}",

@@ -240,7 +240,9 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         assert len(set(_kinds(gateway, kind))) == len(_kinds(gateway, kind))  # none twice
 
     async with get_client() as client:
-        limit = await client.read_global_concurrency_limit_by_name(f"identity-{identity_id}")
+        limit = await client.read_global_concurrency_limit_by_name(
+            f"{stack.env['PARLEY_IDENTITY_LIMIT_PREFIX']}{identity_id}"
+        )
     assert limit.limit == 1
 
     shown = await _api(stack, "GET", f"/api/identities/{identity_id}")

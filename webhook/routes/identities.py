@@ -7,6 +7,8 @@ identity, 409 duplicate channel and address, 422 invalid input or policy.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,7 +16,11 @@ from pydantic import BaseModel, Field
 
 from parley import identities
 from parley.clock import clock_from
+from tasks.outreach import ensure_identity_limit
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
+
+log = logging.getLogger(__name__)
+LIMIT_CREATE_SECONDS = 5.0
 
 router = APIRouter(prefix="/api", tags=["identities"], dependencies=[ApiKey])
 
@@ -51,7 +57,10 @@ async def list_identities(db: DbDep) -> list[dict[str, Any]]:
 
 @router.post("/identities", status_code=201)
 async def add_identity(body: IdentityIn, db: DbDep) -> dict[str, Any]:
-    return await refusing(
+    """The identity's concurrency limit is created with it, so the Concurrency page shows it
+    before its first action; with Prefect away, the dispatcher creates it when it first meets
+    the identity (it never acts without one)."""
+    added: dict[str, Any] = await refusing(
         identities.add_identity(
             db,
             body.channel,
@@ -62,6 +71,12 @@ async def add_identity(body: IdentityIn, db: DbDep) -> dict[str, Any]:
             settings=body.settings,
         )
     )
+    try:
+        async with asyncio.timeout(LIMIT_CREATE_SECONDS):
+            await ensure_identity_limit(int(added["id"]))
+    except Exception as exc:  # Prefect may be away; the dispatcher creates it then
+        log.warning("identity %s: concurrency limit not created yet: %r", added["id"], exc)
+    return added
 
 
 @router.get("/identities/{identity_id}")
