@@ -204,7 +204,13 @@ async def _repair_one(rt: Runtime, settings: Settings, item: Repair) -> str:
         if outcome is ResumeOutcome.RESUMED:
             await _repaired(rt.db, item.conversation_id)
             return "woken" if item.kind == "wake" else "resumed"
-    return await _recover(rt, settings, item.conversation_id, item.flow_run_id)
+    return await _recover(
+        rt,
+        settings,
+        item.conversation_id,
+        item.flow_run_id,
+        claimed_as_lost=item.kind == "recover",
+    )
 
 
 async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
@@ -222,8 +228,17 @@ async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
     return "ended"
 
 
-async def _recover(rt: Runtime, settings: Settings, conversation_id: int, run_id: str) -> str:
-    """What Prefect's state of the run says to do, for a conversation whose row is active."""
+async def _recover(
+    rt: Runtime,
+    settings: Settings,
+    conversation_id: int,
+    run_id: str,
+    *,
+    claimed_as_lost: bool = False,
+) -> str:
+    """What Prefect's state of the run says to do, for a conversation whose row is active.
+    ``claimed_as_lost``: the row was claimed because its lease lapsed or nobody took the run
+    over, so a run Prefect calls pending or running is only rescheduled if that is still so."""
     async with prefect_api() as client:
         try:
             run = await client.read_flow_run(UUID(run_id))
@@ -231,7 +246,7 @@ async def _recover(rt: Runtime, settings: Settings, conversation_id: int, run_id
             return await _rehome(rt, settings, conversation_id, "its flow run no longer exists")
         state = run.state.type if run.state else None
         action = _RECOVERIES.get(state, _leave_alone)
-        return await action(_Context(rt, settings, client, conversation_id, run))
+        return await action(_Context(rt, settings, client, conversation_id, run, claimed_as_lost))
 
 
 @dataclass(frozen=True)
@@ -241,38 +256,44 @@ class _Context:
     client: PrefectClient
     conversation_id: int
     run: FlowRun
+    claimed_as_lost: bool = False
 
 
 async def _reschedule(ctx: _Context) -> str:
     """Put the same flow run back to Scheduled, only if its state is still the one we read: a
-    run that moved meanwhile is alive. Cached steps and send intents make the replay safe."""
-    if not await _count_recovery(ctx):
+    run that moved meanwhile is alive. Cached steps and send intents make the replay safe.
+
+    A run Prefect calls pending or running may have been taken over since its row was claimed
+    (on a loaded machine a worker can start a run seconds late): the row is read again under
+    its lock, held until Prefect's state is set: the recovery acts on the row as it is now,
+    not as it was when claimed, and a takeover cannot slip in between the look and the act."""
+    state = ctx.run.state
+    assert state is not None
+    guarded = ctx.claimed_as_lost and state.type in (StateType.PENDING, StateType.RUNNING)
+    message = f"Parley: {state.type.value.lower()} without a live process"
+    async with ctx.rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, ctx.conversation_id)
+        if guarded and not queries.still_without_a_process(row, str(ctx.run.id), utcnow()):
+            return "moved on"
+        current = await ctx.client.read_flow_run(ctx.run.id)
+        if current.state is None or current.state.id != state.id:
+            return "moved on"
+        row.recoveries += 1
+        if row.recoveries > MAX_RECOVERIES:
+            exhausted = f"its run kept failing ({MAX_RECOVERIES} recoveries): {state.message}"
+        else:
+            exhausted = None
+            await ctx.client.set_flow_run_state(
+                ctx.run.id, Scheduled(name="Rescheduled", message=message), force=True
+            )
+    if exhausted is not None:
+        # The row says failed, and the contact's next message starts a fresh conversation.
+        await executor.mark_failed(ctx.rt, ctx.conversation_id, exhausted)
         return "failed"
-    current = await ctx.client.read_flow_run(ctx.run.id)
-    if current.state is None or ctx.run.state is None or current.state.id != ctx.run.state.id:
-        return "moved on"
-    message = f"Parley: {ctx.run.state.type.value.lower()} without a live process"
-    await ctx.client.set_flow_run_state(
-        ctx.run.id, Scheduled(name="Rescheduled", message=message), force=True
-    )
     log.warning(
         "conversation %s: run %s rescheduled (%s)", ctx.conversation_id, ctx.run.id, message
     )
     return "rescheduled"
-
-
-async def _count_recovery(ctx: _Context) -> bool:
-    """An infrastructure failure is rescheduled a few times; then the row says failed, and the
-    contact's next message starts a fresh conversation."""
-    async with ctx.rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, ctx.conversation_id)
-        row.recoveries += 1
-        exhausted = row.recoveries > MAX_RECOVERIES
-    if exhausted:
-        state = ctx.run.state.message if ctx.run.state else ""
-        reason = f"its run kept failing ({MAX_RECOVERIES} recoveries): {state}"
-        await executor.mark_failed(ctx.rt, ctx.conversation_id, reason)
-    return not exhausted
 
 
 async def _cancel(ctx: _Context) -> str:

@@ -628,6 +628,17 @@ def lost_its_process(now: datetime, lease: timedelta) -> Any:
     return (expired_lease | never_taken) & _not_just_handed_over(now - lease)
 
 
+def still_without_a_process(row: Conversation, flow_run_id: str, now: datetime) -> bool:
+    """The row, read again under its lock just before a recovery acts: still this run's, and
+    still nobody's — not taken over since it was claimed (a worker that started the run late,
+    under load, has renewed the lease or suspended the row meanwhile)."""
+    if row.flow_run_id != flow_run_id:
+        return False
+    if row.status is Status.PENDING:
+        return True
+    return row.status in LIVE and (row.lease_until is None or row.lease_until < now)
+
+
 async def claim_for_repair(
     session: AsyncSession, condition: Any, now: datetime, limit: int
 ) -> list[Conversation]:

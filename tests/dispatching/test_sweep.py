@@ -227,6 +227,41 @@ async def test_two_sweeps_racing_over_a_dead_run_reschedule_it_once(world: World
     assert [s.name for s in states].count("Rescheduled") == 1
 
 
+@pytest.mark.parametrize(
+    ("took_over_as", "lease"),
+    [(Status.RUNNING, timedelta(seconds=3)), (Status.SUSPENDED, None)],
+    ids=["renewed-its-lease", "suspended-itself"],
+)
+async def test_a_run_a_worker_started_late_is_not_rescheduled_by_the_sweep_that_claimed_it(
+    world: World, took_over_as: Status, lease: timedelta | None
+) -> None:
+    """Seen on a loaded CI machine: the run was created, no worker took it for longer than a
+    lease, so a sweep claimed the row as lost — and while that sweep talked to Prefect, a
+    worker started the run and took the row over. Acting on what it had claimed, the sweep
+    rescheduled the live run; the run's suspend then failed, and five such rounds failed the
+    conversation. The recovery reads the row again, under its lock, before it acts."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _expire_handovers(world, [cid])
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
+    assert work.repairs == (Repair("recover", cid, run_id),)
+    lease_until = utcnow() + lease if lease is not None else None
+    await _set_row(world, cid, status=took_over_as, lease_until=lease_until)  # the takeover
+    assert await repair(world.rt, world.settings, work) == {"moved on": 1}
+    assert await _state(run_id) == StateType.RUNNING
+    assert (await _row(world, cid)).recoveries == 0
+
+
+async def test_a_run_still_untaken_when_its_recovery_acts_is_rescheduled(world: World) -> None:
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())  # Prefect says running: nobody took the row
+    await _expire_handovers(world, [cid])
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
+    assert await repair(world.rt, world.settings, work) == {"rescheduled": 1}
+    assert await _state(run_id) == StateType.SCHEDULED
+    assert (await _row(world, cid)).recoveries == 1
+
+
 async def test_expired_leases_are_not_trusted_while_the_dispatcher_itself_was_cut_off(
     world: World,
 ) -> None:
