@@ -9,8 +9,10 @@ stops it afterwards (``--keep`` leaves it running). Then, over the REST API like
    1 s, connection requests spaced 2 s and capped at half the leads a day;
 2. N leads started on the ``outreach`` campaign (``POST /api/conversations``);
 3. it waits until the dispatcher visited every profile and sent exactly the day's cap of
-   connection requests, the rest waiting for tomorrow's window; then one lead whose request is
-   still queued replies, and its conversation must stop there with nothing more sent to it.
+   connection requests, the rest waiting for tomorrow's window; then one invited lead accepts
+   (the gateway's signed webhook) and must get the LinkedIn message at once, not after the
+   three-day wait; and one lead whose request is still queued replies, and its conversation
+   must stop there with nothing more sent to it.
 
 The report: actions per type (Parley's table and what the gateway saw), the smallest gap
 between two sends of a type against its spacing, the Prefect concurrency limit ``identity-{id}``
@@ -51,6 +53,7 @@ from parley.settings import Settings, get_settings
 console = Console()
 CAMPAIGN = "outreach"
 VISIT, CONNECTION = "linkedin_profile_visit", "linkedin_connection"
+MESSAGE = "linkedin_message"
 SPACING = {VISIT: timedelta(seconds=1), CONNECTION: timedelta(seconds=2)}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -170,6 +173,7 @@ async def _play(demo: Demo) -> bool:
                 f"{demo.leads} visits and {demo.cap} connection requests sent, the rest queued",
                 done,
             )
+            await _accepted(demo, db, http, identity_id, seat, profiles)
             await _replied(demo, db, http, identity_id, seat, profiles)
             await _report(demo, db, http, identity_id, seat)
     finally:
@@ -310,6 +314,50 @@ async def _replied(
     )
 
 
+async def _accepted(
+    demo: Demo,
+    db: Database,
+    http: httpx.AsyncClient,
+    identity_id: int,
+    seat: str,
+    profiles: dict[int, str],
+) -> None:
+    """A lead accepts the invitation: its three-day wait ends at once with the LinkedIn
+    message (the gateway's signed webhook sets ``linkedin_connected``, which the wait's edge
+    reads), while the other invited leads keep waiting."""
+    invited = [
+        a.conversation_id
+        for a in await _actions(db, identity_id)
+        if a.type == CONNECTION and a.outcome == "sent" and a.conversation_id in profiles
+    ]
+    if not invited or not demo.fakes.gateway_webhook_url:
+        return
+    conversation_id = invited[0]
+    assert conversation_id is not None
+    profile = profiles[conversation_id]
+    answer = await http.post(
+        f"{demo.fakes.gateway_url}/_fake/accept-invitation",
+        json={"account_id": seat, "profile": profile},
+    )
+    delivered = answer.status_code == 200 and bool(answer.json().get("delivered"))
+
+    async def messaged() -> bool:
+        rows = await _actions(db, identity_id)
+        return any(
+            a.conversation_id == conversation_id and a.type == MESSAGE and a.outcome == "sent"
+            for a in rows
+        )
+
+    ok = delivered and await _wait(messaged, 60)
+    gateway = (await http.get(f"{demo.fakes.gateway_url}/_fake/actions")).json()
+    to_lead = [a["kind"] for a in gateway if a["to"] == profile]
+    demo.check(
+        f"lead of conversation {conversation_id} accepted: messaged at once, not in 3 days",
+        ok and to_lead == ["profile_visit", "invitation", "message"],
+        f"webhook delivered: {delivered}; gateway did {to_lead} to it",
+    )
+
+
 async def _deliver_reply(
     demo: Demo,
     db: Database,
@@ -359,7 +407,7 @@ async def _report(
     for action in rows:
         by_type.setdefault(action.type, []).append(action)
     gaps_ok = True
-    gateway_kind = {VISIT: "profile_visit", CONNECTION: "invitation"}
+    gateway_kind = {VISIT: "profile_visit", CONNECTION: "invitation", MESSAGE: "message"}
     for kind, actions in sorted(by_type.items()):
         times = sorted(a.performed_at for a in actions if a.performed_at is not None)
         gaps = [b - a for a, b in itertools.pairwise(times)]

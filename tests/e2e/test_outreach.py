@@ -293,7 +293,8 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
 # --- past the three-day wait: acceptance, the email fallback and its errors -------------------
 # Fresh seats, open around the clock, on the same stack; the clock is moved three days on
 # instead of waited for. Each lead is its own case, all four in flight at once:
-#   accepted  — accepts the invitation (the gateway's signed webhook): the LinkedIn message;
+#   accepted  — accepts the invitation (the gateway's signed webhook): its wait ends at once
+#               and the LinkedIn message goes out, three days early;
 #   quiet     — never accepts: the message is refused (not a connection), the email goes out
 #               through the loopback SMTP server with our Message-ID;
 #   refused   — the same, but the mailbox's server refuses the recipient (550 5.1.1): the
@@ -386,7 +387,9 @@ async def _at(stack: E2EStack, conversation_id: int, node: str, status: str | No
     wait = detail.get("wait") or {}
     if status is not None:
         return bool(detail["status"] == status and detail["current_node"] == node)
-    return bool(detail["current_node"] == node and wait.get("kind") == "reply")
+    # Sleeping there: for a reply (wait_message, wait_mail) or for acceptance or the clock
+    # (wait_accept) — not at a send node waiting for its action's outcome.
+    return bool(detail["current_node"] == node and wait.get("kind") in ("reply", "timer"))
 
 
 async def _actions_of(stack: E2EStack, conversation_id: int) -> list[Action]:
@@ -454,23 +457,32 @@ async def test_past_the_three_day_wait_acceptance_the_email_fallback_and_its_err
         "profile_visit",
         "invitation",
     ]
-    assert gateway.accept_invitation("seat-e2e-wait", accepted_profile).wait(15)
     refusing_smtp.fail_next(550, "5.1.1 <refused@example.com>: no such user here")
     throttling_smtp.fail_next(451, "4.7.1 greylisted, try again in 60 seconds")
 
-    # Three days on: every wait_accept times out; only the accepted lead is a connection.
+    # (a) accepted: the acceptance ends its wait at once, not at the three-day mark — the
+    # message goes out on the same (driven) day while the others still wait.
+    assert gateway.accept_invitation("seat-e2e-wait", accepted_profile).wait(15)
+
+    async def messaged_on_acceptance() -> bool:
+        return await _at(stack, accepted, "wait_message")
+
+    await until("the acceptance moved the lead on to the message", messaged_on_acceptance, 90)
+    assert clock.now() < TUESDAY_10 + timedelta(days=1)
+    for lead in (quiet, refused, throttled):
+        assert await _at(stack, lead, "wait_accept"), await _snapshot(stack, leads)
+
+    # Three days on: the other waits time out.
     clock.advance(timedelta(days=3, minutes=1))
 
     async def message_then_fallback() -> bool:
-        return (
-            await _at(stack, accepted, "wait_message")
-            and await _at(stack, quiet, "wait_mail")
-            and await _at(stack, refused, "mail", status="completed")
+        return await _at(stack, quiet, "wait_mail") and await _at(
+            stack, refused, "mail", status="completed"
         )
 
     await until("the message, the fallback, the refusal", message_then_fallback, 150)
 
-    # (a) accepted: the LinkedIn message went out, no email.
+    # (a) accepted: the LinkedIn message went out once, no email.
     kinds = [a.kind for a in gateway.actions_to(accepted_profile)]
     assert kinds == ["profile_visit", "invitation", "message"], kinds
     assert smtp.messages_to(accepted_email) == []
