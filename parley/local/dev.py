@@ -36,6 +36,7 @@ from rich.console import Console
 from parley.campaign import load_campaign
 from parley.campaign.registry import install_campaign
 from parley.db import Database, migrate
+from parley.errors import ParleyError
 from parley.local.processes import Stack, StackError, api_is_healthy, free_port
 from parley.settings import Settings, is_loopback
 from parley.testing import linkedin_gateway
@@ -294,12 +295,26 @@ def _start_prefect(stack: Stack, data_dir: Path) -> None:
     stack.start_prefect_server(port)
 
 
+def _refuse_missing_campaign(path: Path) -> None:
+    """Before anything starts: the default campaign is a path, relative to where the command
+    runs, and a stack without it would only fail at its first message."""
+    try:
+        load_campaign(path)
+    except ParleyError as exc:
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise StackError(
+            f"{exc}{where}: set PARLEY_DEFAULT_CAMPAIGN to the campaign file, or run from "
+            "Parley's checkout"
+        ) from None
+
+
 def bring_up(settings: Settings, *, fake_providers: bool | None = None) -> RunningStack:
     """``fake_providers``: None starts stand-ins only where nothing answers; True always
     (failing clearly if the port is taken); False never."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     _refuse_busy(settings.webhook_port, settings.webhook_host, "set PARLEY_WEBHOOK_PORT")
+    _refuse_missing_campaign(settings.default_campaign)
     console.print(f"[dim]database: {settings.printable_database_url}[/]")
     migrate.upgrade(settings.resolved_database_url)
     installed = _install_outreach_campaign(settings.resolved_database_url)

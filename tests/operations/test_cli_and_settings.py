@@ -142,3 +142,22 @@ def test_db_upgrade_migrates_a_fresh_database(
         "webhook_events",
         "alembic_version",
     } <= {name for (name,) in tables}
+
+
+def test_dev_outside_the_checkout_refuses_clearly_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default campaign is a relative path: from another directory `parley dev` used to
+    start Prefect, then die with a traceback. Now it names the file, the directory, the fix."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PARLEY_DATA_DIR", str(tmp_path / ".parley"))
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["dev"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "campaign file not found: examples/campaigns/onboarding.yaml" in text
+    assert f"relative to {tmp_path}" in text and "PARLEY_DEFAULT_CAMPAIGN" in text
+    assert not (tmp_path / ".parley" / "prefect").exists()  # nothing was started
