@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.campaign.registry import install_campaign
@@ -139,8 +140,33 @@ def create_app() -> FastAPI:
         limit = get_settings().webhook_max_body_bytes
         return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
 
+    for unavailable in STORAGE_UNAVAILABLE:
+        application.add_exception_handler(unavailable, _storage_unavailable)
     application.add_middleware(BodySizeLimit, limit=get_settings().webhook_max_body_bytes)
     return application
+
+
+STORAGE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.TimeoutError,  # every pooled connection busy for pool_timeout: a burst
+    sa_exc.OperationalError,  # the server went away, SQLite locked for too long
+    sa_exc.InterfaceError,
+    ConnectionError,  # asyncpg could not connect at all
+)
+STORAGE_RETRY_AFTER_SECONDS = 5
+
+
+async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database could not take the request: a 503 with Retry-After, not a 500 traceback.
+    Providers deliver again on any 5xx, and storing is idempotent (by the provider's message
+    id), so the retry loses nothing and duplicates nothing."""
+    log.warning(
+        "%s %s: storage unavailable (%r); answered 503", request.method, request.url.path, exc
+    )
+    return JSONResponse(
+        {"detail": "storage is unavailable or overloaded right now; deliver this again"},
+        status_code=503,
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+    )
 
 
 app = create_app()

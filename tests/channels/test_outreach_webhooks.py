@@ -232,6 +232,38 @@ async def test_a_redelivered_linkedin_message_is_stored_once(
     assert woken.wakeups == [WakeUp(cid, "resume", FLOW_RUN)]
 
 
+async def test_a_message_the_database_cannot_take_is_a_503_and_its_redelivery_is_stored_once(
+    db: Database,
+    rt: Runtime,
+    tmp_path: Path,
+    application: FastAPI,
+    client: httpx.AsyncClient,
+    woken: Woken,
+) -> None:
+    """The database down (or every pooled connection taken by a burst): a 503 with
+    Retry-After, so the gateway delivers again — never a 500 traceback, never a 200 for
+    something that was not stored."""
+    _, cid = await _waiting_lead(db, rt, tmp_path, "linkedin", SEAT, LEAD)
+    payload = _lead_writes(message_id="msg_db_down")
+    unreachable = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/parley")
+    application.state.db = unreachable
+    try:
+        refused = await _post_linkedin(client, payload)
+    finally:
+        application.state.db = db
+        await unreachable.dispose()
+
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == "5"
+    assert "deliver this again" in refused.json()["detail"]
+    assert await _inbound(db, cid) == [] and woken.wakeups == []
+
+    again = await _post_linkedin(client, payload)
+    assert (again.status_code, again.json()["stored"]) == (200, 1)
+    assert [m.provider_message_id for m in await _inbound(db, cid)] == ["msg_db_down"]
+    assert woken.wakeups == [WakeUp(cid, "resume", FLOW_RUN)]
+
+
 async def test_a_message_from_someone_without_a_conversation_is_recorded_and_starts_nothing(
     db: Database, tmp_path: Path, client: httpx.AsyncClient, woken: Woken
 ) -> None:
