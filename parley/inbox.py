@@ -43,6 +43,9 @@ class StoreResult:
     ignored: int = 0
     unmatched: int = 0  # messages with no active conversation to go to (no campaign given)
     wakeups: list[WakeUp] = field(default_factory=list)
+    # Every conversation that got a new message: on SQLite the webhook tells the workers, so a
+    # live run waiting hot wakes at once instead of at its next poll.
+    received: list[int] = field(default_factory=list)
 
 
 async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | None) -> StoreResult:
@@ -54,13 +57,15 @@ async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | No
             result.ignored += 1
             continue
         try:
-            wakeup, inserted = await store_message(db, message, campaign_name)
+            wakeup, inserted, conversation_id = await store_message(db, message, campaign_name)
         except NoActiveConversation:
             await record_event(db, message.channel, "unmatched_message", _unmatched(message))
             result.unmatched += 1
             continue
         result.stored += int(inserted)
         result.duplicates += int(not inserted)
+        if inserted and conversation_id is not None and conversation_id not in result.received:
+            result.received.append(conversation_id)
         if wakeup is not None and wakeup not in result.wakeups:
             result.wakeups.append(wakeup)
     for status in batch.statuses:
@@ -74,19 +79,20 @@ async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | No
 
 async def store_message(
     db: Database, message: InboundMessage, campaign_name: str | None
-) -> tuple[WakeUp | None, bool]:
-    """Store one message; ``(wake-up or None, inserted)``. A re-delivery changes nothing.
-    Raises ``NoActiveConversation`` when ``campaign_name`` is None and none is active."""
+) -> tuple[WakeUp | None, bool, int | None]:
+    """Store one message; ``(wake-up or None, inserted, its conversation)``. A re-delivery
+    changes nothing. Raises ``NoActiveConversation`` when ``campaign_name`` is None and none is
+    active."""
     try:
         async with db.transaction() as session:
             return await _store_in(session, message, campaign_name)
     except _Duplicate:
-        return None, False
+        return None, False, None
 
 
 async def _store_in(
     session: AsyncSession, message: InboundMessage, campaign_name: str | None
-) -> tuple[WakeUp | None, bool]:
+) -> tuple[WakeUp | None, bool, int | None]:
     identity = await queries.ensure_identity(session, message.channel, message.identity_address)
     contact = await queries.ensure_contact(
         session, message.channel, message.contact_address, message.contact_name
@@ -102,7 +108,7 @@ async def _store_in(
     if conversation is None:
         # A re-delivery of a message whose conversation has ended must not open a new one.
         if await queries.inbound_exists(session, message.provider_message_id):
-            return None, False
+            return None, False, None
         if campaign_name is None:
             raise NoActiveConversation(message.provider_message_id)
         campaign = await _campaign_for_new(session, campaign_name)
@@ -115,8 +121,8 @@ async def _store_in(
     if await queries.insert_inbound(session, values) is None:
         if created:
             raise _Duplicate  # rolls the new conversation back with the transaction
-        return None, False
-    return wakeup_for(conversation, created), True
+        return None, False, None
+    return wakeup_for(conversation, created), True, conversation.id
 
 
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:

@@ -2,18 +2,26 @@
 
 On PostgreSQL the inbox insert sends ``NOTIFY parley_inbox, '<conversation id>'`` in the same
 transaction (delivered on commit), and each worker process keeps one ``LISTEN`` connection that
-wakes the waiting run. On SQLite, and whenever the listener is down, waiting falls back to
-polling the inbox every ``hot_poll_seconds``. Either way the inbox is the truth: a notification
-only says "look now".
+wakes the waiting run; whenever the listener is down, waiting falls back to polling. On SQLite
+(one machine) the webhook sends a Unix datagram to each worker after its commit
+(``DatagramSignal``), on top of polling the inbox every ``hot_poll_seconds``. Either way the
+inbox is the truth: a notification only says "look now".
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import hashlib
 import logging
+import os
+import secrets
+import socket
+import tempfile
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
@@ -63,10 +71,25 @@ class _Polling:
         return False
 
 
+class _Owner(Protocol):
+    """What a waiter asks of the signal it subscribed to."""
+
+    @property
+    def listening(self) -> bool: ...
+
+    @property
+    def trusted_seconds(self) -> float: ...
+
+    @property
+    def fallback(self) -> float: ...
+
+    async def ensure_listening(self) -> bool: ...
+
+
 class _Told:
     """One waiter's flag, set by a notification (or the loss of the LISTEN connection)."""
 
-    def __init__(self, owner: PostgresSignal) -> None:
+    def __init__(self, owner: _Owner) -> None:
         self._owner = owner
         self.event = asyncio.Event()
 
@@ -161,3 +184,136 @@ class PostgresSignal:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+
+
+# --- SQLite: one machine, so a datagram is enough ----------------------------------------------
+
+
+def datagram_directory(database_url: str) -> Path | None:
+    """Where the worker processes of a SQLite database listen: a short directory named after
+    the database file (Unix socket paths are limited to ~100 bytes, test paths are not), so
+    the webhook and the workers find each other from the one thing they share — the file."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    digest = hashlib.sha1(str(Path(url.database).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"parley-inbox-{digest}"
+
+
+def announce_stored(directory: Path | None, conversation_ids: Iterable[int]) -> int:
+    """After the commit: tell every worker listening on this database which conversations got
+    a message. Never blocks and never fails the request — a lost datagram costs one poll."""
+    ids = sorted(set(conversation_ids))
+    if directory is None or not ids or not hasattr(socket, "AF_UNIX"):
+        return 0
+    try:
+        listeners = list(directory.glob("*.sock"))
+    except OSError:
+        return 0
+    told = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.setblocking(False)
+        for path in listeners:
+            for conversation_id in ids:
+                try:
+                    sender.sendto(str(conversation_id).encode(), str(path))
+                    told += 1
+                except (ConnectionRefusedError, FileNotFoundError):
+                    with contextlib.suppress(OSError):
+                        path.unlink()  # its worker is gone
+                    break
+                except OSError:
+                    break  # its buffer is full: that worker polls
+    return told
+
+
+class DatagramSignal:
+    """SQLite's wake-up: each worker process binds one Unix datagram socket in
+    ``datagram_directory``; the webhook sends it the conversation id after storing a message.
+    Polling every ``poll_seconds`` stays underneath, so a worker that could not bind, or a
+    datagram dropped on a full buffer, costs at most one poll, as before."""
+
+    def __init__(self, directory: Path, poll_seconds: float) -> None:
+        self.directory = directory
+        self.poll_seconds = poll_seconds
+        self._waiters: dict[int, set[_Told]] = defaultdict(set)
+        self._socket: socket.socket | None = None
+        self._path: Path | None = None
+        self._failed = False
+
+    # What _Told reads of its owner: a datagram is only a hint, the poll keeps going.
+    @property
+    def listening(self) -> bool:
+        return self._socket is not None
+
+    @property
+    def trusted_seconds(self) -> float:
+        return self.poll_seconds
+
+    @property
+    def fallback(self) -> float:
+        return self.poll_seconds
+
+    async def ensure_listening(self) -> bool:
+        if self._socket is None and not self._failed:
+            self._bind()
+        return True  # polling works either way
+
+    def _bind(self) -> None:
+        path = self.directory / f"{os.getpid()}-{secrets.token_hex(3)}.sock"
+        try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            listener.setblocking(False)
+            listener.bind(str(path))
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._on_readable)
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            log.warning("inbox datagrams unavailable at %s (%r); polling only", path, exc)
+            self._failed = True
+            return
+        self._socket, self._path = listener, path
+        atexit.register(self._unlink)  # a worker that exits cleanly leaves no socket behind
+
+    def _unlink(self) -> None:
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()  # only if no other worker of this database listens
+
+    def _on_readable(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                payload = self._socket.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            with contextlib.suppress(ValueError):
+                for told in self._waiters.get(int(payload), ()):
+                    told.event.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, conversation_id: int) -> AsyncIterator[Subscription]:
+        told = _Told(self)
+        self._waiters[conversation_id].add(told)
+        try:
+            await self.ensure_listening()
+            yield told
+        finally:
+            self._waiters[conversation_id].discard(told)
+            if not self._waiters[conversation_id]:
+                del self._waiters[conversation_id]
+
+    async def wait(self, conversation_id: int, timeout: float) -> bool:
+        async with self.subscribe(conversation_id) as subscription:
+            return await subscription.wait(timeout)
+
+    async def close(self) -> None:
+        listener, self._socket = self._socket, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        self._unlink()

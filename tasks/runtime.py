@@ -22,7 +22,12 @@ from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
 from parley.errors import NotFound
 from parley.http_action import post_json
-from parley.inbox_signal import PostgresSignal
+from parley.inbox_signal import (
+    DatagramSignal,
+    InboxSignal,
+    PostgresSignal,
+    datagram_directory,
+)
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
@@ -90,11 +95,19 @@ async def get_runtime() -> Runtime:
                 send_retry=RetryPolicy(budget_seconds=settings.send_retry_seconds),
                 clock=clock_from(settings.clock_file),
                 poll_seconds=settings.hot_poll_seconds,
-                inbox_signal=None if is_sqlite(url) else PostgresSignal(url),
+                inbox_signal=_inbox_signal(url, settings.hot_poll_seconds),
                 environ=dict(os.environ),
                 secrets=prefect_secret,
             )
     return _runtime
+
+
+def _inbox_signal(url: str, poll_seconds: float) -> InboxSignal | None:
+    """PostgreSQL: LISTEN/NOTIFY. SQLite: the webhook's datagrams on top of polling."""
+    if not is_sqlite(url):
+        return PostgresSignal(url)
+    directory = datagram_directory(url)
+    return DatagramSignal(directory, poll_seconds) if directory is not None else None
 
 
 def stop_gracefully() -> None:

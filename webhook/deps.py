@@ -27,6 +27,7 @@ from parley.errors import (
     ParleyError,
     TransitionNotAllowed,
 )
+from parley.inbox_signal import announce_stored, datagram_directory
 from parley.settings import Settings
 from tasks.runs import wake
 
@@ -126,6 +127,7 @@ async def store_and_wake(
     """Store every message once, then — after the 200 has gone out — start or resume the runs
     that are owed it (the dispatcher does whatever that does not finish)."""
     result = await inbox.store_batch(db, batch, campaign_name)
+    announce_stored(datagram_directory(db.url), result.received)  # SQLite; PostgreSQL NOTIFYs
     for wakeup in result.wakeups:
         background.add_task(wake, db, settings, wakeup)
     return result

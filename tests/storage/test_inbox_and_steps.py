@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -12,7 +13,12 @@ from parley import executor, handshake, inbox
 from parley import operator_views as views
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.db import Database, queries
-from parley.inbox_signal import PostgresSignal
+from parley.inbox_signal import (
+    DatagramSignal,
+    PostgresSignal,
+    announce_stored,
+    datagram_directory,
+)
 from parley.runtime import Runtime
 from parley.state_machine import step_ref
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
@@ -198,6 +204,51 @@ async def test_a_message_stored_between_two_looks_is_not_slept_through(
             assert await subscription.wait(0.2) is False  # told once, not for ever
     finally:
         await signal.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_on_sqlite_the_webhooks_datagram_wakes_the_waiting_worker_before_its_poll(
+    db: Database, campaign_name: str
+) -> None:
+    """SQLite has no NOTIFY; webhook and worker share one machine and the database file, so
+    the webhook sends each worker's socket (found from the file) the conversation id after
+    its commit. With a 30 s poll, only the datagram can end the wait in time."""
+    await inbox.store_batch(db, make_batch("hi"), campaign_name)
+    cid = int((await views.list_conversations(db))[0]["id"])
+    directory = datagram_directory(db.url)
+    assert directory is not None
+    signal = DatagramSignal(directory, poll_seconds=30)
+    try:
+        async with signal.subscribe(cid) as subscription:
+            assert await subscription.wait(0.2) is False  # bound, nothing stored yet
+            [socket_file] = list(directory.glob("*.sock"))
+            waiting = asyncio.create_task(subscription.wait(30))
+            batch = make_batch("Ana")
+            result = await inbox.store_batch(db, batch, campaign_name)
+            assert result.received == [cid]
+            assert announce_stored(directory, result.received) == 1
+            assert await asyncio.wait_for(waiting, timeout=5) is True
+            duplicate = await inbox.store_batch(db, batch, campaign_name)
+            assert duplicate.received == []  # a re-delivery wakes nobody
+    finally:
+        await signal.close()
+    assert not socket_file.exists()  # a worker that stops takes its socket away
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_datagram_for_a_worker_that_died_removes_its_socket_and_fails_nothing(
+    db: Database,
+) -> None:
+    directory = datagram_directory(db.url)
+    assert directory is not None
+    directory.mkdir(mode=0o700, exist_ok=True)
+    dead = directory / "12345-dead00.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(dead))
+    listener.close()  # killed: the file stays, nobody reads it
+    assert announce_stored(directory, [7]) == 0
+    assert not dead.exists()
+    assert announce_stored(None, [7]) == 0  # PostgreSQL: NOTIFY does this
 
 
 async def test_a_hot_wait_with_no_message_gives_up_and_reports_it(
