@@ -85,17 +85,9 @@ async def _run(args: argparse.Namespace) -> int:
     await asyncio.to_thread(upgrade, url)
     accounts = [f"seat-{n}" for n in range(args.identities)]
     gateway = _Gateway(accounts, in_process=args.gateway_in_process)
-    db = Database(url, pool_size=args.parallel + 5)
-    channel = LinkedInChannel(LinkedInConfig())
-    rt = Runtime(
-        db=db,
-        channels={},
-        post_json=post_json,
-        campaigns=CampaignCache(),
-        outreach={"linkedin": channel},
-    )
+    rt = _runtime(url, args.parallel)
     try:
-        identity_ids = await _queue(db, gateway, accounts, args.per_identity)
+        identity_ids = await _queue(rt.db, gateway, accounts, args.per_identity)
         if args.processes > 1:
             outcomes, elapsed, cpu = await asyncio.to_thread(
                 _drain_in_processes, url, identity_ids, args
@@ -107,9 +99,24 @@ async def _run(args: argparse.Namespace) -> int:
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         return _report(args, outcomes, elapsed, cpu, gateway.idempotency_keys(), server)
     finally:
-        await channel.aclose()
-        await db.dispose()
+        await _close(rt)
         gateway.stop()  # the database stays for a look; the next run recreates it
+
+
+def _runtime(url: str, parallel: int) -> Runtime:
+    """What a dispatcher process needs to drain: the database and the gateway's client."""
+    return Runtime(
+        db=Database(url, pool_size=parallel + 5),
+        channels={},
+        post_json=post_json,
+        campaigns=CampaignCache(),
+        outreach={"linkedin": LinkedInChannel(LinkedInConfig())},
+    )
+
+
+async def _close(rt: Runtime) -> None:
+    await rt.outreach["linkedin"].aclose()
+    await rt.db.dispose()
 
 
 class _Gateway:
@@ -245,23 +252,14 @@ def _drain_share(
     url: str, identity_ids: list[int], args: argparse.Namespace, start_at: float
 ) -> tuple[dict[str, int], float, float]:
     async def share() -> tuple[dict[str, int], float, float]:
-        db = Database(url, pool_size=args.parallel + 5)
-        channel = LinkedInChannel(LinkedInConfig())
-        rt = Runtime(
-            db=db,
-            channels={},
-            post_json=post_json,
-            campaigns=CampaignCache(),
-            outreach={"linkedin": channel},
-        )
+        rt = _runtime(url, args.parallel)
         try:
             await asyncio.sleep(max(0.0, start_at - time.time()))
             cpu = time.process_time()
             done = await _drain(rt, identity_ids, args)
             return dict(done), time.time(), time.process_time() - cpu
         finally:
-            await channel.aclose()
-            await db.dispose()
+            await _close(rt)
 
     return asyncio.run(share())
 

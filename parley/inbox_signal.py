@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -71,25 +72,10 @@ class _Polling:
         return False
 
 
-class _Owner(Protocol):
-    """What a waiter asks of the signal it subscribed to."""
-
-    @property
-    def listening(self) -> bool: ...
-
-    @property
-    def trusted_seconds(self) -> float: ...
-
-    @property
-    def fallback(self) -> float: ...
-
-    async def ensure_listening(self) -> bool: ...
-
-
 class _Told:
     """One waiter's flag, set by a notification (or the loss of the LISTEN connection)."""
 
-    def __init__(self, owner: _Owner) -> None:
+    def __init__(self, owner: _Waiters) -> None:
         self._owner = owner
         self.event = asyncio.Event()
 
@@ -108,7 +94,47 @@ class _Told:
         return told
 
 
-class PostgresSignal:
+class _Waiters:
+    """The conversations waiting hot in this process, each with its waiters' flags: what a
+    notification — NOTIFY or datagram, its payload a conversation id — is fanned out to."""
+
+    fallback: float
+    trusted_seconds: float
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, set[_Told]] = defaultdict(set)
+
+    @property
+    def listening(self) -> bool:
+        raise NotImplementedError
+
+    async def ensure_listening(self) -> bool:
+        raise NotImplementedError
+
+    def _tell(self, payload: str | bytes) -> None:
+        with contextlib.suppress(ValueError):
+            for told in self._waiters.get(int(payload), ()):
+                told.event.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, conversation_id: int) -> AsyncIterator[Subscription]:
+        told = _Told(self)
+        self._waiters[conversation_id].add(told)
+        try:
+            await self.ensure_listening()
+            yield told
+        finally:
+            self._waiters[conversation_id].discard(told)
+            if not self._waiters[conversation_id]:
+                del self._waiters[conversation_id]
+
+    async def wait(self, conversation_id: int, timeout: float) -> bool:
+        """One wait on a subscription of its own (tests, single looks)."""
+        async with self.subscribe(conversation_id) as subscription:
+            return await subscription.wait(timeout)
+
+
+class PostgresSignal(_Waiters):
     """One LISTEN connection per process, fanned out to the conversations waiting in it.
 
     While the connection is up a waiter trusts it for ``trusted_seconds`` between looks at the
@@ -123,11 +149,11 @@ class PostgresSignal:
         fallback_poll_seconds: float = 1.0,
         trusted_seconds: float = 5.0,
     ) -> None:
+        super().__init__()
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self.fallback = fallback_poll_seconds
         self.trusted_seconds = trusted_seconds
-        self._waiters: dict[int, set[_Told]] = defaultdict(set)
         self._connection: Any = None
         self._lock = asyncio.Lock()
 
@@ -152,9 +178,7 @@ class PostgresSignal:
             return True
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        with contextlib.suppress(ValueError):
-            for told in self._waiters.get(int(payload), ()):
-                told.event.set()
+        self._tell(payload)
 
     def _on_lost(self, _conn: object) -> None:
         """Notifications sent while nobody listened are gone: everyone looks now."""
@@ -162,23 +186,6 @@ class PostgresSignal:
         for waiters in self._waiters.values():
             for told in waiters:
                 told.event.set()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, conversation_id: int) -> AsyncIterator[Subscription]:
-        told = _Told(self)
-        self._waiters[conversation_id].add(told)
-        try:
-            await self.ensure_listening()
-            yield told
-        finally:
-            self._waiters[conversation_id].discard(told)
-            if not self._waiters[conversation_id]:
-                del self._waiters[conversation_id]
-
-    async def wait(self, conversation_id: int, timeout: float) -> bool:
-        """One wait on a subscription of its own (tests, single looks)."""
-        async with self.subscribe(conversation_id) as subscription:
-            return await subscription.wait(timeout)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -189,10 +196,12 @@ class PostgresSignal:
 # --- SQLite: one machine, so a datagram is enough ----------------------------------------------
 
 
+@functools.cache
 def datagram_directory(database_url: str) -> Path | None:
     """Where the worker processes of a SQLite database listen: a short directory named after
     the database file (Unix socket paths are limited to ~100 bytes, test paths are not), so
-    the webhook and the workers find each other from the one thing they share — the file."""
+    the webhook and the workers find each other from the one thing they share — the file.
+    Cached: the webhook asks on every stored message."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
@@ -227,32 +236,24 @@ def announce_stored(directory: Path | None, conversation_ids: Iterable[int]) -> 
     return told
 
 
-class DatagramSignal:
+class DatagramSignal(_Waiters):
     """SQLite's wake-up: each worker process binds one Unix datagram socket in
     ``datagram_directory``; the webhook sends it the conversation id after storing a message.
     Polling every ``poll_seconds`` stays underneath, so a worker that could not bind, or a
     datagram dropped on a full buffer, costs at most one poll, as before."""
 
     def __init__(self, directory: Path, poll_seconds: float) -> None:
+        super().__init__()
         self.directory = directory
-        self.poll_seconds = poll_seconds
-        self._waiters: dict[int, set[_Told]] = defaultdict(set)
+        # A datagram is only a hint: the poll keeps its pace whether or not we are bound.
+        self.trusted_seconds = self.fallback = poll_seconds
         self._socket: socket.socket | None = None
         self._path: Path | None = None
         self._failed = False
 
-    # What _Told reads of its owner: a datagram is only a hint, the poll keeps going.
     @property
     def listening(self) -> bool:
         return self._socket is not None
-
-    @property
-    def trusted_seconds(self) -> float:
-        return self.poll_seconds
-
-    @property
-    def fallback(self) -> float:
-        return self.poll_seconds
 
     async def ensure_listening(self) -> bool:
         if self._socket is None and not self._failed:
@@ -290,25 +291,7 @@ class DatagramSignal:
                 return
             except OSError:
                 return
-            with contextlib.suppress(ValueError):
-                for told in self._waiters.get(int(payload), ()):
-                    told.event.set()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, conversation_id: int) -> AsyncIterator[Subscription]:
-        told = _Told(self)
-        self._waiters[conversation_id].add(told)
-        try:
-            await self.ensure_listening()
-            yield told
-        finally:
-            self._waiters[conversation_id].discard(told)
-            if not self._waiters[conversation_id]:
-                del self._waiters[conversation_id]
-
-    async def wait(self, conversation_id: int, timeout: float) -> bool:
-        async with self.subscribe(conversation_id) as subscription:
-            return await subscription.wait(timeout)
+            self._tell(payload)
 
     async def close(self) -> None:
         listener, self._socket = self._socket, None

@@ -305,8 +305,7 @@ async def _replied(
         return bool(detail["status"] == "completed" and detail["current_node"] == "stopped")
 
     ok = await _wait(stopped, 60)
-    gateway = (await http.get(f"{demo.fakes.gateway_url}/_fake/actions")).json()
-    to_lead = [a["kind"] for a in gateway if a["to"] == profile]
+    to_lead = await _gateway_did_to(demo, http, profile)
     demo.check(
         f"lead of conversation {conversation_id} replied ({how}): stopped, nothing more sent",
         ok and to_lead == ["profile_visit"],
@@ -349,13 +348,18 @@ async def _accepted(
         )
 
     ok = delivered and await _wait(messaged, 60)
-    gateway = (await http.get(f"{demo.fakes.gateway_url}/_fake/actions")).json()
-    to_lead = [a["kind"] for a in gateway if a["to"] == profile]
+    to_lead = await _gateway_did_to(demo, http, profile)
     demo.check(
         f"lead of conversation {conversation_id} accepted: messaged at once, not in 3 days",
         ok and to_lead == ["profile_visit", "invitation", "message"],
         f"webhook delivered: {delivered}; gateway did {to_lead} to it",
     )
+
+
+async def _gateway_did_to(demo: Demo, http: httpx.AsyncClient, profile: str) -> list[str]:
+    """What the fake gateway performed towards one lead, in order."""
+    performed = (await http.get(f"{demo.fakes.gateway_url}/_fake/actions")).json()
+    return [a["kind"] for a in performed if a["to"] == profile]
 
 
 async def _deliver_reply(
