@@ -573,3 +573,47 @@ async def test_rest_identities(db: Database) -> None:
 
         api.headers.pop("Authorization")
         assert (await api.get("/api/identities")).status_code == 401
+
+
+@pytest.fixture
+def limit_prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A prefix of this test's own: the session's Prefect server is shared by every test."""
+    prefix = f"identity-t{uuid.uuid4().hex[:8]}-"
+    monkeypatch.setenv("PARLEY_IDENTITY_LIMIT_PREFIX", prefix)
+    get_settings.cache_clear()
+    yield prefix
+    get_settings.cache_clear()
+
+
+async def test_rest_adding_an_identity_creates_its_prefect_concurrency_limit(
+    db: Database, prefect_server: str, limit_prefix: str
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    async with _api(db) as api:
+        created = await api.post("/api/identities", json={"channel": "email", "address": "a@x.io"})
+    assert created.status_code == 201, created.text
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(
+            f"{limit_prefix}{created.json()['id']}"
+        )
+    assert limit.limit == 1  # one action of the identity at a time, before its first action
+
+
+async def test_rest_adding_an_identity_while_prefect_is_away_still_adds_it(
+    db: Database, limit_prefix: str
+) -> None:
+    """The limit is a convenience at this point (the dispatcher creates a missing one before
+    it acts): Prefect being down must not refuse the operator."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from parley.local.processes import free_port
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
+        async with _api(db) as api:
+            created = await api.post(
+                "/api/identities", json={"channel": "email", "address": "b@x.io"}
+            )
+            listed = await api.get("/api/identities")
+    assert created.status_code == 201, created.text
+    assert [row["address"] for row in listed.json()] == ["b@x.io"]
