@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley import actions, identities, lifecycle
 from parley.channels.base import OutreachAction, SenderIdentity
 from parley.db import queries
+from parley.db.engine import PinnedConnection
 from parley.db.models import Action, Conversation, Identity, utcnow
 from parley.errors import (
     ChannelError,
@@ -90,6 +91,7 @@ class _Claimed:
     sender: SenderIdentity
     idempotency_key: str
     fresh: bool = False  # the freshness check passed in the claim's transaction
+    more: bool = True  # another action of the identity was due when this one was claimed
 
 
 async def perform_next(rt: Runtime, identity_id: int, rng: random.Random | None = None) -> Done:
@@ -113,25 +115,39 @@ async def drain(
     counts that send — then claims the next one, decides and checks its freshness. An outcome
     is never lost to a failed claim: it is then recorded on its own before the error goes up."""
     rng = rng or random.Random()
+    async with rt.db.pinned() as connection:
+        return await _drain_on(connection, rt, identity_id, rng, limit, stopping)
+
+
+async def _drain_on(
+    connection: PinnedConnection,
+    rt: Runtime,
+    identity_id: int,
+    rng: random.Random,
+    limit: int,
+    stopping: Callable[[], bool],
+) -> list[Done]:
     done: list[Done] = []
     record: _Record | None = None
+    due = True  # the last claim saw another action due beside its own
     while True:
-        more = len(done) < limit and not stopping()
+        more = due and len(done) < limit and not stopping()
         try:
-            async with rt.db.transaction() as session:
+            async with connection.transaction() as session:
                 if record is not None:
                     await record(session)
                 step = await _claim(session, rt, identity_id, rng) if more else None
         except Exception:
             if record is None:
                 raise
-            async with rt.db.transaction() as session:
+            async with rt.db.transaction() as session:  # the held connection may be the trouble
                 await record(session)
             raise
         record = None
         if step is None:
-            return done
+            return done if due else [*done, "idle"]
         if isinstance(step, _Claimed):
+            due = step.more
             outcome, record = await _fresh_then_performed(rt, step)
         else:
             outcome = step
@@ -152,18 +168,14 @@ async def _claim(
     # The time of the decision is read once the identity is ours: a dispatcher that
     # waited for the lock must not judge spacing by a "now" older than the last send.
     now = rt.clock.now()
-    action = await queries.claim_action(session, identity_id, now)
+    action = await queries.claim_next_action(session, identity_id, now)
     if action is None:
         return "idle"
     decision = await _decision(session, identity, action.type, now, rng)
     if not isinstance(decision, Proceed):
-        action.not_before = decision.until
-        action.reason = decision.explain()
-        action.updated_at = utcnow()
+        await queries.unclaim_action(session, action.id, decision.until, decision.explain())
         identity.flagged = decision.explain() if decision.capped else None
         return "waiting"
-    action.status, action.claimed_at = "running", utcnow()
-    action.attempts += 1
     claimed = _Claimed(
         action.id,
         identity.id,
@@ -175,6 +187,7 @@ async def _claim(
         action.seen_inbound_id,
         sender_for(identity, action.channel),
         action.idempotency_key,
+        more=bool(action.more),
     )
     if claimed.conversation_id is None:
         return replace(claimed, fresh=True)
@@ -375,12 +388,14 @@ async def _finish(
 ) -> None:
     """Record the outcome and hand it to the conversation waiting at the node that queued it."""
     now = rt.clock.now()
-    action = await queries.lock_action(session, claimed.action_id)
-    action.status, action.outcome, action.reason = "done", outcome, reason
-    action.provider_id = provider_id
-    action.updated_at = utcnow()
-    if outcome == ACTION_SENT:
-        action.performed_at = now
+    await queries.finish_action(
+        session,
+        claimed.action_id,
+        outcome=outcome,
+        reason=reason,
+        provider_id=provider_id,
+        performed_at=now if outcome == ACTION_SENT else None,
+    )
     if claimed.conversation_id is None:
         return
     row = await queries.lock_conversation(session, claimed.conversation_id)

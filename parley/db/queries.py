@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import BindParameter, Table, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -729,8 +729,8 @@ async def last_inbound_id(session: AsyncSession, conversation_id: int) -> int | 
     return None if value is None else int(value)
 
 
-def _ready(now: datetime) -> Any:
-    return (Action.status == "queued") & (Action.queue == "ready") & (Action.not_before <= now)
+def _ready(now: datetime | BindParameter[Any], actions: Any = Action) -> Any:
+    return (actions.status == "queued") & (actions.queue == "ready") & (actions.not_before <= now)
 
 
 async def identities_with_due_actions(
@@ -758,6 +758,121 @@ async def claim_action(session: AsyncSession, identity_id: int, now: datetime) -
         .execution_options(populate_existing=True)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+_actions: Table = Action.__table__  # type: ignore[assignment]  # a Table, typed FromClause
+CLAIMED_COLUMNS = (
+    _actions.c.id,
+    _actions.c.type,
+    _actions.c.channel,
+    _actions.c.payload,
+    _actions.c.attempts,
+    _actions.c.conversation_id,
+    _actions.c.seen_inbound_id,
+    _actions.c.idempotency_key,
+)
+
+
+def _claim_next_statement() -> Any:
+    due = (
+        select(_actions.c.id)
+        .where(_actions.c.identity_id == bindparam("whose"))
+        .where(_ready(bindparam("now", type_=_actions.c.not_before.type), _actions.c))
+        .order_by(_actions.c.not_before, _actions.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    other = _actions.alias("other")
+    more = (
+        exists()
+        .where(other.c.identity_id == bindparam("whose"))
+        .where(_ready(bindparam("now", type_=_actions.c.not_before.type), other.c))
+        .where(other.c.id != _actions.c.id)
+        .label("more")
+    )
+    return (
+        update(_actions)
+        .where(_actions.c.id == due)
+        .values(
+            status="running",
+            claimed_at=bindparam("claim_at", type_=_actions.c.claimed_at.type),
+            attempts=_actions.c.attempts + 1,
+        )
+        .returning(*CLAIMED_COLUMNS, more)
+    )
+
+
+# The dispatcher's statements are built once: constructing them per call cost more than
+# running them (column collections, operators, aliases), and a prebuilt statement's compiled
+# form is found in the cache at once.
+_CLAIM_NEXT = _claim_next_statement()
+_UNCLAIM = (
+    update(_actions)
+    .where(_actions.c.id == bindparam("which"))
+    .values(
+        status="queued",
+        not_before=bindparam("until", type_=_actions.c.not_before.type),
+        reason=bindparam("why", type_=_actions.c.reason.type),
+        attempts=_actions.c.attempts - 1,
+        updated_at=bindparam("at", type_=_actions.c.updated_at.type),
+    )
+)
+_FINISH = (
+    update(_actions)
+    .where(_actions.c.id == bindparam("which"))
+    .values(
+        status="done",
+        outcome=bindparam("how", type_=_actions.c.outcome.type),
+        reason=bindparam("why", type_=_actions.c.reason.type),
+        provider_id=bindparam("provider_ref", type_=_actions.c.provider_id.type),
+        performed_at=func.coalesce(
+            bindparam("performed", type_=_actions.c.performed_at.type), _actions.c.performed_at
+        ),
+        updated_at=bindparam("at", type_=_actions.c.updated_at.type),
+    )
+)
+
+
+async def claim_next_action(session: AsyncSession, identity_id: int, now: datetime) -> Any:
+    """Take the identity's next due action — ``running``, one more attempt — in one
+    statement, or None; its ``more`` says whether another one was due beside it. ``SKIP
+    LOCKED``: two dispatcher runs (or hosts) never take the same one; on SQLite the write lock
+    makes a single taker anyway. A Core statement, not the ORM: the dispatcher runs it for
+    every action (``unclaim_action`` undoes it when it must wait)."""
+    params = {"whose": identity_id, "now": now, "claim_at": utcnow()}
+    return (await session.execute(_CLAIM_NEXT, params)).one_or_none()
+
+
+async def unclaim_action(
+    session: AsyncSession, action_id: int, not_before: datetime, reason: str
+) -> None:
+    """A claimed action that may not go yet: queued again until ``not_before``, the attempt
+    not counted."""
+    params = {"which": action_id, "until": not_before, "why": reason, "at": utcnow()}
+    await session.execute(_UNCLAIM, params)
+
+
+async def finish_action(
+    session: AsyncSession,
+    action_id: int,
+    *,
+    outcome: str,
+    reason: str | None,
+    provider_id: str | None,
+    performed_at: datetime | None,
+) -> None:
+    """Record how an action ended (``done``); one statement, the row locked by the update."""
+    params = {
+        "which": action_id,
+        "how": outcome,
+        "why": reason,
+        "provider_ref": provider_id,
+        "performed": performed_at,
+        "at": utcnow(),
+    }
+    if _rowcount(await session.execute(_FINISH, params)) != 1:
+        raise NotFound(f"action {action_id} does not exist")
 
 
 async def stale_running_actions(session: AsyncSession, claimed_before: datetime) -> list[Action]:
@@ -982,11 +1097,14 @@ async def get_identity(session: AsyncSession, identity_id: int) -> Identity:
 async def lock_identity(session: AsyncSession, identity_id: int) -> Identity:
     """The identity row under ``FOR UPDATE`` on PostgreSQL: its ``parked`` map is changed by
     the dispatcher (park) and by operators (reconnect), never both at once."""
-    stmt = select(Identity).where(Identity.id == identity_id).with_for_update()
-    row = (await session.execute(stmt)).scalar_one_or_none()
+    params = {"identity_id": identity_id}
+    row = (await session.execute(_LOCK_IDENTITY, params)).scalar_one_or_none()
     if row is None:
         raise NotFound(f"identity {identity_id} does not exist")
     return row
+
+
+_LOCK_IDENTITY = select(Identity).where(Identity.id == bindparam("identity_id")).with_for_update()
 
 
 async def find_identity(session: AsyncSession, channel: str, address: str) -> Identity | None:
@@ -1038,13 +1156,17 @@ async def sent_history(
 ) -> list[tuple[str, datetime]]:
     """(type, performed_at) of the identity's sent actions from ``since`` on: what limits
     count."""
-    stmt = (
-        select(Action.type, Action.performed_at)
-        .where(Action.identity_id == identity_id, Action.outcome == "sent")
-        .where(Action.performed_at.is_not(None), Action.performed_at >= since)
-        .order_by(Action.performed_at)
-    )
-    return [(kind, at) for kind, at in (await session.execute(stmt)).all() if at is not None]
+    rows = await session.execute(_SENT_HISTORY, {"identity_id": identity_id, "since": since})
+    return [(kind, at) for kind, at in rows.all() if at is not None]
+
+
+_SENT_HISTORY = (
+    select(_actions.c.type, _actions.c.performed_at)
+    .where(_actions.c.identity_id == bindparam("identity_id"), _actions.c.outcome == "sent")
+    .where(_actions.c.performed_at.is_not(None))
+    .where(_actions.c.performed_at >= bindparam("since", type_=_actions.c.performed_at.type))
+    .order_by(_actions.c.performed_at)
+)
 
 
 async def unpark_queue(session: AsyncSession, identity_id: int, queue: str, now: datetime) -> int:
