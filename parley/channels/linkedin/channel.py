@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
-
 from parley.channels.base import (
     ActionResult,
     Capabilities,
@@ -61,11 +59,8 @@ class LinkedInChannel:
     capabilities: Capabilities = CAPABILITIES
     action_types: frozenset[str] = ACTION_TYPES
 
-    def __init__(
-        self, config: LinkedInConfig, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: LinkedInConfig) -> None:
         self.config = config
-        self._transport = transport
         self._client: LinkedInGatewayClient | None = None
 
     @property
@@ -76,7 +71,6 @@ class LinkedInChannel:
                 self.config.gateway_url,
                 self.config.api_key,
                 timeout=self.config.timeout_seconds,
-                transport=self._transport,
             )
         return self._client
 
