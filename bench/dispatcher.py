@@ -9,8 +9,9 @@ allow them (spacing 0). The dispatcher's own loop then drains them exactly as a 
 does (``parley.outreach.drain`` per identity, ``--parallel`` identities at a time): claim
 with SKIP LOCKED, the decision over the identity's history, the freshness check, the gateway
 call, the recorded outcome. What is *not* in the figure: Prefect's per-identity concurrency
-slot (``tasks/outreach.py`` acquires one per identity per tick; two API calls) — run with
-``--with-slots`` against a Prefect server (``PREFECT_API_URL``) to include it.
+slots — run with ``--with-slots`` against a Prefect server (``PREFECT_API_URL``) to drain with
+the dispatcher run's own tick instead (``tasks.outreach.outreach_tick``: 50 identities a tick,
+their slots taken with one lease and given back after).
 
 ``--processes N`` drains with N dispatcher processes at once, each working its share of the
 identities (what Prefect's per-identity slot gives several dispatcher runs or hosts: one
@@ -74,6 +75,8 @@ def main() -> None:
         help="run the loopback gateway in this process (it then competes for the GIL)",
     )
     args = parser.parse_args()
+    if args.with_slots and args.processes > 1:
+        parser.error("--with-slots runs the dispatcher's own tick, in one process")
     raise SystemExit(asyncio.run(_run(args)))
 
 
@@ -208,11 +211,6 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
 
     async def one(identity_id: int) -> None:
         async with gate:
-            if args.with_slots:
-                from tasks.outreach import _drain as drain_with_slot
-
-                outcomes.update(await drain_with_slot(rt, identity_id))
-                return
             while True:
                 done = await outreach.drain(rt, identity_id, rng, limit=PER_DRAIN)
                 outcomes.update(o for o in done if o not in ("idle", "waiting"))
@@ -220,7 +218,10 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
                     break
 
     for _ in range(10):  # retries (a transient gateway error backs off) run in later rounds
-        await asyncio.gather(*(one(identity_id) for identity_id in identity_ids))
+        if args.with_slots:
+            await _ticks(rt, args, outcomes)
+        else:
+            await asyncio.gather(*(one(identity_id) for identity_id in identity_ids))
         async with rt.db.read() as session:
             due = await session.scalar(
                 select(func.min(Action.not_before)).where(Action.status == "queued")
@@ -229,6 +230,17 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
             break
         await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.1)
     return outcomes
+
+
+async def _ticks(rt: Runtime, args: argparse.Namespace, outcomes: Counter[str]) -> None:
+    """The dispatcher run's own outreach tick, Prefect's per-identity slots included, until
+    no action is due."""
+    from tasks.outreach import outreach_tick
+
+    while done := await outreach_tick(rt, parallel=args.parallel):
+        outcomes.update(
+            {key.removeprefix("action "): n for key, n in done.items() if key != "action idle"}
+        )
 
 
 def _drain_in_processes(

@@ -1,11 +1,10 @@
 """The dispatcher's outreach half: every identity with due actions, in parallel, at most one
 action of an identity at a time.
 
-"One at a time" is a Prefect global concurrency limit per identity, ``identity-{id}`` (one
-slot, visible on the UI's Concurrency page), acquired with ``strict=True``: a missing limit is
-an error, never silently unlimited. The dispatcher creates the limit the first time it meets
-the identity (the REST API also does when an identity is added). A dispatcher run that finds an
-identity's slot taken — another run or host is working that identity — skips it this tick.
+"One at a time" is a Prefect global concurrency limit per identity (``identity-{id}``, one
+slot, visible on the UI's Concurrency page), held for the tick by ``tasks.identity_slots``
+(strict: an identity without its limit is not worked). An identity whose slot another
+dispatcher run or host holds is skipped this tick.
 """
 
 from __future__ import annotations
@@ -16,25 +15,18 @@ import random
 from collections import Counter
 from datetime import timedelta
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
-from prefect.exceptions import ObjectNotFound
-
 from parley import outreach
 from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
 from parley.db.models import utcnow
 from parley.runtime import Runtime
-from parley.settings import get_settings
+from tasks.identity_slots import HeldSlots, identity_slots
 
 log = logging.getLogger(__name__)
 
-IDENTITIES_PER_TICK = 50
+IDENTITIES_PER_TICK = 200
 PARALLEL_IDENTITIES = 10
 ACTIONS_PER_IDENTITY_PER_TICK = 20
-SLOT_LEASE_SECONDS = 60.0  # Prefect's minimum: a killed dispatcher frees the slot after this
-_known_limits: set[str] = set()
 _rng = random.Random()
 _signal: ActionSignal | None = None
 
@@ -48,26 +40,7 @@ def action_signal(rt: Runtime) -> ActionSignal:
     return _signal
 
 
-def identity_limit(identity_id: int) -> str:
-    return f"{get_settings().identity_limit_prefix}{identity_id}"
-
-
-async def ensure_identity_limit(identity_id: int) -> None:
-    name = identity_limit(identity_id)
-    if name in _known_limits:
-        return
-    async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            await client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=name, limit=1)
-            )
-            log.info("created global concurrency limit %r", name)
-    _known_limits.add(name)
-
-
-async def outreach_tick(rt: Runtime) -> Counter[str]:
+async def outreach_tick(rt: Runtime, *, parallel: int = PARALLEL_IDENTITIES) -> Counter[str]:
     """Due actions of every identity that has some, identities in parallel."""
     async with rt.db.read() as session:
         identity_ids = await queries.identities_with_due_actions(
@@ -75,42 +48,34 @@ async def outreach_tick(rt: Runtime) -> Counter[str]:
         )
     if not identity_ids:
         return Counter()
-    gate = asyncio.Semaphore(PARALLEL_IDENTITIES)
-    totals: Counter[str] = Counter()
+    async with identity_slots(identity_ids) as held:
+        totals: Counter[str] = Counter({"identity busy elsewhere": len(held.busy_elsewhere)})
+        gate = asyncio.Semaphore(parallel)
 
-    async def one(identity_id: int) -> None:
-        async with gate:
-            totals.update(await _drain(rt, identity_id))
+        async def one(identity_id: int) -> None:
+            async with gate:
+                totals.update(await _drain(rt, identity_id, held))
 
-    await asyncio.gather(*(one(identity_id) for identity_id in identity_ids))
-    return totals
+        await asyncio.gather(*(one(identity_id) for identity_id in held.identity_ids))
+    return +totals
 
 
-async def _drain(rt: Runtime, identity_id: int) -> Counter[str]:
-    done: Counter[str] = Counter()
+async def _drain(rt: Runtime, identity_id: int, held: HeldSlots) -> Counter[str]:
+    """One identity's due actions while its slot is held; its trouble never stops the others."""
+    if held.expiring() or rt.stopping:
+        return Counter({"identity left for the next tick": 1})
     try:
-        await ensure_identity_limit(identity_id)
-        async with concurrency(
-            identity_limit(identity_id),
-            occupy=1,
-            timeout_seconds=0.5,
-            lease_duration=SLOT_LEASE_SECONDS,
-            strict=True,
-        ):
-            outcomes = await outreach.drain(
-                rt,
-                identity_id,
-                _rng,
-                limit=ACTIONS_PER_IDENTITY_PER_TICK,
-                stopping=lambda: rt.stopping,
-            )
-            done.update(f"action {outcome}" for outcome in outcomes)
-    except AcquireConcurrencySlotTimeoutError:
-        done["identity busy elsewhere"] += 1
-    except Exception as exc:  # one identity's trouble never stops the others
+        outcomes = await outreach.drain(
+            rt,
+            identity_id,
+            _rng,
+            limit=ACTIONS_PER_IDENTITY_PER_TICK,
+            stopping=lambda: rt.stopping or held.expiring(),
+        )
+    except Exception as exc:
         log.warning("identity %s: outreach tick failed: %r", identity_id, exc)
-        done["identity failed"] += 1
-    return done
+        return Counter({"identity failed": 1})
+    return Counter(f"action {outcome}" for outcome in outcomes)
 
 
 async def recover_abandoned_actions(rt: Runtime, older_than: timedelta) -> int:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from parley import identities
 from parley.clock import clock_from
-from tasks.outreach import ensure_identity_limit
+from tasks.identity_slots import ensure_identity_limit
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 
 log = logging.getLogger(__name__)
