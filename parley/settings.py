@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         description="How long the webhook keeps retrying a resume that finds the run not yet "
         "suspended, before leaving it to the dispatcher.",
     )
+    api_run_wait_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a REST call waits for Prefect to start or resume the run before "
+        "answering run_reached: false (the start or resume goes on in the background).",
+    )
     lease_seconds: float = Field(
         default=30.0,
         gt=0,

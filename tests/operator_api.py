@@ -12,12 +12,14 @@ from parley.settings import Settings
 API_KEY = "test-operator-key"
 
 
-def operator_api(db: Database, *routers: APIRouter, api_key: str = API_KEY) -> httpx.AsyncClient:
+def operator_api(
+    db: Database, *routers: APIRouter, api_key: str = API_KEY, settings: Settings | None = None
+) -> httpx.AsyncClient:
     application = FastAPI()
     for router in routers:
         application.include_router(router)
     application.state.db = db
-    application.state.settings = Settings(api_keys=api_key)
+    application.state.settings = settings or Settings(api_keys=api_key)
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=application),
         base_url="http://parley",

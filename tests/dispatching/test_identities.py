@@ -617,3 +617,55 @@ async def test_rest_adding_an_identity_while_prefect_is_away_still_adds_it(
             listed = await api.get("/api/identities")
     assert created.status_code == 201, created.text
     assert [row["address"] for row in listed.json()] == ["b@x.io"]
+
+
+async def test_rest_starting_a_lead_while_prefect_hangs_answers_within_the_wait_and_keeps_it(
+    db: Database,
+) -> None:
+    """A Prefect that accepts the connection and never answers (overloaded, a stuck proxy)
+    must not hold the operator's call past its timeout: the API answers run_reached false
+    after PARLEY_API_RUN_WAIT_SECONDS, and the conversation is stored for the dispatcher."""
+    import socket
+    import time
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from parley.campaign.registry import install_campaign
+    from parley.settings import Settings
+    from webhook.routes import api as api_routes
+
+    async with db.transaction() as session:
+        await install_campaign(
+            session, Path(__file__).parents[2] / "examples/campaigns/outreach.yaml"
+        )
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        settings = Settings(api_keys=API_KEY, api_run_wait_seconds=0.5)
+        with temporary_settings({PREFECT_API_URL: url}):
+            async with (
+                _api(db) as identities_api,
+                operator_api(db, api_routes.router, api_key=API_KEY, settings=settings) as api,
+            ):
+                seat = await identities_api.post(
+                    "/api/identities", json={"channel": "linkedin", "address": "seat-hang"}
+                )
+                started_at = time.monotonic()
+                started = await api.post(
+                    "/api/conversations",
+                    json={
+                        "campaign": "outreach",
+                        "identity_id": seat.json()["id"],
+                        "address": "urn:li:lead-hang",
+                        "fields": {"email": "lead@example.com"},
+                        "variables": {"first_name": "Ada"},
+                    },
+                )
+                waited = time.monotonic() - started_at
+                assert started.status_code == 201, started.text
+                shown = await api.get(f"/api/conversations/{started.json()['id']}")
+    assert started.status_code == 201, started.text
+    assert started.json()["run"] == "start" and started.json()["run_reached"] is False
+    assert waited < 5  # the wait, not the Prefect client's own timeout and retries
+    assert shown.status_code == 200 and shown.json()["status"] == "pending"

@@ -81,9 +81,7 @@ async def test_an_identity_whose_limit_was_deleted_is_not_worked_and_gets_it_bac
     assert (await client.read_global_concurrency_limit_by_name(f"{limit_prefix}5")).limit == 1
 
 
-async def test_an_existing_limit_is_used_as_it_is(
-    client: PrefectClient, limit_prefix: str
-) -> None:
+async def test_an_existing_limit_is_used_as_it_is(client: PrefectClient, limit_prefix: str) -> None:
     await client.create_global_concurrency_limit(
         GlobalConcurrencyLimitCreate(name=f"{limit_prefix}9", limit=1)
     )

@@ -7,6 +7,7 @@ Refusals are HTTP errors with the reason: 404 unknown, 409 not allowed now, 422 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal
 
@@ -44,8 +45,11 @@ class ChangeOut(BaseModel):
     detail: str
 
 
+_carrying_out: set[asyncio.Task[bool]] = set()
+
+
 async def _applied(change: Change, db: DbDep, settings: SettingsDep) -> ChangeOut:
-    reached = True if change.run == "none" else await carry_out(db, settings, change)
+    reached = True if change.run == "none" else await _carried_out(db, settings, change)
     return ChangeOut(
         id=change.conversation_id,
         status=change.status,
@@ -53,6 +57,19 @@ async def _applied(change: Change, db: DbDep, settings: SettingsDep) -> ChangeOu
         run_reached=reached,
         detail=change.detail,
     )
+
+
+async def _carried_out(db: DbDep, settings: SettingsDep, change: Change) -> bool:
+    """The run's start or resume, waited for at most ``api_run_wait_seconds``: a Prefect that
+    answers slowly (503s it retries) must not hold the operator's call past its timeout. The
+    work goes on in the background; if it fails there the dispatcher does it."""
+    task = asyncio.create_task(carry_out(db, settings, change))
+    _carrying_out.add(task)
+    task.add_done_callback(_carrying_out.discard)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), settings.api_run_wait_seconds)
+    except TimeoutError:
+        return False
 
 
 class StartIn(BaseModel):
