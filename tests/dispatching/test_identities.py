@@ -632,7 +632,10 @@ async def test_rest_starting_a_lead_while_prefect_hangs_answers_within_the_wait_
 
     from parley.campaign.registry import install_campaign
     from parley.settings import Settings
+    from tasks.prefect_api import close_prefect_api
     from webhook.routes import api as api_routes
+
+    await close_prefect_api()  # the process's client of the session's server: not this one
 
     async with db.transaction() as session:
         await install_campaign(
@@ -665,6 +668,7 @@ async def test_rest_starting_a_lead_while_prefect_hangs_answers_within_the_wait_
                 waited = time.monotonic() - started_at
                 assert started.status_code == 201, started.text
                 shown = await api.get(f"/api/conversations/{started.json()['id']}")
+            await close_prefect_api()  # its client of the silent server goes with it
     assert started.status_code == 201, started.text
     assert started.json()["run"] == "start" and started.json()["run_reached"] is False
     assert waited < 5  # the wait, not the Prefect client's own timeout and retries

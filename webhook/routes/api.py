@@ -8,6 +8,7 @@ Refusals are HTTP errors with the reason: 404 unknown, 409 not allowed now, 422 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,8 @@ from parley.lifecycle import CampaignChange, Change
 from parley.state_machine import Status
 from tasks.runs import carry_out
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])
 
@@ -65,11 +68,19 @@ async def _carried_out(db: DbDep, settings: SettingsDep, change: Change) -> bool
     work goes on in the background; if it fails there the dispatcher does it."""
     task = asyncio.create_task(carry_out(db, settings, change))
     _carrying_out.add(task)
-    task.add_done_callback(_carrying_out.discard)
+    task.add_done_callback(_finished)
     try:
         return await asyncio.wait_for(asyncio.shield(task), settings.api_run_wait_seconds)
     except TimeoutError:
         return False
+
+
+def _finished(task: asyncio.Task[bool]) -> None:
+    """A start or resume that failed after the call was answered is logged, not lost: the
+    dispatcher finds the row's owed run within a tick."""
+    _carrying_out.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("carrying out an operator's change failed (%r); the dispatcher will", error)
 
 
 class StartIn(BaseModel):
