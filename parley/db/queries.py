@@ -746,22 +746,8 @@ async def identities_with_due_actions(
     return [int(identity_id) for identity_id in (await session.execute(stmt)).scalars()]
 
 
-async def claim_action(session: AsyncSession, identity_id: int, now: datetime) -> Action | None:
-    """The identity's next due action, locked — ``SKIP LOCKED``, so two dispatcher runs (or
-    hosts) never take the same one; on SQLite the write lock makes a single taker anyway."""
-    stmt = (
-        select(Action)
-        .where(Action.identity_id == identity_id, _ready(now))
-        .order_by(Action.not_before, Action.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
 _actions: Table = Action.__table__  # type: ignore[assignment]  # a Table, typed FromClause
-CLAIMED_COLUMNS = (
+_CLAIMED_COLUMNS = (
     _actions.c.id,
     _actions.c.type,
     _actions.c.channel,
@@ -773,11 +759,16 @@ CLAIMED_COLUMNS = (
 )
 
 
+def _bound(name: str, column: str) -> BindParameter[Any]:
+    """A named parameter typed as ``actions.<column>`` (its UTC handling for datetimes)."""
+    return bindparam(name, type_=_actions.c[column].type)
+
+
 def _claim_next_statement() -> Any:
     due = (
         select(_actions.c.id)
         .where(_actions.c.identity_id == bindparam("whose"))
-        .where(_ready(bindparam("now", type_=_actions.c.not_before.type), _actions.c))
+        .where(_ready(_bound("now", "not_before"), _actions.c))
         .order_by(_actions.c.not_before, _actions.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -787,7 +778,7 @@ def _claim_next_statement() -> Any:
     more = (
         exists()
         .where(other.c.identity_id == bindparam("whose"))
-        .where(_ready(bindparam("now", type_=_actions.c.not_before.type), other.c))
+        .where(_ready(_bound("now", "not_before"), other.c))
         .where(other.c.id != _actions.c.id)
         .label("more")
     )
@@ -796,10 +787,10 @@ def _claim_next_statement() -> Any:
         .where(_actions.c.id == due)
         .values(
             status="running",
-            claimed_at=bindparam("claim_at", type_=_actions.c.claimed_at.type),
+            claimed_at=_bound("claim_at", "claimed_at"),
             attempts=_actions.c.attempts + 1,
         )
-        .returning(*CLAIMED_COLUMNS, more)
+        .returning(*_CLAIMED_COLUMNS, more)
     )
 
 
@@ -812,10 +803,10 @@ _UNCLAIM = (
     .where(_actions.c.id == bindparam("which"))
     .values(
         status="queued",
-        not_before=bindparam("until", type_=_actions.c.not_before.type),
-        reason=bindparam("why", type_=_actions.c.reason.type),
+        not_before=_bound("until", "not_before"),
+        reason=_bound("why", "reason"),
         attempts=_actions.c.attempts - 1,
-        updated_at=bindparam("at", type_=_actions.c.updated_at.type),
+        updated_at=_bound("at", "updated_at"),
     )
 )
 _FINISH = (
@@ -823,13 +814,11 @@ _FINISH = (
     .where(_actions.c.id == bindparam("which"))
     .values(
         status="done",
-        outcome=bindparam("how", type_=_actions.c.outcome.type),
-        reason=bindparam("why", type_=_actions.c.reason.type),
-        provider_id=bindparam("provider_ref", type_=_actions.c.provider_id.type),
-        performed_at=func.coalesce(
-            bindparam("performed", type_=_actions.c.performed_at.type), _actions.c.performed_at
-        ),
-        updated_at=bindparam("at", type_=_actions.c.updated_at.type),
+        outcome=_bound("how", "outcome"),
+        reason=_bound("why", "reason"),
+        provider_id=_bound("provider_ref", "provider_id"),
+        performed_at=func.coalesce(_bound("performed", "performed_at"), _actions.c.performed_at),
+        updated_at=_bound("at", "updated_at"),
     )
 )
 
@@ -1164,7 +1153,7 @@ _SENT_HISTORY = (
     select(_actions.c.type, _actions.c.performed_at)
     .where(_actions.c.identity_id == bindparam("identity_id"), _actions.c.outcome == "sent")
     .where(_actions.c.performed_at.is_not(None))
-    .where(_actions.c.performed_at >= bindparam("since", type_=_actions.c.performed_at.type))
+    .where(_actions.c.performed_at >= _bound("since", "performed_at"))
     .order_by(_actions.c.performed_at)
 )
 
