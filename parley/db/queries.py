@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, Table, bindparam, exists, func, select, update
+from sqlalchemy import BindParameter, Table, bindparam, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -764,7 +764,10 @@ def _bound(name: str, column: str) -> BindParameter[Any]:
     return bindparam(name, type_=_actions.c[column].type)
 
 
-def _claim_next_statement() -> Any:
+def _claim_next_statement(dialect: str) -> Any:
+    """On SQLite the ``more`` check is left out (always true: the drain's next claim finds
+    out): SQLAlchemy renders RETURNING's columns unqualified there, subqueries included,
+    which turned ``other.id != actions.id`` into ``id != id``."""
     due = (
         select(_actions.c.id)
         .where(_actions.c.identity_id == bindparam("whose"))
@@ -781,6 +784,8 @@ def _claim_next_statement() -> Any:
         .where(_ready(_bound("now", "not_before"), other.c))
         .where(other.c.id != _actions.c.id)
         .label("more")
+        if dialect == "postgresql"
+        else literal(True).label("more")
     )
     return (
         update(_actions)
@@ -797,7 +802,7 @@ def _claim_next_statement() -> Any:
 # The dispatcher's statements are built once: constructing them per call cost more than
 # running them (column collections, operators, aliases), and a prebuilt statement's compiled
 # form is found in the cache at once.
-_CLAIM_NEXT = _claim_next_statement()
+_CLAIM_NEXT = {dialect: _claim_next_statement(dialect) for dialect in ("postgresql", "sqlite")}
 _UNCLAIM = (
     update(_actions)
     .where(_actions.c.id == bindparam("which"))
@@ -830,7 +835,7 @@ async def claim_next_action(session: AsyncSession, identity_id: int, now: dateti
     makes a single taker anyway. A Core statement, not the ORM: the dispatcher runs it for
     every action (``unclaim_action`` undoes it when it must wait)."""
     params = {"whose": identity_id, "now": now, "claim_at": utcnow()}
-    return (await session.execute(_CLAIM_NEXT, params)).one_or_none()
+    return (await session.execute(_CLAIM_NEXT[_dialect(session)], params)).one_or_none()
 
 
 async def unclaim_action(

@@ -208,9 +208,30 @@ async def test_friday_17_01_waits_for_monday_09_00(
     assert action.not_before == monday
     assert monday - FRIDAY_1701 == timedelta(hours=63, minutes=59)
     assert action.reason is not None and "working hours" in action.reason
+    assert (action.status, action.attempts) == ("queued", 0)  # put off: not an attempt
     assert gateway.performed == []
     clock.set_offset(monday - datetime.now(UTC))
     assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    [action] = await _actions(db, identity_id)
+    assert (action.status, action.outcome, action.attempts) == ("done", "sent", 1)
+    assert action.performed_at is not None
+    assert monday <= action.performed_at < monday + timedelta(minutes=1)  # on the driven clock
+
+
+async def test_a_drain_ends_idle_after_the_last_due_action_and_sends_each_once(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    identity_id = await _identity(db, gateway)
+    for n in (1, 2):
+        await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, n))
+    done = await outreach.drain(rt, identity_id, _seeded(), limit=20)
+    assert done == ["sent", "sent", "idle"]
+    assert [a.kind for a in gateway.performed] == ["profile_visit", "profile_visit"]
+    assert [(a.status, a.outcome) for a in await _actions(db, identity_id)] == [
+        ("done", "sent"),
+        ("done", "sent"),
+    ]
+    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["idle"]
 
 
 async def test_the_51st_connection_request_of_the_day_waits_for_the_next_window(
