@@ -156,8 +156,9 @@ async def test_a_message_racing_the_suspend_is_resumed_through_the_not_paused_re
     finally:
         await db.dispose()
     # Each suspended turn meets NotPaused — but a loaded CI machine can take longer than the
-    # window to deliver a reply, which then finds the run paused and resumes it at once.
-    assert 2 <= retried <= 3, retried
+    # window to deliver a reply, which then finds the run paused and resumes it at once
+    # (seen: two of three on a busy machine). One race is enough to prove the path.
+    assert 1 <= retried <= 3, retried
 
 
 async def test_prefect_down_longer_than_the_webhooks_retry_window_the_dispatcher_recovers(
