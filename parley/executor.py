@@ -335,6 +335,7 @@ async def _commit_locked(
     if t.action is not None:  # queued in the same transaction as the state change
         contact = await queries.get_contact(session, row.contact_id)
         await actions.enqueue(session, row, contact, t.action, step, now)
+        row.action_step = step  # the one action whose outcome this wait takes (not a revisit's)
     await _record_visit(session, row, t, now)
     _apply(row, step, t, lease_seconds, now)
 

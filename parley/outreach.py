@@ -9,9 +9,13 @@ order:
    rolling caps, spacing with jitter, provider blocks (``parley.limits.decide`` over what the
    identity actually sent); a wait puts the action back with ``not_before = until``;
 3. the **freshness check**, under the conversation's row lock (the one the webhook stores
-   messages under): the conversation is still active and at the node that queued the action,
-   and the contact wrote nothing since; otherwise the action is skipped and the conversation
-   told why (a reply interrupts the sequence);
+   messages under): the conversation is still active and still waits for this action (the
+   step that queued it, ``_awaits``), the contact wrote nothing since it was queued and the
+   conversation has no unread message; otherwise the action is skipped and the conversation
+   told why (a reply interrupts the sequence). The lock is released before the provider call
+   (it would hold up the webhook for the call's length): a reply stored in between does not
+   stop the call already decided; the conversation reads it next, and while it is unread no
+   other action of the conversation passes this check;
 4. the provider call, and a recovery for each kind of error, recorded on the action: identity
    expired → park the channel; rate limited → wait for retry-after; transient → a few retries
    with backoff, then failed; undeliverable → failed and the conversation completed with the
@@ -238,16 +242,30 @@ async def _stale(
     session: AsyncSession, row: Conversation, claimed: _Claimed
 ) -> tuple[str, bool] | None:
     """Why the action must not go out any more (and whether it is because the contact wrote),
-    or None. ``row`` is locked: the webhook stores messages under the same lock."""
+    or None. ``row`` is locked: the webhook stores messages under the same lock, so a message
+    stored before this check is seen by it — also one stored before the action was queued that
+    the conversation has not read yet (it was busy with its step, or waiting hot): the action
+    was decided without it."""
     if row.status in TERMINAL:
         return f"the conversation is {row.status.value}", False
     if row.status is Status.PAUSED:
         return "the conversation is paused", False
     if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
         return "the contact wrote after it was queued", True
-    if row.current_node != claimed.payload.get("node") or row.waiting_for != WaitKind.ACTION:
+    if await queries.has_unconsumed_inbound(session, row.id):
+        return "the contact wrote and the conversation has not read it yet", True
+    if not _awaits(row, claimed):
         return "the conversation moved on", False
     return None
+
+
+def _awaits(row: Conversation, claimed: _Claimed) -> bool:
+    """The conversation waits for this very action: the one its step ``action_step`` queued.
+    Matched by step, not by node: a graph that came back to the node has queued an action of
+    its own since (the earlier one's outcome is not for it), and a migration may have renamed
+    the node (its action is the same)."""
+    step = claimed.payload.get("step")
+    return row.waiting_for == WaitKind.ACTION and step is not None and row.action_step == step
 
 
 async def _fresh_then_performed(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
@@ -386,7 +404,8 @@ async def _finish(
     replied: bool = False,
     complete: bool = False,
 ) -> None:
-    """Record the outcome and hand it to the conversation waiting at the node that queued it."""
+    """Record the outcome and hand it to the conversation if it still waits for this action
+    (``_awaits``: by the step that queued it)."""
     now = rt.clock.now()
     await queries.finish_action(
         session,
@@ -405,12 +424,7 @@ async def _finish(
         await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
         row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
         return
-    waiting_here = (
-        row.current_node == claimed.payload.get("node")
-        and row.waiting_for == WaitKind.ACTION
-        and row.task_result is None
-    )
-    if waiting_here:
+    if _awaits(row, claimed) and row.task_result is None:
         row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
         row.wake_requested_at = utcnow()
         queries.touch(row)

@@ -184,6 +184,10 @@ class Conversation(Base):
     node_done: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     follow_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     task_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The step whose outreach action the conversation last queued (its key is that step's
+    # reference): while it waits for an action, only that action's outcome is for it — not
+    # one queued by an earlier visit of the same node.
+    action_step: Mapped[int | None] = mapped_column(Integer)
     paused_by: Mapped[str | None] = mapped_column(String(16))  # "operator" or "campaign"
     # An operator resumed it, completed its task or signalled it: its run is owed a resume
     # (the API does it at once; the dispatcher does it if that did not get through).
