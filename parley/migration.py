@@ -24,6 +24,12 @@ node's progress carries over (an ask still waits for the answer to the prompt al
 timer keeps its deadline). A node of another type is entered afresh: its work (a send, a
 ``set``, a timer) is done when the run looks again, so a suspended conversation is owed a
 resume (``wake_requested_at``: the dispatcher resumes it within a tick).
+
+A conversation waiting at an outreach send node for its queued action keeps waiting for that
+same action: its node must map to a send node with the same action type (else the migration is
+refused with that reason), and the action's payload is re-pointed at the new node in the same
+transaction. It goes out as it was queued (its text rendered from the old version), once, and
+its outcome moves the conversation on in the new version.
 """
 
 from __future__ import annotations
@@ -35,13 +41,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.campaign import Campaign
+from parley.campaign import Campaign, SendNode
 from parley.campaign.registry import campaign_of
 from parley.clock import Clock, SystemClock
 from parley.db import Database, queries
-from parley.db.models import CampaignVersion, Conversation
+from parley.db.models import Action, CampaignVersion, Conversation
 from parley.errors import InvalidInput, NotFound
-from parley.state_machine import Status
+from parley.state_machine import Status, WaitKind
 
 MIGRATED = "migrated"
 """The outcome of a visit that ended because its conversation moved to another version."""
@@ -124,10 +130,18 @@ async def migrate(
         waiting = [r for r in rows if _waiting(r) and r.campaign_version_id != target.id]
         unmapped = [u for r in waiting if (u := _unmapped(r, graph, mapping)) is not None]
         unmapped += _bad_targets(graph, mapping, {r.current_node for r in waiting})
+        awaited = await _awaited_actions(session, waiting)
+        placed = [r for r in waiting if r.id not in {u.conversation_id for u in unmapped}]
+        unmapped += [
+            u
+            for r in placed
+            if r.id in awaited and (u := _misfit(r, awaited[r.id], graph, to, mapping)) is not None
+        ]
         if unmapped:
-            raise MigrationRefused(name, to, unmapped)
+            raise MigrationRefused(name, to, sorted(unmapped, key=_by_conversation))
         moved = [
-            await _move(session, row, target, graph, versions, mapping, now) for row in waiting
+            await _move(session, row, target, graph, versions, mapping, now, awaited.get(row.id))
+            for row in waiting
         ]
         staying = tuple(await queries.active_ids_off_version(session, name, target.id))
     return Migration(name, to, tuple(moved), staying)
@@ -166,6 +180,46 @@ def _unmapped(row: Conversation, graph: Campaign, mapping: Mapping[str, str]) ->
     return Unmapped(row.id, row.current_node, f"no node {target!r} in v{graph.version}")
 
 
+def _by_conversation(u: Unmapped) -> tuple[bool, int]:
+    return u.conversation_id is None, u.conversation_id or 0
+
+
+async def _awaited_actions(session: AsyncSession, rows: list[Conversation]) -> dict[int, Action]:
+    """The action each conversation waiting at an outreach send node waits for, locked: a
+    dispatcher skips it (``SKIP LOCKED``) until the migration commits."""
+    found: dict[int, Action] = {}
+    for row in rows:
+        if row.waiting_for == WaitKind.ACTION and row.action_step is not None:
+            action = await queries.lock_action_of_step(session, row.id, row.action_step)
+            if action is not None:
+                found[row.id] = action
+    return found
+
+
+def _misfit(
+    row: Conversation, action: Action, graph: Campaign, to: int, mapping: Mapping[str, str]
+) -> Unmapped | None:
+    """A conversation waiting for its action can only go to a send node of the same action
+    type: any other node would read (or never get) the outcome of an action it did not
+    queue — an invitation's acceptance awaited at an email node, a skipped send taken as
+    sent."""
+    new_id = mapping.get(row.current_node, row.current_node)
+    node = graph.node(new_id)
+    if isinstance(node, SendNode) and node.action == action.type:
+        return None
+    what = (
+        f"a send node with action {node.action}"
+        if isinstance(node, SendNode) and node.action
+        else f"a {node.type} node"
+    )
+    return Unmapped(
+        row.id,
+        row.current_node,
+        f"it waits for its {action.type} action; {new_id!r} in v{to} is {what}, "
+        f"not a send node with action {action.type}",
+    )
+
+
 async def _move(
     session: AsyncSession,
     row: Conversation,
@@ -174,10 +228,15 @@ async def _move(
     versions: Mapping[int, CampaignVersion],
     mapping: Mapping[str, str],
     now: datetime,
+    action: Action | None,
 ) -> Moved:
     source = versions[row.campaign_version_id]
     old_node, new_node = row.current_node, mapping.get(row.current_node, row.current_node)
     fresh = campaign_of(source).node(old_node).type != graph.node(new_node).type
+    if action is not None and action.status != "done":
+        # Its action goes with it: what names the node is the new id (the dispatcher matches
+        # the outcome by the step that queued it; the payload's node is what operators read).
+        action.payload = {**action.payload, "node": new_node}
     await queries.close_visit(session, row.id, at=now, outcome=MIGRATED, next_node=new_node)
     row.campaign_version_id = target.id
     row.current_node = new_node

@@ -34,7 +34,7 @@ from parley.db.models import (
 )
 from parley.errors import NotFound
 from parley.inbox_signal import CHANNEL as INBOX_CHANNEL
-from parley.state_machine import ACTIVE, LIVE, TERMINAL, Status
+from parley.state_machine import ACTIVE, LIVE, TERMINAL, Status, step_ref
 
 _Row = TypeVar("_Row", bound=Base)
 # Our own claim states: set on purpose by the outbox, never taken from a provider callback.
@@ -941,6 +941,20 @@ async def get_action(session: AsyncSession, action_id: int) -> Action:
 async def actions_of_conversation(session: AsyncSession, conversation_id: int) -> list[Action]:
     stmt = select(Action).where(Action.conversation_id == conversation_id).order_by(Action.id)
     return list((await session.execute(stmt)).scalars())
+
+
+async def lock_action_of_step(
+    session: AsyncSession, conversation_id: int, step: int
+) -> Action | None:
+    """The action the conversation's step ``step`` queued, locked (found by its key, the
+    step's reference: a unique index, no scan of the conversation's actions)."""
+    stmt = (
+        select(Action)
+        .where(Action.idempotency_key == step_ref(conversation_id, step))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 # --- funnel and migration ---------------------------------------------------------------------
