@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from typer.testing import CliRunner
 
 from parley import executor, inbox, lifecycle, outreach
@@ -21,6 +22,7 @@ from parley.campaign.registry import install_campaign
 from parley.cli import app
 from parley.clock import DrivenClock
 from parley.db import Database, queries
+from parley.db.migrate import alembic_config, upgrade
 from parley.migration import MigrationRefused, migrate
 from parley.runtime import Runtime
 from parley.settings import get_settings
@@ -382,3 +384,30 @@ async def test_migrating_a_waiting_action_to_another_kind_of_node_is_refused_wit
     assert (await _row(db, cid)).campaign_version_id == 1
     assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # still v1's
     assert (await _look_again(rt, cid)).status is Status.COMPLETED
+
+
+async def test_a_conversation_waiting_for_its_action_across_the_upgrade_still_gets_its_outcome(
+    db: Database,
+    rt: Runtime,  # noqa: F811
+    gateway: FakeLinkedInGateway,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Rows already waiting when ``action_step`` arrives (revision 0005) are given the step of
+    the action they wait for: its outcome still reaches them after the upgrade."""
+    campaign = await _install(db, tmp_path, INVITE_V1, "invite.yaml")
+    identity_id = await _identity(db, gateway)
+    cid = await _start(db, campaign, identity_id)
+    await executor.begin_run(rt, cid, None)
+    await _until_waiting(rt, cid)
+    [action] = await _actions(db, identity_id)
+    await db.dispose()  # no pooled connection holds the tables (or cached plans of them)
+    await asyncio.to_thread(command.downgrade, alembic_config(db.url), "0004")
+    await asyncio.to_thread(upgrade, db.url)
+    await db.dispose()
+    assert (await _row(db, cid)).action_step == action.payload["step"]
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert (await _row(db, cid)).task_result == {
+        "outcome": "sent",
+        "reason": None,
+        "replied": False,
+    }

@@ -45,5 +45,6 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.drop_column("action_step")
+    # Not batch mode: on SQLite it copies the table and drops the old one, which the rows
+    # pointing at conversations (messages, actions) refuse. Both backends drop a column in place.
+    op.execute("ALTER TABLE conversations DROP COLUMN action_step")
