@@ -78,11 +78,14 @@ class WhatsAppChannel:
         return parse_webhook(body)
 
     async def send(self, to: str, message: OutboundMessage, *, client_ref: str) -> str:
-        if message.buttons:
-            return await self.client.send_buttons(
-                to, message.text, list(message.buttons), client_ref=client_ref
-            )
-        return await self.client.send_text(to, message.text, client_ref=client_ref)
+        return await _send_on(self.client, to, message, client_ref)
+
+    async def send_as(
+        self, sender: SenderIdentity, to: str, message: OutboundMessage, *, client_ref: str
+    ) -> str:
+        """A conversation message from the conversation identity's number: the contact's
+        answer comes back to the number that wrote, and is routed by it."""
+        return await _send_on(self.client_for(sender), to, message, client_ref)
 
     action_types: frozenset[str] = frozenset({"whatsapp_template"})
 
@@ -109,6 +112,16 @@ class WhatsAppChannel:
         senders, self._senders = self._senders, {}
         for client in senders.values():
             await client.aclose()
+
+
+async def _send_on(
+    client: WhatsAppClient, to: str, message: OutboundMessage, client_ref: str
+) -> str:
+    if message.buttons:
+        return await client.send_buttons(
+            to, message.text, list(message.buttons), client_ref=client_ref
+        )
+    return await client.send_text(to, message.text, client_ref=client_ref)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
