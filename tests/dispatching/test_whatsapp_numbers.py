@@ -64,7 +64,7 @@ nodes:
   - {{id: listen, type: wait_for_reply, timeout: 3d}}
   - {{id: again, type: send, action: whatsapp_template, template: winback_2,
      text: "{{first_name}}"}}
-  - {{id: stopped, type: end}}
+  - {{id: stopped, type: end{thanks}}}
   - {{id: done, type: end}}
 edges:
   - {{from: nudge, to: listen}}
@@ -153,7 +153,9 @@ async def webhook(db: Database, rt: Runtime, woken: list[WakeUp]) -> AsyncIterat
 
 async def _campaign(db: Database, tmp_path: Path, channel: str) -> str:
     path = tmp_path / f"winback-{channel}.yaml"
-    path.write_text(WINBACK.format(channel=channel))
+    # A LinkedIn lead's conversation answers on LinkedIn: no gateway here, so no last text.
+    thanks = ', text: "Thanks! Someone from our team will write to you here."'
+    path.write_text(WINBACK.format(channel=channel, thanks=thanks if channel == "whatsapp" else ""))
     async with db.transaction() as session:
         return (await install_campaign(session, path)).name
 
@@ -264,6 +266,9 @@ async def test_reply_on_the_identitys_number_reaches_the_outreach_conversation(
     assert [c.id for c in await _conversations(db)] == [with_a, with_b]  # no onboarding
     cursor = await _look_again(rt, with_b)
     assert (cursor.status, cursor.node) == (Status.COMPLETED, "stopped")
+    # The conversation's own answer comes from B's number too: the lead writes on there.
+    assert fake.texts_to(LEAD)[-1].startswith("Thanks! Someone")
+    assert fake.sent_from(NUMBER_B)[-1]["type"] == "text"
 
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(timedelta(days=3, minutes=1))
@@ -271,7 +276,10 @@ async def test_reply_on_the_identitys_number_reaches_the_outreach_conversation(
     assert await outreach.perform_next(rt, b, _seeded()) == "idle"
     assert await outreach.perform_next(rt, a, _seeded()) == "sent"
     assert [r["template"]["name"] for r in fake.sent_from(NUMBER_A)] == ["winback_1", "winback_2"]
-    assert [r["template"]["name"] for r in fake.sent_from(NUMBER_B)] == ["winback_1"]
+    assert [r.get("template", {}).get("name") for r in fake.sent_from(NUMBER_B)] == [
+        "winback_1",
+        None,  # the thanks
+    ]
     assert fake.sent_from(BOT_NUMBER) == []
 
 
@@ -320,9 +328,9 @@ async def test_a_linkedin_seats_template_goes_out_from_its_number_and_a_reply_st
 
 
 async def test_a_stranger_on_an_outreach_number_starts_nothing_unless_its_identity_says_so(
-    db: Database, rt: Runtime, webhook: Any, tmp_path: Path
+    db: Database, rt: Runtime, fake: FakeWhatsAppAPI, webhook: Any
 ) -> None:
-    b = await _whatsapp_identity(db, "+34911000222", phone_number_id=NUMBER_B)
+    b = await _whatsapp_identity(db, "+34911000222", phone_number_id=NUMBER_B, access_token=TOKEN_B)
 
     unmatched = await webhook(NUMBER_B, "34600111222", "hello?")
 
@@ -338,6 +346,11 @@ async def test_a_stranger_on_an_outreach_number_starts_nothing_unless_its_identi
     conversations = await _conversations(db)
     assert [c.identity_id == b for c in conversations] == [True, False]
     assert conversations[1].campaign_version_id == conversations[0].campaign_version_id
+    for conversation in conversations:  # each answers from the number it was started on
+        await executor.begin_run(rt, conversation.id, None)
+        await _until_waiting(rt, conversation.id)
+    assert {r["to"] for r in fake.sent_from(NUMBER_B)} == {"34600111222"}
+    assert {r["to"] for r in fake.sent_from(BOT_NUMBER)} == {"34600333444"}
 
 
 async def test_two_identities_cannot_claim_the_same_whatsapp_number(db: Database) -> None:
