@@ -229,6 +229,11 @@ async def _check_whatsapp_number(
     where = "phone_number_id" if channel == WHATSAPP else "whatsapp.phone_number_id"
     if given is not None and not re.fullmatch(r"\d{5,20}", str(given)):
         raise InvalidInput(f"settings.{where}: {given!r} is not a WhatsApp phone number id: digits")
+    if channel == WHATSAPP and given is None and not address.isdigit():
+        raise InvalidInput(
+            f"address: {address!r} is a display number, not Meta's phone number id: give the "
+            "number's id as settings.phone_number_id (templates go out from it)"
+        )
     number = _whatsapp_number_in(channel, address, settings)
     if number is None:
         return

@@ -371,6 +371,8 @@ async def test_two_identities_cannot_claim_the_same_whatsapp_number(db: Database
         await identities.update_identity(db, b, settings={"phone_number_id": NUMBER_A})
     with pytest.raises(InvalidInput, match="not a WhatsApp phone number id"):
         await identities.update_identity(db, b, settings={"phone_number_id": "+34 911"})
+    with pytest.raises(InvalidInput, match="display number"):  # which id would it send from?
+        await _whatsapp_identity(db, "+34911000333")
     unchanged = [i for i in await identities.list_identities(db) if i["id"] == b]
     assert unchanged[0]["settings"] == {"phone_number_id": NUMBER_B}
     # Its own number again is no conflict with itself.
