@@ -10,6 +10,10 @@ another timezone is one change. ``IdentityPolicy.from_config`` turns the stored 
 gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
 ``DEFAULT_POLICY``).
 
+WhatsApp numbers (``whatsapp_number``): an identity's templates and conversation messages go
+out from its own number, and inbound messages are routed back to it by that number, so no two
+identities may claim one.
+
 Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
 time): that is Prefect, so ``tasks/outreach.py`` creates it, not this module.
 
