@@ -96,9 +96,9 @@ class TimedFake(FakeWhatsAppAPI):
         self._listeners: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Sent]]] = {}
         self._sent_lock = threading.Lock()
 
-    def _record(self, body: JSONDict) -> JSONDict:
+    def _record(self, body: JSONDict, phone_number_id: str) -> JSONDict:
         at = time.perf_counter()
-        record = super()._record(body)
+        record = super()._record(body, phone_number_id)
         sent = Sent(at, _visible_text(record), str(record["_wamid"]))
         phone = str(record["to"])
         with self._sent_lock:

@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley import actions, outbox
+from parley import actions, identities, outbox
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
-from parley.channels.base import DeliveryStatus, OutboundMessage
+from parley.channels.base import DeliveryStatus, OutboundMessage, SenderIdentity
 from parley.db import queries
-from parley.db.models import Conversation, Message, utcnow
+from parley.db.models import Contact, Conversation, Message, utcnow
 from parley.errors import ChannelError, PermanentChannelError
 from parley.outbox import SendDropped, SendSuperseded
 from parley.planner import after_http, plan_failure, plan_step
@@ -157,6 +157,7 @@ class PlannedStep:
     intent: Message | None
     address: str
     channel: str
+    sender: SenderIdentity | None = None  # the identity's own account, where it has one
 
 
 async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cursor:
@@ -182,6 +183,7 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
                 break
             await _commit_locked(session, row, row.step, transition, rt.lease_seconds, now)
         intent = await _record_intent(session, row, transition)
+        sender = await _sender(session, row, contact) if intent is not None else None
     return PlannedStep(
         conversation_id,
         row.step,
@@ -191,7 +193,18 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
         intent,
         contact.address,
         contact.channel,
+        sender,
     )
+
+
+async def _sender(
+    session: AsyncSession, row: Conversation, contact: Contact
+) -> SenderIdentity | None:
+    """A WhatsApp message goes out from the conversation identity's own number (an outreach
+    identity's, not only the installation's): the contact answers the number that wrote."""
+    if contact.channel != identities.WHATSAPP:
+        return None
+    return identities.whatsapp_sender(await queries.get_identity(session, row.identity_id))
 
 
 async def perform(rt: Runtime, planned: PlannedStep) -> Cursor:
@@ -284,7 +297,9 @@ async def _perform(rt: Runtime, p: PlannedStep) -> Transition:
         # they wrote (an answer's retry prompt answers the message, it is no follow-up).
         reads_it = t.consumed_message_id is not None
         guard = p.conversation_id if p.snapshot.follow_up and not reads_it else None
-        await outbox.deliver(rt, p.intent, t.outbound, p.address, p.channel, unless_replied=guard)
+        await outbox.deliver(
+            rt, p.intent, t.outbound, p.address, p.channel, unless_replied=guard, sender=p.sender
+        )
     if t.http is not None:
         result = await _call_http(rt, t.http, step_ref(p.conversation_id, p.step))
         return after_http(p.campaign, p.snapshot, result, rt.environ)
@@ -473,8 +488,9 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
         cursor = cursor_of(row)
         apology = await queries.outbound_by_ref(session, apology_ref(conversation_id, step))
         contact = await queries.get_contact(session, row.contact_id)
+        sender = await _sender(session, row, contact) if apology is not None else None
     if apology is not None and apology.status == DeliveryStatus.PENDING:
-        await _send_apology(rt, apology, contact.address, contact.channel)
+        await _send_apology(rt, apology, contact.address, contact.channel, sender)
     return cursor
 
 
@@ -482,11 +498,13 @@ def apology_ref(conversation_id: int, step: int) -> str:
     return f"{step_ref(conversation_id, step)}-error"
 
 
-async def _send_apology(rt: Runtime, intent: Message, to: str, channel: str) -> None:
+async def _send_apology(
+    rt: Runtime, intent: Message, to: str, channel: str, sender: SenderIdentity | None
+) -> None:
     """Best effort: the conversation has already ended; a provider refusing the apology too
     is recorded on the message, not raised."""
     message = OutboundMessage(intent.text or "")
     try:
-        await outbox.deliver(rt, intent, message, to, channel)
+        await outbox.deliver(rt, intent, message, to, channel, sender=sender)
     except ChannelError as exc:
         log.warning("apology %s not sent: %s", intent.client_ref, exc)

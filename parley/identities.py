@@ -10,6 +10,10 @@ another timezone is one change. ``IdentityPolicy.from_config`` turns the stored 
 gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
 ``DEFAULT_POLICY``).
 
+WhatsApp numbers (``whatsapp_number``): an identity's templates and conversation messages go
+out from its own number, and inbound messages are routed back to it by that number, so no two
+identities may claim one.
+
 Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
 time): that is Prefect, so ``tasks/outreach.py`` creates it, not this module.
 
@@ -33,6 +37,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, InstanceOf
 from sqlalchemy.exc import IntegrityError
 
+from parley.channels.base import SenderIdentity
 from parley.clock import Clock, SystemClock
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
@@ -169,6 +174,86 @@ def blocked_of(identity: Identity) -> BlockedUntil:
     return blocked
 
 
+# --- WhatsApp numbers ----------------------------------------------------------------------------
+
+WHATSAPP: Final = "whatsapp"
+
+
+def whatsapp_settings(identity: Identity) -> dict[str, Any]:
+    """An identity's WhatsApp settings: a WhatsApp identity's own (top-level) ones, another
+    identity's ``whatsapp`` mapping (a LinkedIn seat's number for ``whatsapp_template`` steps,
+    parallel to its ``email`` mailbox)."""
+    return _whatsapp_settings_in(identity.channel, identity.settings or {})
+
+
+def _whatsapp_settings_in(channel: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    if channel == WHATSAPP:
+        return {k: v for k, v in settings.items() if not isinstance(v, Mapping)}
+    nested = settings.get(WHATSAPP)
+    return dict(nested) if isinstance(nested, Mapping) else {}
+
+
+def whatsapp_number(identity: Identity) -> str | None:
+    """The phone number id the identity's WhatsApp templates go out from and its leads' replies
+    come back to: ``phone_number_id`` in its WhatsApp settings; for a WhatsApp identity without
+    one, its address (the webhook records numbers by their phone number id). None: the
+    identity has no number of its own and sends from ``PARLEY_WHATSAPP_PHONE_NUMBER_ID``."""
+    return _whatsapp_number_in(identity.channel, identity.address, identity.settings or {})
+
+
+def _whatsapp_number_in(channel: str, address: str, settings: Mapping[str, Any]) -> str | None:
+    number = _whatsapp_settings_in(channel, settings).get("phone_number_id")
+    if number:
+        return str(number)
+    return address if channel == WHATSAPP else None
+
+
+def whatsapp_sender(identity: Identity) -> SenderIdentity:
+    """The account an identity's WhatsApp templates go out from (see ``whatsapp_number``)."""
+    settings = whatsapp_settings(identity)
+    number = whatsapp_number(identity)
+    if number is None:
+        settings.pop("access_token", None)  # a token goes with its own number only
+        return SenderIdentity(WHATSAPP, "", settings)
+    return SenderIdentity(WHATSAPP, number, {**settings, "phone_number_id": number})
+
+
+def starts_conversations(identity: Identity) -> bool:
+    """Whether a stranger's message on this identity's number starts a conversation on the
+    default campaign (``start_conversations: true`` in its WhatsApp settings)."""
+    return whatsapp_settings(identity).get("start_conversations") is True
+
+
+async def _check_whatsapp_number(
+    session: Any, identity_id: int | None, channel: str, address: str, settings: Mapping[str, Any]
+) -> None:
+    """Two identities never share a WhatsApp number: a lead's reply is routed to the identity
+    that owns the number it arrived on (``parley.inbox``)."""
+    given = _whatsapp_settings_in(channel, settings).get("phone_number_id")
+    where = "phone_number_id" if channel == WHATSAPP else "whatsapp.phone_number_id"
+    if given is not None and not re.fullmatch(r"\d{5,20}", str(given)):
+        raise InvalidInput(f"settings.{where}: {given!r} is not a WhatsApp phone number id: digits")
+    if channel == WHATSAPP and given is None and not address.isdigit():
+        raise InvalidInput(
+            f"address: {address!r} is a display number, not Meta's phone number id: give the "
+            "number's id as settings.phone_number_id (templates go out from it)"
+        )
+    number = _whatsapp_number_in(channel, address, settings)
+    if number is None:
+        return
+    others = [
+        other
+        for other in await queries.whatsapp_number_claimers(session, number)
+        if other.id != identity_id
+    ]
+    if others:
+        raise AlreadyExists(
+            f"the WhatsApp number {number} belongs to identity {others[0].id} "
+            f"({others[0].channel} {others[0].address!r}) already; two identities cannot "
+            "share a number: its leads' replies would reach only one of them"
+        )
+
+
 # --- validating what operators give ------------------------------------------------------------
 
 
@@ -272,13 +357,14 @@ async def add_identity(
     channel = _channel(channel)
     address = _address(channel, address)
     zone = _resolve_timezone(timezone, policy, "UTC")
+    stored_settings = _json_object(settings or {}, "settings")
     values = {
         "channel": channel,
         "address": address,
         "name": _name(name),
         "timezone": zone,
         "policy": _checked_policy(policy, zone),
-        "settings": _json_object(settings or {}, "settings"),
+        "settings": stored_settings,
     }
     duplicate = f"the {channel} identity {address!r} exists already"
     try:
@@ -286,6 +372,7 @@ async def add_identity(
             existing = await queries.find_identity(session, channel, address)
             if existing is not None:
                 raise AlreadyExists(f"{duplicate} (id {existing.id})")
+            await _check_whatsapp_number(session, None, channel, address, stored_settings)
             identity = await queries.insert_identity(session, values)
             return _summary(identity, {})
     except IntegrityError:  # added by someone else between the look and the insert
@@ -325,7 +412,11 @@ async def update_identity(
             identity.name = _name(name)
         if settings is not None:
             merged = {**identity.settings, **_json_object(settings, "settings")}
-            identity.settings = {key: value for key, value in merged.items() if value is not None}
+            merged = {key: value for key, value in merged.items() if value is not None}
+            await _check_whatsapp_number(
+                session, identity.id, identity.channel, identity.address, merged
+            )
+            identity.settings = merged
         if clear_flag:
             identity.flagged = None
         await session.flush()

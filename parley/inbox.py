@@ -9,6 +9,17 @@ after commit, so a Prefect outage never loses a message.
 Outreach channels (LinkedIn, email) pass no campaign: a lead writes back to a conversation we
 started, and a message from anyone without an active conversation must not open one on the
 default (onboarding) campaign. It is recorded as an ``unmatched_message`` webhook event instead.
+
+WhatsApp messages are routed by the number they arrived on (``metadata.phone_number_id``): to
+the identity that owns it (``identities.whatsapp_number``: a WhatsApp identity, or a LinkedIn
+seat's ``whatsapp.phone_number_id``), because an outreach template went out from that number
+and the lead answers there. The lead's active conversation with that identity gets the message
+(for a seat: the conversation whose contact's ``whatsapp`` field is the sender); on the
+installation's own number (``own_number``) also a conversation of a seat that has no WhatsApp
+number of its own, since its templates went out from there. Only a message that matches none
+starts a conversation on the default campaign, and only on the installation's own number or
+on the number of an identity with ``start_conversations: true``; elsewhere it is recorded as
+``unmatched_message``.
 """
 
 from __future__ import annotations
@@ -17,13 +28,17 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley import identities
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.db import Database, queries
-from parley.db.models import CampaignVersion, Conversation
+from parley.db.models import CampaignVersion, Contact, Conversation, Identity
 from parley.errors import NotFound
 from parley.handshake import WakeUp, wakeup_for
 from parley.state_machine import TRIGGER_STEP
+
+NOT_STARTED = "no active conversation with this contact; none is started on this channel"
+WHATSAPP = "whatsapp"
 
 
 class _Duplicate(Exception):
@@ -33,6 +48,10 @@ class _Duplicate(Exception):
 class NoActiveConversation(Exception):
     """No campaign to start one with, and the contact has no active conversation; raising it
     rolls back the identity and contact rows the lookup would otherwise leave behind."""
+
+    def __init__(self, provider_message_id: str, reason: str = NOT_STARTED) -> None:
+        super().__init__(provider_message_id)
+        self.reason = reason
 
 
 @dataclass
@@ -48,8 +67,16 @@ class StoreResult:
     received: list[int] = field(default_factory=list)
 
 
-async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | None) -> StoreResult:
-    """``campaign_name=None``: messages only reach active conversations (see the module doc)."""
+async def store_batch(
+    db: Database,
+    batch: InboundBatch,
+    campaign_name: str | None,
+    *,
+    own_number: str | None = None,
+) -> StoreResult:
+    """``campaign_name=None``: messages only reach active conversations (see the module doc).
+    ``own_number``: the installation's WhatsApp number (``PARLEY_WHATSAPP_PHONE_NUMBER_ID``);
+    None leaves every WhatsApp number free to start conversations."""
     result = StoreResult()
     for message in batch.messages:
         if message.role is InboundRole.UNSUPPORTED:
@@ -57,9 +84,12 @@ async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | No
             result.ignored += 1
             continue
         try:
-            wakeup, inserted, conversation_id = await store_message(db, message, campaign_name)
-        except NoActiveConversation:
-            await record_event(db, message.channel, "unmatched_message", _unmatched(message))
+            wakeup, inserted, conversation_id = await store_message(
+                db, message, campaign_name, own_number=own_number
+            )
+        except NoActiveConversation as exc:
+            unmatched = _unmatched(message, exc.reason)
+            await record_event(db, message.channel, "unmatched_message", unmatched)
             result.unmatched += 1
             continue
         result.stored += int(inserted)
@@ -78,32 +108,36 @@ async def store_batch(db: Database, batch: InboundBatch, campaign_name: str | No
 
 
 async def store_message(
-    db: Database, message: InboundMessage, campaign_name: str | None
+    db: Database,
+    message: InboundMessage,
+    campaign_name: str | None,
+    *,
+    own_number: str | None = None,
 ) -> tuple[WakeUp | None, bool, int | None]:
     """Store one message; ``(wake-up or None, inserted, its conversation)``. A re-delivery
-    changes nothing. Raises ``NoActiveConversation`` when ``campaign_name`` is None and none is
-    active."""
+    changes nothing. Raises ``NoActiveConversation`` when none is active and none may be
+    started (``campaign_name`` None, or a WhatsApp number that starts none)."""
     try:
         async with db.transaction() as session:
-            return await _store_in(session, message, campaign_name)
+            return await _store_in(session, message, campaign_name, own_number)
     except _Duplicate:
         return None, False, None
 
 
 async def _store_in(
-    session: AsyncSession, message: InboundMessage, campaign_name: str | None
+    session: AsyncSession,
+    message: InboundMessage,
+    campaign_name: str | None,
+    own_number: str | None,
 ) -> tuple[WakeUp | None, bool, int | None]:
-    identity = await queries.ensure_identity(session, message.channel, message.identity_address)
+    if message.channel == WHATSAPP:
+        identity = await _whatsapp_identity(session, message.identity_address)
+    else:
+        identity = await queries.ensure_identity(session, message.channel, message.identity_address)
     contact = await queries.ensure_contact(
         session, message.channel, message.contact_address, message.contact_name
     )
-    conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
-    if conversation is None and message.context_message_id:
-        # A reply to something one of our conversations sent from another account (a LinkedIn
-        # sequence's email fallback): it belongs to that conversation, and stops its sequence.
-        conversation = await queries.lock_active_conversation_that_sent(
-            session, message.context_message_id
-        )
+    conversation = await _active_conversation(session, identity, contact, message, own_number)
     created = False
     if conversation is None:
         # A re-delivery of a message whose conversation has ended must not open a new one.
@@ -111,6 +145,8 @@ async def _store_in(
             return None, False, None
         if campaign_name is None:
             raise NoActiveConversation(message.provider_message_id)
+        if message.channel == WHATSAPP and not _starts_here(identity, message, own_number):
+            raise NoActiveConversation(message.provider_message_id, _NOT_STARTED_ON_NUMBER)
         campaign = await _campaign_for_new(session, campaign_name)
         conversation, created = await queries.create_conversation(
             session, identity.id, contact.id, campaign, start_node_of(campaign)
@@ -125,6 +161,70 @@ async def _store_in(
     return wakeup_for(conversation, created), True, conversation.id
 
 
+async def _active_conversation(
+    session: AsyncSession,
+    identity: Identity,
+    contact: Contact,
+    message: InboundMessage,
+    own_number: str | None,
+) -> Conversation | None:
+    """The active conversation the message belongs to, locked, or None."""
+    conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
+    if conversation is None and message.context_message_id:
+        # A reply to something one of our conversations sent from another account (a LinkedIn
+        # sequence's email fallback): it belongs to that conversation, and stops its sequence.
+        conversation = await queries.lock_active_conversation_that_sent(
+            session, message.context_message_id
+        )
+    if conversation is None and message.channel == WHATSAPP:
+        conversation = await _whatsapp_lead(session, identity, message, own_number)
+    return conversation
+
+
+_NOT_STARTED_ON_NUMBER = (
+    "no active conversation with this contact on this WhatsApp number; it is not the "
+    "installation's number and its identity does not start conversations"
+)
+
+
+async def _whatsapp_identity(session: AsyncSession, number: str) -> Identity:
+    """The identity that owns the number a message arrived on; a number no identity claims is
+    recorded as a WhatsApp identity of its own (the installation's number, the first time)."""
+    owners = await queries.whatsapp_number_claimers(session, number)
+    if owners:
+        return owners[0]
+    return await queries.ensure_identity(session, WHATSAPP, number)
+
+
+async def _whatsapp_lead(
+    session: AsyncSession, identity: Identity, message: InboundMessage, own_number: str | None
+) -> Conversation | None:
+    """A lead of an outreach sequence writing to the number its template came from: the
+    contact of such a conversation is the lead's LinkedIn (or email) contact, whose
+    ``whatsapp`` field is the number that writes now."""
+    phone = message.contact_address.lstrip("+")
+    forms = [phone, f"+{phone}"]
+    if identity.channel != WHATSAPP:
+        found = await queries.lock_active_conversation_of_lead(
+            session, WHATSAPP, forms, identity_id=identity.id
+        )
+        if found is not None:
+            return found
+    if own_number is not None and message.identity_address == own_number:
+        return await queries.lock_active_conversation_of_lead(
+            session, WHATSAPP, forms, without_own_whatsapp_number=True
+        )
+    return None
+
+
+def _starts_here(identity: Identity, message: InboundMessage, own_number: str | None) -> bool:
+    """The onboarding bot answers on the installation's number; an identity's other number
+    (an outreach number) starts nothing unless it says ``start_conversations: true``."""
+    if own_number is None or message.identity_address == own_number:
+        return True
+    return identities.starts_conversations(identity)
+
+
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:
     try:
         return await queries.latest_campaign_version(session, name)
@@ -132,12 +232,12 @@ async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion
         raise NotFound(f"{exc}; the webhook installs PARLEY_DEFAULT_CAMPAIGN at start") from exc
 
 
-def _unmatched(message: InboundMessage) -> JSONDict:
+def _unmatched(message: InboundMessage, reason: str) -> JSONDict:
     return {
         "provider_message_id": message.provider_message_id,
         "identity": message.identity_address,
         "contact": message.contact_address,
-        "reason": "no active conversation with this contact; none is started on this channel",
+        "reason": reason,
         "payload": message.raw,
     }
 

@@ -19,7 +19,13 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import SENT_STATUSES, DeliveryStatus, OutboundMessage
+from parley.channels.base import (
+    SENT_STATUSES,
+    DeliveryStatus,
+    OutboundMessage,
+    SenderIdentity,
+    SendsAs,
+)
 from parley.db import queries
 from parley.db.models import Message, utcnow
 from parley.errors import ChannelError, ParleyError, TransientChannelError
@@ -58,9 +64,11 @@ async def deliver(
     channel: str,
     *,
     unless_replied: int | None = None,
+    sender: SenderIdentity | None = None,
 ) -> None:
     """Send ``message`` at most once per intent row. ``unless_replied`` (a conversation id)
-    makes it a follow-up: if the contact wrote before the claim, it is dropped instead."""
+    makes it a follow-up: if the contact wrote before the claim, it is dropped instead.
+    ``sender``: the account it goes out from, where the channel can choose (``SendsAs``)."""
     ref = intent.client_ref
     assert ref is not None
     if intent.status in SENT_STATUSES:
@@ -70,11 +78,25 @@ async def deliver(
     if not await _claim(rt, ref):
         return  # reconciled: it went out, from this execution's past or another's present
     try:
-        provider_id = await rt.channel(channel).send(to, message, client_ref=ref)
+        provider_id = await _send(rt, channel, to, message, ref, sender)
     except ChannelError as exc:
         await _record_failure(rt, ref, exc)
         raise
     await _set_status(rt, ref, DeliveryStatus.SENT, provider_message_id=provider_id)
+
+
+async def _send(
+    rt: Runtime,
+    channel: str,
+    to: str,
+    message: OutboundMessage,
+    ref: str,
+    sender: SenderIdentity | None,
+) -> str:
+    provider = rt.channel(channel)
+    if sender is not None and isinstance(provider, SendsAs):
+        return await provider.send_as(sender, to, message, client_ref=ref)
+    return await provider.send(to, message, client_ref=ref)
 
 
 async def _drop_if_replied(rt: Runtime, ref: str, conversation_id: int) -> None:

@@ -228,7 +228,10 @@ async def _decision(
 def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     """The account an action on ``channel`` goes out from. An identity is a person's seat on
     its own channel; its other channels' accounts (a LinkedIn seat's mailbox for the email
-    fallback) are under ``settings[channel]`` with their own ``address``."""
+    fallback) are under ``settings[channel]`` with their own ``address``. WhatsApp: the
+    identity's own number, whatever its channel (``identities.whatsapp_sender``)."""
+    if channel == "whatsapp":
+        return identities.whatsapp_sender(identity)
     if identity.channel == channel:
         own = {k: v for k, v in identity.settings.items() if not isinstance(v, dict)}
         return SenderIdentity(channel, identity.address, own)

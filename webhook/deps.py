@@ -126,7 +126,9 @@ async def store_and_wake(
 ) -> inbox.StoreResult:
     """Store every message once, then — after the 200 has gone out — start or resume the runs
     that are owed it (the dispatcher does whatever that does not finish)."""
-    result = await inbox.store_batch(db, batch, campaign_name)
+    result = await inbox.store_batch(
+        db, batch, campaign_name, own_number=settings.whatsapp_phone_number_id
+    )
     announce_stored(datagram_directory(db.url), result.received)  # SQLite; PostgreSQL NOTIFYs
     for wakeup in result.wakeups:
         background.add_task(wake, db, settings, wakeup)

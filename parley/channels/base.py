@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 JSONDict = dict[str, Any]
 """A decoded JSON object, as providers send it and as we store payloads."""
@@ -142,6 +142,17 @@ class Channel(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class SendsAs(Protocol):
+    """A channel whose conversation messages can go out from a given account (the identity's
+    own WhatsApp number), not only from the one it is configured with."""
+
+    async def send_as(
+        self, sender: SenderIdentity, to: str, message: OutboundMessage, *, client_ref: str
+    ) -> str:
+        """``Channel.send`` from ``sender``'s account."""
 
 
 # --- outreach: actions an identity performs, one at a time, under its limits -----------------

@@ -934,6 +934,68 @@ async def lock_active_conversation_that_sent(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+# --- WhatsApp numbers: which identity a number belongs to ------------------------------------
+
+WHATSAPP = "whatsapp"
+
+
+def _own_whatsapp_number() -> Any:
+    return Identity.settings["phone_number_id"].as_string()
+
+
+def _nested_whatsapp_number() -> Any:
+    return Identity.settings[(WHATSAPP, "phone_number_id")].as_string()
+
+
+async def whatsapp_number_claimers(session: AsyncSession, number: str) -> list[Identity]:
+    """The identities whose WhatsApp number is ``number``: a WhatsApp identity by its
+    ``phone_number_id`` setting (else its address), any other (a LinkedIn seat, a mailbox) by
+    ``whatsapp.phone_number_id``. WhatsApp identities first, then by id; more than one only
+    in data older than the check that refuses it."""
+    own = _own_whatsapp_number()
+    is_whatsapp = Identity.channel == WHATSAPP
+    stmt = (
+        select(Identity)
+        .where(
+            (is_whatsapp & (own == number))
+            | (is_whatsapp & (Identity.address == number) & own.is_(None))
+            | ((Identity.channel != WHATSAPP) & (_nested_whatsapp_number() == number))
+        )
+        .order_by(Identity.channel != WHATSAPP, Identity.id)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def lock_active_conversation_of_lead(
+    session: AsyncSession,
+    field: str,
+    values: Sequence[str],
+    *,
+    identity_id: int | None = None,
+    without_own_whatsapp_number: bool = False,
+) -> Conversation | None:
+    """The newest active conversation whose contact's ``fields[field]`` is one of ``values``
+    (a LinkedIn lead's WhatsApp number), of identity ``identity_id``, or of every identity
+    other than a WhatsApp one that has no WhatsApp number of its own (they send from the
+    installation's); locked like ``lock_active_conversation``."""
+    stmt = (
+        select(Conversation)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .where(Conversation.status.in_(ACTIVE), Contact.fields[field].as_string().in_(values))
+        .order_by(Conversation.id.desc())
+        .limit(1)
+        .with_for_update(of=Conversation)
+        .execution_options(populate_existing=True)
+    )
+    if identity_id is not None:
+        stmt = stmt.where(Conversation.identity_id == identity_id)
+    if without_own_whatsapp_number:
+        stmt = stmt.join(Identity, Identity.id == Conversation.identity_id).where(
+            Identity.channel != WHATSAPP, _nested_whatsapp_number().is_(None)
+        )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def get_action(session: AsyncSession, action_id: int) -> Action:
     return await _get(session, Action, action_id, "action")
 

@@ -94,6 +94,8 @@ class FakeWhatsAppAPI:
     ) -> None:
         self.access_token = access_token
         self.phone_number_id = phone_number_id
+        # Every business number of the account, with the token that may send from it.
+        self._numbers: dict[str, str] = {phone_number_id: access_token}
         self.webhook_url = webhook_url
         self.app_secret = app_secret
         self.version = version
@@ -165,10 +167,21 @@ class FakeWhatsAppAPI:
         """What a ``WhatsAppClient`` takes as ``api_url``."""
         return f"{self.base_url}/{self.version}"
 
+    def add_number(self, phone_number_id: str, access_token: str | None = None) -> None:
+        """Another business number of the account (Meta: one WABA, several phone numbers),
+        sending with ``access_token`` (default: the fake's own token). Each recorded send says
+        which number it went out from in ``_phone_number_id``."""
+        with self._lock:
+            self._numbers[phone_number_id] = access_token or self.access_token
+
     @property
     def received(self) -> list[JSONDict]:
         with self._lock:
             return copy.deepcopy(self._received)
+
+    def sent_from(self, phone_number_id: str) -> list[JSONDict]:
+        """The sends that went out from one business number."""
+        return [r for r in self.received if r["_phone_number_id"] == phone_number_id]
 
     def texts_to(self, phone: str) -> list[str]:
         return [
@@ -211,13 +224,20 @@ class FakeWhatsAppAPI:
     # --- serving sends ------------------------------------------------------------------------
 
     def _handle_send(self, phone_number_id: str, authorization: str | None, raw: bytes) -> _Reply:
-        if authorization != f"Bearer {self.access_token}":
+        with self._lock:
+            numbers = dict(self._numbers)
+        if authorization not in {f"Bearer {token}" for token in numbers.values()}:
             return _Reply(401, meta_error(190, ERROR_TITLES[190]))
-        if phone_number_id != self.phone_number_id:
+        if authorization != f"Bearer {numbers.get(phone_number_id)}":
+            # Meta: a number this token's system user cannot see does not exist for it.
             details = f"Object with ID '{phone_number_id}' does not exist"
             return _Reply(400, meta_error(100, ERROR_TITLES[100], details=details, subcode=33))
         hold, failure = self._take_hold_and_failure()
-        reply = self._reply_to_send(raw) if failure is None else _failure_reply(failure)
+        reply = (
+            self._reply_to_send(raw, phone_number_id)
+            if failure is None
+            else _failure_reply(failure)
+        )
         reply.hold_seconds = hold
         return reply
 
@@ -227,7 +247,7 @@ class FakeWhatsAppAPI:
             failure = self._failures.popleft() if self._failures else None
         return hold, failure
 
-    def _reply_to_send(self, raw: bytes) -> _Reply:
+    def _reply_to_send(self, raw: bytes, phone_number_id: str) -> _Reply:
         try:
             body = json.loads(raw)
         except ValueError:
@@ -235,7 +255,7 @@ class FakeWhatsAppAPI:
         problem = send_problem(body)
         if problem is not None:
             return _Reply(400, meta_error(100, ERROR_TITLES[100], details=problem))
-        record = self._record(body)
+        record = self._record(body, phone_number_id)
         success = {
             "messaging_product": "whatsapp",
             "contacts": [{"input": body["to"], "wa_id": body["to"]}],
@@ -243,8 +263,12 @@ class FakeWhatsAppAPI:
         }
         return _Reply(200, success, callbacks_done=self._queue_callbacks(record))
 
-    def _record(self, body: JSONDict) -> JSONDict:
-        record = {**body, "_wamid": new_wamid(str(body["to"]))}
+    def _record(self, body: JSONDict, phone_number_id: str) -> JSONDict:
+        record = {
+            **body,
+            "_wamid": new_wamid(str(body["to"])),
+            "_phone_number_id": phone_number_id,
+        }
         with self._received_changed:
             self._received.append(record)
             self._received_changed.notify_all()
@@ -279,7 +303,7 @@ class FakeWhatsAppAPI:
 
     def _deliver_status(self, http: httpx.Client, record: JSONDict, status: str) -> None:
         payload = build_status_payload(
-            phone_number_id=self.phone_number_id,
+            phone_number_id=str(record["_phone_number_id"]),
             message_id=record["_wamid"],
             status=status,
             recipient=str(record["to"]),
@@ -550,10 +574,16 @@ def _control_reset(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
     fake.reset()
 
 
+def _control_number(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    token = body.get("access_token")
+    fake.add_number(str(body["phone_number_id"]), str(token) if token is not None else None)
+
+
 _CONTROL_ROUTES: Final = {
     "/_fake/fail": _control_fail,
     "/_fake/hold": _control_hold,
     "/_fake/reset": _control_reset,
+    "/_fake/number": _control_number,
 }
 
 

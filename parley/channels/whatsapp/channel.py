@@ -1,4 +1,11 @@
-"""WhatsApp as a Parley ``Channel``: Meta's signed webhooks in, the Cloud API out."""
+"""WhatsApp as a Parley ``Channel``: Meta's signed webhooks in, the Cloud API out.
+
+One installation may have several business numbers: the configured one (the bot's) and those
+of its identities. An outreach action goes out from the number in its ``SenderIdentity``
+(``phone_number_id``, optionally with its own ``access_token``), because the lead's reply comes
+back to the number that wrote to them and is routed by it (``parley.inbox``); a sender that
+names no number uses the configured one.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ class WhatsAppChannel:
     def __init__(self, config: WhatsAppConfig) -> None:
         self.config = config
         self._client: WhatsAppClient | None = None
+        self._senders: dict[tuple[str, str], WhatsAppClient] = {}
 
     @property
     def client(self) -> WhatsAppClient:
@@ -48,6 +56,21 @@ class WhatsAppChannel:
             )
         return self._client
 
+    def client_for(self, sender: SenderIdentity) -> WhatsAppClient:
+        """The client of the sender's own number (and token), or the configured number's when
+        the sender names none: one client per number, created on its first send."""
+        number = str(sender.settings.get("phone_number_id") or "")
+        token = str(sender.settings.get("access_token") or self.config.access_token)
+        if not number or (number, token) == (self.config.phone_number_id, self.config.access_token):
+            return self.client
+        client = self._senders.get((number, token))
+        if client is None:
+            client = WhatsAppClient(
+                self.config.api_url, token, number, timeout=self.config.timeout_seconds
+            )
+            self._senders[(number, token)] = client
+        return client
+
     def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         verify_signature(body, _header(headers, SIGNATURE_HEADER), self.config.app_secret)
 
@@ -55,11 +78,14 @@ class WhatsAppChannel:
         return parse_webhook(body)
 
     async def send(self, to: str, message: OutboundMessage, *, client_ref: str) -> str:
-        if message.buttons:
-            return await self.client.send_buttons(
-                to, message.text, list(message.buttons), client_ref=client_ref
-            )
-        return await self.client.send_text(to, message.text, client_ref=client_ref)
+        return await _send_on(self.client, to, message, client_ref)
+
+    async def send_as(
+        self, sender: SenderIdentity, to: str, message: OutboundMessage, *, client_ref: str
+    ) -> str:
+        """A conversation message from the conversation identity's number: the contact's
+        answer comes back to the number that wrote, and is routed by it."""
+        return await _send_on(self.client_for(sender), to, message, client_ref)
 
     action_types: frozenset[str] = frozenset({"whatsapp_template"})
 
@@ -70,7 +96,7 @@ class WhatsAppChannel:
         if action.type != "whatsapp_template" or not action.template:
             raise PermanentChannelError(f"WhatsApp performs templates only, not {action.type!r}")
         parameters = action.parameters or ((action.text,) if action.text else ())
-        wamid = await self.client.send_template(
+        wamid = await self.client_for(sender).send_template(
             action.to,
             action.template,
             parameters,
@@ -83,6 +109,19 @@ class WhatsAppChannel:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        senders, self._senders = self._senders, {}
+        for client in senders.values():
+            await client.aclose()
+
+
+async def _send_on(
+    client: WhatsAppClient, to: str, message: OutboundMessage, client_ref: str
+) -> str:
+    if message.buttons:
+        return await client.send_buttons(
+            to, message.text, list(message.buttons), client_ref=client_ref
+        )
+    return await client.send_text(to, message.text, client_ref=client_ref)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
