@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from parley import actions, executor, identities, lifecycle, outreach, parked
+from parley import actions, executor, identities, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -40,7 +40,6 @@ from parley.settings import get_settings
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.smtp_server import LoopbackSMTPServer
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from tasks.outreach import ParkedChecks
 from tests.dispatching.test_outreach import _until_waiting
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
@@ -292,6 +291,8 @@ async def test_email_names_a_linkedin_seats_fallback_mailbox_and_a_typo_is_refus
 
 
 async def _look(rt: Runtime) -> dict[str, int]:
+    from parley import parked  # here: each scenario fails on its own on a main without it
+
     return dict(await parked.check_parked_queues(rt, EVERY))
 
 
@@ -409,6 +410,8 @@ async def test_the_dispatcher_tick_looks_at_parked_queues_in_the_background(
         identity = await queries.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", clock.now())
     clock.advance(EVERY)
+    from tasks.outreach import ParkedChecks
+
     checks = ParkedChecks(EVERY.total_seconds())
     seen: dict[str, int] = {}
     try:
@@ -457,7 +460,6 @@ async def test_new_actions_of_a_parked_queue_are_parked_at_once_behind_the_parke
         await _lead(db, rt, campaign, seat, n)
     gateway.expire_session(gateway.sender().address)
     assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
-    tried = gateway.requests("action")
     older = [a.id for a in await _actions(db, seat)]
 
     await _lead(db, rt, campaign, seat, 3)  # queued while the session is known to be expired
@@ -465,6 +467,7 @@ async def test_new_actions_of_a_parked_queue_are_parked_at_once_behind_the_parke
     assert newest.id not in older
     assert (newest.queue, newest.status) == ("linkedin", "queued")
     assert newest.reason is not None and "'linkedin' is parked" in newest.reason
+    tried = gateway.requests("action")
     assert await outreach.perform_next(rt, seat, _seeded()) == "idle"
     assert gateway.requests("action") == tried  # nothing was tried against the expired session
 
