@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect import flow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -589,3 +590,65 @@ async def test_the_whatsapp_fake_answers_the_phone_number_object_and_an_expired_
             190,
             463,
         )
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_actions(
+    prefect_server: str,
+    db: Database,
+    rt: Runtime,
+    gateway: FakeLinkedInGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real dispatcher loop (``flows.dispatcher._Ticks``) against a real Prefect API: the
+    seat's session was renewed at the gateway and nobody told Parley."""
+    import tasks.outreach
+    from flows import dispatcher as dispatcher_flow
+    from parley.settings import Settings
+
+    seat = await _seat(db, gateway)
+    queued = [
+        await _queue(db, seat, "linkedin_message", TUESDAY_10 - timedelta(minutes=2 - i))
+        for i in range(2)
+    ]
+    async with db.transaction() as session:
+        identity = await queries.lock_identity(session, seat)
+        await actions.park(session, identity, "linkedin", "linkedin", "expired", rt.clock.now())
+    name = f"parked-{uuid.uuid4().hex[:8]}"
+    deployment = await dispatcher_flow.dispatcher.ato_deployment(name=name)
+    await deployment.aapply()  # type: ignore[union-attr]  # its dead runs are looked for
+    settings = Settings(
+        dispatcher_deployment=f"dispatcher/{name}",
+        dispatcher_tick_seconds=0.2,
+        dispatcher_interval_seconds=600,
+        dispatcher_limit=f"parley-dispatcher-{name}",
+        parked_health_check_seconds=1,
+    )
+
+    async def the_runtime() -> Runtime:
+        return rt
+
+    monkeypatch.setattr(dispatcher_flow, "get_runtime", the_runtime)
+    monkeypatch.setattr(tasks.outreach, "_signal", None)
+
+    @flow(name="dispatcher-ticks-under-test")
+    async def ticks() -> dict[str, int]:
+        return dict(await dispatcher_flow._Ticks(settings).run())
+
+    running = asyncio.create_task(ticks())
+    try:
+        async with asyncio.timeout(90):
+            while [a.outcome for a in await _actions(db, seat)] != ["sent", "sent"]:
+                if running.done():
+                    running.result()  # its error, if it died
+                await asyncio.sleep(0.2)
+    finally:
+        rt.stopping = True
+        async with db.transaction() as session:  # wakes the loop, which sees it must stop
+            await queries.notify_action_ready(session, seat)
+        totals: dict[str, Any] = await asyncio.wait_for(running, 60)
+        await tasks.outreach.action_signal(rt).close()
+    assert await _parked_map(db, seat) == {}
+    assert [a.id for a in sorted(await _actions(db, seat), key=lambda a: a.performed_at)] == queued
+    assert gateway.requests("status") >= 1
+    assert totals.get("action sent") == 2, totals
