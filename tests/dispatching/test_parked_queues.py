@@ -590,6 +590,16 @@ async def test_the_whatsapp_fake_answers_the_phone_number_object_and_an_expired_
             190,
             463,
         )
+        renewed = await http.post(f"{whatsapp.base_url}/_fake/token", json={"expired": False})
+        assert renewed.status_code == 200  # other processes (parley dev) drive it this way
+        again = await http.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert again.status_code == 200
+        wrong = await http.get(url, headers={"Authorization": "Bearer another"})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, 190)
+        unknown = await http.get(
+            f"{whatsapp.api_url}/100000000000999", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, 100)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
