@@ -223,9 +223,8 @@ class FakeWhatsAppAPI:
             self._hold_seconds = 0.0
             self._token_expired = False
 
-    def _token_refusal(self, authorization: str | None) -> _Reply | None:
-        if authorization != f"Bearer {self.access_token}":
-            return _Reply(401, meta_error(190, ERROR_TITLES[190]))
+    def _expired_token(self) -> _Reply | None:
+        """Meta's answer to any call while the token is expired, else None."""
         with self._lock:
             expired = self._token_expired
         if expired:
@@ -239,9 +238,8 @@ class FakeWhatsAppAPI:
     def _handle_phone_number(self, phone_number_id: str, authorization: str | None) -> _Reply:
         """``GET /{version}/{phone-number-id}``: the phone number object, with Meta's default
         fields."""
-        refusal = self._token_refusal(authorization)
-        if refusal is not None:
-            return refusal
+        if authorization != f"Bearer {self.access_token}":
+            return _Reply(401, meta_error(190, ERROR_TITLES[190]))
         if phone_number_id != self.phone_number_id:
             details = f"Object with ID '{phone_number_id}' does not exist"
             return _Reply(400, meta_error(100, ERROR_TITLES[100], details=details, subcode=33))
@@ -259,9 +257,8 @@ class FakeWhatsAppAPI:
     # --- serving sends ------------------------------------------------------------------------
 
     def _handle_send(self, phone_number_id: str, authorization: str | None, raw: bytes) -> _Reply:
-        refusal = self._token_refusal(authorization)
-        if refusal is not None:
-            return refusal
+        if authorization != f"Bearer {self.access_token}":
+            return _Reply(401, meta_error(190, ERROR_TITLES[190]))
         if phone_number_id != self.phone_number_id:
             details = f"Object with ID '{phone_number_id}' does not exist"
             return _Reply(400, meta_error(100, ERROR_TITLES[100], details=details, subcode=33))
@@ -516,7 +513,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(_Reply(200, self.fake.received))
         elif number and number["version"] == self.fake.version:
             authorization = self.headers.get("Authorization")
-            self._write(self.fake._handle_phone_number(number["phone_number_id"], authorization))
+            self._write(
+                self.fake._expired_token()
+                or self.fake._handle_phone_number(number["phone_number_id"], authorization)
+            )
         else:
             self._write(_not_found(self.path))
 
@@ -525,7 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         match = _MESSAGES_PATH.match(path)
         if match and match["version"] == self.fake.version:
-            reply = self.fake._handle_send(
+            reply = self.fake._expired_token() or self.fake._handle_send(
                 match["phone_number_id"], self.headers.get("Authorization"), raw
             )
             self._hold(reply)
