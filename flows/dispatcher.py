@@ -24,7 +24,12 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from prefect.context import FlowRunContext
 
 from parley.settings import Settings, get_settings
-from tasks.outreach import action_signal, outreach_tick, recover_abandoned_actions
+from tasks.outreach import (
+    ParkedChecks,
+    action_signal,
+    outreach_tick,
+    recover_abandoned_actions,
+)
 from tasks.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.runtime import get_runtime
 from tasks.sweep import (
@@ -79,6 +84,7 @@ class _Ticks:
             seconds=2 * settings.dispatcher_interval_seconds
         )
         self.next_reconcile = 0.0
+        self.parked = ParkedChecks(settings.parked_health_check_seconds)
 
     async def run(self) -> Counter[str]:
         runtime = await get_runtime()
@@ -87,21 +93,25 @@ class _Ticks:
         await crash_dead_dispatcher_runs(self.settings)
         await recover_abandoned_actions(runtime, timedelta(seconds=4 * self.settings.lease_seconds))
         ready = action_signal(runtime)  # an enqueue wakes the loop; else the tick does
-        while loop.time() < deadline and not runtime.stopping:
-            try:
-                await self._tick(loop.time())
-            except AcquireConcurrencySlotTimeoutError:
-                pass  # another dispatcher is repairing right now; look again next tick
-            except Exception as exc:  # the database or Prefect may be away for a moment
-                self.healthy_since = None
-                get_run_logger().warning("dispatcher tick failed (%r); next tick", exc)
-            await ready.wait(
-                max(0.0, min(self.settings.dispatcher_tick_seconds, deadline - loop.time()))
-            )
+        try:
+            while loop.time() < deadline and not runtime.stopping:
+                try:
+                    await self._tick(loop.time())
+                except AcquireConcurrencySlotTimeoutError:
+                    pass  # another dispatcher is repairing right now; look again next tick
+                except Exception as exc:  # the database or Prefect may be away for a moment
+                    self.healthy_since = None
+                    get_run_logger().warning("dispatcher tick failed (%r); next tick", exc)
+                await ready.wait(
+                    max(0.0, min(self.settings.dispatcher_tick_seconds, deadline - loop.time()))
+                )
+        finally:
+            await self.parked.aclose()
         return self.totals
 
     async def _tick(self, now: float) -> None:
         runtime = await get_runtime()
+        self.totals.update(self.parked.poke(runtime))  # parked seats healthy again unpark
         self.totals.update(await outreach_tick(runtime))  # per-identity slots, not the repair's
         trust = self._trusts_leases(now)
         failed, scanned_at = await self._failed_runs(now)

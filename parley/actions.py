@@ -10,8 +10,12 @@ On PostgreSQL the enqueue also notifies ``parley_actions`` (delivered at commit)
 dispatcher performs a ready action now rather than at its next tick (``parley.action_signal``).
 
 Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the session expired),
-``email-{mailbox}`` (a disconnected mailbox), ``credits`` (InMail credits ran out). Parked
-actions keep their place (``not_before``, id) and go back in that order on reconnect.
+``whatsapp`` (the access token expired), ``email-{mailbox}`` (a disconnected mailbox),
+``credits`` (InMail credits ran out: InMails only, the seat's other actions keep going). Parked
+actions keep their place (``not_before``, id) and go back in that order on reconnect, or when
+the dispatcher finds the account healthy again (``parley.parked``). An action queued while its
+queue is parked is parked at once behind the others: nothing is tried against an account
+already known not to work.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from parley.state_machine import ActionIntent, step_ref
 
 READY: Final = "ready"
 CREDITS: Final = "credits"
+INMAIL: Final = "linkedin_inmail"
+PARKED_TYPES: Final[dict[str, tuple[str, ...]]] = {CREDITS: (INMAIL,)}
+"""Queues that hold only some action types of their channel: no credits stops InMails only."""
 
 
 def recipient(contact: Contact, channel: str) -> str | None:
@@ -51,6 +58,8 @@ async def enqueue(
     """Queue the node's action for the conversation's identity; a replayed step finds the one
     it queued before (same idempotency key: the step's reference)."""
     channel = CHANNEL_OF[_action_type(intent.type)]
+    identity = await session.get(Identity, row.identity_id)
+    parked = None if identity is None else parked_queue_of(identity, channel, intent.type)
     payload = {
         "to": recipient(contact, channel),
         "text": intent.text,
@@ -67,8 +76,9 @@ async def enqueue(
             "channel": channel,
             "type": intent.type,
             "payload": payload,
-            "queue": READY,
+            "queue": parked or READY,
             "not_before": now,
+            "reason": None if parked is None else _parked_reason(identity, parked),
             "idempotency_key": step_ref(row.id, step),
             "seen_inbound_id": await queries.last_inbound_id(session, row.id),
             "created_at": utcnow(),
@@ -80,10 +90,10 @@ async def enqueue(
     return action
 
 
-def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:
-    """The queue a channel's actions wait in while the identity cannot use it."""
-    if isinstance(error, CreditsExhausted):
-        return CREDITS
+def channel_queue(identity: Identity, channel: str) -> str:
+    """The queue a channel's actions wait in while the identity's account on it cannot work:
+    ``email-{mailbox}`` (a LinkedIn seat's fallback mailbox is ``settings.email.address``),
+    else the channel's name."""
     if channel == "email":
         nested = identity.settings.get("email")
         mailbox = nested.get("address") if isinstance(nested, dict) else None
@@ -91,13 +101,71 @@ def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:
     return channel
 
 
+def channel_of_queue(queue: str) -> str:
+    """The channel whose account a parked queue waits for (``credits``: the LinkedIn seat)."""
+    if queue.startswith("email-"):
+        return "email"
+    return "linkedin" if queue == CREDITS else queue
+
+
+def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:
+    """The queue a channel's actions wait in while the identity cannot use it."""
+    if isinstance(error, CreditsExhausted):
+        return CREDITS
+    return channel_queue(identity, channel)
+
+
+def parked_queue_of(identity: Identity, channel: str, action_type: str) -> str | None:
+    """The parked queue an action of this type must wait in now, or None when it may be
+    tried: its channel's queue while that is parked (the session is known to be expired), else
+    ``credits`` for an InMail while credits are out."""
+    parked = identity.parked or {}
+    queue = channel_queue(identity, channel)
+    if queue in parked:
+        return queue
+    if action_type in PARKED_TYPES[CREDITS] and CREDITS in parked:
+        return CREDITS
+    return None
+
+
+def _parked_reason(identity: Identity | None, queue: str) -> str:
+    entry = (identity.parked if identity is not None else {}).get(queue) or {}
+    why = entry.get("reason") if isinstance(entry, dict) else None
+    return f"parked: {queue!r} is parked ({why or 'no reason recorded'})"
+
+
 async def park(
     session: AsyncSession, identity: Identity, channel: str, queue: str, reason: str, now: datetime
 ) -> int:
-    """Park every queued action of the identity on ``channel``: other channels keep flowing."""
-    moved = await queries.park_actions(session, identity.id, channel, queue, now)
+    """Park the identity's queued actions on ``channel`` (of ``credits``: its InMails only):
+    other channels, and a seat's other LinkedIn actions when only credits ran out, keep
+    flowing."""
+    moved = await queries.park_actions(
+        session, identity.id, channel, queue, now, types=PARKED_TYPES.get(queue)
+    )
     identity.parked = {**identity.parked, queue: {"reason": reason, "since": now.isoformat()}}
     return moved
+
+
+async def unpark(session: AsyncSession, identity: Identity, queue: str, now: datetime) -> int:
+    """Move a parked queue's actions back to ``ready`` in their order and forget the parking:
+    an operator's reconnect and the dispatcher's health check both end here. ``identity`` is
+    locked by the caller."""
+    moved = await queries.unpark_queue(session, identity.id, queue, now)
+    if queue in identity.parked:
+        identity.parked = {k: v for k, v in identity.parked.items() if k != queue}
+    return moved
+
+
+async def park_if_known_down(
+    session: AsyncSession, identity: Identity, action_id: int, channel: str, action_type: str
+) -> str | None:
+    """A claimed action whose account is parked goes to that queue untried (the queue was
+    parked between its enqueue and its claim); returns the queue, or None to go on."""
+    queue = parked_queue_of(identity, channel, action_type)
+    if queue is not None:
+        await queries.repark_action(session, action_id, queue, _parked_reason(identity, queue))
+    return queue
 
 
 def _action_type(value: str) -> ActionType:

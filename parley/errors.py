@@ -121,6 +121,11 @@ class RateLimited(ChannelError):
         self.retry_after = retry_after
 
 
+class PairRateLimited(RateLimited):
+    """Too many messages from the business to this one recipient (WhatsApp 131056): only
+    that business-contact pair waits; the sender's other recipients are not throttled."""
+
+
 class IdentityExpired(ChannelError):
     """Our credentials for the sending identity are expired or revoked: a human must renew them."""
 

@@ -28,7 +28,8 @@ import functools
 import json
 import random
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +38,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, InstanceOf
 from sqlalchemy.exc import IntegrityError
 
+from parley import actions
 from parley.channels.base import SenderIdentity
 from parley.clock import Clock, SystemClock
 from parley.db import Database, queries
@@ -71,7 +73,11 @@ HISTORY: Final = timedelta(days=8)
 """How far back ``explain`` reads sent actions: this ISO week and a rolling window of a week."""
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
-_RECONNECT_HELP = "email (a mailbox's queue), linkedin (its session) or credits (InMails)"
+_RECONNECT_HELP = (
+    "linkedin (its session), whatsapp (its token), email (its mailbox), credits (InMails) or a "
+    "parked queue's exact name (email-{mailbox})"
+)
+_QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", actions.CREDITS})
 
 
 # --- the policy --------------------------------------------------------------------------------
@@ -424,34 +430,59 @@ async def update_identity(
         return _summary(identity, _counts_of(queued, identity.id))
 
 
-def parked_queue(identity: Identity, channel: str) -> str:
-    """The queue a channel's actions wait in while it is parked: ``linkedin`` (session
-    expired), ``email-{address}`` (mailbox disconnected), ``credits`` (InMail credits out)."""
-    wanted = "linkedin" if channel == "credits" else channel
-    if channel not in ("email", "linkedin", "credits"):
-        raise InvalidInput(f"channel: {channel!r} cannot be reconnected; use {_RECONNECT_HELP}")
-    if identity.channel != wanted:
-        raise InvalidInput(
-            f"channel: identity {identity.id} is a {identity.channel} identity; "
-            f"{channel!r} is not one of its queues"
-        )
-    return f"email-{identity.address}" if channel == "email" else channel
+def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> str:
+    """The parked queue ``name`` means for this identity: its exact name as ``identity show``
+    prints it (``linkedin``, ``whatsapp``, ``credits``, ``email-{mailbox}``), or ``email`` for
+    its mailbox's queue (a LinkedIn seat's fallback mailbox included). ``queues`` are those
+    holding queued actions now. A queue of the identity's own accounts (its channel, its
+    ``settings`` mailbox, credits for a seat) is accepted even when nothing is parked in it (0
+    moved); another only while something is parked in it — a typo is refused, not ignored."""
+    name = name.strip()
+    if name == "email":
+        queue = actions.channel_queue(identity, "email")
+    elif name in _QUEUE_KINDS or (name.startswith("email-") and len(name) > len("email-")):
+        queue = name
+    else:
+        raise InvalidInput(f"channel: {name!r} cannot be reconnected; use {_RECONNECT_HELP}")
+    parked = set(identity.parked or {}) | {q for q in queues if q != READY}
+    if queue in parked or queue in _own_queues(identity):
+        return queue
+    raise InvalidInput(
+        f"channel: {name!r} cannot be reconnected: identity {identity.id} is a "
+        f"{identity.channel} identity and nothing of it is parked in {queue!r} (parked: "
+        f"{', '.join(sorted(parked)) or 'nothing'})"
+    )
+
+
+def _own_queues(identity: Identity) -> set[str]:
+    own = {actions.channel_queue(identity, identity.channel)}
+    if identity.channel == "linkedin":
+        own.add(actions.CREDITS)
+    for channel in CHANNELS:  # accounts on other channels: settings[channel] = {address, ...}
+        nested = (identity.settings or {}).get(channel)
+        if isinstance(nested, Mapping) and nested.get("address"):
+            own.add(actions.channel_queue(identity, channel))
+    return own
+
+
+def reconnect_command(identity_id: int, queue: str) -> str:
+    """What an operator types to unpark ``queue`` now (``identity show`` prints it)."""
+    return f"parley identity reconnect {identity_id} {shlex.quote(queue)}"
 
 
 async def reconnect(
     db: Database, identity_id: int, channel: str, *, now: datetime | None = None
 ) -> int:
-    """Unpark one channel of an identity after a human fixed it: its actions go back to the
+    """Unpark one queue of an identity after a human fixed it: its actions go back to the
     ready queue in their original order (``not_before``, then id), other parked queues stay
-    parked. Returns how many actions were unparked (0 when it was not parked)."""
+    parked. The same path as the dispatcher's own health check (``parley.parked``). Returns how
+    many actions were unparked (0 when it was not parked)."""
     moment = now or datetime.now(UTC)
     async with db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
-        queue = parked_queue(identity, channel)
-        moved = await queries.unpark_queue(session, identity.id, queue, moment)
-        if queue in identity.parked:
-            identity.parked = {k: v for k, v in identity.parked.items() if k != queue}
-    return moved
+        queued = await queries.queued_action_counts(session, identity.id)
+        queue = parked_queue(identity, channel, (q for _, q in queued))
+        return await actions.unpark(session, identity, queue, moment)
 
 
 # --- what operators see --------------------------------------------------------------------------
@@ -536,6 +567,7 @@ async def explain(
             if CHANNEL_OF[kind] == identity.channel
         },
         next_action=_action_view(next_action),
+        unpark=_unpark_view(identity),
         status=_status(identity, policy, history, next_action, detail["parked"], moment),
     )
     return detail
@@ -635,13 +667,31 @@ def _waiting(wait: Wait, label: str, now: datetime) -> str:
 def _parked_note(identity: Identity, parked: Mapping[str, Mapping[str, Any]]) -> str:
     notes = []
     for queue, entry in parked.items():
-        channel = "email" if queue.startswith("email-") else queue
         notes.append(
             f"{entry['actions']} action(s) parked in {queue!r} since {entry['since']} "
-            f"({entry['reason'] or 'no reason recorded'}): "
-            f"`parley identity reconnect {identity.id} {channel}` moves them back"
+            f"({entry['reason'] or 'no reason recorded'}): the dispatcher moves them back once "
+            f"the account works again, `{reconnect_command(identity.id, queue)}` now"
         )
     return "; ".join(notes) + ("." if notes else "")
+
+
+def _unpark_view(identity: Identity) -> dict[str, Any]:
+    """Per parked queue: the exact command and REST call that unpark it now, and the
+    dispatcher's last look at the account (``parley.parked``)."""
+    view: dict[str, Any] = {}
+    for queue, entry in sorted((identity.parked or {}).items()):
+        known = entry if isinstance(entry, Mapping) else {}
+        view[queue] = {
+            "command": reconnect_command(identity.id, queue),
+            "rest": {
+                "method": "POST",
+                "path": f"/api/identities/{identity.id}/reconnect",
+                "body": {"channel": queue},
+            },
+            "checked_at": known.get("checked_at"),
+            "check": known.get("check"),
+        }
+    return view
 
 
 def _said(state: str, until: datetime | None, now: datetime, sentence: str) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from parley.errors import (
     CreditsExhausted,
     IdentityExpired,
     InvalidInput,
+    PairRateLimited,
     ParleyError,
     RateLimited,
     TransientChannelError,
@@ -80,6 +81,8 @@ MAX_ATTEMPTS = 4
 RETRY_BACKOFF = timedelta(seconds=30)
 HISTORY = timedelta(days=8)  # enough for weekly caps and rolling windows
 RATE_LIMITED_FALLBACK = timedelta(hours=4)
+PAIR_RATE_LIMITED_FALLBACK = timedelta(minutes=1)
+"""WhatsApp paces one business-user pair at about a message every 6 s: a minute is ample."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ async def _claim(
     action = await queries.claim_next_action(session, identity_id, now)
     if action is None:
         return "idle"
+    if await actions.park_if_known_down(session, identity, action.id, action.channel, action.type):
+        return "parked"  # its queue was parked after it was queued: never tried
     decision = await _decision(session, identity, action.type, now, rng)
     if not isinstance(decision, Proceed):
         await queries.unclaim_action(session, action.id, decision.until, decision.explain())
@@ -311,6 +316,8 @@ def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> tuple[Done, _
     what = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, IdentityExpired | CreditsExhausted):
         return "parked", partial(_park, rt=rt, claimed=claimed, exc=exc, what=what)
+    if isinstance(exc, PairRateLimited):
+        return "retrying", partial(_pair_rate_limited, rt=rt, claimed=claimed, exc=exc, what=what)
     if isinstance(exc, RateLimited):
         return "retrying", partial(_rate_limited, rt=rt, claimed=claimed, exc=exc, what=what)
     if isinstance(exc, TransientChannelError) and claimed.attempts < MAX_ATTEMPTS:
@@ -364,6 +371,26 @@ async def _rate_limited(
     action.status, action.not_before = "queued", until
     action.reason, action.updated_at = what, utcnow()
     action.attempts = max(0, action.attempts - 1)
+
+
+async def _pair_rate_limited(
+    session: AsyncSession, *, rt: Runtime, claimed: _Claimed, exc: PairRateLimited, what: str
+) -> None:
+    """Only the business-contact pair waits: this action and the identity's other queued
+    ones to the same recipient; its other leads, and the action type, are not blocked."""
+    fallback = PAIR_RATE_LIMITED_FALLBACK.total_seconds()
+    delay = exc.retry_after if exc.retry_after is not None else fallback
+    until = rt.clock.now() + timedelta(seconds=max(delay, 0.0))
+    action = await queries.lock_action(session, claimed.action_id)
+    action.status, action.not_before = "queued", until
+    action.reason, action.updated_at = what, utcnow()
+    action.attempts = max(0, action.attempts - 1)
+    await session.flush()
+    to = claimed.payload.get("to")
+    if to:
+        await queries.put_off_actions_to(
+            session, claimed.identity_id, claimed.channel, str(to), until, what
+        )
 
 
 async def _requeue(session: AsyncSession, *, claimed: _Claimed, not_before: datetime) -> None:

@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         description="How often a dispatcher run looks for work (starts, resumes, recoveries).",
     )
 
+    parked_health_check_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the dispatcher asks a provider whether a parked queue's account "
+        "works again (the gateway's account status, an SMTP login, the WhatsApp token), and "
+        "unparks it when it does; at most once per interval per parked queue.",
+    )
+
     worker_concurrency: int = Field(
         default=200, ge=1, description="How many conversation runs one worker process runs at once."
     )

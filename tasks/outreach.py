@@ -10,12 +10,13 @@ dispatcher run or host holds is skipped this tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
 from datetime import timedelta
 
-from parley import outreach
+from parley import outreach, parked
 from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
 from parley.db.models import utcnow
@@ -88,3 +89,43 @@ async def recover_abandoned_actions(rt: Runtime, older_than: timedelta) -> int:
             action.status, action.updated_at = "queued", utcnow()
             action.reason = "its dispatcher stopped mid-action; retried with the same key"
     return len(stale)
+
+
+PARKED_SCAN_SECONDS = 10.0
+"""The scan for parked queues due a look runs at most this often (each queue is looked at
+once per ``PARLEY_PARKED_HEALTH_CHECK_SECONDS``)."""
+
+
+class ParkedChecks:
+    """One dispatcher run's health checks of parked queues (``parley.parked``), in the
+    background of its ticks: a provider that takes its timeout to answer never holds up the
+    tick's actions, resumes and repairs. One pass at a time; ``aclose`` at the run's end."""
+
+    def __init__(self, every_seconds: float) -> None:
+        self.every = timedelta(seconds=every_seconds)
+        self._task: asyncio.Task[Counter[str]] | None = None
+        self._next_scan = 0.0
+
+    def poke(self, rt: Runtime) -> Counter[str]:
+        """What the last finished pass did; starts the next one when it is time."""
+        done: Counter[str] = Counter()
+        if self._task is not None and self._task.done():
+            task, self._task = self._task, None
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("parked queues' health check failed: %r", task.exception())
+            elif not task.cancelled():
+                done.update({f"parked queue {k}": n for k, n in task.result().items()})
+        now = asyncio.get_running_loop().time()
+        if self._task is None and now >= self._next_scan and not rt.stopping:
+            self._next_scan = now + min(PARKED_SCAN_SECONDS, self.every.total_seconds())
+            self._task = asyncio.create_task(parked.check_parked_queues(rt, self.every))
+        return done
+
+    async def aclose(self) -> None:
+        """A pass cut short loses nothing: its queues are looked at again an interval on."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

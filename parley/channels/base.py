@@ -207,3 +207,24 @@ class OutreachChannel(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class SenderHealth:
+    """What a provider says of a sender's account now, asked without performing anything:
+    whether it works (``detail`` says why not), and the InMail credits a LinkedIn seat has
+    left when the provider tells."""
+
+    healthy: bool
+    detail: str
+    inmail_credits: int | None = None
+
+
+@runtime_checkable
+class HealthChecked(Protocol):
+    """A provider that can tell whether a sender's account works again, so a parked queue
+    unparks by itself (``parley.parked``). Raises ``parley.errors`` kinds like ``perform``:
+    ``IdentityExpired`` is an unhealthy answer, a ``TransientChannelError`` no answer."""
+
+    async def check_sender(self, sender: SenderIdentity) -> SenderHealth:
+        """Ask the provider about ``sender``'s account (a status call, a login): no action."""

@@ -176,6 +176,12 @@ def _print_explanation(detail: dict[str, Any]) -> None:
             f"[yellow]parked {queue}[/]: {entry['actions']} action(s) since {entry['since']}"
             f" ({entry['reason'] or 'no reason recorded'})"
         )
+        unpark = detail.get("unpark", {}).get(queue)
+        if unpark:
+            checked = unpark["checked_at"]
+            look = f"last checked {checked}: {unpark['check']}" if checked else "not checked yet"
+            console.print(f"  unparks by itself once the account works ({look})", markup=False)
+            console.print(f"  now: {unpark['command']}", markup=False, soft_wrap=True)
     for key, until in detail["blocked_until"].items():
         console.print(f"provider block {key} until {until}")
     usage = Table("action", "today", "daily cap", "this week", "weekly cap", title="usage")
@@ -235,7 +241,11 @@ def identity_update(
 def identity_reconnect(
     identity_id: IdentityId,
     channel: Annotated[
-        str, typer.Argument(help="email, linkedin or credits: the parked queue to release.")
+        str,
+        typer.Argument(
+            help="The parked queue to release, as `identity show` names it: linkedin, "
+            "whatsapp, credits, email-{mailbox} (or email: the identity's mailbox)."
+        ),
     ],
     as_json: AsJson = False,
 ) -> None:

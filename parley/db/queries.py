@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, Table, bindparam, exists, func, literal, select, update
+from sqlalchemy import (
+    BindParameter,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -893,16 +904,69 @@ async def lock_action(session: AsyncSession, action_id: int) -> Action:
 
 
 async def park_actions(
-    session: AsyncSession, identity_id: int, channel: str, queue: str, now: datetime
+    session: AsyncSession,
+    identity_id: int,
+    channel: str,
+    queue: str,
+    now: datetime,
+    *,
+    types: Sequence[str] | None = None,
 ) -> int:
-    """Every queued action of the identity on ``channel`` waits in ``queue`` (parked)."""
+    """Every queued action of the identity on ``channel`` (of these ``types`` only, when
+    given) waits in ``queue`` (parked)."""
     stmt = (
         update(Action)
         .where(Action.identity_id == identity_id, Action.channel == channel)
         .where(Action.status == "queued", Action.queue == "ready")
         .values(queue=queue, updated_at=now)
     )
+    if types is not None:
+        stmt = stmt.where(Action.type.in_(list(types)))
     return _rowcount(await session.execute(stmt))
+
+
+async def repark_action(session: AsyncSession, action_id: int, queue: str, reason: str) -> None:
+    """A claimed action back to ``queued`` in a parked ``queue``, untried: the attempt is not
+    counted."""
+    stmt = (
+        update(Action)
+        .where(Action.id == action_id)
+        .values(
+            status="queued",
+            queue=queue,
+            reason=reason,
+            attempts=Action.attempts - 1,
+            updated_at=utcnow(),
+        )
+    )
+    await session.execute(stmt)
+
+
+async def put_off_actions_to(
+    session: AsyncSession, identity_id: int, channel: str, to: str, until: datetime, reason: str
+) -> int:
+    """The identity's queued actions on ``channel`` to the recipient ``to`` wait at least
+    until ``until`` (a provider paces that pair)."""
+    stmt = (
+        update(Action)
+        .where(Action.identity_id == identity_id, Action.channel == channel)
+        .where(Action.status == "queued", Action.payload["to"].as_string() == to)
+        .where(Action.not_before < until)
+        .values(not_before=until, reason=reason, updated_at=utcnow())
+    )
+    return _rowcount(await session.execute(stmt))
+
+
+async def identities_with_parked_queues(session: AsyncSession) -> list[tuple[int, dict[str, Any]]]:
+    """(id, parked) of every identity with a parked queue; ``parked`` is stored as JSON text
+    (``{}`` when nothing is parked), so the others are left out without reading them."""
+    stmt = (
+        select(Identity.id, Identity.parked)
+        .where(cast(Identity.parked, Text) != "{}")
+        .order_by(Identity.id)
+    )
+    rows = (await session.execute(stmt)).all()
+    return [(int(row[0]), dict(row[1] or {})) for row in rows if row[1]]
 
 
 async def inbound_after(session: AsyncSession, conversation_id: int, after_id: int | None) -> bool:

@@ -25,7 +25,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,6 +202,7 @@ class FakeLinkedInGateway:
         self._unavailable: set[str] = set()
         self._failures: deque[_Failure] = deque()
         self._hold_seconds = 0.0
+        self._requests: Counter[str] = Counter()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -457,7 +458,15 @@ class FakeLinkedInGateway:
     def _authorized(self, authorization: str | None) -> bool:
         return authorization == f"Bearer {self.api_key}"
 
+    def requests(self, kind: str) -> int:
+        """How many calls of ``kind`` reached the gateway, refused ones included: ``action``
+        (any of the four POSTs) or ``status`` (``GET /v1/accounts/{id}``)."""
+        with self._lock:
+            return self._requests[kind]
+
     def _handle_action(self, request: _ActionRequest) -> _Reply:
+        with self._lock:
+            self._requests["action"] += 1
         if not self._authorized(request.authorization):
             return gateway_error(401, "unauthorized", "invalid gateway API key")
         with self._lock:
@@ -530,6 +539,8 @@ class FakeLinkedInGateway:
         return [self.deliver_event(event)]
 
     def _handle_account(self, account_id: str, authorization: str | None) -> _Reply:
+        with self._lock:
+            self._requests["status"] += 1
         if not self._authorized(authorization):
             return gateway_error(401, "unauthorized", "invalid gateway API key")
         with self._lock:

@@ -82,6 +82,7 @@ class LoopbackSMTPServer:
         }
         self._drops = 0
         self._credentials: tuple[str, str] | None = None
+        self._logins_refused: str | None = None
         self._connections = 0
         self._queue_ids = itertools.count(1)
         self._controller: _Controller | None = None
@@ -171,6 +172,18 @@ class LoopbackSMTPServer:
         with self._lock:
             self._credentials = (username, password)
 
+    def refuse_logins(
+        self, reply: str = "535 5.7.8 Account locked: log in via your web browser"
+    ) -> None:
+        """Every login is refused with ``reply``, the right password too (the provider locked
+        the account or revoked its app password), until ``accept_logins``."""
+        with self._lock:
+            self._logins_refused = reply
+
+    def accept_logins(self) -> None:
+        with self._lock:
+            self._logins_refused = None
+
     def drop_connection_next(self) -> None:
         """Accept and record the next message, then drop the connection before answering its
         DATA: the sender cannot know that the message went through."""
@@ -184,6 +197,7 @@ class LoopbackSMTPServer:
                 failures.clear()
             self._drops = 0
             self._credentials = None
+            self._logins_refused = None
 
     # --- called from the server thread --------------------------------------------------------
 
@@ -212,7 +226,9 @@ class LoopbackSMTPServer:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         with self._lock:
-            expected = self._credentials
+            expected, refused = self._credentials, self._logins_refused
+        if refused is not None:
+            return AuthResult(success=False, handled=False, message=refused)
         given = (
             auth_data.login.decode(errors="replace"),
             auth_data.password.decode(errors="replace"),

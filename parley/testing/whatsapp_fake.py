@@ -1,4 +1,5 @@
-"""A loopback fake of the WhatsApp Cloud API's ``/messages`` endpoint, served over real HTTP.
+"""A loopback fake of the WhatsApp Cloud API's ``/messages`` endpoint and its phone number
+object (``GET /{version}/{phone-number-id}``), served over real HTTP.
 
 The demo and the tests exercise the real client, real sockets and signed status callbacks
 without a Meta account; failure injection makes rate limits, expired tokens and "provider
@@ -53,6 +54,8 @@ ERROR_TITLES: Final[dict[int, str]] = {
 }
 
 _MESSAGES_PATH: Final = re.compile(r"^/(?P<version>[^/]+)/(?P<phone_number_id>[^/]+)/messages$")
+_PHONE_NUMBER_PATH: Final = re.compile(r"^/(?P<version>v[^/]+)/(?P<phone_number_id>\d+)$")
+EXPIRED_TOKEN_SUBCODE: Final = 463  # Meta's "Session has expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class FakeWhatsAppAPI:
         self._received: list[JSONDict] = []
         self._failures: deque[_Failure] = deque()
         self._hold_seconds = 0.0
+        self._token_expired = False
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._callbacks: queue.Queue[_CallbackJob | None] = queue.Queue()
@@ -215,11 +219,55 @@ class FakeWhatsAppAPI:
         with self._lock:
             self._hold_seconds = seconds
 
+    def expire_token(self) -> None:
+        """The access token expires: every call is refused as Meta does (401, OAuthException
+        190, subcode 463) until ``renew_token``."""
+        with self._lock:
+            self._token_expired = True
+
+    def renew_token(self) -> None:
+        with self._lock:
+            self._token_expired = False
+
     def reset(self) -> None:
         with self._lock:
             self._received.clear()
             self._failures.clear()
             self._hold_seconds = 0.0
+            self._token_expired = False
+
+    def _expired_token(self) -> _Reply | None:
+        """Meta's answer to any call while the token is expired, else None."""
+        with self._lock:
+            expired = self._token_expired
+        if expired:
+            message = (
+                "Error validating access token: Session has expired on Friday, 04-Dec-26 "
+                "10:00:00 PST. The current time is Monday, 07-Dec-26 10:00:00 PST."
+            )
+            return _Reply(401, meta_error(190, message, subcode=EXPIRED_TOKEN_SUBCODE))
+        return None
+
+    def _handle_phone_number(self, phone_number_id: str, authorization: str | None) -> _Reply:
+        """``GET /{version}/{phone-number-id}``: the phone number object, with Meta's default
+        fields."""
+        with self._lock:
+            numbers = dict(self._numbers)
+        if authorization not in {f"Bearer {token}" for token in numbers.values()}:
+            return _Reply(401, meta_error(190, ERROR_TITLES[190]))
+        if authorization != f"Bearer {numbers.get(phone_number_id)}":
+            details = f"Object with ID '{phone_number_id}' does not exist"
+            return _Reply(400, meta_error(100, ERROR_TITLES[100], details=details, subcode=33))
+        number = {
+            "verified_name": "Parley Demo",
+            "code_verification_status": "VERIFIED",
+            "display_phone_number": f"+{phone_number_id[-11:]}",
+            "quality_rating": "GREEN",
+            "platform_type": "CLOUD_API",
+            "throughput": {"level": "STANDARD"},
+            "id": phone_number_id,
+        }
+        return _Reply(200, number)
 
     # --- serving sends ------------------------------------------------------------------------
 
@@ -485,8 +533,16 @@ class _Handler(BaseHTTPRequestHandler):
         return cast(_Server, self.server).fake
 
     def do_GET(self) -> None:
-        if urlsplit(self.path).path == "/_fake/messages":
+        path = urlsplit(self.path).path
+        number = _PHONE_NUMBER_PATH.match(path)
+        if path == "/_fake/messages":
             self._write(_Reply(200, self.fake.received))
+        elif number and number["version"] == self.fake.version:
+            authorization = self.headers.get("Authorization")
+            self._write(
+                self.fake._expired_token()
+                or self.fake._handle_phone_number(number["phone_number_id"], authorization)
+            )
         else:
             self._write(_not_found(self.path))
 
@@ -495,7 +551,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         match = _MESSAGES_PATH.match(path)
         if match and match["version"] == self.fake.version:
-            reply = self.fake._handle_send(
+            reply = self.fake._expired_token() or self.fake._handle_send(
                 match["phone_number_id"], self.headers.get("Authorization"), raw
             )
             self._hold(reply)
@@ -579,11 +635,19 @@ def _control_number(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
     fake.add_number(str(body["phone_number_id"]), str(token) if token is not None else None)
 
 
+def _control_token(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    if body["expired"]:
+        fake.expire_token()
+    else:
+        fake.renew_token()
+
+
 _CONTROL_ROUTES: Final = {
     "/_fake/fail": _control_fail,
     "/_fake/hold": _control_hold,
     "/_fake/reset": _control_reset,
     "/_fake/number": _control_number,
+    "/_fake/token": _control_token,
 }
 
 

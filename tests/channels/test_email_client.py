@@ -170,6 +170,28 @@ async def test_a_server_requiring_a_login_we_do_not_have_is_an_expired_identity(
     assert caught.value.code == 530
 
 
+async def test_a_mailbox_check_logs_in_and_sends_nothing_and_a_locked_account_is_expired(
+    channel: EmailChannel, smtp: LoopbackSMTPServer
+) -> None:
+    smtp.require_auth("ada", "s3cret")
+    sender = mailbox(smtp, username="ada", password="s3cret")
+
+    healthy = await channel.check_sender(sender)
+    assert healthy.healthy and "accepts the login" in healthy.detail
+    smtp.refuse_logins()  # the right password, refused: the provider locked the account
+    with pytest.raises(IdentityExpired) as caught:
+        await channel.check_sender(sender)
+    assert caught.value.code == 535 and "locked" in str(caught.value)
+    with pytest.raises(IdentityExpired) as unauthenticated:  # no login where one is needed
+        await channel.check_sender(
+            SenderIdentity("email", MAILBOX, {"smtp_host": smtp.host, "smtp_port": smtp.port})
+        )
+    assert unauthenticated.value.code == 530
+    smtp.accept_logins()
+    assert (await channel.check_sender(sender)).healthy
+    assert smtp.messages == []
+
+
 @pytest.mark.parametrize(
     ("code", "reply", "retry_after"),
     [

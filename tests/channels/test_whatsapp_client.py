@@ -16,6 +16,7 @@ from parley.errors import (
     ChannelError,
     IdentityExpired,
     OutsideCustomerWindow,
+    PairRateLimited,
     PermanentChannelError,
     RateLimited,
     TransientChannelError,
@@ -174,7 +175,7 @@ async def test_twenty_character_titles_are_accepted(
     ("code", "http_status", "expected"),
     [
         (130429, 400, RateLimited),
-        (131056, 400, RateLimited),
+        (131056, 400, PairRateLimited),  # a RateLimited of that business-user pair only
         (80007, 400, RateLimited),
         (4, 400, RateLimited),
         (131000, 429, RateLimited),
@@ -248,6 +249,21 @@ async def test_wrong_token_is_identity_expired(fake: FakeWhatsAppAPI) -> None:
 
     assert (caught.value.code, caught.value.http_status) == (190, 401)
     assert not caught.value.retryable
+
+
+async def test_the_phone_number_object_answers_while_the_token_works_then_190_when_expired(
+    client: WhatsAppClient, fake: FakeWhatsAppAPI
+) -> None:
+    number = await client.phone_number()
+    assert number["id"] == PHONE_NUMBER_ID and number["display_phone_number"]
+    fake.expire_token()
+    with pytest.raises(IdentityExpired) as caught:
+        await client.phone_number()
+    assert (caught.value.code, caught.value.http_status) == (190, 401)
+    assert "Session has expired" in str(caught.value)
+    fake.renew_token()
+    assert (await client.phone_number(PHONE_NUMBER_ID))["id"] == PHONE_NUMBER_ID
+    assert fake.received == []
 
 
 async def test_body_the_provider_refuses_is_permanent(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, handshake, inbox, lifecycle, outreach
+from parley import executor, handshake, identities, inbox, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.channels.email.channel import EmailChannel
@@ -312,8 +312,9 @@ async def test_linkedin_disconnects_mid_campaign_its_actions_park_and_email_keep
     assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the email
     assert smtp.wait_for_messages(1, 5)
     gateway.renew_session(gateway.sender().address)
-    async with db.transaction() as session:
-        moved = await queries.unpark_queue(session, identity_id, "linkedin", rt.clock.now())
+    # The operator's reconnect: the parked map forgets the queue, or the claim would park
+    # its actions again untried (the session is known to be expired while it is parked).
+    moved = await identities.reconnect(db, identity_id, "linkedin", now=rt.clock.now())
     assert moved == 10
     for _ in range(10):
         assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"

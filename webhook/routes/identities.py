@@ -47,7 +47,10 @@ class IdentityPatch(BaseModel):
 
 
 class ReconnectIn(BaseModel):
-    channel: str = Field(description="email, linkedin or credits")
+    channel: str = Field(
+        description="the parked queue as `identity show` names it: linkedin, whatsapp, "
+        "credits, email-{mailbox} (or email: the identity's mailbox)"
+    )
 
 
 @router.get("/identities")

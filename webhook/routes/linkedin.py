@@ -12,7 +12,8 @@ The two account events are recorded as webhook events too, and acted on in the r
 200 means it was done and a failure (5xx) makes the gateway deliver again; both acts are
 idempotent. An accepted connection is a ``field_changed`` signal (``linkedin_connected: true``)
 to the lead's active conversation, whose run is resumed only if its edges read that field. An
-expired session parks the seat's queued LinkedIn actions (other channels keep flowing) until an
+expired session parks the seat's queued LinkedIn actions (other channels keep flowing) until the
+gateway reports the seat connected again (the dispatcher asks, ``parley.parked``) or an
 operator runs ``parley identity reconnect ID linkedin``.
 """
 

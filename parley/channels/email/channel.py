@@ -13,9 +13,16 @@ from parley.channels.base import (
     InboundBatch,
     OutboundMessage,
     OutreachAction,
+    SenderHealth,
     SenderIdentity,
 )
-from parley.channels.email.client import CAPABILITIES, SmtpSettings, compose, send_email
+from parley.channels.email.client import (
+    CAPABILITIES,
+    SmtpSettings,
+    check_login,
+    compose,
+    send_email,
+)
 from parley.channels.email.wire import CHANNEL, SIGNATURE_HEADER, parse_inbound, verify_signature
 from parley.errors import PermanentChannelError
 
@@ -57,6 +64,14 @@ class EmailChannel:
         return ActionResult(
             provider_id=message_id, detail={"to": str(message["To"]), "smtp_reply": reply[:200]}
         )
+
+    async def check_sender(self, sender: SenderIdentity) -> SenderHealth:
+        """An SMTP login (and ``MAIL FROM`` the mailbox) on the mailbox's own server; a
+        refused login raises ``IdentityExpired`` like a send would."""
+        settings = SmtpSettings.from_mapping(sender.settings)
+        reply = await check_login(settings, sender.address)
+        where = f"{settings.host}:{settings.port}"
+        return SenderHealth(True, f"{where} accepts the login and {sender.address} ({reply})")
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> None:
         verify_signature(body, _header(headers, SIGNATURE_HEADER), self.config.webhook_secret)

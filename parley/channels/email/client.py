@@ -208,6 +208,35 @@ async def send_email(message: EmailMessage, settings: SmtpSettings) -> str:
         await _quit(smtp)
 
 
+async def check_login(settings: SmtpSettings, mail_from: str) -> str:
+    """Whether the mailbox works again, without sending anything: connect, STARTTLS, log in
+    and offer ``MAIL FROM`` (a server may take the login but refuse our sender), then ``RSET``.
+    Raises what a send would have raised at those steps; returns the server's answer to MAIL."""
+    smtp = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        username=settings.username,
+        password=settings.password,
+        use_tls=settings.use_tls,
+        start_tls=settings.starttls,
+        timeout=settings.timeout,
+    )
+    try:
+        await _connect(smtp, settings)
+        try:
+            reply = await smtp.mail(mail_from)
+            await smtp.rset()
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise _sender_refused(exc) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise error_from_reply(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TransientChannelError(f"the mailbox check was cut off: {exc}") from exc
+        return f"{reply.code} {reply.message}"
+    finally:
+        await _quit(smtp)
+
+
 async def _connect(smtp: aiosmtplib.SMTP, settings: SmtpSettings) -> None:
     """Greeting, STARTTLS and login: a failure here means nothing was sent."""
     where = f"{settings.host}:{settings.port}"

@@ -20,6 +20,7 @@ from parley.channels.base import (
     InboundBatch,
     OutboundMessage,
     OutreachAction,
+    SenderHealth,
     SenderIdentity,
 )
 from parley.channels.linkedin.client import (
@@ -94,6 +95,12 @@ class LinkedInChannel:
 
     async def account_status(self, sender: SenderIdentity) -> AccountStatus:
         return await self.client.account_status(sender)
+
+    async def check_sender(self, sender: SenderIdentity) -> SenderHealth:
+        """The gateway's ``GET /v1/accounts/{id}``: healthy while the session is connected."""
+        status = await self.client.account_status(sender)
+        detail = f"the gateway says the seat {status.account_id!r} is {status.status}"
+        return SenderHealth(status.connected, detail, status.inmail_credits)
 
     # --- conversation replies -----------------------------------------------------------------
 

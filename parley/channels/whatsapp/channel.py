@@ -18,6 +18,7 @@ from parley.channels.base import (
     InboundBatch,
     OutboundMessage,
     OutreachAction,
+    SenderHealth,
     SenderIdentity,
 )
 from parley.channels.whatsapp.client import CAPABILITIES, WhatsAppClient
@@ -104,6 +105,15 @@ class WhatsAppChannel:
             client_ref=action.client_ref,
         )
         return ActionResult(wamid)
+
+    async def check_sender(self, sender: SenderIdentity) -> SenderHealth:
+        """Whether the access token works again: the sender's phone number object (its
+        ``phone_number_id`` setting, else this channel's number), read with the token; an
+        expired token raises ``IdentityExpired`` (401, code 190)."""
+        number = await self.client_for(sender).phone_number()
+        number_id = str(number.get("id") or sender.address or self.config.phone_number_id)
+        shown = number.get("display_phone_number") or number_id
+        return SenderHealth(True, f"the Cloud API reads phone number {shown} with the token")
 
     async def aclose(self) -> None:
         if self._client is not None:

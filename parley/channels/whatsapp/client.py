@@ -18,6 +18,7 @@ from parley.errors import (
     ChannelError,
     IdentityExpired,
     OutsideCustomerWindow,
+    PairRateLimited,
     PermanentChannelError,
     RateLimited,
     TransientChannelError,
@@ -38,6 +39,7 @@ CAPABILITIES: Final = Capabilities(
 
 # Meta's codes for throttling: cloud API, business/consumer pair, WABA, and app-level.
 RATE_LIMIT_CODES: Final = frozenset({130429, 131056, 80007, 4})
+PAIR_RATE_LIMIT_CODE: Final = 131056  # too many from the business to one user: that pair only
 OUTSIDE_WINDOW_CODE: Final = 131047
 EXPIRED_TOKEN_CODE: Final = 190
 
@@ -54,6 +56,8 @@ class WhatsAppClient:
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        self._api_url = api_url.rstrip("/")
+        self._phone_number_id = phone_number_id
         self._messages_url = f"{api_url.rstrip('/')}/{phone_number_id}/messages"
         self._http = httpx.AsyncClient(
             timeout=timeout,
@@ -110,6 +114,25 @@ class WhatsAppClient:
             ]
         payload.update({"type": "template", "template": template})
         return await self._send(payload)
+
+    async def phone_number(self, phone_number_id: str | None = None) -> JSONDict:
+        """The Cloud API's phone number object (``GET /{version}/{phone-number-id}``): read
+        with our token, so it answers whether the token still works (an expired one is 401,
+        code 190) without sending anything."""
+        url = f"{self._api_url}/{phone_number_id or self._phone_number_id}"
+        try:
+            response = await self._http.get(url)
+        except httpx.TransportError as exc:
+            raise TransientChannelError(
+                f"WhatsApp API unreachable: {exc!r}", maybe_sent=False
+            ) from exc
+        if not response.is_success:
+            raise error_from_response(response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return body if isinstance(body, dict) else {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -185,6 +208,10 @@ def error_from_response(response: httpx.Response) -> ChannelError:
     status = response.status_code
     code, description = _describe_error(response)
     message = f"WhatsApp API error (HTTP {status}, code {code}): {description}"
+    if code == PAIR_RATE_LIMIT_CODE:
+        return PairRateLimited(
+            message, code=code, http_status=status, retry_after=_retry_after(response)
+        )
     if code in RATE_LIMIT_CODES or status == 429:
         return RateLimited(
             message, code=code, http_status=status, retry_after=_retry_after(response)
