@@ -90,6 +90,7 @@ async def test_send_text_posts_metas_exact_body_and_returns_the_wamid(
             "text": {"body": "Hello 👋", "preview_url": False},
             "biz_opaque_callback_data": "conv-42:step-3",
             "_wamid": wamid,
+            "_phone_number_id": PHONE_NUMBER_ID,
         }
     ]
 
@@ -127,6 +128,7 @@ async def test_send_buttons_posts_metas_exact_interactive_body(
             },
             "biz_opaque_callback_data": "r-1",
             "_wamid": wamid,
+            "_phone_number_id": PHONE_NUMBER_ID,
         }
     ]
 
