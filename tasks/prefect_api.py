@@ -42,7 +42,12 @@ async def prefect_api() -> AsyncIterator[PrefectClient]:
     if client is None:
         client = get_client()
         assert isinstance(client, PrefectClient)
-        await client.__aenter__()
+        try:
+            await client.__aenter__()
+        except RuntimeError as exc:  # its version check: "Failed to reach API at ..."
+            if exc.__cause__ is not None and unreachable(exc.__cause__):
+                raise exc.__cause__ from exc  # what callers catch as "Prefect unavailable"
+            raise
         if (raced := _clients.get(loop)) is not None:  # another caller opened one meanwhile
             await client.__aexit__(None, None, None)
             client = raced
@@ -58,6 +63,8 @@ def unreachable(exc: BaseException) -> bool:
     is an answer, and a process that got one has something to fix, not to wait for."""
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500
+    if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+        return unreachable(exc.__cause__)  # a new client's version check: "Failed to reach API"
     return isinstance(exc, (httpx.TransportError, OSError, TimeoutError))
 
 

@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
-import httpx
-
 from parley import handshake
 from parley.campaign.registry import CampaignCache
 from parley.channels.catalog import build_channels, build_outreach
@@ -36,6 +34,7 @@ from parley.inbox_signal import (
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
+from tasks.prefect_api import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ async def database_url_from_block(block_name: str) -> str | None:
 
 BLOCK_LOOKUP_SECONDS = 10.0
 """A Prefect that does not answer in this long counts as unreachable for the block lookup."""
-PREFECT_UNREACHABLE: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, TimeoutError)
 BLOCK_CACHE_FILE = "db-block-cache.json"
 
 
@@ -83,7 +81,9 @@ async def resolve_database_url(settings: Settings) -> str:
     try:
         async with asyncio.timeout(BLOCK_LOOKUP_SECONDS):
             from_block = await database_url_from_block(settings.db_block)
-    except PREFECT_UNREACHABLE as exc:
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
         return _without_prefect(settings, exc)
     _remember_block(settings, from_block)
     return from_block or settings.resolved_database_url
