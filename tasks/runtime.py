@@ -103,7 +103,7 @@ def _remember_block(settings: Settings, url: str | None) -> None:
         if path.exists() and json.loads(path.read_text()) == record:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial_path = path.with_suffix(".tmp")
+        partial_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process
         fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(record, out)
