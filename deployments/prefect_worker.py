@@ -139,23 +139,29 @@ class ParleyWorker(BaseWorker[ParleyJobConfiguration, ParleyVariables, ParleyWor
     ) -> None:
         from deployments.engine import shared_engine
         from deployments.worker import InProcessRuns
+        from tasks.prefect_api import wait_for_prefect_api
 
         self._runs = InProcessRuns()
         parley_logs = logging.getLogger("parley")
         if parley_logs.level == logging.NOTSET:  # Prefect's root logger shows only warnings
             parley_logs.setLevel(logging.INFO)
-        async with shared_engine():
-            self._main = asyncio.create_task(
-                BaseWorker.start(
+
+        async def start_when_reachable() -> None:
+            # Prefect's worker gives up after a few minutes of an unreachable API at start; a
+            # process manager would restart it in a loop. Wait here, saying so, instead.
+            await wait_for_prefect_api(parley_logs.getChild("worker"))
+            async with shared_engine():
+                await BaseWorker.start(
                     self, run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
                 )
-            )
-            try:
-                await self._main
-            except asyncio.CancelledError:
-                if not self._stopping:
-                    raise
-                printer(f"Worker {self.name!r} stopped!")
+
+        self._main = asyncio.create_task(start_when_reachable())
+        try:
+            await self._main
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            printer(f"Worker {self.name!r} stopped!")
 
     def _request_stop(self, printer: Callable[..., None]) -> None:
         """First signal: stop claiming, let hot runs suspend, exit. Second: exit now."""

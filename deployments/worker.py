@@ -57,6 +57,7 @@ from flows.conversation import conversation
 from flows.dispatcher import dispatcher
 from parley import executor
 from parley.settings import Settings, get_settings
+from tasks.prefect_api import unreachable, wait_for_prefect_api
 from tasks.runtime import get_runtime, stop_gracefully
 
 log = logging.getLogger("parley.worker")
@@ -238,13 +239,31 @@ class InProcessWorker:
         return self.runs.active
 
     async def run(self) -> None:
+        """Started while Prefect is down, it waits for the API (a log line every try) rather
+        than exit: a process manager would only restart it in a loop."""
+        if not await wait_for_prefect_api(log, self.stopping):
+            return
         async with shared_engine():
             await self._serve()
 
+    async def _prepare(self) -> bool:
+        """Register the deployments and kick the dispatcher, waiting out an API that went
+        away meanwhile. False if asked to stop while waiting."""
+        while True:
+            try:
+                self.flows = await register_deployments(self.settings)
+                await kick_dispatcher([d for d, flow in self.flows.items() if flow is dispatcher])
+                await self.runs.adopt(self.flows)
+                return True
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                if not await wait_for_prefect_api(log, self.stopping, after=exc):
+                    return False
+
     async def _serve(self) -> None:
-        self.flows = await register_deployments(self.settings)
-        await kick_dispatcher([d for d, flow in self.flows.items() if flow is dispatcher])
-        await self.runs.adopt(self.flows)
+        if not await self._prepare():
+            return
         log.info(
             "worker serving %s and %s in-process",
             self.settings.conversation_deployment,

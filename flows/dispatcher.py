@@ -90,7 +90,10 @@ class _Ticks:
         runtime = await get_runtime()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.dispatcher_interval_seconds
-        await crash_dead_dispatcher_runs(self.settings)
+        try:  # only tidies the UI: a Prefect hiccup here must not fail the run
+            await crash_dead_dispatcher_runs(self.settings)
+        except Exception as exc:
+            get_run_logger().warning("could not look for dead dispatcher runs: %r", exc)
         await recover_abandoned_actions(runtime, timedelta(seconds=4 * self.settings.lease_seconds))
         ready = action_signal(runtime)  # an enqueue wakes the loop; else the tick does
         try:

@@ -457,6 +457,7 @@ def _apply(
     if not (row.status is Status.PAUSED and t.status is Status.RUNNING):
         set_status(row, t.status)
     row.step = step + 1
+    row.recoveries = 0  # it made a step: earlier failures of its runs were not consecutive
     if t.error is not None:
         row.last_error = t.error[:2000]
     if t.status in TERMINAL:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import SetStateStatus
@@ -40,12 +42,67 @@ async def prefect_api() -> AsyncIterator[PrefectClient]:
     if client is None:
         client = get_client()
         assert isinstance(client, PrefectClient)
-        await client.__aenter__()
+        try:
+            await client.__aenter__()
+        except RuntimeError as exc:  # its version check: "Failed to reach API at ..."
+            if exc.__cause__ is not None and unreachable(exc.__cause__):
+                raise exc.__cause__ from exc  # what callers catch as "Prefect unavailable"
+            raise
         if (raced := _clients.get(loop)) is not None:  # another caller opened one meanwhile
             await client.__aexit__(None, None, None)
             client = raced
         _clients[loop] = client
     yield client
+
+
+PREFECT_RETRY_SECONDS = 5.0
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The Prefect API cannot be reached or is failing on its side: wait and try again. A 4xx
+    is an answer, and a process that got one has something to fix, not to wait for."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    if isinstance(exc, RuntimeError) and exc.__cause__ is not None:
+        return unreachable(exc.__cause__)  # a new client's version check: "Failed to reach API"
+    return isinstance(exc, (httpx.TransportError, OSError, TimeoutError))
+
+
+async def wait_for_prefect_api(
+    log: logging.Logger,
+    stopping: asyncio.Event | None = None,
+    *,
+    after: BaseException | None = None,
+) -> bool:
+    """Until the API answers its health check. A process started during a Prefect outage (a
+    restart, a deploy) waits here with a line in its log every try, instead of exiting for a
+    process manager to restart it in a loop. False if ``stopping`` was set meanwhile."""
+    from prefect.settings import PREFECT_API_URL
+
+    error: BaseException | None = after
+    while True:
+        if error is None:
+            try:
+                async with get_client() as client:
+                    error = await client.api_healthcheck()
+            except Exception as exc:
+                error = exc
+        if error is None:
+            return True
+        log.warning(
+            "Prefect API at %s unreachable (%r); retrying in %.0f s",
+            PREFECT_API_URL.value(),
+            error,
+            PREFECT_RETRY_SECONDS,
+        )
+        error = None
+        if stopping is None:
+            await asyncio.sleep(PREFECT_RETRY_SECONDS)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), PREFECT_RETRY_SECONDS)
+            if stopping.is_set():
+                return False
 
 
 async def deployment_id(name: str, *, fresh: bool = False) -> UUID:

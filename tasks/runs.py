@@ -24,7 +24,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import NotPausedError, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
@@ -62,11 +62,17 @@ async def create_run(
     db: Database, settings: Settings, conversation_id: int, *, attempt: int
 ) -> str:
     """A flow run for the conversation; ``attempt`` > 0 re-homes a conversation whose run is
-    gone (the new run loads the row and goes on from the current step)."""
+    gone (the new run loads the row and goes on from the current step).
+
+    The idempotency key makes a repeat (a racing dispatcher, a retry after a crash) return the
+    same run. A key Prefect answers with a *finished* run belongs to an earlier attempt (a
+    retried failed conversation, a re-home whose count started again): the next key names
+    that run, so each attempt gets a run of its own and racers still agree on which."""
     async with db.read() as session:
         conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
+    if conv.flow_run_id is not None and not attempt:
+        return conv.flow_run_id  # another caller started it meanwhile
     key = f"parley-conversation-{conv.uid}" + (f"-{attempt}" if attempt else "")
-    name = settings.conversation_deployment
     arguments: dict[str, Any] = {
         "parameters": {"conversation_id": conversation_id},
         "name": f"{contact.channel} {mask_address(contact.address)} #{conversation_id}",
@@ -75,17 +81,14 @@ async def create_run(
             f"campaign-version:{campaign.version}",
             f"channel:{contact.channel}",
         ],
-        "idempotency_key": key,
     }
-    async with prefect_api() as client:
-        try:
-            run = await client.create_flow_run_from_deployment(
-                await deployment_id(name), **arguments
-            )
-        except ObjectNotFound:  # redeployed under a new id since we asked
-            run = await client.create_flow_run_from_deployment(
-                await deployment_id(name, fresh=True), **arguments
-            )
+    run = await _create_from_deployment(settings.conversation_deployment, key, arguments)
+    for _ in range(MAX_EARLIER_ATTEMPTS):
+        if run.state is None or not run.state.is_final():
+            break
+        log.info("run %s of conversation %s had ended; a new one", run.id, conversation_id)
+        key = f"parley-conversation-{conv.uid}-after-{run.id}"
+        run = await _create_from_deployment(settings.conversation_deployment, key, arguments)
     async with db.transaction() as session:
         conv = await queries.lock_conversation(session, conversation_id)
         if conv.flow_run_id is None or attempt:
@@ -94,6 +97,22 @@ async def create_run(
             queries.touch(conv)
     log.info("flow run %s for conversation %s", run.id, conversation_id)
     return str(run.id)
+
+
+MAX_EARLIER_ATTEMPTS = 100
+"""Finished runs followed from a conversation's first key: one per retry or re-home."""
+
+
+async def _create_from_deployment(name: str, key: str, arguments: dict[str, Any]) -> FlowRun:
+    async with prefect_api() as client:
+        try:
+            return await client.create_flow_run_from_deployment(
+                await deployment_id(name), idempotency_key=key, **arguments
+            )
+        except ObjectNotFound:  # redeployed under a new id since we asked
+            return await client.create_flow_run_from_deployment(
+                await deployment_id(name, fresh=True), idempotency_key=key, **arguments
+            )
 
 
 async def resume_once(flow_run_id: str, conversation_id: int, *, reason: str) -> ResumeOutcome:

@@ -2,17 +2,20 @@
 
 Built lazily once per worker process. The database URL comes from the ``parley-db``
 SqlAlchemyConnector block when one exists (so operators manage credentials in the Prefect UI),
-else from ``PARLEY_DATABASE_URL`` / the embedded SQLite default.
+else from ``PARLEY_DATABASE_URL`` / the embedded SQLite default. What the block said is kept
+under ``PARLEY_DATA_DIR``, so a process started while Prefect is down still finds its database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
 from parley import handshake
 from parley.campaign.registry import CampaignCache
@@ -31,6 +34,7 @@ from parley.inbox_signal import (
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
+from tasks.prefect_api import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,94 @@ async def database_url_from_block(block_name: str) -> str | None:
     return async_url(rendered)
 
 
+BLOCK_LOOKUP_SECONDS = 10.0
+"""A Prefect that does not answer in this long counts as unreachable for the block lookup."""
+BLOCK_CACHE_FILE = "db-block-cache.json"
+
+
+class DatabaseUrlUnknown(Exception):
+    """Only the ``parley-db`` block can name the database, and Prefect cannot be reached to
+    read it (nothing cached from an earlier start, no PARLEY_DATABASE_URL): retry later."""
+
+
 async def resolve_database_url(settings: Settings) -> str:
     """Deployments take credentials from the ``parley-db`` block (managed in the Prefect UI)
-    when it exists, else from PARLEY_DATABASE_URL / the embedded SQLite default."""
-    return await database_url_from_block(settings.db_block) or settings.resolved_database_url
+    when it exists, else from PARLEY_DATABASE_URL / the embedded SQLite default.
+
+    With Prefect unreachable (an outage, a deploy) a process must still start: it uses what
+    the block said the last time it was read (kept in ``PARLEY_DATA_DIR``), else an explicit
+    PARLEY_DATABASE_URL; with neither it raises ``DatabaseUrlUnknown`` — never a guess that
+    could store into another database than the workers read."""
+    try:
+        async with asyncio.timeout(BLOCK_LOOKUP_SECONDS):
+            from_block = await database_url_from_block(settings.db_block)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        return _without_prefect(settings, exc)
+    _remember_block(settings, from_block)
+    return from_block or settings.resolved_database_url
+
+
+def block_cache_path(settings: Settings) -> Path:
+    return settings.data_dir / BLOCK_CACHE_FILE
+
+
+def _remember_block(settings: Settings, url: str | None) -> None:
+    """Written only on change, readable by this user only (it holds the password)."""
+    if not settings.db_block:
+        return
+    path = block_cache_path(settings)
+    record = {"block": settings.db_block, "url": url}
+    try:
+        if path.exists() and json.loads(path.read_text()) == record:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process
+        fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out)
+        os.replace(partial_path, path)
+    except (OSError, ValueError) as exc:  # a read-only data dir costs only the fallback
+        log.warning("could not keep the %s block's URL in %s: %r", settings.db_block, path, exc)
+
+
+def _without_prefect(settings: Settings, exc: BaseException) -> str:
+    api = prefect_api_url()
+    try:
+        record = json.loads(block_cache_path(settings).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("block") == settings.db_block:
+        cached = record.get("url")
+        log.warning(
+            "Prefect API at %s unreachable (%r); using the database the %r block named when "
+            "it was last read (%s)",
+            api,
+            exc,
+            settings.db_block,
+            "no such block: PARLEY_DATABASE_URL" if cached is None else "kept in PARLEY_DATA_DIR",
+        )
+        return str(cached) if cached else settings.resolved_database_url
+    if settings.database_url.get_secret_value():
+        log.warning(
+            "Prefect API at %s unreachable (%r); the %r block could not be checked: using "
+            "PARLEY_DATABASE_URL",
+            api,
+            exc,
+            settings.db_block,
+        )
+        return settings.resolved_database_url
+    raise DatabaseUrlUnknown(
+        f"Prefect API at {api} unreachable ({exc!r}) and PARLEY_DATABASE_URL is not set: the "
+        f"database URL can only come from the {settings.db_block!r} block"
+    )
+
+
+def prefect_api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value() or "(PREFECT_API_URL not set)")
 
 
 async def prefect_secret(name: str) -> str:

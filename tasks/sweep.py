@@ -43,6 +43,7 @@ from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
+from parley.state_machine import Status
 from tasks.prefect_api import deployment_id, prefect_api
 from tasks.runs import ResumeOutcome, create_run, resume_once, start_run
 from tasks.runtime import get_runtime
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 RepairKind = Literal["start", "resume", "wake", "look", "end", "recover"]
 START_GRACE = timedelta(seconds=2)  # the webhook starts new conversations itself, first
-MAX_RECOVERIES = 5  # infrastructure failures of one conversation's run before it is failed
+MAX_RECOVERIES = 5  # failures of its runs in a row (no step between) before it is failed
 BATCH = 200  # rows claimed per kind and tick; rows in backoff are skipped, never starving
 CONCURRENCY = 20
 REPAIR_BACKOFF_CAP = 300.0
@@ -210,6 +211,7 @@ async def _repair_one(rt: Runtime, settings: Settings, item: Repair) -> str:
         item.conversation_id,
         item.flow_run_id,
         claimed_as_lost=item.kind == "recover",
+        claimed_suspended=item.kind in ("resume", "wake", "look"),
     )
 
 
@@ -235,10 +237,13 @@ async def _recover(
     run_id: str,
     *,
     claimed_as_lost: bool = False,
+    claimed_suspended: bool = False,
 ) -> str:
     """What Prefect's state of the run says to do, for a conversation whose row is active.
     ``claimed_as_lost``: the row was claimed because its lease lapsed or nobody took the run
-    over, so a run Prefect calls pending or running is only rescheduled if that is still so."""
+    over, so a run Prefect calls pending or running is only rescheduled if that is still so.
+    ``claimed_suspended``: a resume, wake or look found the run not paused; one Prefect calls
+    pending or running is only rescheduled once the row has said suspended for a lease."""
     async with prefect_api() as client:
         try:
             run = await client.read_flow_run(UUID(run_id))
@@ -246,7 +251,10 @@ async def _recover(
             return await _rehome(rt, settings, conversation_id, "its flow run no longer exists")
         state = run.state.type if run.state else None
         action = _RECOVERIES.get(state, _leave_alone)
-        return await action(_Context(rt, settings, client, conversation_id, run, claimed_as_lost))
+        context = _Context(
+            rt, settings, client, conversation_id, run, claimed_as_lost, claimed_suspended
+        )
+        return await action(context)
 
 
 @dataclass(frozen=True)
@@ -257,6 +265,7 @@ class _Context:
     conversation_id: int
     run: FlowRun
     claimed_as_lost: bool = False
+    claimed_suspended: bool = False
 
 
 async def _reschedule(ctx: _Context) -> str:
@@ -266,15 +275,15 @@ async def _reschedule(ctx: _Context) -> str:
     A run Prefect calls pending or running may have been taken over since its row was claimed
     (on a loaded machine a worker can start a run seconds late): the row is read again under
     its lock, held until Prefect's state is set: the recovery acts on the row as it is now,
-    not as it was when claimed, and a takeover cannot slip in between the look and the act."""
+    not as it was when claimed, and a takeover cannot slip in between the look and the act.
+    Every repair kind is guarded so: none forces a live run back to Scheduled."""
     state = ctx.run.state
     assert state is not None
-    guarded = ctx.claimed_as_lost and state.type in (StateType.PENDING, StateType.RUNNING)
     message = f"Parley: {state.type.value.lower()} without a live process"
     async with ctx.rt.db.transaction() as session:
         row = await queries.lock_conversation(session, ctx.conversation_id)
-        if guarded and not queries.still_without_a_process(row, str(ctx.run.id), utcnow()):
-            return "moved on"
+        if (refused := _still_alive(ctx, row)) is not None:
+            return refused
         current = await ctx.client.read_flow_run(ctx.run.id)
         if current.state is None or current.state.id != state.id:
             return "moved on"
@@ -294,6 +303,23 @@ async def _reschedule(ctx: _Context) -> str:
         "conversation %s: run %s rescheduled (%s)", ctx.conversation_id, ctx.run.id, message
     )
     return "rescheduled"
+
+
+def _still_alive(ctx: _Context, row: Conversation) -> str | None:
+    """Why a run Prefect calls pending or running must be left alone, or None to go on."""
+    state = ctx.run.state
+    if state is None or state.type not in (StateType.PENDING, StateType.RUNNING):
+        return None  # failed, crashed: no process holds it
+    now, run_id = utcnow(), str(ctx.run.id)
+    if ctx.claimed_as_lost and not queries.still_without_a_process(row, run_id, now):
+        return "moved on"
+    if ctx.claimed_suspended:
+        lease = timedelta(seconds=ctx.settings.lease_seconds)
+        if row.flow_run_id != run_id or row.status is not Status.SUSPENDED:
+            return "moved on"
+        if not queries.had_its_chance_to_pause(row, run_id, now, lease):
+            return "waiting for its pause"
+    return None
 
 
 async def _cancel(ctx: _Context) -> str:

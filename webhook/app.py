@@ -2,10 +2,16 @@
 
 The lifespan builds what routes share once (settings, database, channels, the default campaign
 installed as a version); routes live in ``webhook.routes``, one module per provider.
+
+The webhook's whole point is to keep storing while Prefect is away, so it starts without it:
+nothing at startup needs Prefect except, possibly, the database URL (the ``parley-db`` block),
+and when that cannot be read yet the process stays up, answers 503 with Retry-After (providers
+deliver again) and keeps trying — it never exits for a process manager to restart in a loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -13,6 +19,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.campaign.registry import install_campaign
@@ -20,9 +27,10 @@ from parley.channels.catalog import build_channels
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.db import Database
-from parley.settings import get_settings
+from parley.settings import Settings, get_settings
 from tasks.prefect_api import close_prefect_api
-from tasks.runtime import resolve_database_url
+from tasks.runtime import DatabaseUrlUnknown, resolve_database_url
+from webhook.deps import StorageNotReady
 from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
 
 log = logging.getLogger("parley.webhook")
@@ -36,20 +44,64 @@ def _configure_logging() -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    _configure_logging()
-    settings = get_settings()
+STORAGE_RETRY_SECONDS = 5.0
+
+
+async def _open_storage(app: FastAPI, settings: Settings) -> None:
+    """The database and the default campaign; on ``app.state`` only once both are there."""
     # The same resolution as the worker's: the parley-db block first, then the settings.
     db = Database(
         await resolve_database_url(settings),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    async with db.transaction() as session:
-        version = await install_campaign(session, settings.default_campaign)
-    app.state.settings = settings
+    try:
+        async with db.transaction() as session:
+            version = await install_campaign(session, settings.default_campaign)
+    except BaseException:
+        await db.dispose()
+        raise
+    app.state.campaign_name = version.name
     app.state.db = db
+
+
+async def _keep_opening(app: FastAPI, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(STORAGE_RETRY_SECONDS)
+        try:
+            await _open_storage(app, settings)
+        except STORAGE_NOT_OPEN_YET as exc:
+            _storage_waits(exc)
+            continue
+        log.info("storage is open: %s", _printable(app.state.db.url))
+        return
+
+
+def _storage_waits(exc: BaseException) -> None:
+    log.warning(
+        "%s; answering 503 (Retry-After %d s) until it can; retrying in %.0f s",
+        exc if isinstance(exc, DatabaseUrlUnknown) else f"the database is unreachable ({exc!r})",
+        STORAGE_RETRY_AFTER_SECONDS,
+        STORAGE_RETRY_SECONDS,
+    )
+
+
+def _printable(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    _configure_logging()
+    settings = get_settings()
+    app.state.db = None
+    opening: asyncio.Task[None] | None = None
+    try:
+        await _open_storage(app, settings)
+    except STORAGE_NOT_OPEN_YET as exc:
+        _storage_waits(exc)
+        opening = asyncio.create_task(_keep_opening(app, settings))
+    app.state.settings = settings
     app.state.channels = build_channels(settings)
     # The outreach channels' inbound halves: the webhook only verifies and parses with them.
     app.state.linkedin = LinkedInChannel(
@@ -58,15 +110,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.email = EmailChannel(
         EmailConfig(webhook_secret=settings.email_webhook_secret.get_secret_value())
     )
-    app.state.campaign_name = version.name
     try:
         yield
     finally:
+        if opening is not None:
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
         for channel in app.state.channels.values():
             await channel.aclose()
         await app.state.linkedin.aclose()
         await app.state.email.aclose()
-        await db.dispose()
+        if app.state.db is not None:
+            await app.state.db.dispose()
         await close_prefect_api()
 
 
@@ -132,15 +188,18 @@ def create_app() -> FastAPI:
     application.include_router(identities.router)
 
     @application.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> dict[str, str]:
+        """Liveness: the process is up (a restart would not help a storage that is not open
+        yet; ``storage`` says whether requests are stored or answered 503)."""
+        ready = getattr(request.app.state, "db", None) is not None
+        return {"status": "ok", "storage": "open" if ready else "waiting"}
 
     @application.exception_handler(_BodyTooLarge)
     async def _chunked_too_large(_request: Request, _exc: _BodyTooLarge) -> JSONResponse:
         limit = get_settings().webhook_max_body_bytes
         return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
 
-    for unavailable in STORAGE_UNAVAILABLE:
+    for unavailable in (*STORAGE_UNAVAILABLE, StorageNotReady):
         application.add_exception_handler(unavailable, _storage_unavailable)
     application.add_middleware(BodySizeLimit, limit=get_settings().webhook_max_body_bytes)
     return application
@@ -153,6 +212,7 @@ STORAGE_UNAVAILABLE: tuple[type[Exception], ...] = (
     ConnectionError,  # asyncpg could not connect at all
 )
 STORAGE_RETRY_AFTER_SECONDS = 5
+STORAGE_NOT_OPEN_YET: tuple[type[Exception], ...] = (DatabaseUrlUnknown, *STORAGE_UNAVAILABLE)
 
 
 async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:

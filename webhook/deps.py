@@ -38,11 +38,19 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+class StorageNotReady(Exception):
+    """The database is not open yet (its URL or the database itself could not be reached
+    since the process started): the app answers 503 with Retry-After."""
+
+
 def _db(request: Request) -> Database:
-    return request.app.state.db  # type: ignore[no-any-return]
+    db = getattr(request.app.state, "db", None)
+    if db is None:
+        raise StorageNotReady("the database is not open yet")
+    return db  # type: ignore[no-any-return]
 
 
-def _campaign_name(request: Request) -> str:
+def _campaign_name(request: Request, db: Annotated[Database, Depends(_db)]) -> str:
     return request.app.state.campaign_name  # type: ignore[no-any-return]
 
 

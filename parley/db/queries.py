@@ -650,6 +650,21 @@ def still_without_a_process(row: Conversation, flow_run_id: str, now: datetime) 
     return row.status in LIVE and (row.lease_until is None or row.lease_until < now)
 
 
+def had_its_chance_to_pause(
+    row: Conversation, flow_run_id: str, now: datetime, lease: timedelta
+) -> bool:
+    """The row, read again under its lock before a resume, wake or look repair reschedules a
+    run Prefect still calls pending or running: still this run's, still suspended, and marked
+    so a lease ago. Sooner, the run is alive between marking itself suspended and pausing;
+    rescheduling it would make its suspend fail (the guard ``owed_a_resume`` has at claim
+    time, here for every kind, and against a run that suspended again since the claim)."""
+    return (
+        row.flow_run_id == flow_run_id
+        and row.status is Status.SUSPENDED
+        and row.updated_at < now - lease
+    )
+
+
 async def claim_for_repair(
     session: AsyncSession, condition: Any, now: datetime, limit: int
 ) -> list[Conversation]:

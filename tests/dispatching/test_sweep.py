@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,19 +19,22 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 
 from flows.conversation import conversation
-from parley import inbox
+from parley import executor, inbox, lifecycle
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import DeliveryStatus, OutboundMessage
+from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.db import Database, queries
 from parley.db.models import utcnow
 from parley.outbox import record_intent
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.state_machine import Status
+from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks import sweep
 from tasks.resume_input import ResumeInput
+from tasks.runs import carry_out, start_run
 from tasks.sweep import Repair, claim_work, repair
-from tests.storage.conftest import make_batch
+from tests.storage.conftest import PHONE_ID, make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -355,3 +358,145 @@ async def test_150_conversations_that_can_never_be_resumed_do_not_delay_a_health
     outcomes = await repair(world.rt, world.settings, work)
     assert outcomes.get("resumed") == 1
     assert await _state(run_id) == StateType.SCHEDULED
+
+
+# --- repairs never fight a live run -----------------------------------------------------------
+
+
+async def _marked_suspended_just_now(world: World, cid: int, kind: str) -> None:
+    """The run committed "suspended" a moment ago and is about to pause: Prefect still has it
+    Running. What each kind of repair finds owed then: a due timer, an operator's change."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": Status.SUSPENDED, "updated_at": now, "lease_until": None}
+    if kind == "wake":
+        values |= {"waiting_for": "timer", "wake_at": now - timedelta(seconds=1)}
+    else:
+        values |= {"waiting_for": "operator", "wake_requested_at": now}
+    await _set_row(world, cid, **values)
+
+
+@pytest.mark.parametrize("kind", ["wake", "look"])
+async def test_a_wake_or_look_repair_leaves_a_run_about_to_pause_alone(
+    world: World, kind: str
+) -> None:
+    """A timer came due, or an operator signalled, while the run sat between marking itself
+    suspended and pausing. The repair's resume finds it not paused; rescheduling it then would
+    make its suspend fail. It waits for the pause instead, and the run stays Running."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _marked_suspended_just_now(world, cid, kind)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
+    assert work.repairs == (Repair(kind, cid, run_id),)  # type: ignore[arg-type]
+    assert await repair(world.rt, world.settings, work) == {"waiting for its pause": 1}
+    assert await _state(run_id) == StateType.RUNNING
+    assert (await _row(world, cid)).recoveries == 0
+
+
+async def test_a_resume_repair_leaves_a_run_that_suspended_again_since_the_claim_alone(
+    world: World,
+) -> None:
+    """Claimed as owed a resume (suspended a lease ago, a message waiting); before the repair
+    acts, the run was resumed by the webhook, ran, and marked itself suspended again: alive,
+    about to pause. The repair acts on the row as it is now."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    await _suspended_with_unread(world, cid)
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
+    assert work.repairs == (Repair("resume", cid, run_id),)
+    await _set_row(world, cid, updated_at=utcnow())  # suspended again, just now
+    assert await repair(world.rt, world.settings, work) == {"waiting for its pause": 1}
+    assert await _state(run_id) == StateType.RUNNING
+
+
+@pytest.mark.parametrize("kind", ["resume", "wake", "look"])
+async def test_a_run_that_never_paused_in_a_lease_is_rescheduled_by_any_repair(
+    world: World, kind: str
+) -> None:
+    """The guard's other side: suspended for longer than a lease while Prefect still says
+    Running, its process is gone; each kind of repair gives it back to a worker."""
+    cid = await _conversation(world)
+    run_id = await _run(world, cid, Running())
+    if kind == "resume":
+        await _suspended_with_unread(world, cid)
+    else:
+        await _marked_suspended_just_now(world, cid, kind)
+        await _set_row(world, cid, updated_at=utcnow() - timedelta(seconds=10))
+    work = await claim_work(world.rt, world.settings, trust_leases=True)
+    assert work.repairs == (Repair(kind, cid, run_id),)  # type: ignore[arg-type]
+    assert await repair(world.rt, world.settings, work) == {"rescheduled": 1}
+    assert await _state(run_id) == StateType.SCHEDULED
+
+
+# --- recoveries count failures in a row ---------------------------------------------------------
+
+
+async def _fail_and_repair(world: World, cid: int, run_id: str) -> dict[str, int]:
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(run_id), Failed(message="worker killed"), force=True)
+    found = await sweep.failed_runs_of_active_conversations(
+        world.db, world.settings, utcnow() - timedelta(minutes=1)
+    )
+    assert found == (Repair("recover", cid, run_id),)
+    return await repair(world.rt, world.settings, sweep.SweepWork(found))
+
+
+async def test_worker_kills_weeks_apart_do_not_fail_a_conversation_that_steps_between_them(
+    world: World,
+) -> None:
+    """Five kills in a row with no step between fail it (the run cannot get anywhere); five
+    unrelated kills over its life do not: a step resets the count."""
+    fake = FakeWhatsAppAPI(access_token="t", phone_number_id=PHONE_ID)
+    fake.start()
+    channel = WhatsAppChannel(
+        WhatsAppConfig(fake.api_url, "t", PHONE_ID, "app-secret", "verify", timeout_seconds=2)
+    )
+    stepping = replace(world.rt, channels={"whatsapp": channel})
+    try:
+        cid = await _conversation(world)
+        run_id = await _run(world, cid, Running())
+        for _ in range(sweep.MAX_RECOVERIES):
+            assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
+        assert (await _row(world, cid)).recoveries == sweep.MAX_RECOVERIES
+        await executor.begin_run(stepping, cid, run_id)  # the rescheduled run takes over
+        cursor = await executor.run_step(stepping, cid, 0)  # and makes a step: progress
+        assert cursor.step == 1 and (await _row(world, cid)).recoveries == 0
+        assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
+        row = await _row(world, cid)
+        assert row.status != Status.FAILED and row.recoveries == 1
+        for _ in range(sweep.MAX_RECOVERIES - 1):  # in a row again, with no step between
+            assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
+        assert await _fail_and_repair(world, cid, run_id) == {"failed": 1}
+        assert (await _row(world, cid)).status == Status.FAILED
+    finally:
+        await channel.aclose()
+        fake.stop()
+
+
+# --- a retry runs a run of its own --------------------------------------------------------------
+
+
+async def test_a_retried_conversation_gets_a_new_run_not_its_failed_one_back(
+    world: World,
+) -> None:
+    """The failed run's idempotency key must not be reused: Prefect would answer with the old
+    FAILED run, the API would say the run was reached, and nothing would run for a lease. A
+    second retry gets a third run; two starters racing over one retry agree on one run."""
+    cid = await _conversation(world)
+    first = await start_run(world.db, world.settings, cid)
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(first), Failed(message="node failed"), force=True)
+    await executor.mark_failed(world.rt, cid, "the CRM refused")
+    runs = [first]
+    for _ in range(2):
+        change = await lifecycle.retry(world.db, cid)
+        assert change.run == "start"
+        assert await carry_out(world.db, world.settings, change)
+        again = await start_run(world.db, world.settings, cid)  # the dispatcher, racing
+        row = await _row(world, cid)
+        assert row.flow_run_id == again and row.flow_run_id not in runs
+        assert await _state(again) == StateType.SCHEDULED  # a worker will take it now
+        runs.append(again)
+        async with get_client() as client:
+            await client.set_flow_run_state(UUID(again), Failed(message="again"), force=True)
+        await executor.mark_failed(world.rt, cid, "failed again")
+    assert len(set(runs)) == 3

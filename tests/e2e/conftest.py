@@ -12,7 +12,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ def stack_factory(
         prefect_api_url: str | None = None,
         worker_env: dict[str, str] | None = None,
         worker_database_port: int | None = None,
+        worker_started: Callable[[E2EStack], None] | None = None,
     ) -> E2EStack:
         name = f"e2e-{uuid.uuid4().hex[:6]}"
         directory = tmp_path_factory.mktemp(name)
@@ -170,6 +171,8 @@ def stack_factory(
         handle = E2EStack(name, db_url, env, fake, crm, stack, webhook_port, worker_env=worker_env)
         stacks.append(handle)
         handle.start_worker()
+        if worker_started is not None:  # e.g. its Prefect is down: see it wait, then open it
+            worker_started(handle)
         stack.wait_for_deployment(env["PARLEY_CONVERSATION_DEPLOYMENT"])
         webhook_env = {"PREFECT_API_URL": prefect_api_url} if prefect_api_url else None
         stack.start_webhook("127.0.0.1", webhook_port, webhook_env)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pytest
@@ -40,6 +41,7 @@ from parley.local.processes import Process, Stack, free_port
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.e2e.conftest import API_KEY, APP_SECRET, ONBOARDING, PHONE_NUMBER_ID, ROOT, E2EStack
+from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 HOT_WAIT = 6.0  # long enough to cancel a run while it is hot, short enough to see it suspend
@@ -289,6 +291,37 @@ async def test_sigterm_suspends_hot_conversations_and_a_new_worker_resumes_them(
     assert await user.say("Tam", timeout=90) == [EMAIL_PROMPT.format(name="Tam")]
     assert await _started_again_after_suspending(detail["flow_run_id"])
     _ran_here(await _read_run(detail["flow_run_id"]), stack)
+
+
+async def test_a_parley_worker_started_while_prefect_is_down_waits_then_comes_online(
+    worker_type_stack: WorkerTypeStack, prefect_server: str
+) -> None:
+    """Prefect's own worker gives up after a few minutes of an unreachable API, and a process
+    manager would restart it in a loop: ours waits, saying so, and comes online once Prefect
+    answers (its API here is a proxy in front of the session's server, closed at first)."""
+    stack = worker_type_stack
+    target = urlsplit(prefect_server).port
+    assert target is not None
+    proxy = TcpProxy(target, free_port())
+    api_url = f"http://127.0.0.1:{proxy.listen_port}/api"
+    try:
+        stack.e2e.stack.terminate("worker", grace=60)
+        worker = stack.start_worker(extra_env={"PREFECT_API_URL": api_url})
+
+        async def said_it_retries() -> bool:
+            log = worker.log_path.read_text(errors="replace")
+            return f"Prefect API at {api_url} unreachable" in log and "retrying in 5 s" in log
+
+        await _until(said_it_retries, 90, "the worker never said it waits for Prefect", worker)
+        assert worker.alive()
+        proxy.up()
+        await stack.wait_for_worker_online()
+        user = stack.e2e.user("Uma")
+        assert await user.say("Hi", timeout=90) == [GREETING]
+    finally:
+        stack.e2e.stack.terminate("worker", grace=60)
+        proxy.close()
+        stack.start_worker()
 
 
 def test_the_worker_type_is_found_through_prefects_entry_point() -> None:
