@@ -49,6 +49,7 @@ from parley.limits import (
     Wait,
     counts,
     decide,
+    history_needed,
 )
 from parley.working_hours import (
     DAY_KEYS,
@@ -62,8 +63,6 @@ CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
 READY: Final = "ready"
 MASK: Final = "•••"
-HISTORY: Final = timedelta(days=8)
-"""How far back ``explain`` reads sent actions: this ISO week and a rolling window of a week."""
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
 _RECONNECT_HELP = "email (a mailbox's queue), linkedin (its session) or credits (InMails)"
@@ -308,13 +307,21 @@ async def update_identity(
     policy: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     clear_flag: bool = False,
+    clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Change what is given and keep the rest. ``name=""`` clears the name; ``policy``
     replaces the whole policy; ``settings`` are merged key by key (a ``None`` value removes a
     key), so a password need not be typed again to change a port. A new timezone re-checks the
-    stored policy on the new clock."""
+    stored policy on the new clock.
+
+    A changed policy or timezone takes effect now, not when the old one's waits run out: the
+    actions the dispatcher put off under the old one are due again, in the same transaction,
+    and the dispatcher is told, so it decides each under the new one at once (a wider window
+    sends them, a narrower one puts them off further). ``clock`` is the one the dispatcher
+    decides on (a driven clock in rehearsals); the system clock otherwise."""
     async with db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
+        before = (identity.policy, identity.timezone)
         zone = _resolve_timezone(timezone, policy, identity.timezone)
         if policy is not None or zone != identity.timezone:
             identity.policy = _checked_policy(
@@ -329,6 +336,10 @@ async def update_identity(
         if clear_flag:
             identity.flagged = None
         await session.flush()
+        if (identity.policy, identity.timezone) != before:
+            now = (clock or SystemClock()).now()
+            if await queries.redecide_put_off(session, identity.id, now):
+                await queries.notify_action_ready(session, identity.id)
         queued = await queries.queued_action_counts(session, identity.id)
         return _summary(identity, _counts_of(queued, identity.id))
 
@@ -451,8 +462,7 @@ async def explain(
 
 
 def _lookback(limits: LimitPolicy) -> timedelta:
-    rolling = [cap.per for kind in ACTION_TYPES for cap in limits.limits_for(kind).rolling]
-    return max([HISTORY, *rolling])
+    return max(history_needed(limits, kind) for kind in ACTION_TYPES)
 
 
 def _hours_view(hours: WorkingHours, now: datetime) -> dict[str, Any]:

@@ -88,7 +88,11 @@ async def show_identity(identity_id: int, db: DbDep, settings: SettingsDep) -> d
 
 
 @router.patch("/identities/{identity_id}")
-async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> dict[str, Any]:
+async def update_identity(
+    identity_id: int, body: IdentityPatch, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """A new policy or timezone takes effect now: the actions put off under the old one are
+    decided again on the dispatcher's clock."""
     return await refusing(
         identities.update_identity(
             db,
@@ -98,6 +102,7 @@ async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> d
             policy=body.policy,
             settings=body.settings,
             clear_flag=body.clear_flag,
+            clock=clock_from(settings.clock_file),
         )
     )
 
