@@ -211,8 +211,9 @@ def identity_update(
     as_json: AsJson = False,
 ) -> None:
     """Change an identity: a policy replaces the old one, and the actions put off under it are
-    decided again at once; settings are merged key by key (null removes a key); an empty --name
-    clears it."""
+    decided again at once; settings are merged key by key (null removes a key), and changing
+    where a secret is sent (gateway_url, smtp_host, ...) needs the secret again; an empty
+    --name clears it."""
     policy_doc = _document(policy, policy_json, "policy")
     settings_doc = _document(settings, settings_json, "settings")
     clock = clock_from(get_settings().clock_file)

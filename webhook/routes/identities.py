@@ -41,7 +41,9 @@ class IdentityPatch(BaseModel):
     timezone: str | None = None
     policy: dict[str, Any] | None = Field(default=None, description="replaces the policy")
     settings: dict[str, Any] | None = Field(
-        default=None, description="merged key by key; a null value removes the key"
+        default=None,
+        description="merged key by key; a null value removes the key; changing where a secret "
+        "is sent (gateway_url, smtp_host, ...) needs the secret again",
     )
     clear_flag: bool = False
 
