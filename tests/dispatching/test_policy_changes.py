@@ -22,6 +22,7 @@ from parley.cli import app
 from parley.clock import DrivenClock
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
+from parley.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
@@ -84,11 +85,24 @@ async def _sends_ago(db: Database, rt: Runtime, identity_id: int, *days: int) ->
             )
 
 
-THIRTY_DAYS_TWO = {
-    "actions": {
-        "linkedin_profile_visit": {"rolling": [{"count": 2, "per": "30d"}], "spacing": "0s"},
-    }
-}
+THIRTY = [{"count": 2, "per": "30d"}]
+THIRTY_DAYS_TWO = {"actions": {"linkedin_profile_visit": {"rolling": THIRTY, "spacing": "0s"}}}
+
+
+def test_the_history_a_decision_needs_reaches_its_types_longest_window() -> None:
+    policy = LimitPolicy.from_config(
+        {
+            "actions": {
+                "linkedin_profile_visit": {"rolling": [{"count": 5, "per": "1h"}, *THIRTY]},
+                "linkedin_message": {"spacing": "9d", "jitter": "1d"},
+            }
+        }
+    )
+    assert history_needed(policy, "linkedin_profile_visit") == timedelta(days=30)
+    assert history_needed(policy, "linkedin_message") == timedelta(days=10)
+    assert history_needed(policy, "email") == WEEK_OF_HISTORY  # this week, on any clock
+    with pytest.raises(ValueError, match="unknown action type"):
+        history_needed(policy, "fax")  # type: ignore[arg-type]
 
 
 async def test_rolling_cap_of_30_days_counts_sends_9_days_ago(
