@@ -3,8 +3,8 @@
 An operator's policy or timezone change re-decides exactly these at once; a retry's backoff
 or a provider's Retry-After (not_before set by an error's recovery) is left as it is.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0004 on this branch; main's 0005 (action_step) once merged
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0004"  # "0005" after the merge with main's 0005_action_step
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
