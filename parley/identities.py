@@ -56,6 +56,7 @@ from parley.limits import (
     Wait,
     counts,
     decide,
+    history_needed,
 )
 from parley.working_hours import (
     DAY_KEYS,
@@ -69,8 +70,6 @@ CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
 READY: Final = "ready"
 MASK: Final = "•••"
-HISTORY: Final = timedelta(days=8)
-"""How far back ``explain`` reads sent actions: this ISO week and a rolling window of a week."""
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
 _RECONNECT_HELP = (
@@ -78,6 +77,12 @@ _RECONNECT_HELP = (
     "parked queue's exact name (email-{mailbox})"
 )
 _QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", actions.CREDITS})
+_DESTINATION = re.compile(
+    r"(?:^|_)(?:url|uri|endpoint|host|hostname|server|port|tls|starttls|ssl)(?:$|_)",
+    re.IGNORECASE,
+)
+"""Settings that say where (and how safely) the identity's secrets are sent: ``gateway_url``,
+``smtp_host``, ``smtp_port``, ``use_tls``, ``starttls`` and their kind (not ``support_email``)."""
 
 
 # --- the policy --------------------------------------------------------------------------------
@@ -314,6 +319,47 @@ def _json_object(value: Mapping[str, Any], what: str) -> dict[str, Any]:
     return cast(dict[str, Any], stored)
 
 
+def _secrets_follow(
+    stored: Mapping[str, Any],
+    changed: Mapping[str, Any],
+    given: Mapping[str, Any],
+    where: str = "settings",
+) -> None:
+    """Refuse a change of where a stored secret is sent (a gateway URL, an SMTP host, port or
+    TLS setting) unless the secret is given again (or removed) in the same change: whoever
+    sees only ``•••`` must not be able to point the stored API key or password at a server of
+    their own and receive it with the next action. A masked value is never a secret given."""
+    for key, value in given.items():
+        if _SECRET.search(str(key)) and value == MASK:
+            raise InvalidInput(f"{where}.{key}: {MASK} is the masked value; give the secret")
+    for key, value in changed.items():
+        old, new = stored.get(key), given.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            _secrets_follow(old, value, new if isinstance(new, Mapping) else {}, f"{where}.{key}")
+    moved = sorted(
+        str(key)
+        for key in {*stored, *changed}
+        if _DESTINATION.search(str(key))
+        and not _SECRET.search(str(key))
+        and stored.get(key) != changed.get(key)
+    )
+    kept = sorted(
+        str(key)
+        for key, value in changed.items()
+        if _SECRET.search(str(key))
+        and not isinstance(value, Mapping)
+        and value not in (None, "")
+        and key not in given
+    )
+    if moved and kept:
+        secrets, fields = " and ".join(kept), ", ".join(f"{where}.{key}" for key in moved)
+        raise InvalidInput(
+            f"{fields}: changing where the stored {secrets} is sent needs {secrets} again: "
+            f"give {', '.join(f'{where}.{key}' for key in kept)} in the same change "
+            "(or null to remove it)"
+        )
+
+
 def _policy_timezone(policy: Mapping[str, Any] | None) -> str | None:
     hours = (policy or {}).get("working_hours") if isinstance(policy, Mapping) else None
     zone = hours.get("timezone") if isinstance(hours, Mapping) else None
@@ -401,13 +447,22 @@ async def update_identity(
     policy: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     clear_flag: bool = False,
+    clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Change what is given and keep the rest. ``name=""`` clears the name; ``policy``
     replaces the whole policy; ``settings`` are merged key by key (a ``None`` value removes a
-    key), so a password need not be typed again to change a port. A new timezone re-checks the
-    stored policy on the new clock."""
+    key), so a password need not be typed again to change a username — but it must be to
+    change where it is sent (``_secrets_follow``). A new timezone re-checks the stored policy
+    on the new clock.
+
+    A changed policy or timezone takes effect now, not when the old one's waits run out: the
+    actions the dispatcher put off under the old one are due again, in the same transaction,
+    and the dispatcher is told, so it decides each under the new one at once (a wider window
+    sends them, a narrower one puts them off further). ``clock`` is the one the dispatcher
+    decides on (a driven clock in rehearsals); the system clock otherwise."""
     async with db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
+        before = (identity.policy, identity.timezone)
         zone = _resolve_timezone(timezone, policy, identity.timezone)
         if policy is not None or zone != identity.timezone:
             identity.policy = _checked_policy(
@@ -417,8 +472,10 @@ async def update_identity(
         if name is not None:
             identity.name = _name(name)
         if settings is not None:
-            merged = {**identity.settings, **_json_object(settings, "settings")}
+            given = _json_object(settings, "settings")
+            merged = {**identity.settings, **given}
             merged = {key: value for key, value in merged.items() if value is not None}
+            _secrets_follow(identity.settings, merged, given)
             await _check_whatsapp_number(
                 session, identity.id, identity.channel, identity.address, merged
             )
@@ -426,6 +483,10 @@ async def update_identity(
         if clear_flag:
             identity.flagged = None
         await session.flush()
+        if (identity.policy, identity.timezone) != before:
+            now = (clock or SystemClock()).now()
+            if await queries.redecide_put_off(session, identity.id, now):
+                await queries.notify_action_ready(session, identity.id)
         queued = await queries.queued_action_counts(session, identity.id)
         return _summary(identity, _counts_of(queued, identity.id))
 
@@ -574,8 +635,7 @@ async def explain(
 
 
 def _lookback(limits: LimitPolicy) -> timedelta:
-    rolling = [cap.per for kind in ACTION_TYPES for cap in limits.limits_for(kind).rolling]
-    return max([HISTORY, *rolling])
+    return max(history_needed(limits, kind) for kind in ACTION_TYPES)
 
 
 def _hours_view(hours: WorkingHours, now: datetime) -> dict[str, Any]:

@@ -171,6 +171,20 @@ class LimitPolicy(_Strict):
 
 DEFAULT_POLICY: Final = LimitPolicy()
 
+WEEK_OF_HISTORY: Final = timedelta(days=8)
+"""This ISO week on any identity's clock: at most seven days back, plus the widest UTC offset."""
+
+
+def history_needed(policy: LimitPolicy, action_type: ActionType) -> timedelta:
+    """How far back ``decide`` must see ``action_type``'s performed actions: this ISO week
+    (weekly caps), its longest rolling window, or its spacing, whichever reaches furthest. A
+    shorter history would let ``{count: 2, per: 30d}`` proceed over two sends of nine days
+    ago; a longer one only costs rows, on the dispatcher's path for every action."""
+    if action_type not in ACTION_TYPES:  # as ``decide`` says it
+        raise ValueError(f"unknown action type {action_type!r}; known: {', '.join(ACTION_TYPES)}")
+    limits = policy.limits_for(action_type)
+    return max([WEEK_OF_HISTORY, limits.spacing + limits.jitter, *(c.per for c in limits.rolling)])
+
 
 # --- state and decisions -------------------------------------------------------------------------
 

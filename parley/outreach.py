@@ -7,7 +7,8 @@ order:
 1. **claim** the identity's next due action (``SKIP LOCKED``: two dispatchers never take it);
 2. **decide** ``PROCEED`` or ``WAIT(reason, until)``: working hours, then daily, weekly and
    rolling caps, spacing with jitter, provider blocks (``parley.limits.decide`` over what the
-   identity actually sent); a wait puts the action back with ``not_before = until``;
+   identity actually sent); a wait puts the action back with ``not_before = until``, marked
+   ``put_off`` so that an operator's policy change decides it again at once;
 3. the **freshness check**, under the conversation's row lock (the one the webhook stores
    messages under): the conversation is still active and still waits for this action (the
    step that queued it, ``_awaits``), the contact wrote nothing since it was queued and the
@@ -63,7 +64,14 @@ from parley.errors import (
     Undeliverable,
 )
 from parley.executor import end
-from parley.limits import CHANNEL_OF, Performed, Proceed, decide, learn_retry_after
+from parley.limits import (
+    CHANNEL_OF,
+    Performed,
+    Proceed,
+    decide,
+    history_needed,
+    learn_retry_after,
+)
 from parley.runtime import Runtime
 from parley.state_machine import (
     ACTION_FAILED,
@@ -79,7 +87,6 @@ log = logging.getLogger(__name__)
 Done = Literal["idle", "waiting", "sent", "skipped", "failed", "parked", "retrying"]
 MAX_ATTEMPTS = 4
 RETRY_BACKOFF = timedelta(seconds=30)
-HISTORY = timedelta(days=8)  # enough for weekly caps and rolling windows
 RATE_LIMITED_FALLBACK = timedelta(hours=4)
 PAIR_RATE_LIMITED_FALLBACK = timedelta(minutes=1)
 """WhatsApp paces one business-user pair at about a message every 6 s: a minute is ample."""
@@ -216,9 +223,11 @@ async def _claim(
 async def _decision(
     session: Any, identity: Identity, action_type: str, now: datetime, rng: random.Random
 ) -> Any:
+    """Only this type's sends count for it, as far back as its caps reach (``history_needed``)."""
     policy = identities.policy_of(identity)
-    sent = await queries.sent_history(session, identity.id, now - HISTORY)
-    history = [Performed(kind, at) for kind, at in sent]  # type: ignore[arg-type]
+    since = now - history_needed(policy.limits, action_type)  # type: ignore[arg-type]
+    sent = await queries.sent_history_of_type(session, identity.id, action_type, since)
+    history = [Performed(action_type, at) for at in sent]  # type: ignore[arg-type]
     return decide(
         policy.limits,
         policy.working_hours,

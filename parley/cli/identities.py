@@ -216,10 +216,13 @@ def identity_update(
     ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Change an identity: a policy replaces the old one; settings are merged key by key (null
-    removes a key); an empty --name clears it."""
+    """Change an identity: a policy replaces the old one, and the actions put off under it are
+    decided again at once; settings are merged key by key (null removes a key), and changing
+    where a secret is sent (gateway_url, smtp_host, ...) needs the secret again; an empty
+    --name clears it."""
     policy_doc = _document(policy, policy_json, "policy")
     settings_doc = _document(settings, settings_json, "settings")
+    clock = clock_from(get_settings().clock_file)
     updated: dict[str, Any] = run_with_db(
         lambda db: identities.update_identity(
             db,
@@ -229,6 +232,7 @@ def identity_update(
             policy=policy_doc,
             settings=settings_doc,
             clear_flag=clear_flag,
+            clock=clock,
         )
     )
     if as_json:

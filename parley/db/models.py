@@ -318,6 +318,9 @@ class Action(Base):
     # "ready", or parked: "linkedin" (session expired), "email-{address}", "credits".
     queue: Mapped[str] = mapped_column(String(300), default="ready", server_default="ready")
     not_before: Mapped[datetime]
+    # not_before is the dispatcher's decision (hours, caps, spacing), not an error's backoff:
+    # an operator's policy change re-decides it at once (parley.identities.update_identity).
+    put_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # queued -> running -> done; the outcome says how it ended: sent, skipped, failed.
     status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")

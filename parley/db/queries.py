@@ -820,6 +820,7 @@ def _claim_next_statement(dialect: str) -> Any:
             status="running",
             claimed_at=_bound("claim_at", "claimed_at"),
             attempts=_actions.c.attempts + 1,
+            put_off=False,
         )
         .returning(*_CLAIMED_COLUMNS, more)
     )
@@ -835,6 +836,7 @@ _UNCLAIM = (
     .values(
         status="queued",
         not_before=_bound("until", "not_before"),
+        put_off=True,
         reason=_bound("why", "reason"),
         attempts=_actions.c.attempts - 1,
         updated_at=_bound("at", "updated_at"),
@@ -868,7 +870,7 @@ async def unclaim_action(
     session: AsyncSession, action_id: int, not_before: datetime, reason: str
 ) -> None:
     """A claimed action that may not go yet: queued again until ``not_before``, the attempt
-    not counted."""
+    not counted, marked ``put_off`` so a policy change re-decides it (``redecide_put_off``)."""
     params = {"which": action_id, "until": not_before, "why": reason, "at": utcnow()}
     await session.execute(_UNCLAIM, params)
 
@@ -1316,6 +1318,53 @@ _SENT_HISTORY = (
     .where(_actions.c.performed_at >= _bound("since", "performed_at"))
     .order_by(_actions.c.performed_at)
 )
+
+
+async def sent_history_of_type(
+    session: AsyncSession, identity_id: int, action_type: str, since: datetime
+) -> list[datetime]:
+    """When the identity performed ``action_type`` from ``since`` on: what one decision counts
+    (``ix_actions_history`` serves it), however far back the policy's caps reach."""
+    params = {"identity_id": identity_id, "kind": action_type, "since": since}
+    rows = await session.execute(_SENT_HISTORY_OF_TYPE, params)
+    return [at for (at,) in rows.all() if at is not None]
+
+
+_SENT_HISTORY_OF_TYPE = (
+    select(_actions.c.performed_at)
+    .where(_actions.c.identity_id == bindparam("identity_id"))
+    .where(_actions.c.type == bindparam("kind"), _actions.c.outcome == "sent")
+    .where(_actions.c.performed_at >= _bound("since", "performed_at"))
+    .order_by(_actions.c.performed_at)
+)
+
+
+async def redecide_put_off(session: AsyncSession, identity_id: int, now: datetime) -> int:
+    """The identity's ready actions the dispatcher put off until later become due again, at
+    the head of its queue in their order (their ``not_before`` becomes the queue's earliest,
+    so the tie goes by id), for the dispatcher to decide under a new policy: each goes now or
+    is put off again. An error's wait (a retry's backoff, ``put_off`` false) keeps its time,
+    and a provider's block lives on the identity (``blocked_until``), which the decision
+    reads. Returns how many became due."""
+    ready = (
+        (Action.identity_id == identity_id)
+        & (Action.status == "queued")
+        & (Action.queue == "ready")
+    )
+    earliest = await session.scalar(select(func.min(Action.not_before)).where(ready))
+    if earliest is None:
+        return 0
+    stmt = (
+        update(Action)
+        .where(ready, Action.put_off.is_(True), Action.not_before > now)
+        .values(
+            not_before=min(earliest, now),
+            put_off=False,
+            reason="to be decided again: the identity's policy changed",
+            updated_at=utcnow(),
+        )
+    )
+    return _rowcount(await session.execute(stmt))
 
 
 async def unpark_queue(session: AsyncSession, identity_id: int, queue: str, now: datetime) -> int:

@@ -248,8 +248,8 @@ async def test_update_changes_only_what_is_given(db: Database) -> None:
         db,
         added["id"],
         timezone="Asia/Tokyo",
-        settings={"smtp_host": "b.example.com", "username": None},
-    )
+        settings={"smtp_host": "b.example.com", "password": "pw-b", "username": None},
+    )  # a new host needs its password again (test_identity_secrets.py)
     assert updated["timezone"] == "Asia/Tokyo"
     assert updated["name"] == "Bo"
     assert updated["policy"] == OFFICE_TO_FIVE

@@ -41,7 +41,9 @@ class IdentityPatch(BaseModel):
     timezone: str | None = None
     policy: dict[str, Any] | None = Field(default=None, description="replaces the policy")
     settings: dict[str, Any] | None = Field(
-        default=None, description="merged key by key; a null value removes the key"
+        default=None,
+        description="merged key by key; a null value removes the key; changing where a secret "
+        "is sent (gateway_url, smtp_host, ...) needs the secret again",
     )
     clear_flag: bool = False
 
@@ -91,7 +93,11 @@ async def show_identity(identity_id: int, db: DbDep, settings: SettingsDep) -> d
 
 
 @router.patch("/identities/{identity_id}")
-async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> dict[str, Any]:
+async def update_identity(
+    identity_id: int, body: IdentityPatch, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """A new policy or timezone takes effect now: the actions put off under the old one are
+    decided again on the dispatcher's clock."""
     return await refusing(
         identities.update_identity(
             db,
@@ -101,6 +107,7 @@ async def update_identity(identity_id: int, body: IdentityPatch, db: DbDep) -> d
             policy=body.policy,
             settings=body.settings,
             clear_flag=body.clear_flag,
+            clock=clock_from(settings.clock_file),
         )
     )
 
