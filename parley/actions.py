@@ -12,6 +12,9 @@ dispatcher performs a ready action now rather than at its next tick (``parley.ac
 Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the session expired),
 ``email-{mailbox}`` (a disconnected mailbox), ``credits`` (InMail credits ran out). Parked
 actions keep their place (``not_before``, id) and go back in that order on reconnect.
+``paused`` holds the actions the dispatcher found due while their conversation (or its
+campaign) was paused: not skipped — the conversation still waits for them — and back in
+``ready`` (or the channel's parked queue) when the conversation is released.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from parley.db import queries
 from parley.db.models import Action, Contact, Conversation, Identity, utcnow
 from parley.errors import ChannelError, CreditsExhausted
 from parley.limits import CHANNEL_OF, ActionType
-from parley.state_machine import ActionIntent, step_ref
+from parley.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
 
 READY: Final = "ready"
 CREDITS: Final = "credits"
+PAUSED: Final = "paused"
 
 
 def recipient(contact: Contact, channel: str) -> str | None:
@@ -98,6 +102,38 @@ async def park(
     moved = await queries.park_actions(session, identity.id, channel, queue, now)
     identity.parked = {**identity.parked, queue: {"reason": reason, "since": now.isoformat()}}
     return moved
+
+
+async def release_held(session: AsyncSession, conversation_id: int) -> int:
+    """The conversation was released from its pause: the actions the dispatcher held for it go
+    back in line with their idempotency key, so the same action is performed (once) in the
+    identity's hours. Call it holding the conversation's row (a flushed update is enough): the
+    dispatcher holds actions under that lock, so every hold is committed and seen here."""
+    held = await queries.held_actions(session, conversation_id, PAUSED)
+    for action in held:
+        identity = await queries.get_identity(session, action.identity_id)
+        action.queue = _parked_for(identity, action.channel) or READY
+        action.reason, action.updated_at = "its conversation was resumed", utcnow()
+        if action.queue == READY:
+            await queries.notify_action_ready(session, action.identity_id)
+    return len(held)
+
+
+async def skip_held(session: AsyncSession, conversation_id: int, reason: str) -> int:
+    """The conversation ended while paused: what was held for it is skipped, never sent."""
+    held = await queries.held_actions(session, conversation_id, PAUSED)
+    for action in held:
+        action.status, action.outcome = "done", ACTION_SKIPPED
+        action.reason, action.updated_at = reason[:2000], utcnow()
+    return len(held)
+
+
+def _parked_for(identity: Identity, channel: str) -> str | None:
+    """The identity's parked queue for ``channel``, if that channel is parked now: a released
+    action waits there with the others instead of trying an expired session."""
+    return next(
+        (q for q in identity.parked or {} if q == channel or q.startswith(f"{channel}-")), None
+    )
 
 
 def _action_type(value: str) -> ActionType:

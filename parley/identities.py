@@ -61,6 +61,7 @@ from parley.working_hours import (
 CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
 READY: Final = "ready"
+HELD: Final = "paused"  # actions.PAUSED: held while their conversation is paused
 MASK: Final = "•••"
 HISTORY: Final = timedelta(days=8)
 """How far back ``explain`` reads sent actions: this ISO week and a rolling window of a week."""
@@ -406,7 +407,8 @@ def _summary(identity: Identity, queued: Mapping[str, int]) -> dict[str, Any]:
         "flagged": identity.flagged,
         "queued": {
             "ready": queued.get(READY, 0),
-            "parked": sum(n for queue, n in queued.items() if queue != READY),
+            "parked": sum(n for queue, n in queued.items() if queue not in (READY, HELD)),
+            "held": queued.get(HELD, 0),  # their conversation or campaign is paused
         },
         "created_at": identity.created_at.isoformat(),
     }

@@ -905,6 +905,35 @@ async def park_actions(
     return _rowcount(await session.execute(stmt))
 
 
+async def hold_action(session: AsyncSession, action_id: int, queue: str, reason: str) -> None:
+    """A claimed action whose conversation is paused: queued again in ``queue`` (held, never
+    claimed there) with its key and its place (``not_before``), the attempt not counted."""
+    await session.execute(
+        update(Action)
+        .where(Action.id == action_id)
+        .values(
+            status="queued",
+            queue=queue,
+            reason=reason,
+            attempts=Action.attempts - 1,
+            updated_at=utcnow(),
+        )
+    )
+
+
+async def held_actions(session: AsyncSession, conversation_id: int, queue: str) -> list[Action]:
+    """The conversation's actions held in ``queue``, locked, oldest first."""
+    stmt = (
+        select(Action)
+        .where(Action.conversation_id == conversation_id, Action.queue == queue)
+        .where(Action.status == "queued")
+        .order_by(Action.not_before, Action.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 async def inbound_after(session: AsyncSession, conversation_id: int, after_id: int | None) -> bool:
     condition = (Message.conversation_id == conversation_id) & (Message.direction == Direction.IN)
     if after_id is not None:
