@@ -26,7 +26,7 @@ from tests.e2e.conftest import API_KEY, E2EStack
 
 pytestmark = pytest.mark.e2e
 
-SEATS = ("seat-pause-1", "seat-pause-2")
+SEATS = ("seat-pause-1", "seat-pause-2", "seat-pause-3")
 FRIDAY_1701 = datetime(2026, 12, 11, 17, 1, tzinfo=UTC)
 MONDAY_09 = datetime(2026, 12, 14, 9, 0, tzinfo=UTC)
 MONDAY_0905 = datetime(2026, 12, 14, 9, 5, tzinfo=UTC)
@@ -123,7 +123,11 @@ async def _eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: 
 
 
 def _invitations(gateway: FakeLinkedInGateway, seat: str) -> list[str]:
-    return [a.idempotency_key for a in gateway.performed if a.account_id == seat]
+    return [
+        a.idempotency_key
+        for a in gateway.performed
+        if a.account_id == seat and a.kind == "invitation"
+    ]
 
 
 async def _queued_friday_evening(
@@ -241,3 +245,39 @@ async def test_campaign_paused_over_the_weekend_sends_its_invitation_after_resum
         cid,
         lambda: _api(stack, "POST", "/api/campaigns/invite-first/resume"),
     )
+
+
+async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
+    stack: E2EStack, clock: DrivenClock, gateway: FakeLinkedInGateway
+) -> None:
+    """Paused over the weekend, its invitation held; on Monday a person writes to the lead by
+    hand (``POST .../send``) and resumes it: the hand-sent message stands in for the
+    invitation, which is never sent, and the sequence goes on to wait for the lead."""
+    seat = SEATS[2]
+    cid = await _queued_friday_evening(stack, clock, gateway, seat)
+    paused = await _api(stack, "POST", f"/api/conversations/{cid}/pause")
+    assert paused.status_code == 200, paused.text
+    clock.set_offset(MONDAY_0905 - datetime.now(UTC))
+
+    async def held() -> bool:
+        action = await _invitation(stack, cid)
+        return action is not None and action.queue == "paused"
+
+    await _eventually("the invitation held while paused", held, 60)
+    sent = await _api(stack, "POST", f"/api/conversations/{cid}/send", {"text": "Hi, Ana here"})
+    assert sent.status_code == 200 and sent.json()["sent"] is True, sent.text
+    resumed = await _api(stack, "POST", f"/api/conversations/{cid}/resume")
+    assert resumed.status_code == 200, resumed.text
+
+    async def moved_on() -> bool:
+        shown = (await _api(stack, "GET", f"/api/conversations/{cid}")).json()
+        return bool(shown["current_node"] == "wait_accept" and shown["waiting_for"] == "reply")
+
+    await _eventually("the taken-over node left for wait_accept", moved_on, 120)
+    invitation = await _invitation(stack, cid)
+    assert invitation is not None and (invitation.status, invitation.outcome) == (
+        "done",
+        "skipped",
+    )
+    performed = [(a.kind, a.text) for a in gateway.performed if a.account_id == seat]
+    assert performed == [("message", "Hi, Ana here")]
