@@ -16,6 +16,9 @@ actions keep their place (``not_before``, id) and go back in that order on recon
 the dispatcher finds the account healthy again (``parley.parked``). An action queued while its
 queue is parked is parked at once behind the others: nothing is tried against an account
 already known not to work.
+``paused`` holds the actions the dispatcher found due while their conversation (or its
+campaign) was paused: not skipped — the conversation still waits for them — and back in
+``ready`` (or the channel's parked queue) when the conversation is released.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from parley.db import queries
 from parley.db.models import Action, Contact, Conversation, Identity, utcnow
 from parley.errors import ChannelError, CreditsExhausted
 from parley.limits import CHANNEL_OF, ActionType
-from parley.state_machine import ActionIntent, step_ref
+from parley.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
 
 READY: Final = "ready"
 CREDITS: Final = "credits"
 INMAIL: Final = "linkedin_inmail"
 PARKED_TYPES: Final[dict[str, tuple[str, ...]]] = {CREDITS: (INMAIL,)}
 """Queues that hold only some action types of their channel: no credits stops InMails only."""
+PAUSED: Final = "paused"
 
 
 def recipient(contact: Contact, channel: str) -> str | None:
@@ -164,8 +168,32 @@ async def park_if_known_down(
     parked between its enqueue and its claim); returns the queue, or None to go on."""
     queue = parked_queue_of(identity, channel, action_type)
     if queue is not None:
-        await queries.repark_action(session, action_id, queue, _parked_reason(identity, queue))
+        await queries.requeue_untried(session, action_id, queue, _parked_reason(identity, queue))
     return queue
+
+
+async def release_held(session: AsyncSession, conversation_id: int) -> int:
+    """The conversation was released from its pause: the actions the dispatcher held for it go
+    back in line with their idempotency key, so the same action is performed (once) in the
+    identity's hours. Call it holding the conversation's row (a flushed update is enough): the
+    dispatcher holds actions under that lock, so every hold is committed and seen here."""
+    held = await queries.held_actions(session, conversation_id, PAUSED)
+    for action in held:
+        identity = await queries.get_identity(session, action.identity_id)
+        action.queue = parked_queue_of(identity, action.channel, action.type) or READY
+        action.reason, action.updated_at = "its conversation was resumed", utcnow()
+        if action.queue == READY:
+            await queries.notify_action_ready(session, action.identity_id)
+    return len(held)
+
+
+async def skip_held(session: AsyncSession, conversation_id: int, reason: str) -> int:
+    """The conversation ended while paused: what was held for it is skipped, never sent."""
+    held = await queries.held_actions(session, conversation_id, PAUSED)
+    for action in held:
+        action.status, action.outcome = "done", ACTION_SKIPPED
+        action.reason, action.updated_at = reason[:2000], utcnow()
+    return len(held)
 
 
 def _action_type(value: str) -> ActionType:

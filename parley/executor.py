@@ -399,10 +399,12 @@ async def mark_failed(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
 async def end(
     session: AsyncSession, row: Conversation, status: Status, reason: str, now: datetime
 ) -> None:
-    """End the (locked) conversation from outside its run: its unsent intents are dropped, never
-    sent later, and its node visit closed with how it ended."""
+    """End the (locked) conversation from outside its run: its unsent intents (and the actions
+    held while it was paused) are dropped, never sent later, and its node visit closed with how
+    it ended."""
     _end(row, status, reason)
     await queries.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
+    await actions.skip_held(session, row.id, f"conversation {status.value}: {reason}")
     await queries.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
 
 

@@ -69,6 +69,7 @@ from parley.working_hours import (
 CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
 READY: Final = "ready"
+HELD: Final = "paused"  # actions.PAUSED: held while their conversation is paused
 MASK: Final = "•••"
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
@@ -589,7 +590,8 @@ def _summary(identity: Identity, queued: Mapping[str, int]) -> dict[str, Any]:
         "flagged": identity.flagged,
         "queued": {
             "ready": queued.get(READY, 0),
-            "parked": sum(n for queue, n in queued.items() if queue != READY),
+            "parked": sum(n for queue, n in queued.items() if queue not in (READY, HELD)),
+            "held": queued.get(HELD, 0),  # their conversation or campaign is paused
         },
         "created_at": identity.created_at.isoformat(),
     }

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from parley import actions
 from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
@@ -135,9 +136,19 @@ async def resume(db: Database, conversation_id: int) -> Change:
             raise TransitionNotAllowed(
                 f"conversation {row.id} is {row.status.value}, not paused: nothing to resume"
             )
-        return _release(row), f"resumed at {row.current_node}"
+        run = _release(row)
+        return run, f"resumed at {row.current_node}" + await _actions_released(session, row)
 
     return await _change(db, conversation_id, mutate)
+
+
+async def _actions_released(session: AsyncSession, row: Conversation) -> str:
+    """The actions the dispatcher held while the conversation was paused go back in line (the
+    same actions, same keys: performed once, in the identity's hours). The row's update is
+    flushed first: it takes the row lock the dispatcher holds actions under."""
+    await session.flush()
+    released = await actions.release_held(session, row.id)
+    return f"; {released} held action(s) back in the queue" if released else ""
 
 
 def _release(row: Conversation) -> RunAction:
@@ -318,7 +329,8 @@ async def _release_from_campaign(session: AsyncSession, row: Conversation) -> tu
         row.paused_by = None
         set_status(row, Status.PENDING)
         return "start", "released: its first run starts"
-    return _release(row), "released"
+    run = _release(row)
+    return run, "released" + await _actions_released(session, row)
 
 
 async def _known_campaign(session: AsyncSession, name: str) -> None:

@@ -9,14 +9,17 @@ order:
    rolling caps, spacing with jitter, provider blocks (``parley.limits.decide`` over what the
    identity actually sent); a wait puts the action back with ``not_before = until``, marked
    ``put_off`` so that an operator's policy change decides it again at once;
-3. the **freshness check**, under the conversation's row lock (the one the webhook stores
-   messages under): the conversation is still active and still waits for this action (the
-   step that queued it, ``_awaits``), the contact wrote nothing since it was queued and the
-   conversation has no unread message; otherwise the action is skipped and the conversation
-   told why (a reply interrupts the sequence). The lock is released before the provider call
-   (it would hold up the webhook for the call's length): a reply stored in between does not
-   stop the call already decided; the conversation reads it next, and while it is unread no
-   other action of the conversation passes this check;
+3. the **pause gate** and the **freshness check**, under the conversation's row lock (the one
+   the webhook stores messages under and operators' commands write): a conversation paused by
+   an operator or by its campaign gets its action *held* (queue ``paused``, same key, no
+   outcome) — it still waits for it, and its release puts the action back in line; then the
+   conversation is still active and still waits for this action (the step that queued it,
+   ``_awaits``), the contact wrote nothing since it was queued and the conversation has no
+   unread message; otherwise the action is skipped and the conversation told why (a reply
+   interrupts the sequence). The lock is released before the provider call (it would hold up
+   the webhook for the call's length): a reply stored in between does not stop the call already
+   decided; the conversation reads it next, and while it is unread no other action of the
+   conversation passes this check;
 4. the provider call, and a recovery for each kind of error, recorded on the action: identity
    expired → park the channel; rate limited → wait for retry-after; transient → a few retries
    with backoff, then failed; undeliverable → failed and the conversation completed with the
@@ -63,7 +66,7 @@ from parley.errors import (
     TransitionNotAllowed,
     Undeliverable,
 )
-from parley.executor import end
+from parley.executor import end, set_status
 from parley.limits import (
     CHANNEL_OF,
     Performed,
@@ -77,6 +80,7 @@ from parley.state_machine import (
     ACTION_FAILED,
     ACTION_SENT,
     ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
     TERMINAL,
     Status,
     WaitKind,
@@ -84,7 +88,7 @@ from parley.state_machine import (
 
 log = logging.getLogger(__name__)
 
-Done = Literal["idle", "waiting", "sent", "skipped", "failed", "parked", "retrying"]
+Done = Literal["idle", "waiting", "sent", "skipped", "held", "failed", "parked", "retrying"]
 MAX_ATTEMPTS = 4
 RETRY_BACKOFF = timedelta(seconds=30)
 RATE_LIMITED_FALLBACK = timedelta(hours=4)
@@ -174,6 +178,10 @@ _Record = Callable[[AsyncSession], Awaitable[None]]
 """What became of a performed action, written in the transaction that claims the next one."""
 
 
+async def _nothing(session: AsyncSession) -> None:
+    """A held action's record: the hold was written in its own transaction already."""
+
+
 async def _claim(
     session: AsyncSession, rt: Runtime, identity_id: int, rng: random.Random
 ) -> _Claimed | Done:
@@ -212,6 +220,8 @@ async def _claim(
     row = await queries.lock_conversation_if_free(session, claimed.conversation_id)
     if row is None:
         return claimed
+    if await _held_at_the_gate(session, row, claimed):
+        return "held"
     stale = await _stale(session, row, claimed)
     if stale is None:
         return replace(claimed, fresh=True)
@@ -265,8 +275,6 @@ async def _stale(
     was decided without it."""
     if row.status in TERMINAL:
         return f"the conversation is {row.status.value}", False
-    if row.status is Status.PAUSED:
-        return "the conversation is paused", False
     if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
         return "the contact wrote after it was queued", True
     if await queries.has_unconsumed_inbound(session, row.id):
@@ -285,11 +293,35 @@ def _awaits(row: Conversation, claimed: _Claimed) -> bool:
     return row.waiting_for == WaitKind.ACTION and step is not None and row.action_step == step
 
 
+async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
+    """The activeToll, on the dispatcher's side: a paused conversation's action is not skipped
+    (its conversation would take the node's edge as if it had gone out) but held, with its key,
+    until the conversation is released (``actions.release_held``). A campaign's pause holds the
+    conversation here as its run's next step would (``paused_by: campaign``), so the campaign's
+    resume releases both. ``row`` is locked: a pause committed after this check finds the
+    action on its way, and its outcome is handed to the conversation like any other."""
+    if row.status in TERMINAL:
+        return False
+    if row.status is Status.PAUSED:
+        reason = "held: the conversation is paused"
+    elif await queries.campaign_held(session, row.campaign_version_id):
+        reason = "held: its campaign is paused"
+        set_status(row, Status.PAUSED)
+        row.paused_by = "campaign"
+        queries.touch(row)
+    else:
+        return False
+    await queries.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
+    return True
+
+
 async def _fresh_then_performed(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
     """The freshness check if the claim could not make it, right before the provider call."""
     if not claimed.fresh and claimed.conversation_id is not None:
         async with rt.db.transaction() as session:
             row = await queries.lock_conversation(session, claimed.conversation_id)
+            if await _held_at_the_gate(session, row, claimed):
+                return "held", _nothing
             stale = await _stale(session, row, claimed)
         if stale is not None:
             reason, replied = stale
@@ -477,8 +509,8 @@ MANUAL_TYPES: dict[str, str] = {"linkedin": "linkedin_message", "email": "email"
 @dataclass(frozen=True)
 class ManualSend:
     """What became of an operator's message: sent (the sequence is interrupted: its queued
-    actions are skipped and the conversation paused for the person who took over), or the
-    reason nothing was sent."""
+    actions are skipped, the node waiting for one counts as ``taken_over``, and the
+    conversation is paused for the person who took over), or the reason nothing was sent."""
 
     sent: bool
     reason: str
@@ -572,13 +604,39 @@ async def _claim_manual(
         )
 
 
+TAKEN_OVER_REASON = "a person took over with a manual message"
+
+
 async def _take_over(rt: Runtime, conversation_id: int) -> None:
     """A person wrote: the sequence's queued actions are skipped and the conversation paused
-    (resume it to let the sequence go on)."""
+    (resume it to let the sequence go on). The node waiting for one of those actions counts as
+    done, ``taken_over`` (the hand-sent message stands in for it): resumed, the conversation
+    leaves it by its ``when: taken_over`` edge, else by its other edges as if it had been sent
+    — it never waits for an action that is not coming."""
     async with rt.db.transaction() as session:
+        row = await queries.lock_conversation(session, conversation_id)
         for action in await queries.actions_of_conversation(session, conversation_id):
             if action.status == "queued":
                 action.status, action.outcome = "done", ACTION_SKIPPED
-                action.reason = "a person took over with a manual message"
+                action.reason = TAKEN_OVER_REASON
+                if _waits_for(row, action):
+                    row.task_result = {
+                        "outcome": ACTION_TAKEN_OVER,
+                        "reason": TAKEN_OVER_REASON,
+                        "replied": False,
+                    }
+                    queries.touch(row)
     with contextlib.suppress(TransitionNotAllowed):  # it ended meanwhile
         await lifecycle.pause(rt.db, conversation_id)
+
+
+def _waits_for(row: Conversation, action: Action) -> bool:
+    """The (locked) conversation waits for ``action``'s outcome: the step that queued it."""
+    step = action.payload.get("step")
+    return (
+        row.status not in TERMINAL
+        and row.waiting_for == WaitKind.ACTION
+        and step is not None
+        and row.action_step == step
+        and row.task_result is None
+    )

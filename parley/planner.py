@@ -44,6 +44,7 @@ from parley.channels.base import OutboundMessage
 from parley.state_machine import (
     ACTION_FAILED,
     ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
     ActionIntent,
     HttpCall,
     Reply,
@@ -308,8 +309,9 @@ def _to(step: _Step, target: str, variables: dict[str, Any]) -> Transition:
 
 def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
     """A queued outreach action: its outcome moves the conversation on (``failed``: the error
-    path). A reply meanwhile interrupts at once (the dispatcher's freshness check then skips
-    the action), or is read while the conversation keeps waiting for the outcome."""
+    path; ``taken_over``: a person's manual send stood in for it, see ``_taken_over``). A reply
+    meanwhile interrupts at once (the dispatcher's freshness check then skips the action), or
+    is read while the conversation keeps waiting for the outcome."""
     result = step.snapshot.task_result
     variables = dict(step.snapshot.variables)
     if result is None:
@@ -319,6 +321,8 @@ def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
     if result.get("outcome") == ACTION_FAILED:
         failed = plan_failure(step.campaign, step.snapshot, str(result.get("reason")))
         return replace(failed, error=f"{step.snapshot.current_node}: {result.get('reason')}")
+    if result.get("outcome") == ACTION_TAKEN_OVER:
+        return _taken_over(step, variables)
     if result.get("outcome") == ACTION_SKIPPED and result.get("replied"):
         jump = step.campaign.on_reply
         for edge in step.campaign.edges_from(step.snapshot.current_node):
@@ -326,6 +330,16 @@ def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
                 return _move(step, edge, variables, replied=True)
         if jump is not None and jump != step.snapshot.current_node:
             return _to(step, jump, variables)
+    return _leave_or_wait(step, variables)
+
+
+def _taken_over(step: _Step, variables: dict[str, Any]) -> Transition:
+    """The node counts as done by the person's hand-sent message: its ``when: taken_over``
+    edge if it has one, else the way it would have gone had its action been sent."""
+    ctx = step.context(variables, outcome="taken_over")
+    edge = step.campaign.next_edge(step.snapshot.current_node, ctx)
+    if edge is not None:
+        return _move(step, edge, variables)
     return _leave_or_wait(step, variables)
 
 

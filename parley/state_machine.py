@@ -174,6 +174,8 @@ class ActionIntent:
 ACTION_SENT = "sent"
 ACTION_SKIPPED = "skipped"
 ACTION_FAILED = "failed"
+ACTION_TAKEN_OVER = "taken_over"
+"""Not an action's own outcome but its node's: a person's manual send stood in for it."""
 
 
 @dataclass(frozen=True)

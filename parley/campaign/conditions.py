@@ -4,10 +4,10 @@ Text comparisons ignore case and surrounding whitespace: the values come from pe
 phones, and "pro", "Pro " and "PRO" are the same answer. ``lt``/``gt`` compare numbers, and an
 answer typed as "42" counts as the number 42.
 
-Most conditions are judged from the context alone (``condition.matches(ctx)``). Four are plain
+Most conditions are judged from the context alone (``condition.matches(ctx)``). Five are plain
 words whose meaning depends on the node the edge leaves, so ``Edge.matches`` judges them:
-``invalid`` and ``error`` (how the node ended), ``replied`` and ``no_reply`` (whether the contact
-wrote back, and for ``no_reply`` whether the node's timeout has passed).
+``invalid``, ``error`` and ``taken_over`` (how the node ended), ``replied`` and ``no_reply``
+(whether the contact wrote back, and for ``no_reply`` whether the node's timeout has passed).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from pydantic import (
 from parley.campaign.durations import Duration, format_duration
 from parley.campaign.names import VariableName
 
-Outcome = Literal["ok", "invalid", "error"]
-"""How a node ended: normally, out of attempts (``when: invalid``), or failed (``when: error``)."""
+Outcome = Literal["ok", "invalid", "error", "taken_over"]
+"""How a node ended: normally, out of attempts (``when: invalid``), failed (``when: error``), or
+taken over by a person's manual send while its action waited (``when: taken_over``)."""
 
 WHEN_INVALID: Final = "invalid"
 """``when: invalid``: the edge taken once an ask node has used up its attempts."""
@@ -43,6 +44,11 @@ WHEN_ERROR: Final = "error"
 http endpoint kept failing); without one, the conversation sends the campaign's ``error_text``
 and ends ``failed``."""
 
+WHEN_TAKEN_OVER: Final = "taken_over"
+"""``when: taken_over``: a person sent a message by hand (``parley send``) while the node's
+outreach action waited; the hand-sent message stands in for the action. Without such an edge
+the node is left by its other edges, as if its action had been sent."""
+
 WHEN_REPLIED: Final = "replied"
 """``when: replied``: the contact wrote while the node waited (a wait_for_reply's reply, or a
 message during a wait or a delay)."""
@@ -50,7 +56,7 @@ message during a wait or a delay)."""
 WHEN_NO_REPLY: Final = "no_reply"
 """``when: no_reply``: a wait_for_reply node's ``timeout`` passed without a reply."""
 
-OUTCOME_WHENS: Final = frozenset({WHEN_INVALID, WHEN_ERROR})
+OUTCOME_WHENS: Final = frozenset({WHEN_INVALID, WHEN_ERROR, WHEN_TAKEN_OVER})
 REPLY_WHENS: Final = frozenset({WHEN_REPLIED, WHEN_NO_REPLY})
 WORD_WHENS: Final = OUTCOME_WHENS | REPLY_WHENS
 
@@ -309,6 +315,7 @@ def _condition_tag(value: Any) -> str | None:
 Condition = Annotated[
     Annotated[Literal["invalid"], Tag(WHEN_INVALID)]
     | Annotated[Literal["error"], Tag(WHEN_ERROR)]
+    | Annotated[Literal["taken_over"], Tag(WHEN_TAKEN_OVER)]
     | Annotated[Literal["replied"], Tag(WHEN_REPLIED)]
     | Annotated[Literal["no_reply"], Tag(WHEN_NO_REPLY)]
     | Annotated[EqualsCondition, Tag("equals")]
@@ -324,7 +331,8 @@ Condition = Annotated[
         _condition_tag,
         custom_error_type="invalid_condition",
         custom_error_message=(
-            "expected 'invalid', 'error', 'replied', 'no_reply', {time_passed: 2d}, "
+            "expected 'invalid', 'error', 'replied', 'no_reply', 'taken_over', "
+            "{time_passed: 2d}, "
             "{task_result: <outcome>} or a mapping with 'var' or 'field' and exactly one of "
             "'equals', 'not_equals', 'in', 'contains', 'exists', 'lt' or 'gt'"
         ),

@@ -9,6 +9,7 @@ from parley.campaign.conditions import (
     WHEN_INVALID,
     WHEN_NO_REPLY,
     WHEN_REPLIED,
+    WHEN_TAKEN_OVER,
     Comparison,
     EqualsCondition,
     ExistsCondition,
@@ -24,6 +25,7 @@ from parley.campaign.model import (
     Edge,
     EndNode,
     Node,
+    SendNode,
     TaskNode,
     WaitForReplyNode,
     WaitNode,
@@ -147,7 +149,8 @@ def _answer_tested(node: Node, whens: Sequence[object]) -> bool:
 
 
 def misplaced_conditions(draft: Draft) -> Iterator[Problem]:
-    """``replied``, ``no_reply`` and ``task_result`` only mean something on some nodes."""
+    """``replied``, ``no_reply``, ``task_result`` and ``taken_over`` only mean something on
+    some nodes."""
     nodes = draft.parsed()
     for index, edge in sorted(draft.edges.items()):
         node = nodes.get(edge.source)  # None: unknown or unparsed, reported elsewhere
@@ -171,6 +174,12 @@ def _placement(edge: Edge, node: Node) -> str | None:
         )
     if isinstance(when, TaskResultCondition):
         return _task_result_placement(when, node)
+    if when == WHEN_TAKEN_OVER and not (isinstance(node, SendNode) and node.action is not None):
+        return (
+            f"'when: {WHEN_TAKEN_OVER}' only applies to edges leaving a send node with an "
+            f"'action' (a manual send takes over the action it waits for), and {node.id!r} is "
+            f"a {node.type} node" + (" without one" if isinstance(node, SendNode) else "")
+        )
     return None
 
 

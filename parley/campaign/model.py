@@ -80,7 +80,8 @@ class Edge(_Strict):
 
     @property
     def on_outcome(self) -> bool:
-        """An ``invalid`` or ``error`` edge: only taken when the node ended that way."""
+        """An ``invalid``, ``error`` or ``taken_over`` edge: only taken when the node ended
+        that way."""
         return isinstance(self.when, str) and self.when in OUTCOME_WHENS
 
     @property
@@ -233,7 +234,8 @@ class Campaign(_Strict):
         """The edge a conversation at ``node_id`` takes now, or ``None`` to stay (or end, when
         ``next_deadline`` is ``None`` and ``departure_triggers`` is empty).
 
-        With ``ctx.outcome`` ``invalid``/``error`` only that outcome's edges count. Otherwise
+        With ``ctx.outcome`` ``invalid``/``error``/``taken_over`` only that outcome's edges
+        count (the planner falls back to the normal edges for ``taken_over``). Otherwise
         the first edge in file order whose condition matches, except that while the node still
         waits (``is_waiting``) only interrupting edges (``replied``, ``no_reply``,
         ``time_passed``) are considered: an ask's catch-all edge is for its answer, not for

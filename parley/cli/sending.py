@@ -2,8 +2,9 @@
 
 It goes through the identity's decision like every outreach action (working hours, caps,
 parked channels): when it may not go out now, nothing is sent and the command says why (exit
-1). When it goes out, the automated sequence is interrupted: its queued actions are skipped and
-the conversation paused until someone resumes it.
+1). When it goes out, the automated sequence is interrupted: its queued actions are skipped,
+the node waiting for one counts as ``taken_over`` (the hand-sent message stands in for it), and
+the conversation is paused until someone resumes it; then it goes on from that node.
 """
 
 from __future__ import annotations

@@ -942,9 +942,10 @@ async def park_actions(
     return _rowcount(await session.execute(stmt))
 
 
-async def repark_action(session: AsyncSession, action_id: int, queue: str, reason: str) -> None:
-    """A claimed action back to ``queued`` in a parked ``queue``, untried: the attempt is not
-    counted."""
+async def requeue_untried(session: AsyncSession, action_id: int, queue: str, reason: str) -> None:
+    """A claimed action back to ``queued`` in ``queue``, untried, with its key and its place
+    (``not_before``); the attempt is not counted. A parked queue (the account went down between
+    the enqueue and the claim) or ``paused`` (its conversation is held at the pause gate)."""
     stmt = (
         update(Action)
         .where(Action.id == action_id)
@@ -984,6 +985,19 @@ async def identities_with_parked_queues(session: AsyncSession) -> list[tuple[int
     )
     rows = (await session.execute(stmt)).all()
     return [(int(row[0]), dict(row[1] or {})) for row in rows if row[1]]
+
+
+async def held_actions(session: AsyncSession, conversation_id: int, queue: str) -> list[Action]:
+    """The conversation's actions held in ``queue``, locked, oldest first."""
+    stmt = (
+        select(Action)
+        .where(Action.conversation_id == conversation_id, Action.queue == queue)
+        .where(Action.status == "queued")
+        .order_by(Action.not_before, Action.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(stmt)).scalars())
 
 
 async def inbound_after(session: AsyncSession, conversation_id: int, after_id: int | None) -> bool:

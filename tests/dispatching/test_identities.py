@@ -413,7 +413,8 @@ async def test_a_parked_linkedin_queue_says_how_to_reconnect(db: Database) -> No
     assert status["state"] == "parked"
     assert "3 action(s) parked in 'linkedin'" in status["sentence"]
     assert f"parley identity reconnect {seat['id']} linkedin" in status["sentence"]
-    assert shown["next_action"] is None and shown["queued"] == {"ready": 0, "parked": 3}
+    assert shown["next_action"] is None
+    assert shown["queued"] == {"ready": 0, "parked": 3, "held": 0}
 
 
 async def test_provider_block_idle_and_not_due(db: Database) -> None:
