@@ -130,7 +130,12 @@ async def _task_result(db: Database, conversation_id: int) -> dict[str, object] 
         return row.task_result
 
 
-async def _meta_callback(db: Database, whatsapp: FakeWhatsAppAPI, status: str) -> None:
+async def _meta_callback(
+    db: Database,
+    whatsapp: FakeWhatsAppAPI,
+    status: str,
+    errors: list[dict[str, object]] | None = None,
+) -> None:
     """Meta's status callback for the one template the fake received, as the webhook route
     stores it: the wamid and our ``biz_opaque_callback_data`` come back."""
     [record] = whatsapp.received
@@ -140,6 +145,7 @@ async def _meta_callback(db: Database, whatsapp: FakeWhatsAppAPI, status: str) -
         status=status,
         recipient=str(record["to"]),
         client_ref=record.get("biz_opaque_callback_data"),
+        errors=errors,
     )
     await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), None)
 
@@ -199,6 +205,43 @@ async def test_an_uncertain_whatsapp_template_without_a_callback_ends_failed_not
     await _meta_callback(db, whatsapp, "delivered")  # too late: what was decided stays
     [late] = await _actions(db, identity_id)
     assert (late.status, late.outcome) == ("done", "failed")
+
+
+async def test_a_status_callback_that_beats_the_timed_out_answer_settles_the_template_sent(
+    db: Database, rt: Runtime, whatsapp: FakeWhatsAppAPI, tmp_path: Path
+) -> None:
+    identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
+    whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)
+    call = asyncio.create_task(outreach.perform_next(rt, identity_id, _seeded()))
+    await _until("Meta has the template", lambda: len(whatsapp.received) == 1)
+    await _meta_callback(db, whatsapp, "sent")  # while our call still waits for its answer
+    [running] = await _actions(db, identity_id)
+    assert running.status == "running" and running.provider_id == whatsapp.received[0]["_wamid"]
+
+    assert await call == "uncertain"  # the call timed out ...
+
+    [action] = await _actions(db, identity_id)  # ... but Meta already said it has it
+    assert (action.status, action.outcome) == ("done", "sent")
+    result = await _task_result(db, cid)
+    assert result is not None and result["outcome"] == "sent"
+    assert len(whatsapp.received) == 1
+
+
+async def test_meta_reporting_an_uncertain_template_failed_settles_it_failed(
+    db: Database, rt: Runtime, whatsapp: FakeWhatsAppAPI, tmp_path: Path
+) -> None:
+    identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
+    whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "uncertain"
+
+    await _meta_callback(db, whatsapp, "failed", [{"code": 131026, "title": "Undeliverable"}])
+
+    [action] = await _actions(db, identity_id)
+    assert (action.status, action.outcome) == ("done", "failed")
+    assert action.reason is not None and "131026" in action.reason
+    result = await _task_result(db, cid)
+    assert result is not None and result["outcome"] == "failed"
+    assert len(whatsapp.received) == 1
 
 
 async def test_a_whatsapp_template_refused_before_meta_took_it_is_simply_retried(
