@@ -32,9 +32,10 @@ from parley import identities
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.db import Database, queries
-from parley.db.models import CampaignVersion, Contact, Conversation, Identity
+from parley.db.models import CampaignVersion, Contact, Conversation, Identity, utcnow
 from parley.errors import NotFound
 from parley.handshake import WakeUp, wakeup_for
+from parley.outreach import reconcile_status
 from parley.state_machine import TRIGGER_STEP
 
 NOT_STARTED = "no active conversation with this contact; none is started on this channel"
@@ -265,6 +266,8 @@ async def apply_status(db: Database, status: StatusUpdate) -> bool:
             status=status.status,
             error=status.error_summary,
         )
+        if message is None and await reconcile_status(session, status, utcnow()):
+            return True
         if message is None:
             await queries.record_webhook_event(
                 session,

@@ -30,9 +30,20 @@ its send node, ``wake_requested_at``), and the dispatcher resumes its run.
 
 Transactions: steps 1-3 are one (the conversation's row is taken with ``SKIP LOCKED``; when
 the webhook holds it, the check waits for it in a transaction of its own before the call), and
-the outcome of step 4 is written in the transaction that claims the identity's next action. A
-dispatcher killed between the call and that commit leaves the action ``running``: it is retried
-with the same key (``recover_abandoned_actions``), never sent as a new one.
+the outcome of step 4 is written in the transaction that claims the identity's next action.
+
+Exactly once (DESIGN rule 4). Each claim writes a stamp of its own on the action, and every
+outcome is written only under that stamp (``queries.settle_claimed``, ``finish_action``): an
+outcome from a claim that recovery has since given to another dispatcher is refused. A
+dispatcher killed between the call and that commit leaves the action ``running``;
+``recover_abandoned`` then decides by channel. The LinkedIn gateway deduplicates by
+``Idempotency-Key``, so the action is queued again with the same key. WhatsApp and SMTP cannot
+deduplicate, so the action becomes ``uncertain`` instead of being sent again — as does one whose
+call timed out or broke after the provider may have taken it: it waits for the provider's own
+status callback, which carries our key (WhatsApp's ``biz_opaque_callback_data``, the client_ref
+in an email's Message-ID) and settles it (``reconcile_status``). With no callback within
+``action_reconcile_seconds`` it ends ``failed`` with an ``uncertain:`` reason for an operator to
+check: a lead who never got one message is better off than one who got it twice.
 """
 
 from __future__ import annotations
@@ -50,7 +61,13 @@ from uuid import uuid4
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley import actions, identities, lifecycle
-from parley.channels.base import OutreachAction, SenderIdentity
+from parley.channels.base import (
+    SENT_STATUSES,
+    DeliveryStatus,
+    OutreachAction,
+    SenderIdentity,
+    StatusUpdate,
+)
 from parley.db import queries
 from parley.db.engine import PinnedConnection
 from parley.db.models import Action, Conversation, Identity, utcnow
@@ -88,12 +105,18 @@ from parley.state_machine import (
 
 log = logging.getLogger(__name__)
 
-Done = Literal["idle", "waiting", "sent", "skipped", "held", "failed", "parked", "retrying"]
+Done = Literal[
+    "idle", "waiting", "sent", "skipped", "held", "failed", "parked", "retrying", "uncertain"
+]
 MAX_ATTEMPTS = 4
 RETRY_BACKOFF = timedelta(seconds=30)
 RATE_LIMITED_FALLBACK = timedelta(hours=4)
 PAIR_RATE_LIMITED_FALLBACK = timedelta(minutes=1)
 """WhatsApp paces one business-user pair at about a message every 6 s: a minute is ample."""
+DEDUPLICATING_CHANNELS = frozenset({"linkedin"})
+"""Channels whose provider performs a repeated call with the same key once (the gateway's
+``Idempotency-Key``): only their uncertain actions may simply be tried again."""
+UNCERTAIN_PREFIX = "uncertain: "
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class _Claimed:
     seen_inbound_id: int | None
     sender: SenderIdentity
     idempotency_key: str
+    claim: str | None = None  # this claim's stamp: outcomes are written only under it
     fresh: bool = False  # the freshness check passed in the claim's transaction
     more: bool = True  # another action of the identity was due when this one was claimed
 
@@ -190,7 +214,8 @@ async def _claim(
     # The time of the decision is read once the identity is ours: a dispatcher that
     # waited for the lock must not judge spacing by a "now" older than the last send.
     now = rt.clock.now()
-    action = await queries.claim_next_action(session, identity_id, now)
+    stamp = uuid4().hex
+    action = await queries.claim_next_action(session, identity_id, now, stamp)
     if action is None:
         return "idle"
     if await actions.park_if_known_down(session, identity, action.id, action.channel, action.type):
@@ -211,6 +236,7 @@ async def _claim(
         action.seen_inbound_id,
         sender_for(identity, action.channel),
         action.idempotency_key,
+        claim=stamp,
         more=bool(action.more),
     )
     if claimed.conversation_id is None:
@@ -279,17 +305,17 @@ async def _stale(
         return "the contact wrote after it was queued", True
     if await queries.has_unconsumed_inbound(session, row.id):
         return "the contact wrote and the conversation has not read it yet", True
-    if not _awaits(row, claimed):
+    if not _awaits(row, claimed.payload):
         return "the conversation moved on", False
     return None
 
 
-def _awaits(row: Conversation, claimed: _Claimed) -> bool:
+def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
     """The conversation waits for this very action: the one its step ``action_step`` queued.
     Matched by step, not by node: a graph that came back to the node has queued an action of
     its own since (the earlier one's outcome is not for it), and a migration may have renamed
     the node (its action is the same)."""
-    step = claimed.payload.get("step")
+    step = payload.get("step")
     return row.waiting_for == WaitKind.ACTION and step is not None and row.action_step == step
 
 
@@ -361,6 +387,9 @@ def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> tuple[Done, _
         return "retrying", partial(_pair_rate_limited, rt=rt, claimed=claimed, exc=exc, what=what)
     if isinstance(exc, RateLimited):
         return "retrying", partial(_rate_limited, rt=rt, claimed=claimed, exc=exc, what=what)
+    if _uncertain(claimed, exc):
+        log.warning("action %s: %s; waiting for the provider's callback", claimed.action_id, what)
+        return "uncertain", partial(_mark_uncertain, rt=rt, claimed=claimed, what=what)
     if isinstance(exc, TransientChannelError) and claimed.attempts < MAX_ATTEMPTS:
         log.warning("action %s: %s; retrying", claimed.action_id, what)
         not_before = rt.clock.now() + RETRY_BACKOFF * 2 ** (claimed.attempts - 1)
@@ -370,12 +399,53 @@ def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> tuple[Done, _
     return "failed", _finishing(rt, claimed, ACTION_FAILED, what)
 
 
+def _uncertain(claimed: _Claimed, exc: ChannelError) -> bool:
+    """The provider may have acted, and trying again could do it twice."""
+    return (
+        isinstance(exc, TransientChannelError)
+        and exc.maybe_sent
+        and claimed.channel not in DEDUPLICATING_CHANNELS
+    )
+
+
+async def _mark_uncertain(
+    session: AsyncSession, *, rt: Runtime, claimed: _Claimed, what: str
+) -> None:
+    """Wait for the provider's status callback; one that came during the call settles it now."""
+    action = await _still_claimed(session, claimed)
+    if action is None:
+        return
+    now = rt.clock.now()
+    if action.provider_id is not None:  # the callback beat the call's answer
+        await _finish(session, rt, claimed, ACTION_SENT, None, provider_id=action.provider_id)
+        return
+    action.status = "uncertain"
+    action.not_before = now + timedelta(seconds=rt.action_reconcile_seconds)
+    action.performed_at, action.updated_at = now, utcnow()
+    action.reason = f"{UNCERTAIN_PREFIX}{what}; waiting for the provider's status callback"
+
+
+async def _still_claimed(session: AsyncSession, claimed: _Claimed) -> Action | None:
+    """The action, locked, if it is still under this claim; else None (and why, logged)."""
+    action = await queries.lock_action(session, claimed.action_id)
+    if action.claim == claimed.claim and action.status in queries.UNSETTLED:
+        return action
+    log.warning(
+        "action %s: outcome of an old claim refused (it is %s now)",
+        claimed.action_id,
+        action.status,
+    )
+    return None
+
+
 async def _park(
     session: AsyncSession, *, rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str
 ) -> None:
     now = rt.clock.now()
     identity = await queries.lock_identity(session, claimed.identity_id)
-    action = await queries.lock_action(session, claimed.action_id)
+    action = await _still_claimed(session, claimed)
+    if action is None:
+        return
     queue = actions.parked_queue(identity, claimed.channel, exc)
     action.status, action.reason, action.updated_at = "queued", what, utcnow()
     action.attempts = max(0, action.attempts - 1)  # not its fault: the try does not count
@@ -397,7 +467,9 @@ async def _rate_limited(
 ) -> None:
     now = rt.clock.now()
     retry_after = exc.retry_after if exc.retry_after is not None else None
-    action = await queries.lock_action(session, claimed.action_id)
+    action = await _still_claimed(session, claimed)
+    if action is None:
+        return
     identity = await queries.lock_identity(session, action.identity_id)
     blocked = identities.blocked_of(identity)
     fallback = RATE_LIMITED_FALLBACK.total_seconds()
@@ -435,7 +507,9 @@ async def _pair_rate_limited(
 
 
 async def _requeue(session: AsyncSession, *, claimed: _Claimed, not_before: datetime) -> None:
-    action = await queries.lock_action(session, claimed.action_id)
+    action = await _still_claimed(session, claimed)
+    if action is None:
+        return
     action.status, action.not_before, action.updated_at = "queued", not_before, utcnow()
 
 
@@ -476,29 +550,167 @@ async def _finish(
     complete: bool = False,
 ) -> None:
     """Record the outcome and hand it to the conversation if it still waits for this action
-    (``_awaits``: by the step that queued it)."""
+    (``_awaits``: by the step that queued it); nothing, when the action is no longer under this
+    claim."""
     now = rt.clock.now()
-    await queries.finish_action(
+    recorded = await queries.finish_action(
         session,
         claimed.action_id,
         outcome=outcome,
         reason=reason,
         provider_id=provider_id,
         performed_at=now if outcome == ACTION_SENT else None,
+        claim=claimed.claim,
     )
+    if not recorded:
+        log.warning("action %s: %s of an old claim refused", claimed.action_id, outcome)
+        return
     if claimed.conversation_id is None:
         return
-    row = await queries.lock_conversation(session, claimed.conversation_id)
+    await _hand_over(
+        session, claimed.conversation_id, claimed.payload, outcome, reason, now, replied, complete
+    )
+
+
+async def _hand_over(
+    session: AsyncSession,
+    conversation_id: int,
+    payload: dict[str, Any],
+    outcome: str,
+    reason: str | None,
+    now: datetime,
+    replied: bool = False,
+    complete: bool = False,
+) -> None:
+    """Give the outcome to the conversation waiting for the action (the step that queued it)."""
+    row = await queries.lock_conversation(session, conversation_id)
     if row.status in TERMINAL:
         return
     if complete:
         await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
         row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
         return
-    if _awaits(row, claimed) and row.task_result is None:
+    if _awaits(row, payload) and row.task_result is None:
         row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
         row.wake_requested_at = utcnow()
         queries.touch(row)
+
+
+# --- recovery and reconciliation --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What ``recover_abandoned`` did: queued again with the same key (a deduplicating
+    channel), made uncertain (waiting for a callback), settled as sent from a callback that
+    came while the claim was running, and uncertain ones given up on."""
+
+    requeued: int = 0
+    uncertain: int = 0
+    sent: int = 0
+    expired: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.uncertain + self.sent + self.expired
+
+
+async def recover_abandoned(rt: Runtime, older_than: timedelta) -> Recovered:
+    """Actions whose dispatcher died (or whose call outlived ``older_than``) and uncertain ones
+    whose wait for a callback is over. Each write is fenced by the claim stamp it saw, so a
+    slow call that is still alive keeps its own outcome: it is never performed a second time
+    on a channel that cannot deduplicate, and on one that can the new claim's outcome wins."""
+    requeued = uncertain = sent = expired = 0
+    now = rt.clock.now()
+    async with rt.db.transaction() as session:
+        for action in await queries.stale_running_actions(session, utcnow() - older_than):
+            how = await _recover_one(session, rt, action, now)
+            requeued += how == "requeued"
+            uncertain += how == "uncertain"
+            sent += how == "sent"
+        for action in await queries.uncertain_actions_due(session, now):
+            expired += await _give_up_uncertain(session, rt, action, now)
+    return Recovered(requeued, uncertain, sent, expired)
+
+
+async def _recover_one(session: AsyncSession, rt: Runtime, action: Action, now: datetime) -> str:
+    if action.provider_id is not None:  # its status callback came while the claim ran
+        done = await _settle(session, action, ACTION_SENT, None, action.provider_id, now)
+        return "sent" if done else "raced"
+    if action.channel in DEDUPLICATING_CHANNELS:
+        requeue: dict[str, Any] = {
+            "status": "queued",
+            "claim": None,
+            "reason": "its dispatcher stopped mid-action; retried with the same key",
+        }
+        done = await queries.settle_claimed(session, action.id, action.claim, requeue)
+        return "requeued" if done else "raced"
+    claimed_at = action.claimed_at or utcnow()
+    values: dict[str, Any] = {
+        "status": "uncertain",
+        "not_before": now + timedelta(seconds=rt.action_reconcile_seconds),
+        "performed_at": now - (utcnow() - claimed_at),  # the attempt, on the driven clock
+        "reason": f"{UNCERTAIN_PREFIX}its dispatcher stopped mid-action (or the call outlived "
+        "the recovery threshold); not sent again: waiting for the provider's status callback",
+    }
+    done = await queries.settle_claimed(session, action.id, action.claim, values)
+    return "uncertain" if done else "raced"
+
+
+async def _give_up_uncertain(
+    session: AsyncSession, rt: Runtime, action: Action, now: datetime
+) -> bool:
+    waited = rt.action_reconcile_seconds
+    reason = (
+        f"{UNCERTAIN_PREFIX}no status callback from {action.channel} within {waited:g} s; not "
+        "sent again, since the lead may have it: check with the provider and send by hand"
+    )
+    done = await _settle(session, action, ACTION_FAILED, reason, None, now)
+    if done:
+        log.warning("action %s: %s", action.id, reason)
+    return done
+
+
+async def reconcile_status(session: AsyncSession, update: StatusUpdate, now: datetime) -> bool:
+    """A provider's status callback about an outreach action (its key came back as
+    ``client_ref``): an uncertain action is settled by it, a running one keeps the provider's
+    id so that recovery knows it went out. False when no action has that key."""
+    if update.client_ref is None:
+        return False
+    action = await queries.lock_action_by_key(session, update.client_ref)
+    if action is None:
+        return False
+    if action.status == "running" and update.status in SENT_STATUSES:
+        action.provider_id = action.provider_id or update.provider_message_id
+    elif action.status == "uncertain" and update.status in SENT_STATUSES:
+        await _settle(session, action, ACTION_SENT, None, update.provider_message_id, now)
+        log.info("action %s reconciled from its status callback: sent", action.id)
+    elif action.status == "uncertain" and update.status == DeliveryStatus.FAILED:
+        reason = f"the provider reports it failed: {update.error_summary or 'no detail'}"
+        await _settle(session, action, ACTION_FAILED, reason, update.provider_message_id, now)
+    return True
+
+
+async def _settle(
+    session: AsyncSession,
+    action: Action,
+    outcome: str,
+    reason: str | None,
+    provider_id: str | None,
+    now: datetime,
+) -> bool:
+    """Finish ``action`` under the claim it has and hand the outcome to its conversation."""
+    values: dict[str, Any] = {"status": "done", "outcome": outcome, "reason": reason}
+    if provider_id is not None:
+        values["provider_id"] = provider_id
+    if outcome == ACTION_SENT and action.performed_at is None:
+        values["performed_at"] = now
+    if not await queries.settle_claimed(session, action.id, action.claim, values):
+        return False
+    if action.conversation_id is not None:
+        payload = dict(action.payload)
+        await _hand_over(session, action.conversation_id, payload, outcome, reason, now)
+    return True
 
 
 # --- manual sends -----------------------------------------------------------------------------
@@ -586,6 +798,7 @@ async def _claim_manual(
             status="running",
             attempts=1,
             claimed_at=utcnow(),
+            claim=uuid4().hex,
             idempotency_key=f"manual-{uuid4().hex}",
         )
         session.add(action)
@@ -601,6 +814,7 @@ async def _claim_manual(
             None,
             sender_for(identity, channel),
             action.idempotency_key,
+            claim=action.claim,
         )
 
 
@@ -632,11 +846,4 @@ async def _take_over(rt: Runtime, conversation_id: int) -> None:
 
 def _waits_for(row: Conversation, action: Action) -> bool:
     """The (locked) conversation waits for ``action``'s outcome: the step that queued it."""
-    step = action.payload.get("step")
-    return (
-        row.status not in TERMINAL
-        and row.waiting_for == WaitKind.ACTION
-        and step is not None
-        and row.action_step == step
-        and row.task_result is None
-    )
+    return row.status not in TERMINAL and _awaits(row, action.payload) and row.task_result is None

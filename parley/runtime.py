@@ -33,6 +33,8 @@ class Runtime:
     campaigns: CampaignCache
     lease_seconds: float = 30.0
     reconcile_seconds: float = 30.0
+    # How long an uncertain outreach action waits for the provider's status callback.
+    action_reconcile_seconds: float = 900.0
     poll_seconds: float = 0.05
     inbox_signal: InboxSignal | None = None
     environ: Mapping[str, str] = field(default_factory=dict)  # values for campaigns' {env.NAME}

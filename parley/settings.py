@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         description="How long an uncertain send (crashed after the provider call) waits for the "
         "provider's status callback before it is considered not sent and sent again.",
     )
+    action_reconcile_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="How long an uncertain outreach action (a WhatsApp template or an email "
+        "whose call timed out or whose dispatcher died mid-call) waits for the provider's "
+        "status callback before it ends failed with an 'uncertain:' reason; never resent.",
+    )
     http_timeout_seconds: float = 10.0
 
     @model_validator(mode="after")

@@ -9,10 +9,12 @@ the whole set (423); the tick then takes them one lease each and skips those hel
 
 Strict, like ``concurrency(strict=True)``: an identity whose limit Prefect does not have (an
 operator deleted it) is not worked this tick, never worked unlimited; its limit is created
-again on the next. The lease is Prefect's minimum, 60 s, and is not renewed: a tick starts no
-action after half of it (``HeldSlots.expiring``) and each provider call is bounded by its
-channel's timeout, so the slots are given back before they lapse; a killed dispatcher's lapse
-on their own after a minute.
+again on the next. The lease is Prefect's minimum, 60 s, renewed every 20 s for as long as the
+tick holds it: a provider call in flight keeps its identity's slot however slow it is (an SMTP
+server taking 30 s a command), so no other dispatcher works that identity meanwhile. A tick
+still starts no action after half a lease (``HeldSlots.expiring``), so ticks stay short; a
+killed dispatcher stops renewing and its slots lapse on their own after a minute. A renewal
+Prefect refuses (the lease is gone) stops the tick from starting more actions.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tasks.prefect_api import prefect_api
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0  # Prefect's minimum: a killed dispatcher frees its identities after this
+RENEW_EVERY_SECONDS = LEASE_SECONDS / 3
 LOCKED = 423  # Prefect's answer when a slot of the set is taken
 _PAGE = 200
 _known_limits: set[str] = set()
@@ -51,9 +54,10 @@ class HeldSlots:
     busy_elsewhere: list[int]
     deadline: float  # event-loop time: no action starts after it
     leases: list[UUID] = field(default_factory=list)
+    lost: bool = False  # a renewal was refused: the slots may be someone else's now
 
     def expiring(self) -> bool:
-        return asyncio.get_running_loop().time() >= self.deadline
+        return self.lost or asyncio.get_running_loop().time() >= self.deadline
 
 
 @contextlib.asynccontextmanager
@@ -64,10 +68,32 @@ async def identity_slots(identity_ids: Sequence[int]) -> AsyncIterator[HeldSlots
     deadline = asyncio.get_running_loop().time() + LEASE_SECONDS / 2
     async with prefect_api() as client:
         held = await _take(client, names, deadline)
+    renewer = asyncio.create_task(_renew_forever(held)) if held.leases else None
     try:
         yield held
     finally:
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
         await _give_back(held.leases)
+
+
+async def _renew_forever(held: HeldSlots) -> None:
+    """Keep the tick's leases alive while its calls are in flight (one API call per lease
+    every ``RENEW_EVERY_SECONDS``, not one per action)."""
+    while True:
+        await asyncio.sleep(RENEW_EVERY_SECONDS)
+        try:
+            async with prefect_api() as client:
+                for lease_id in held.leases:
+                    await client.renew_concurrency_lease(lease_id, lease_duration=LEASE_SECONDS)
+        except PrefectHTTPStatusError as exc:
+            held.lost = True
+            log.error("identity slots lease lost (%r): no more actions this tick", exc)
+            return
+        except Exception as exc:  # Prefect away for a moment: the next renewal may still do
+            log.warning("could not renew identity slots lease (%r); retrying", exc)
 
 
 async def ensure_identity_limit(identity_id: int) -> None:

@@ -19,7 +19,6 @@ from datetime import timedelta
 from parley import outreach, parked
 from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
-from parley.db.models import utcnow
 from parley.runtime import Runtime
 from tasks.identity_slots import HeldSlots, identity_slots
 
@@ -80,15 +79,14 @@ async def _drain(rt: Runtime, identity_id: int, held: HeldSlots) -> Counter[str]
 
 
 async def recover_abandoned_actions(rt: Runtime, older_than: timedelta) -> int:
-    """Actions a dispatcher claimed and never finished (it was killed mid-call) go back to the
-    queue with the same idempotency key: the gateway's ``Idempotency-Key`` and the email's
-    Message-ID make the retry the same action, not a second one."""
-    async with rt.db.transaction() as session:
-        stale = await queries.stale_running_actions(session, utcnow() - older_than)
-        for action in stale:
-            action.status, action.updated_at = "queued", utcnow()
-            action.reason = "its dispatcher stopped mid-action; retried with the same key"
-    return len(stale)
+    """Actions a dispatcher claimed and never finished (it was killed mid-call, or the call is
+    slower than ``older_than``): on the LinkedIn gateway they go back to the queue with the
+    same ``Idempotency-Key``; on WhatsApp and email, which cannot deduplicate, they wait for
+    the provider's status callback instead of going out twice (``parley.outreach``)."""
+    recovered = await outreach.recover_abandoned(rt, older_than)
+    if recovered.total:
+        log.warning("abandoned or uncertain actions: %s", recovered)
+    return recovered.total
 
 
 PARKED_SCAN_SECONDS = 10.0

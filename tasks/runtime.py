@@ -180,6 +180,7 @@ async def get_runtime() -> Runtime:
                 campaigns=CampaignCache(),
                 lease_seconds=settings.lease_seconds,
                 reconcile_seconds=settings.send_reconcile_seconds,
+                action_reconcile_seconds=settings.action_reconcile_seconds,
                 send_retry=RetryPolicy(budget_seconds=settings.send_retry_seconds),
                 clock=clock_from(settings.clock_file),
                 poll_seconds=settings.hot_poll_seconds,

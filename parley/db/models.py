@@ -289,6 +289,7 @@ class CampaignHold(Base):
 
 
 _READY_SQL = "status = 'queued' AND queue = 'ready'"
+_UNSETTLED_SQL = "status IN ('running', 'uncertain')"
 
 
 class Action(Base):
@@ -307,6 +308,13 @@ class Action(Base):
             postgresql_where=text(_READY_SQL),
         ),
         Index("ix_actions_history", "identity_id", "type", "performed_at"),
+        Index(
+            "ix_actions_unsettled",
+            "status",
+            "claimed_at",
+            sqlite_where=text(_UNSETTLED_SQL),
+            postgresql_where=text(_UNSETTLED_SQL),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -323,6 +331,8 @@ class Action(Base):
     put_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # queued -> running -> done; the outcome says how it ended: sent, skipped, failed.
+    # running -> uncertain: the provider may have it and cannot be asked to deduplicate
+    # (WhatsApp, SMTP); it waits until ``not_before`` for the provider's status callback.
     status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
     outcome: Mapped[str | None] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)  # why it waits, was skipped or failed
@@ -330,6 +340,8 @@ class Action(Base):
     seen_inbound_id: Mapped[int | None] = mapped_column(Integer)  # the freshness check's mark
     provider_id: Mapped[str | None] = mapped_column(String(255))
     claimed_at: Mapped[datetime | None]
+    # A token per claim: an outcome or a recovery is written only under the claim it saw.
+    claim: Mapped[str | None] = mapped_column(String(32))
     performed_at: Mapped[datetime | None]  # on the driven clock: what limits count
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -819,6 +819,7 @@ def _claim_next_statement(dialect: str) -> Any:
         .values(
             status="running",
             claimed_at=_bound("claim_at", "claimed_at"),
+            claim=bindparam("stamp"),
             attempts=_actions.c.attempts + 1,
             put_off=False,
         )
@@ -842,9 +843,12 @@ _UNCLAIM = (
         updated_at=_bound("at", "updated_at"),
     )
 )
+UNSETTLED = ("running", "uncertain")
+"""An action under a claim: being performed, or waiting for the provider to say whether it was."""
 _FINISH = (
     update(_actions)
     .where(_actions.c.id == bindparam("which"))
+    .where(_actions.c.claim == bindparam("stamp"), _actions.c.status.in_(UNSETTLED))
     .values(
         status="done",
         outcome=_bound("how", "outcome"),
@@ -856,13 +860,15 @@ _FINISH = (
 )
 
 
-async def claim_next_action(session: AsyncSession, identity_id: int, now: datetime) -> Any:
-    """Take the identity's next due action — ``running``, one more attempt — in one
-    statement, or None; its ``more`` says whether another one was due beside it. ``SKIP
-    LOCKED``: two dispatcher runs (or hosts) never take the same one; on SQLite the write lock
-    makes a single taker anyway. A Core statement, not the ORM: the dispatcher runs it for
-    every action (``unclaim_action`` undoes it when it must wait)."""
-    params = {"whose": identity_id, "now": now, "claim_at": utcnow()}
+async def claim_next_action(
+    session: AsyncSession, identity_id: int, now: datetime, claim: str
+) -> Any:
+    """Take the identity's next due action — ``running``, one more attempt, stamped with
+    ``claim`` — in one statement, or None; its ``more`` says whether another one was due
+    beside it. ``SKIP LOCKED``: two dispatcher runs (or hosts) never take the same one; on
+    SQLite the write lock makes a single taker anyway. A Core statement, not the ORM: the
+    dispatcher runs it for every action (``unclaim_action`` undoes it when it must wait)."""
+    params = {"whose": identity_id, "now": now, "claim_at": utcnow(), "stamp": claim}
     return (await session.execute(_CLAIM_NEXT[_dialect(session)], params)).one_or_none()
 
 
@@ -883,28 +889,71 @@ async def finish_action(
     reason: str | None,
     provider_id: str | None,
     performed_at: datetime | None,
-) -> None:
-    """Record how an action ended (``done``); one statement, the row locked by the update."""
+    claim: str | None,
+) -> bool:
+    """Record how an action ended (``done``); one statement, the row locked by the update.
+    False, and nothing written, unless the action is still under ``claim``: an outcome from
+    a claim that recovery has since handed to another dispatcher (or that a status callback
+    already settled) must not overwrite what came after it."""
     params = {
         "which": action_id,
+        "stamp": claim,
         "how": outcome,
         "why": reason,
         "provider_ref": provider_id,
         "performed": performed_at,
         "at": utcnow(),
     }
-    if _rowcount(await session.execute(_FINISH, params)) != 1:
-        raise NotFound(f"action {action_id} does not exist")
+    return _rowcount(await session.execute(_FINISH, params)) == 1
 
 
 async def stale_running_actions(session: AsyncSession, claimed_before: datetime) -> list[Action]:
-    """Actions claimed by a dispatcher that died before recording their outcome."""
+    """Actions claimed by a dispatcher that died before recording their outcome (or whose
+    call is still in flight, slower than the threshold: their claim stamp tells them apart
+    from a later claim, and ``settle_claimed`` writes only under the stamp it saw)."""
     stmt = (
         select(Action)
         .where(Action.status == "running", Action.claimed_at < claimed_before)
         .with_for_update(skip_locked=True)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def uncertain_actions_due(session: AsyncSession, now: datetime) -> list[Action]:
+    """Uncertain actions whose wait for the provider's status callback is over."""
+    stmt = (
+        select(Action)
+        .where(Action.status == "uncertain", Action.not_before <= now)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def settle_claimed(
+    session: AsyncSession, action_id: int, claim: str | None, values: dict[str, Any]
+) -> bool:
+    """Write ``values`` on the action only while it is still under ``claim`` (running or
+    uncertain): the compare-and-set that fences recovery and late outcomes."""
+    stmt = (
+        update(Action)
+        .where(Action.id == action_id, Action.status.in_(UNSETTLED))
+        .where(Action.claim.is_(None) if claim is None else Action.claim == claim)
+        .values(**values, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(await session.execute(stmt)) == 1
+
+
+async def lock_action_by_key(session: AsyncSession, idempotency_key: str) -> Action | None:
+    """The action whose idempotency key a provider echoed back (WhatsApp's
+    ``biz_opaque_callback_data``, the client_ref inside an email's Message-ID), locked."""
+    stmt = (
+        select(Action)
+        .where(Action.idempotency_key == idempotency_key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def lock_action(session: AsyncSession, action_id: int) -> Action:

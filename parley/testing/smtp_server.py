@@ -81,6 +81,11 @@ class LoopbackSMTPServer:
             "DATA": deque(),
         }
         self._drops = 0
+        self._delays: dict[Stage, deque[float]] = {
+            "MAIL": deque(),
+            "RCPT": deque(),
+            "DATA": deque(),
+        }
         self._credentials: tuple[str, str] | None = None
         self._logins_refused: str | None = None
         self._connections = 0
@@ -190,11 +195,20 @@ class LoopbackSMTPServer:
         with self._lock:
             self._drops += 1
 
+    def delay_next(self, seconds: float, *, at: Stage = "DATA") -> None:
+        """A slow server: the next MAIL, RCPT or DATA command is answered ``seconds`` late. A
+        DATA is accepted and recorded first, so the sender waits for a 250 while the message
+        is already in: killed meanwhile, it cannot know that the message went through."""
+        with self._lock:
+            self._delays[at].append(seconds)
+
     def reset(self) -> None:
         with self._lock:
             self._received.clear()
             for failures in self._failures.values():
                 failures.clear()
+            for delays in self._delays.values():
+                delays.clear()
             self._drops = 0
             self._credentials = None
             self._logins_refused = None
@@ -209,6 +223,13 @@ class LoopbackSMTPServer:
         with self._lock:
             failures = self._failures[stage]
             return failures.popleft() if failures else None
+
+    async def _delay(self, stage: Stage) -> None:
+        with self._lock:
+            delays = self._delays[stage]
+            seconds = delays.popleft() if delays else 0.0
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     def _take_drop(self) -> bool:
         with self._lock:
@@ -275,6 +296,7 @@ class _Handler:
             return "530 5.7.0 Authentication required"
         if (failure := self._owner._take_failure("MAIL")) is not None:
             return _refuse(server, failure)
+        await self._owner._delay("MAIL")
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -284,6 +306,7 @@ class _Handler:
     ) -> str:
         if (failure := self._owner._take_failure("RCPT")) is not None:
             return _refuse(server, failure)
+        await self._owner._delay("RCPT")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 OK"
@@ -294,6 +317,7 @@ class _Handler:
         record = self._owner._record(envelope, session)
         if self._owner._take_drop() and isinstance(server.transport, asyncio.WriteTransport):
             server.transport.abort()  # the 250 below is never written
+        await self._owner._delay("DATA")
         return f"250 2.0.0 OK: queued as {record.queue_id}"
 
 

@@ -113,6 +113,8 @@ class FakeWhatsAppAPI:
         self._threads: list[threading.Thread] = []
         self._callbacks: queue.Queue[_CallbackJob | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._callbacks_flowing = threading.Event()
+        self._callbacks_flowing.set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class FakeWhatsAppAPI:
         server.shutdown()
         server.server_close()
         self._stopping.set()
+        self._callbacks_flowing.set()
         self._callbacks.put(None)
         for thread in self._threads:
             thread.join(timeout=5)
@@ -229,7 +232,16 @@ class FakeWhatsAppAPI:
         with self._lock:
             self._token_expired = False
 
+    def pause_callbacks(self) -> None:
+        """Hold status callbacks back (queued, in order) until ``resume_callbacks``: Meta's
+        webhook deliveries can come late, e.g. after the sender has died."""
+        self._callbacks_flowing.clear()
+
+    def resume_callbacks(self) -> None:
+        self._callbacks_flowing.set()
+
     def reset(self) -> None:
+        self._callbacks_flowing.set()
         with self._lock:
             self._received.clear()
             self._failures.clear()
@@ -340,6 +352,9 @@ class FakeWhatsAppAPI:
         """One worker, so each message's "sent" reaches the webhook before its "delivered"."""
         with httpx.Client(timeout=5.0) as http:
             while (job := jobs.get()) is not None and not self._stopping.is_set():
+                while not self._callbacks_flowing.wait(0.1):
+                    if self._stopping.is_set():
+                        return
                 try:
                     for status in CALLBACK_STATUSES:
                         self._deliver_status(http, job.record, status)

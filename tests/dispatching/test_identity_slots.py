@@ -4,6 +4,7 @@ twice at once), a missing limit never worked unlimited, every slot given back af
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -88,3 +89,23 @@ async def test_an_existing_limit_is_used_as_it_is(client: PrefectClient, limit_p
     async with slots.identity_slots([9, 10]) as held:
         assert sorted(held.identity_ids) == [9, 10]
         assert await _active(client, f"{limit_prefix}9") == 1
+
+
+async def test_a_call_in_flight_past_the_lease_keeps_the_identitys_slot(
+    client: PrefectClient, limit_prefix: str
+) -> None:
+    """A provider call slower than the 60 s lease (an SMTP server taking 30 s a command):
+    the tick's lease is renewed, so Prefect never frees the slot under it and no other
+    dispatcher can take the identity while the call is in flight. Without the renewal the
+    server's repossessor (every 5 s here) frees it a minute in."""
+    loop = asyncio.get_running_loop()
+    async with slots.identity_slots([11]) as held:
+        assert held.identity_ids == [11]
+        past_the_lease = loop.time() + slots.LEASE_SECONDS + 12  # the lapse, then two sweeps
+        while loop.time() < past_the_lease:  # the call in flight
+            assert await _active(client, f"{limit_prefix}11") == 1
+            async with slots.identity_slots([11]) as other:
+                assert other.identity_ids == [] and other.busy_elsewhere == [11]
+            await asyncio.sleep(2)
+        assert not held.lost
+    assert await _active(client, f"{limit_prefix}11") == 0

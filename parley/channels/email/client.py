@@ -10,8 +10,9 @@ so the dispatcher decides park, wait, retry or give up from the type alone:
   ``RateLimited``, with ``retry_after`` when the reply says "try again in N seconds/minutes".
 * connection refused, reset or timed out: ``TransientChannelError`` with ``http_status=None``.
   When the connection is lost after the login, the message is *uncertain*: the server may have
-  accepted it (e.g. it dropped after our final DATA dot but before its 250). A retry re-sends
-  the same ``Message-ID``, so receiving systems that deduplicate on it show it once.
+  accepted it (e.g. it dropped after our final DATA dot but before its 250). SMTP has no way to
+  ask, and not every receiving system drops a repeated ``Message-ID``, so the dispatcher does
+  not send it again: it waits for a delivery event carrying that Message-ID (``parley.outreach``).
 * 550/551/553, or a 5xx with an enhanced status 5.1.x (bad address): ``Undeliverable``.
 * any other 4xx: ``TransientChannelError``; any other 5xx: ``PermanentChannelError``.
 
@@ -246,7 +247,9 @@ async def _connect(smtp: aiosmtplib.SMTP, settings: SmtpSettings) -> None:
         raise error_from_reply(exc.code, f"{exc.message} (from {where})") from exc
     except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPConnectError, OSError) as exc:
         raise TransientChannelError(
-            f"could not reach or log in to {where} (nothing was sent): {exc}", http_status=None
+            f"could not reach or log in to {where} (nothing was sent): {exc}",
+            http_status=None,
+            maybe_sent=False,
         ) from exc
     except aiosmtplib.SMTPException as exc:  # e.g. no AUTH or STARTTLS offered
         raise IdentityExpired(f"{where} cannot be used with these settings: {exc}") from exc
@@ -304,8 +307,8 @@ def error_from_reply(code: int, message: str) -> ChannelError:
         return RateLimited(text, code=reply_code, retry_after=retry_after_of(message))
     if code in RECIPIENT_CODES or (code >= 500 and _BAD_ADDRESS_STATUS.search(message)):
         return Undeliverable(text, code=reply_code)
-    if code < 500:
-        return TransientChannelError(text, code=reply_code, http_status=None)
+    if code < 500:  # a refusal: the server answered, so it did not take the message
+        return TransientChannelError(text, code=reply_code, http_status=None, maybe_sent=False)
     return PermanentChannelError(text, code=reply_code)
 
 
