@@ -152,7 +152,12 @@ async def _actions_released(session: AsyncSession, row: Conversation) -> str:
 
 
 def _release(row: Conversation) -> RunAction:
+    """Back to what it was before the pause: a conversation held before its first run started
+    is pending again and its run is started; a sleeping one is resumed; a live one goes on."""
     row.paused_by = None
+    if row.flow_run_id is None:
+        set_status(row, Status.PENDING)
+        return "start"
     if _sleeping(row):
         set_status(row, Status.SUSPENDED)
         return "resume"
@@ -325,11 +330,9 @@ async def resume_campaign(db: Database, name: str) -> CampaignChange:
 async def _release_from_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
     if row.status is not Status.PAUSED or row.paused_by != "campaign":
         return "none", "paused by an operator: stays paused"
-    if row.flow_run_id is None:
-        row.paused_by = None
-        set_status(row, Status.PENDING)
-        return "start", "released: its first run starts"
     run = _release(row)
+    if run == "start":
+        return run, "released: its first run starts"
     return run, "released" + await _actions_released(session, row)
 
 

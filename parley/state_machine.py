@@ -46,7 +46,9 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     | _ENDS,
     Status.HOT: frozenset({Status.RUNNING, Status.SUSPENDED, Status.PAUSED}) | _ENDS,
     Status.SUSPENDED: frozenset({Status.RUNNING, Status.PAUSED}) | _ENDS,
-    Status.PAUSED: frozenset({Status.PAUSED, Status.SUSPENDED, Status.RUNNING}) | _ENDS,
+    # pending: held before its first run started, released to have it started
+    Status.PAUSED: frozenset({Status.PAUSED, Status.PENDING, Status.SUSPENDED, Status.RUNNING})
+    | _ENDS,
     Status.FAILED: frozenset({Status.PENDING}),  # retry: a new run from the node that failed
     Status.COMPLETED: frozenset(),
     Status.CANCELLED: frozenset(),

@@ -331,6 +331,34 @@ async def test_a_paused_campaign_holds_its_conversations_and_its_resume_releases
         await lifecycle.pause_campaign(db, "no-such-campaign")
 
 
+async def test_a_campaign_paused_and_resumed_before_a_leads_first_run_starts_that_run(
+    db: Database, follow_up: str
+) -> None:
+    """A lead stored while its campaign was being paused, before any run took it over: the
+    campaign's resume used to refuse it (paused → pending was not allowed), stranding it and
+    every conversation after it in the campaign."""
+    await inbox.store_batch(db, make_batch("hi"), follow_up)
+    cid = int((await views.list_conversations(db))[0]["id"])
+    held = await lifecycle.pause_campaign(db, follow_up)
+    assert [(c.conversation_id, c.status) for c in held.changes] == [(cid, Status.PAUSED)]
+    released = await lifecycle.resume_campaign(db, follow_up)
+    assert [(c.conversation_id, c.status, c.run) for c in released.changes] == [
+        (cid, Status.PENDING, "start")
+    ]
+    row = await _row(db, cid)
+    assert (row.status, row.paused_by, row.flow_run_id) == (Status.PENDING, None, None)
+
+
+async def test_an_operator_pause_and_resume_before_the_first_run_starts_that_run(
+    db: Database, follow_up: str
+) -> None:
+    await inbox.store_batch(db, make_batch("hi"), follow_up)
+    cid = int((await views.list_conversations(db))[0]["id"])
+    await lifecycle.pause(db, cid)
+    resumed = await lifecycle.resume(db, cid)
+    assert (resumed.status, resumed.run) == (Status.PENDING, "start")
+
+
 async def test_a_running_conversation_of_a_paused_campaign_stops_at_its_next_node(
     db: Database, rt: Runtime, follow_up: str
 ) -> None:
