@@ -749,6 +749,8 @@ async def manual_send(
     outcome, record = await _perform(rt, claimed)
     async with rt.db.transaction() as session:
         await record(session)
+        if outcome != "sent":
+            await _give_back_held(session, conversation_id)
     if outcome != "sent":
         async with rt.db.read() as session:
             action = await queries.get_action(session, claimed.action_id)
@@ -781,6 +783,10 @@ async def _claim_manual(
         decision = await _decision(session, identity, kind, now, rng or random.Random())
         if not isinstance(decision, Proceed):
             return ManualSend(False, decision.explain())
+        # The sequence's ready actions are held while the hand-sent message is on its way: a
+        # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
+        # manual send that fails gives them back).
+        await queries.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
         contact = await queries.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
@@ -819,6 +825,15 @@ async def _claim_manual(
 
 
 TAKEN_OVER_REASON = "a person took over with a manual message"
+HAND_SENDING = "held: a person is sending a message by hand"
+
+
+async def _give_back_held(session: AsyncSession, conversation_id: int) -> None:
+    """The hand-sent message did not go out: what ``_claim_manual`` held goes back in line,
+    unless an operator's pause holds the conversation anyway (its resume releases them)."""
+    row = await queries.lock_conversation(session, conversation_id)
+    if row.status is not Status.PAUSED:
+        await actions.release_held(session, conversation_id)
 
 
 async def _take_over(rt: Runtime, conversation_id: int) -> None:

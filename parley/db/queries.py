@@ -1036,6 +1036,19 @@ async def identities_with_parked_queues(session: AsyncSession) -> list[tuple[int
     return [(int(row[0]), dict(row[1] or {})) for row in rows if row[1]]
 
 
+async def hold_ready_actions(
+    session: AsyncSession, conversation_id: int, queue: str, reason: str
+) -> int:
+    """The conversation's ready actions into ``queue``, where no dispatcher claims them."""
+    stmt = (
+        update(Action)
+        .where(Action.conversation_id == conversation_id, Action.queue == "ready")
+        .where(Action.status == "queued")
+        .values(queue=queue, reason=reason, updated_at=utcnow())
+    )
+    return _rowcount(await session.execute(stmt))
+
+
 async def held_actions(session: AsyncSession, conversation_id: int, queue: str) -> list[Action]:
     """The conversation's actions held in ``queue``, locked, oldest first."""
     stmt = (

@@ -383,3 +383,33 @@ async def test_a_manual_send_while_nothing_is_queued_gives_no_node_a_result(
     await lifecycle.resume(db, cid)
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("wait_accept", WaitKind.REPLY)
+
+
+async def test_a_hand_sent_message_racing_the_dispatcher_goes_out_alone(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    """The dispatcher runs while the hand-sent message is on its way: the visit the sequence
+    queued is held from the manual send's claim on, so the lead gets the person's message only,
+    and the visit ends skipped as taken over."""
+    identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
+    gateway.hold_next(2.0)  # the manual message's answer comes late
+    sending = asyncio.create_task(outreach.manual_send(rt, cid, "Hi, it's Ana"))
+    assert await asyncio.to_thread(gateway.wait_for_actions, 1, 10.0)
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert (await sending).sent
+    assert [a.kind for a in gateway.performed] == ["message"]
+    visit, manual = await _actions(db, identity_id)
+    assert (visit.outcome, visit.reason) == ("skipped", outreach.TAKEN_OVER_REASON)
+    assert manual.outcome == "sent"
+
+
+async def test_a_hand_sent_message_the_provider_refuses_gives_the_sequence_its_action_back(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
+    gateway.fail_next("invalid_request", 400)
+    result = await outreach.manual_send(rt, cid, "Hi, it's Ana")
+    assert not result.sent
+    assert (await _row(db, cid)).status is not Status.PAUSED
+    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert [a.kind for a in gateway.performed] == ["profile_visit"]
