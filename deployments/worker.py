@@ -172,8 +172,11 @@ class InProcessRuns:
         )
         for run in cancelling:
             await self.cancel(client, run)
-        for run in cancelled:
-            await self._stop(run.id)  # cancelled by someone else (another worker, the sweep)
+        for run in cancelled:  # cancelled by someone else (another worker, the sweep)
+            if await self._stop(run.id):
+                # Prefect's engine, stopped here, forces Crashed over the Cancelled it had.
+                message = run.state.message if run.state else None
+                await client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
             await end_conversation_of(run)
         self._cancelled_since = now - CANCELLATION_CHECK  # overlap: nothing slips between
 
@@ -185,12 +188,15 @@ class InProcessRuns:
         )
         log.info("flow run %s cancelled", run.id)
 
-    async def _stop(self, run_id: UUID) -> None:
+    async def _stop(self, run_id: UUID) -> bool:
+        """Whether this worker was running it (and has stopped it)."""
         task = self.active.get(run_id)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        if task is None:
+            return False
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return True
 
     async def drain(self, timeout: float = DRAIN_SECONDS) -> None:
         """On shutdown, let running conversations reach their next wait (they suspend or

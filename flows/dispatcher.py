@@ -52,10 +52,27 @@ def _run_name() -> str:
 @flow(name="dispatcher", flow_run_name=_run_name, log_prints=False)
 async def dispatcher() -> dict[str, int]:
     settings = get_settings()
+    if _overtaken(settings):
+        get_run_logger().info("due more than one interval ago: a newer run does the work")
+        await _relay(settings)
+        return {"late run left to a newer one": 1}
     totals = await _Ticks(settings).run()
     get_run_logger().info("dispatcher run done: %s", dict(totals))
     await _relay(settings)
     return dict(totals)
+
+
+def _overtaken(settings: Settings) -> bool:
+    """Prefect's scheduler keeps an hour of runs ahead, one per interval; a worker back after
+    hours away finds all the missed ones due and would start them together, each holding a
+    worker slot for a whole interval (after a day: every slot, conversations starved). Only
+    the newest is needed; kicked and relayed runs are due when made, so never overtaken."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    if run is None or run.deployment_id is None or run.expected_start_time is None:
+        return False
+    late = datetime.now(UTC) - run.expected_start_time
+    return late > timedelta(seconds=settings.dispatcher_interval_seconds)
 
 
 async def _relay(settings: Settings) -> None:

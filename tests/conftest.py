@@ -24,6 +24,9 @@ PREFECT_PORT = free_port()
 PREFECT_API_URL = f"http://127.0.0.1:{PREFECT_PORT}/api"
 os.environ.update(prefect_env(SESSION_DIR / "prefect", PREFECT_API_URL))
 os.environ.setdefault("PARLEY_DATA_DIR", str(SESSION_DIR / "data"))
+# The server's periodic scheduler pass (default every 60 s) every few seconds, so a test sees
+# a used-up schedule refilled without waiting a minute (tests/e2e/test_prefect_scheduler.py).
+os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
 
 from parley.db import Database  # noqa: E402
 from parley.db.migrate import upgrade  # noqa: E402
