@@ -612,6 +612,7 @@ async def explain(
         since = moment - _lookback(policy.limits)
         sent = await queries.sent_history(session, identity_id, since)
         next_action = await queries.next_ready_action(session, identity_id)
+        uncertain = await queries.uncertain_action_count(session, identity_id)
     history = [Performed(kind, at) for kind, at in sent if kind in ACTION_TYPES]
     hours = policy.working_hours
     detail = _summary(identity, queued)
@@ -630,6 +631,7 @@ async def explain(
             if CHANNEL_OF[kind] == identity.channel
         },
         next_action=_action_view(next_action),
+        uncertain=uncertain,
         unpark=_unpark_view(identity),
         status=_status(identity, policy, history, next_action, detail["parked"], moment),
     )

@@ -171,6 +171,13 @@ def _print_explanation(detail: dict[str, Any]) -> None:
         )
     else:
         console.print(f"queue: {ready} ready")
+    if detail["queued"]["held"]:
+        console.print(f"held: {detail['queued']['held']} action(s) of paused conversations")
+    if detail["uncertain"]:
+        console.print(
+            f"[yellow]uncertain: {detail['uncertain']} action(s)[/] whose call may have gone"
+            " out wait for the provider's status callback (never resent)"
+        )
     for queue, entry in detail["parked"].items():
         console.print(
             f"[yellow]parked {queue}[/]: {entry['actions']} action(s) since {entry['since']}"

@@ -1366,6 +1366,14 @@ async def queued_action_counts(
     return {(row[0], row[1]): int(row[2]) for row in rows}
 
 
+async def uncertain_action_count(session: AsyncSession, identity_id: int) -> int:
+    """Actions whose provider call may have happened, waiting for the provider's callback."""
+    stmt = select(func.count()).where(
+        Action.identity_id == identity_id, Action.status == "uncertain"
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
 async def next_ready_action(session: AsyncSession, identity_id: int) -> Action | None:
     """The action the identity's dispatcher takes next: ready, earliest ``not_before``."""
     stmt = (

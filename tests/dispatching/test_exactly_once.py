@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, inbox, lifecycle, outreach
+from parley import executor, identities, inbox, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -168,6 +168,7 @@ async def test_a_whatsapp_template_that_timed_out_is_not_sent_again_and_its_call
     [action] = await _actions(db, identity_id)
     assert action.status == "uncertain" and action.reason is not None
     assert action.reason.startswith("uncertain: ")
+    assert (await identities.explain(db, identity_id))["uncertain"] == 1  # operators see it
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(timedelta(minutes=5))  # past any retry backoff: still nothing to send
     assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
@@ -181,6 +182,7 @@ async def test_a_whatsapp_template_that_timed_out_is_not_sent_again_and_its_call
     result = await _task_result(db, cid)
     assert result is not None and result["outcome"] == "sent"
     assert len(whatsapp.received) == 1
+    assert (await identities.explain(db, identity_id))["uncertain"] == 0
 
 
 async def test_an_uncertain_whatsapp_template_without_a_callback_ends_failed_not_resent(
