@@ -190,10 +190,8 @@ def _one_line(value: object) -> str:
 # --- sending ----------------------------------------------------------------------------------
 
 
-async def send_email(message: EmailMessage, settings: SmtpSettings) -> str:
-    """Send over a fresh connection and return the server's reply to DATA (often "queued as
-    <its id>")."""
-    smtp = aiosmtplib.SMTP(
+def _session(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    return aiosmtplib.SMTP(
         hostname=settings.host,
         port=settings.port,
         username=settings.username,
@@ -202,6 +200,12 @@ async def send_email(message: EmailMessage, settings: SmtpSettings) -> str:
         start_tls=settings.starttls,
         timeout=settings.timeout,
     )
+
+
+async def send_email(message: EmailMessage, settings: SmtpSettings) -> str:
+    """Send over a fresh connection and return the server's reply to DATA (often "queued as
+    <its id>")."""
+    smtp = _session(settings)
     try:
         await _connect(smtp, settings)
         return await _transmit(smtp, message)
@@ -213,15 +217,7 @@ async def check_login(settings: SmtpSettings, mail_from: str) -> str:
     """Whether the mailbox works again, without sending anything: connect, STARTTLS, log in
     and offer ``MAIL FROM`` (a server may take the login but refuse our sender), then ``RSET``.
     Raises what a send would have raised at those steps; returns the server's answer to MAIL."""
-    smtp = aiosmtplib.SMTP(
-        hostname=settings.host,
-        port=settings.port,
-        username=settings.username,
-        password=settings.password,
-        use_tls=settings.use_tls,
-        start_tls=settings.starttls,
-        timeout=settings.timeout,
-    )
+    smtp = _session(settings)
     try:
         await _connect(smtp, settings)
         try:
