@@ -220,7 +220,7 @@ async def _claim(
         return "idle"
     if await actions.park_if_known_down(session, identity, action.id, action.channel, action.type):
         return "parked"  # its queue was parked after it was queued: never tried
-    decision = await _decision(session, identity, action.type, now, rng)
+    decision = await _decision(session, rt, identity, action.type, now, rng)
     if not isinstance(decision, Proceed):
         await queries.unclaim_action(session, action.id, decision.until, decision.explain())
         identity.flagged = decision.explain() if decision.capped else None
@@ -257,9 +257,17 @@ async def _claim(
 
 
 async def _decision(
-    session: Any, identity: Identity, action_type: str, now: datetime, rng: random.Random
+    session: Any,
+    rt: Runtime,
+    identity: Identity,
+    action_type: str,
+    now: datetime,
+    rng: random.Random,
 ) -> Any:
-    """Only this type's sends count for it, as far back as its caps reach (``history_needed``)."""
+    """Only this type's sends count for it, as far back as its caps reach (``history_needed``).
+    The decision's time is read again once the history is: an outcome is recorded without the
+    identity's lock (a drain's last one commits on its own), so a send another dispatcher
+    recorded a moment ago may be newer than ``now`` and would look like a spacing wait."""
     policy = identities.policy_of(identity)
     since = now - history_needed(policy.limits, action_type)  # type: ignore[arg-type]
     sent = await queries.sent_history_of_type(session, identity.id, action_type, since)
@@ -269,7 +277,7 @@ async def _decision(
         policy.working_hours,
         history,
         action_type,  # type: ignore[arg-type]
-        now,
+        max(now, rt.clock.now()),
         rng,
         blocked_until=identities.blocked_of(identity),
     )
@@ -780,7 +788,7 @@ async def _claim_manual(
         parked = [q for q in identity.parked if q == channel or q.startswith(f"{channel}-")]
         if parked:
             return ManualSend(False, f"{channel} is parked: {identity.parked[parked[0]]}")
-        decision = await _decision(session, identity, kind, now, rng or random.Random())
+        decision = await _decision(session, rt, identity, kind, now, rng or random.Random())
         if not isinstance(decision, Proceed):
             return ManualSend(False, decision.explain())
         # The sequence's ready actions are held while the hand-sent message is on its way: a
