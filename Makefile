@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON := 3.11
 
-.PHONY: bench-dispatcher setup demo dev test lint typecheck contracts bench bench-quick clean
+.PHONY: bench-dispatcher setup demo dev test test-unit test-storage test-e2e lint typecheck contracts bench bench-quick clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -28,6 +28,17 @@ contracts: setup
 
 test: lint typecheck contracts
 	$(UV) run pytest -n 2 --dist loadfile -q
+
+# Lanes to loop on while developing (the lane follows from the fixtures a test uses, see
+# tests/conftest.py); `make test` above stays the full suite CI runs.
+test-unit: setup
+	$(UV) run pytest -m unit -n 2 -q
+
+test-storage: setup
+	$(UV) run pytest -m storage -n 2 -q
+
+test-e2e: setup
+	$(UV) run pytest -m e2e -n 2 --dist loadfile -q
 
 clean:
 	rm -rf .parley .pytest_cache .mypy_cache .ruff_cache

@@ -110,3 +110,21 @@ def prefect_server() -> Iterator[str]:
     yield PREFECT_API_URL
     stack.stop()
     _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+LANE_FIXTURES = {"prefect_server": "e2e", "database_factory": "storage"}
+"""What a test needs decides its lane (``make test-unit|test-storage|test-e2e``): a Prefect
+server or a stack makes it e2e, a database (``db`` and the fixtures built on it) storage, and
+nothing of the sort unit. Read from the fixtures a test really uses, so a new test lands in the
+right lane without being marked by hand."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {LANE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in LANE_FIXTURES}
+        if "e2e" in needs or item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.e2e)
+        elif "storage" in needs:
+            item.add_marker(pytest.mark.storage)
+        else:
+            item.add_marker(pytest.mark.unit)
