@@ -785,9 +785,9 @@ async def _claim_manual(
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
         channel = CHANNEL_OF[kind]  # type: ignore[index]
-        parked = [q for q in identity.parked if q == channel or q.startswith(f"{channel}-")]
-        if parked:
-            return ManualSend(False, f"{channel} is parked: {identity.parked[parked[0]]}")
+        parked = actions.parked_queue_of(identity, channel, kind)
+        if parked is not None:
+            return ManualSend(False, f"{parked} is parked: {identity.parked[parked]}")
         decision = await _decision(session, rt, identity, kind, now, rng or random.Random())
         if not isinstance(decision, Proceed):
             return ManualSend(False, decision.explain())

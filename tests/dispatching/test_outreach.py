@@ -478,6 +478,23 @@ async def test_a_manual_send_on_a_parked_channel_is_refused(
     assert not refused.sent and "parked" in refused.reason
 
 
+async def test_a_manual_inmail_while_credits_are_out_is_refused_and_a_message_goes(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
+) -> None:
+    """Credits park InMails only: a hand-sent InMail is refused, a hand-sent message is not."""
+    identity_id = await _identity(db, gateway)
+    cid = await _lead(db, rt, campaign, identity_id, 1)
+    await _until_waiting(rt, cid)
+    async with db.transaction() as session:
+        identity = await queries.lock_identity(session, identity_id)
+        identity.parked = {"credits": {"reason": "no InMail credits", "since": "2026-12-08"}}
+    refused = await outreach.manual_send(rt, cid, "hello?", action_type="linkedin_inmail")
+    assert not refused.sent and refused.reason.startswith("credits is parked")
+    assert gateway.performed == []
+    assert (await outreach.manual_send(rt, cid, "hello?")).sent  # a message: not parked
+    assert [a.kind for a in gateway.performed] == ["message"]
+
+
 async def test_parley_send_from_the_cli_says_why_not_or_sends(
     db: Database,
     rt: Runtime,
