@@ -41,13 +41,13 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.pg import Server
-from parley import outreach
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
+from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.migrate import upgrade
 from parley.db.models import Action, Identity
-from parley.http_action import post_json
+from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.testing.linkedin_gateway import DEFAULT_API_KEY, FakeLinkedInGateway
 
@@ -212,7 +212,7 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
     async def one(identity_id: int) -> None:
         async with gate:
             while True:
-                done = await outreach.drain(rt, identity_id, rng, limit=PER_DRAIN)
+                done = await dispatch.drain(rt, identity_id, rng, limit=PER_DRAIN)
                 outcomes.update(o for o in done if o not in ("idle", "waiting"))
                 if done[-1] in ("idle", "waiting"):
                     break

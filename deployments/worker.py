@@ -55,7 +55,7 @@ from deployments.engine import shared_engine, with_resolved_result_storage
 from deployments.register import kick_dispatcher, register_deployments
 from flows.conversation import conversation
 from flows.dispatcher import dispatcher
-from parley import executor
+from parley.conversation import executor
 from parley.settings import Settings, get_settings
 from tasks.prefect_api import unreachable, wait_for_prefect_api
 from tasks.runtime import get_runtime, stop_gracefully

@@ -15,7 +15,11 @@ from uuid import UUID
 
 from prefect.artifacts import acreate_markdown_artifact
 
-from parley.operator_views import ARTIFACT_MESSAGES, conversation_markdown, show_conversation
+from parley.conversation.operator_views import (
+    ARTIFACT_MESSAGES,
+    conversation_markdown,
+    show_conversation,
+)
 from tasks.runtime import get_runtime
 
 PUBLISH_TIMEOUT_SECONDS = 10.0

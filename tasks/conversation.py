@@ -14,8 +14,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from parley import executor, handshake
-from parley.state_machine import Cursor
+from parley.conversation import executor, handshake
+from parley.conversation.state_machine import Cursor
 from tasks import resume_input
 from tasks.artifacts import publish_conversation_artifact
 from tasks.infra import riding_out_outages

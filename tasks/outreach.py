@@ -16,9 +16,9 @@ import random
 from collections import Counter
 from datetime import timedelta
 
-from parley import outreach, parked
 from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
+from parley.outreach import dispatch, parked
 from parley.runtime import Runtime
 from tasks.identity_slots import HeldSlots, identity_slots
 
@@ -65,7 +65,7 @@ async def _drain(rt: Runtime, identity_id: int, held: HeldSlots) -> Counter[str]
     if held.expiring() or rt.stopping:
         return Counter({"identity left for the next tick": 1})
     try:
-        outcomes = await outreach.drain(
+        outcomes = await dispatch.drain(
             rt,
             identity_id,
             _rng,
@@ -82,8 +82,8 @@ async def recover_abandoned_actions(rt: Runtime, older_than: timedelta) -> int:
     """Actions a dispatcher claimed and never finished (it was killed mid-call, or the call is
     slower than ``older_than``): on the LinkedIn gateway they go back to the queue with the
     same ``Idempotency-Key``; on WhatsApp and email, which cannot deduplicate, they wait for
-    the provider's status callback instead of going out twice (``parley.outreach``)."""
-    recovered = await outreach.recover_abandoned(rt, older_than)
+    the provider's status callback instead of going out twice (``parley.outreach.dispatch``)."""
+    recovered = await dispatch.recover_abandoned(rt, older_than)
     if recovered.total:
         log.warning("abandoned or uncertain actions: %s", recovered)
     return recovered.total
@@ -95,7 +95,7 @@ once per ``PARLEY_PARKED_HEALTH_CHECK_SECONDS``)."""
 
 
 class ParkedChecks:
-    """One dispatcher run's health checks of parked queues (``parley.parked``), in the
+    """One dispatcher run's health checks of parked queues (``parley.outreach.parked``), in the
     background of its ticks: a provider that takes its timeout to answer never holds up the
     tick's actions, resumes and repairs. One pass at a time; ``aclose`` at the run's end."""
 

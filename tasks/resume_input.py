@@ -18,8 +18,8 @@ from prefect.input import RunInput
 from prefect.input.actions import adelete_flow_run_input
 from pydantic import Field, create_model
 
-from parley import lifecycle
 from parley.campaign import TaskNode
+from parley.conversation import lifecycle
 from parley.db import queries
 from parley.errors import InvalidInput, TransitionNotAllowed
 from tasks.prefect_api import prefect_api

@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
-from parley import handshake
 from parley.campaign.registry import CampaignCache
 from parley.channels.catalog import build_channels, build_outreach
 from parley.clock import clock_from
+from parley.conversation import handshake
+from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.engine import async_url, is_sqlite
 from parley.errors import NotFound
-from parley.http_action import post_json
 from parley.inbox_signal import (
     DatagramSignal,
     InboxSignal,

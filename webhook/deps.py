@@ -13,8 +13,8 @@ from typing import Annotated, TypeVar
 from fastapi import BackgroundTasks, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from parley import inbox
 from parley.channels.base import Channel, InboundBatch
+from parley.conversation import inbox
 from parley.db import Database
 from parley.errors import (
     AlreadyExists,

@@ -57,7 +57,7 @@ OutreachActionType = Literal[
     "linkedin_profile_visit",
     "whatsapp_template",
 ]
-"""The action types an identity's dispatcher performs (``parley.limits.ActionType``)."""
+"""The action types an identity's dispatcher performs (``parley.outreach.limits.ActionType``)."""
 FieldKind = Literal["text", "number", "datetime", "bool"]
 Weekday = Annotated[str, BeforeValidator(parse_weekday)]
 ClockTime = Annotated[dt.time, BeforeValidator(parse_clock)]

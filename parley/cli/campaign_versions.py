@@ -12,11 +12,11 @@ import typer
 from rich import box
 from rich.table import Table
 
-from parley import funnel, migration
 from parley.cli.common import EXIT_REFUSED, AsJson, console, err_console, print_json, run_with_db
+from parley.conversation import funnel, migration
+from parley.conversation.funnel import Funnel
+from parley.conversation.migration import Migration, MigrationRefused
 from parley.db import Database
-from parley.funnel import Funnel
-from parley.migration import Migration, MigrationRefused
 
 EXIT_MIGRATION_REFUSED = 2
 """``migrate`` refused: some waiting conversation's node has no mapping; nothing moved."""

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from parley import lifecycle
 from parley.cli import campaign_versions
 from parley.cli.common import AsJson, console, err_console, print_json, run_with_db
+from parley.conversation import lifecycle
+from parley.conversation.lifecycle import CampaignChange
 from parley.errors import CampaignInvalid, NotFound
-from parley.lifecycle import CampaignChange
 
 campaign_app = typer.Typer(help="Campaign graphs.", no_args_is_help=True)
 

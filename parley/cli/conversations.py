@@ -14,10 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from parley import lifecycle, operator_views
 from parley.cli.common import EXIT_REFUSED, AsJson, console, err_console, print_json, run_with_db
-from parley.lifecycle import Change
-from parley.state_machine import Status
+from parley.conversation import lifecycle, operator_views
+from parley.conversation.lifecycle import Change
+from parley.conversation.state_machine import Status
 
 conversations_app = typer.Typer(
     help="Inspect conversations; pause, resume, cancel, retry, signal them.",

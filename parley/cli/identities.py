@@ -16,9 +16,9 @@ import typer
 import yaml
 from rich.table import Table
 
-from parley import identities
 from parley.cli.common import EXIT_REFUSED, AsJson, console, err_console, print_json, run_with_db
 from parley.clock import clock_from
+from parley.outreach import identities
 from parley.settings import get_settings
 
 identities_app = typer.Typer(

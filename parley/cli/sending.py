@@ -13,14 +13,14 @@ from typing import Annotated
 
 import typer
 
-from parley import outreach
 from parley.campaign.registry import CampaignCache
 from parley.channels.catalog import build_outreach
 from parley.cli.common import EXIT_REFUSED, AsJson, console, err_console, print_json, run_with_db
 from parley.clock import clock_from
+from parley.conversation.http_action import post_json
 from parley.db import Database
-from parley.http_action import post_json
-from parley.outreach import ManualSend
+from parley.outreach import dispatch
+from parley.outreach.dispatch import ManualSend
 from parley.runtime import Runtime
 from parley.settings import get_settings
 
@@ -48,7 +48,7 @@ def send(
             outreach=build_outreach(settings),
         )
         try:
-            return await outreach.manual_send(
+            return await dispatch.manual_send(
                 rt, conversation_id, text, action_type=action_type, subject=subject
             )
         finally:

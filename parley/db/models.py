@@ -31,7 +31,7 @@ from sqlalchemy.types import TypeDecorator
 
 from parley.campaign.names import NODE_ID_MAX_LENGTH
 from parley.channels.base import REPLY_ID_MAX_LENGTH
-from parley.state_machine import ACTIVE, Status
+from parley.conversation.state_machine import ACTIVE, Status
 
 # The partial unique index of signal-with-start; a change to ACTIVE needs a migration.
 _ACTIVE_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE)))
@@ -105,7 +105,7 @@ class Identity(Base):
     address: Mapped[str] = mapped_column(String(255))
     name: Mapped[str | None] = mapped_column(String(100))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
-    # {"working_hours": {...}, "limits": {...}}: see parley.identities.IdentityPolicy.
+    # {"working_hours": {...}, "limits": {...}}: see parley.outreach.identities.IdentityPolicy.
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     # Provider settings of this sender (SMTP server and login, the LinkedIn seat's account id).
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
@@ -270,7 +270,7 @@ class NodeVisit(Base):
     entered_at: Mapped[datetime]
     left_at: Mapped[datetime | None]
     # How the visit ended: "left" (an edge), the conversation's end status there, or
-    # "migrated" (moved to another campaign version: ``parley.migration``).
+    # "migrated" (moved to another campaign version: ``parley.conversation.migration``).
     outcome: Mapped[str | None] = mapped_column(String(16))
     next_node: Mapped[str | None] = mapped_column(String(NODE_ID_MAX_LENGTH))
     steps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -327,7 +327,8 @@ class Action(Base):
     queue: Mapped[str] = mapped_column(String(300), default="ready", server_default="ready")
     not_before: Mapped[datetime]
     # not_before is the dispatcher's decision (hours, caps, spacing), not an error's backoff:
-    # an operator's policy change re-decides it at once (parley.identities.update_identity).
+    # an operator's policy change re-decides it at once
+    # (parley.outreach.identities.update_identity).
     put_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # queued -> running -> done; the outcome says how it ended: sent, skipped, failed.

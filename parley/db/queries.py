@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.action_signal import CHANNEL as ACTIONS_CHANNEL
 from parley.channels.base import DELIVERY_RANK, DeliveryStatus
+from parley.conversation.state_machine import ACTIVE, LIVE, TERMINAL, Status, step_ref
 from parley.db.models import (
     Action,
     Base,
@@ -45,7 +46,6 @@ from parley.db.models import (
 )
 from parley.errors import NotFound
 from parley.inbox_signal import CHANNEL as INBOX_CHANNEL
-from parley.state_machine import ACTIVE, LIVE, TERMINAL, Status, step_ref
 
 _Row = TypeVar("_Row", bound=Base)
 # Our own claim states: set on purpose by the outbox, never taken from a provider callback.

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from parley import operator_views as views
+from parley.conversation import operator_views as views
+from parley.conversation.state_machine import Status
 from parley.db import Database
 from parley.local.dev import RunningStack, bring_up
 from parley.settings import Settings, get_settings
-from parley.state_machine import Status
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_user import WhatsAppUser
 

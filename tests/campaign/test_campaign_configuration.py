@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from parley.campaign import parse_campaign
+from parley.conversation.planner import plan_failure, plan_step
+from parley.conversation.state_machine import Snapshot, Status
 from parley.errors import CampaignInvalid
-from parley.planner import plan_failure, plan_step
-from parley.state_machine import Snapshot, Status
 
 CRM = """
 name: crm-call

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from parley.campaign import EdgeContext, parse_campaign
+from parley.conversation.planner import plan_step
+from parley.conversation.state_machine import Snapshot, Status, Wait, WaitKind
 from parley.errors import CampaignInvalid
-from parley.planner import plan_step
-from parley.state_machine import Snapshot, Status, Wait, WaitKind
 
 NOW = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
 

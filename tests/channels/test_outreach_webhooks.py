@@ -25,20 +25,20 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 import webhook.app as webhook_app
-from parley import executor, handshake, lifecycle
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.linkedin.wire import SIGNATURE_HEADER, sign
+from parley.conversation import executor, handshake, lifecycle
+from parley.conversation.handshake import WakeUp
+from parley.conversation.http_action import post_json
+from parley.conversation.lifecycle import Change
+from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Action, Contact, Conversation, Identity, Message
-from parley.handshake import WakeUp
-from parley.http_action import post_json
-from parley.lifecycle import Change
 from parley.local.processes import free_port
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.state_machine import Status
 from parley.testing import email_payloads
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.linkedin_payloads import (

@@ -34,8 +34,16 @@ from parley.campaign import (
     parse_campaign,
 )
 from parley.campaign.schema import build_campaign
-from parley.planner import after_http, plan_failure, plan_step
-from parley.state_machine import TERMINAL, Reply, Snapshot, Status, Transition, Wait, WaitKind
+from parley.conversation.planner import after_http, plan_failure, plan_step
+from parley.conversation.state_machine import (
+    TERMINAL,
+    Reply,
+    Snapshot,
+    Status,
+    Transition,
+    Wait,
+    WaitKind,
+)
 from tests.campaign.strategies import campaign_documents
 
 START = datetime(2025, 3, 29, 22, 30, tzinfo=UTC)  # an hour before Madrid's clocks jump

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from parley.campaign import load_campaign, parse_campaign
-from parley.planner import plan_step
-from parley.state_machine import Reply, Snapshot, Status, Transition, Wait, WaitKind
+from parley.conversation.planner import plan_step
+from parley.conversation.state_machine import Reply, Snapshot, Status, Transition, Wait, WaitKind
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLLOW_UP = load_campaign(ROOT / "examples/campaigns/follow_up.yaml")

@@ -16,9 +16,9 @@ from parley.campaign import (
     parse_campaign,
 )
 from parley.channels.base import OutboundMessage
+from parley.conversation.planner import after_http, plan_step
+from parley.conversation.state_machine import REPLY, Reply, Snapshot
 from parley.errors import CampaignInvalid
-from parley.planner import after_http, plan_step
-from parley.state_machine import REPLY, Reply, Snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 ONBOARDING = load_campaign(ROOT / "examples/campaigns/onboarding.yaml")

@@ -17,16 +17,17 @@ import pytest
 from alembic import command
 from typer.testing import CliRunner
 
-from parley import executor, inbox, lifecycle, outreach
 from parley.campaign.registry import install_campaign
 from parley.cli import app
 from parley.clock import DrivenClock
+from parley.conversation import executor, inbox, lifecycle
+from parley.conversation.migration import MigrationRefused, migrate
+from parley.conversation.state_machine import Status, WaitKind
 from parley.db import Database, queries
 from parley.db.migrate import alembic_config, upgrade
-from parley.migration import MigrationRefused, migrate
+from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.state_machine import Status, WaitKind
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401  (fixtures)
     _actions,
@@ -161,19 +162,19 @@ async def test_revisited_send_node_ignores_the_outcome_of_its_earlier_visit(
     assert first.payload["node"] == second.payload["node"] == "message"
     assert first.payload["step"] < second.payload["step"]
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "skipped"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     first, second = await _actions(db, identity_id)
     assert (first.outcome, first.reason) == ("skipped", "the contact wrote after it was queued")
     row = await _row(db, cid)
     assert (row.current_node, row.waiting_for, row.task_result) == ("message", "action", None)
     assert row.action_step == second.payload["step"]
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [(a.kind, a.text) for a in gateway.performed] == [("message", "Hi Lead1")]
     assert [a.outcome for a in await _actions(db, identity_id)] == ["skipped", "sent"]
     cursor = await _look_again(rt, cid)
     assert (cursor.status, cursor.node) == (Status.COMPLETED, "done")
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert len(gateway.performed) == 1
 
 
@@ -201,11 +202,11 @@ async def test_an_action_of_an_earlier_visit_is_not_sent_while_the_node_waits_ag
         first, _second = await queries.actions_of_conversation(session, cid)
         first.seen_inbound_id = await queries.last_inbound_id(session, cid)
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "skipped"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     first, _second = await _actions(db, identity_id)
     assert (first.outcome, first.reason) == ("skipped", "the conversation moved on")
     assert (await _row(db, cid)).task_result is None
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(gateway.performed) == 1
 
 
@@ -235,7 +236,7 @@ async def test_reply_stored_but_unread_at_enqueue_makes_the_action_stale(
         assert action.seen_inbound_id == await queries.last_inbound_id(session, cid)
         assert await queries.has_unconsumed_inbound(session, cid)
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "skipped"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     assert gateway.performed == []
     [action] = await _actions(db, identity_id)
     assert (action.outcome, action.reason) == (
@@ -272,7 +273,7 @@ async def test_a_reply_already_read_at_enqueue_does_not_hold_the_action_back(
         first.status, first.outcome = "done", "skipped"
     clock.advance(timedelta(hours=1, minutes=1))
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(gateway.performed) == 1
 
 
@@ -319,7 +320,7 @@ async def test_migrating_a_conversation_waiting_at_a_renamed_send_node_keeps_its
         action.payload["step"],
     )
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [(a.kind, a.text) for a in gateway.performed] == [
         ("invitation", "Hi Lead1, let's connect")
     ]
@@ -335,7 +336,7 @@ async def test_migrating_a_conversation_waiting_at_a_renamed_send_node_keeps_its
             session, (await queries.get_conversation(session, cid)).campaign_version_id
         )
     assert version.version == 2
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert len(gateway.performed) == 1
 
 
@@ -382,7 +383,7 @@ async def test_migrating_a_waiting_action_to_another_kind_of_node_is_refused_wit
         before
     )
     assert (await _row(db, cid)).campaign_version_id == 1
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # still v1's
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"  # still v1's
     assert (await _look_again(rt, cid)).status is Status.COMPLETED
 
 
@@ -405,7 +406,7 @@ async def test_a_conversation_waiting_for_its_action_across_the_upgrade_still_ge
     await asyncio.to_thread(upgrade, db.url)
     await db.dispose()
     assert (await _row(db, cid)).action_step == action.payload["step"]
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert (await _row(db, cid)).task_result == {
         "outcome": "sent",
         "reason": None,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from parley import outreach
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
+from parley.conversation.http_action import post_json
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
-from parley.http_action import post_json
+from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 
@@ -90,7 +90,7 @@ async def _queue(db: Database, gateway: FakeLinkedInGateway) -> list[int]:
 
 
 async def _drain_once(rt: Runtime, identity_id: int, rng: random.Random) -> None:
-    while await outreach.perform_next(rt, identity_id, rng) not in ("idle", "waiting"):
+    while await dispatch.perform_next(rt, identity_id, rng) not in ("idle", "waiting"):
         pass
 
 

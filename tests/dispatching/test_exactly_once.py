@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, identities, inbox, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.clock import DrivenClock
+from parley.conversation import executor, inbox, lifecycle
+from parley.conversation.http_action import post_json
 from parley.db import Database, queries
 from parley.db.models import Conversation, Identity
-from parley.http_action import post_json
+from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.smtp_server import LoopbackSMTPServer
@@ -164,14 +165,14 @@ async def test_a_whatsapp_template_that_timed_out_is_not_sent_again_and_its_call
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
     whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)  # Meta takes it; our call times out
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "uncertain"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "uncertain"
     [action] = await _actions(db, identity_id)
     assert action.status == "uncertain" and action.reason is not None
     assert action.reason.startswith("uncertain: ")
     assert (await identities.explain(db, identity_id))["uncertain"] == 1  # operators see it
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(timedelta(minutes=5))  # past any retry backoff: still nothing to send
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert await _task_result(db, cid) is None  # the conversation waits for the outcome
 
     await _meta_callback(db, whatsapp, "sent")
@@ -190,7 +191,7 @@ async def test_an_uncertain_whatsapp_template_without_a_callback_ends_failed_not
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
     whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "uncertain"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "uncertain"
     assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 0  # still waiting
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(timedelta(seconds=RECONCILE + 1))
@@ -202,7 +203,7 @@ async def test_an_uncertain_whatsapp_template_without_a_callback_ends_failed_not
     assert action.reason is not None and action.reason.startswith("uncertain: no status callback")
     result = await _task_result(db, cid)
     assert result is not None and result["outcome"] == "failed"  # the node's error path
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert len(whatsapp.received) == 1
     await _meta_callback(db, whatsapp, "delivered")  # too late: what was decided stays
     [late] = await _actions(db, identity_id)
@@ -214,7 +215,7 @@ async def test_a_status_callback_that_beats_the_timed_out_answer_settles_the_tem
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
     whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)
-    call = asyncio.create_task(outreach.perform_next(rt, identity_id, _seeded()))
+    call = asyncio.create_task(dispatch.perform_next(rt, identity_id, _seeded()))
     await _until("Meta has the template", lambda: len(whatsapp.received) == 1)
     await _meta_callback(db, whatsapp, "sent")  # while our call still waits for its answer
     [running] = await _actions(db, identity_id)
@@ -234,7 +235,7 @@ async def test_meta_reporting_an_uncertain_template_failed_settles_it_failed(
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path, "whatsapp", {})
     whatsapp.hold_next(WHATSAPP_TIMEOUT + 1)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "uncertain"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "uncertain"
 
     await _meta_callback(db, whatsapp, "failed", [{"code": 131026, "title": "Undeliverable"}])
 
@@ -252,7 +253,7 @@ async def test_a_whatsapp_template_refused_before_meta_took_it_is_simply_retried
     """Only a call that may have happened is uncertain: a refused connection is retried."""
     identity_id, _ = await _lead(db, rt, tmp_path, "whatsapp", {})
     whatsapp.stop()
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "retrying"
     [action] = await _actions(db, identity_id)
     assert action.status == "queued"
 
@@ -262,14 +263,14 @@ async def test_a_slow_smtp_server_outliving_the_recovery_threshold_sends_one_ema
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path, "email", smtp.smtp_settings())
     smtp.delay_next(3.0)  # the server takes the message, then answers DATA 3 s late
-    slow = asyncio.create_task(outreach.perform_next(rt, identity_id, _seeded()))
+    slow = asyncio.create_task(dispatch.perform_next(rt, identity_id, _seeded()))
     await _until("the server has the message", lambda: len(smtp.messages) == 1)
 
     # Another dispatcher's recovery finds the action claimed longer than its threshold.
     assert await recover_abandoned_actions(rt, timedelta(0)) == 1
     [action] = await _actions(db, identity_id)
     assert action.status == "uncertain"  # not queued again: SMTP cannot deduplicate
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
 
     assert await slow == "sent"  # the slow call's own outcome, under its own claim
     [action] = await _actions(db, identity_id)

@@ -18,13 +18,13 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from parley import identities
 from parley.cli import app
 from parley.db import Database
 from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput, NotFound
-from parley.identities import IdentityPolicy, format_wait
-from parley.limits import DEFAULT_POLICY
+from parley.outreach import identities
+from parley.outreach.identities import IdentityPolicy, format_wait
+from parley.outreach.limits import DEFAULT_POLICY
 from parley.settings import get_settings
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from parley import identities
 from parley.cli import app
 from parley.db import Database
 from parley.db.models import Identity
 from parley.errors import InvalidInput
+from parley.outreach import identities
 from parley.settings import get_settings
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
@@ -164,7 +164,7 @@ async def test_a_seats_mailbox_given_anew_keeps_no_password_it_did_not_give(db: 
 
 
 def test_what_counts_as_where_a_secret_goes() -> None:
-    from parley.identities import _DESTINATION
+    from parley.outreach.identities import _DESTINATION
 
     for key in ("gateway_url", "api_url", "smtp_host", "smtp_port", "use_tls", "starttls"):
         assert _DESTINATION.search(key), key

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from parley.errors import ConfigurationError
-from parley.limits import (
+from parley.outreach.limits import (
     ACTION_TYPES,
     DEFAULT_LIMITS,
     DEFAULT_POLICY,
@@ -29,7 +29,7 @@ from parley.limits import (
     decide,
     learn_retry_after,
 )
-from parley.working_hours import DAY_KEYS, MAX_WAIT, WorkingHours, default_working_hours
+from parley.outreach.working_hours import DAY_KEYS, MAX_WAIT, WorkingHours, default_working_hours
 
 MADRID = ZoneInfo("Europe/Madrid")
 HOURS = default_working_hours("Europe/Madrid")  # Mon-Fri 09:00-18:00

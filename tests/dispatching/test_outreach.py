@@ -1,7 +1,7 @@
 """The per-identity dispatcher's scenarios from the Enginy seed, on SQLite and PostgreSQL:
 outreach conversations queue actions, one identity's dispatcher performs them within its
 working hours and limits, against the loopback LinkedIn gateway and SMTP server, on a driven
-clock. (The Prefect half — the per-identity concurrency slot — is in tasks/outreach.py.)"""
+clock. (The Prefect half — the per-identity concurrency slot — is in tasks/dispatch.py.)"""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, handshake, identities, inbox, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
+from parley.conversation import executor, handshake, inbox, lifecycle
+from parley.conversation.http_action import post_json
+from parley.conversation.state_machine import Cursor, Status, WaitKind
 from parley.db import Database, queries
 from parley.db.models import Action, Identity, utcnow
-from parley.http_action import post_json
+from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
-from parley.state_machine import Cursor, Status, WaitKind
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.smtp_server import LoopbackSMTPServer
 
@@ -190,7 +191,7 @@ async def test_a_send_node_queues_its_action_in_the_step_and_the_run_waits_for_i
     )
     replay = await executor.run_step(rt, cid, cursor.step - 1)  # a replayed step: same action
     assert replay.step == cursor.step and len(await _actions(db, identity_id)) == 1
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [a.kind for a in gateway.performed] == ["profile_visit"]
     cursor = await _look_again(rt, cid)
     assert cursor.node == "connect"
@@ -202,7 +203,7 @@ async def test_friday_17_01_waits_for_monday_09_00(
     identity_id = await _identity(db, gateway)
     clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
     await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     [action] = await _actions(db, identity_id)
     monday = datetime(2026, 12, 14, 9, 0, tzinfo=UTC)
     assert action.not_before == monday
@@ -211,7 +212,7 @@ async def test_friday_17_01_waits_for_monday_09_00(
     assert (action.status, action.attempts) == ("queued", 0)  # put off: not an attempt
     assert gateway.performed == []
     clock.set_offset(monday - datetime.now(UTC))
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     [action] = await _actions(db, identity_id)
     assert (action.status, action.outcome, action.attempts) == ("done", "sent", 1)
     assert action.performed_at is not None
@@ -224,14 +225,14 @@ async def test_a_drain_ends_idle_after_the_last_due_action_and_sends_each_once(
     identity_id = await _identity(db, gateway)
     for n in (1, 2):
         await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, n))
-    done = await outreach.drain(rt, identity_id, _seeded(), limit=20)
+    done = await dispatch.drain(rt, identity_id, _seeded(), limit=20)
     assert done == ["sent", "sent", "idle"]
     assert [a.kind for a in gateway.performed] == ["profile_visit", "profile_visit"]
     assert [(a.status, a.outcome) for a in await _actions(db, identity_id)] == [
         ("done", "sent"),
         ("done", "sent"),
     ]
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["idle"]
 
 
 async def test_the_51st_connection_request_of_the_day_waits_for_the_next_window(
@@ -266,9 +267,9 @@ async def test_the_51st_connection_request_of_the_day_waits_for_the_next_window(
             )
     cid = await _lead(db, rt, campaign, identity_id, 51)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the visit
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"  # the visit
     await _look_again(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     request = (await _actions(db, identity_id))[-1]
     assert request.type == "linkedin_connection"
     assert request.not_before == datetime(2026, 12, 9, 9, 0, tzinfo=UTC)  # Wednesday 09:00
@@ -302,14 +303,14 @@ async def test_linkedin_disconnects_mid_campaign_its_actions_park_and_email_keep
             )
         )
     gateway.expire_session(gateway.sender().address)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "parked"
     actions = await _actions(db, identity_id)
     assert [a.queue for a in actions if a.channel == "linkedin"] == ["linkedin"] * 10
     async with db.read() as session:
         identity = await session.get(Identity, identity_id)
         assert identity is not None and "linkedin" in identity.parked
     await asyncio.sleep(1.1)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the email
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"  # the email
     assert smtp.wait_for_messages(1, 5)
     gateway.renew_session(gateway.sender().address)
     # The operator's reconnect: the parked map forgets the queue, or the claim would park
@@ -317,7 +318,7 @@ async def test_linkedin_disconnects_mid_campaign_its_actions_park_and_email_keep
     moved = await identities.reconnect(db, identity_id, "linkedin", now=rt.clock.now())
     assert moved == 10
     for _ in range(10):
-        assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     linkedin = [a for a in await _actions(db, identity_id) if a.channel == "linkedin"]
     assert [a.outcome for a in linkedin] == ["sent"] * 10
     assert [a.id for a in sorted(linkedin, key=lambda a: a.performed_at or utcnow())] == [
@@ -333,7 +334,7 @@ async def test_a_reply_after_the_enqueue_and_before_the_send_means_it_is_not_sen
     await _until_waiting(rt, cid)
     await _suspend(rt, cid)
     await inbox.store_batch(db, _reply(cid, "https://linkedin.example/in/lead-1"), campaign)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "skipped"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     assert gateway.performed == []
     [action] = await _actions(db, identity_id)
     assert (action.outcome, action.reason) == ("skipped", "the contact wrote after it was queued")
@@ -376,12 +377,12 @@ async def test_a_429_storm_waits_for_retry_after_and_then_sends_once(
     await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
     gateway.fail_next("rate_limited", 429, count=3, retry_after=120)
     for _ in range(3):
-        assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
+        assert await dispatch.perform_next(rt, identity_id, _seeded()) == "retrying"
         [action] = await _actions(db, identity_id)
         assert action.reason is not None and "RateLimited" in action.reason
-        assert await outreach.perform_next(rt, identity_id, _seeded()) in ("idle", "waiting")
+        assert await dispatch.perform_next(rt, identity_id, _seeded()) in ("idle", "waiting")
         clock.advance(timedelta(seconds=121))
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(gateway.performed) == 1
 
 
@@ -392,7 +393,7 @@ async def test_an_undeliverable_lead_completes_the_conversation_with_the_reason(
     cid = await _lead(db, rt, campaign, identity_id, 1)
     await _until_waiting(rt, cid)
     gateway.mark_unavailable("https://linkedin.example/in/lead-1")
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "failed"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "failed"
     async with db.read() as session:
         row = await queries.get_conversation(session, cid)
     assert row.status is Status.COMPLETED and row.last_error
@@ -408,7 +409,7 @@ async def test_two_dispatchers_racing_for_one_identity_never_double_send(
 
     async def dispatcher() -> list[str]:
         done = []
-        while (outcome := await outreach.perform_next(rt, identity_id, _seeded())) != "idle":
+        while (outcome := await dispatch.perform_next(rt, identity_id, _seeded())) != "idle":
             done.append(outcome)
         return done
 
@@ -430,7 +431,7 @@ async def test_a_dispatcher_killed_mid_action_retries_with_the_same_key_and_send
         row = await queries.lock_action(session, action.id)
         row.status, row.claimed_at = "running", utcnow() - timedelta(minutes=10)
     assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 1
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(gateway.performed) == 1
 
 
@@ -441,7 +442,7 @@ async def test_a_manual_send_outside_working_hours_is_refused_with_the_reason(
     cid = await _lead(db, rt, campaign, identity_id, 1)
     await _until_waiting(rt, cid)
     clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
-    refused = await outreach.manual_send(rt, cid, "Are you free for a call?")
+    refused = await dispatch.manual_send(rt, cid, "Are you free for a call?")
     assert not refused.sent and "working hours" in refused.reason
     assert gateway.performed == []
     assert [a.status for a in await _actions(db, identity_id)] == ["queued"]
@@ -453,7 +454,7 @@ async def test_a_manual_send_goes_out_now_and_interrupts_the_sequence(
     identity_id = await _identity(db, gateway)
     cid = await _lead(db, rt, campaign, identity_id, 1)
     await _until_waiting(rt, cid)  # the profile visit is queued
-    sent = await outreach.manual_send(rt, cid, "Hi, it's Ana from Parley")
+    sent = await dispatch.manual_send(rt, cid, "Hi, it's Ana from Parley")
     assert sent.sent, sent.reason
     assert [(a.kind, a.text) for a in gateway.performed] == [
         ("message", "Hi, it's Ana from Parley")
@@ -473,8 +474,8 @@ async def test_a_manual_send_on_a_parked_channel_is_refused(
     cid = await _lead(db, rt, campaign, identity_id, 1)
     await _until_waiting(rt, cid)
     gateway.expire_session(gateway.sender().address)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "parked"
-    refused = await outreach.manual_send(rt, cid, "hello?")
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "parked"
+    refused = await dispatch.manual_send(rt, cid, "hello?")
     assert not refused.sent and "parked" in refused.reason
 
 
@@ -488,10 +489,10 @@ async def test_a_manual_inmail_while_credits_are_out_is_refused_and_a_message_go
     async with db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
         identity.parked = {"credits": {"reason": "no InMail credits", "since": "2026-12-08"}}
-    refused = await outreach.manual_send(rt, cid, "hello?", action_type="linkedin_inmail")
+    refused = await dispatch.manual_send(rt, cid, "hello?", action_type="linkedin_inmail")
     assert not refused.sent and refused.reason.startswith("credits is parked")
     assert gateway.performed == []
-    assert (await outreach.manual_send(rt, cid, "hello?")).sent  # a message: not parked
+    assert (await dispatch.manual_send(rt, cid, "hello?")).sent  # a message: not parked
     assert [a.kind for a in gateway.performed] == ["message"]
 
 
@@ -575,7 +576,7 @@ async def test_an_email_reply_to_a_linkedin_sequences_fallback_reaches_its_conve
     cid = change.conversation_id
     await executor.begin_run(rt, cid, None)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     [mail] = await _actions(db, identity_id)
     assert mail.provider_id and mail.provider_id.startswith("<")
     cursor = await _look_again(rt, cid)

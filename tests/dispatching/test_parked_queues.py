@@ -25,17 +25,18 @@ from prefect import flow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from parley import actions, executor, identities, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.cli import app
 from parley.clock import DrivenClock
+from parley.conversation import executor, lifecycle
+from parley.conversation.http_action import post_json
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
 from parley.errors import InvalidInput
-from parley.http_action import post_json
+from parley.outreach import actions, dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import get_settings
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
@@ -306,7 +307,7 @@ async def test_a_parked_linkedin_seat_unparks_by_itself_once_the_gateway_says_it
         for i, kind in enumerate(("linkedin_connection", "linkedin_message", "linkedin_message"))
     ]
     gateway.expire_session(gateway.sender().address)
-    assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
     assert list(await _parked_map(db, seat)) == ["linkedin"]
 
     assert await _look(rt) == {}  # just parked: the first look is an interval later
@@ -327,7 +328,7 @@ async def test_a_parked_linkedin_seat_unparks_by_itself_once_the_gateway_says_it
     assert await _ready_ids(db, seat) == queued  # in their order
     performed_before = gateway.requests("action")
     for _ in queued:
-        assert await outreach.perform_next(rt, seat, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, seat, _seeded()) == "sent"
     assert [a.outcome for a in await _actions(db, seat)] == ["sent"] * 3
     assert [a.to for a in gateway.performed] == ["lead-1"] * 3
     assert gateway.requests("action") == performed_before + 3
@@ -358,7 +359,7 @@ async def test_a_parked_mailbox_unparks_by_itself_once_its_smtp_login_is_accepte
         for i in (2, 1)
     ]
     smtp.refuse_logins()  # the provider locked the account
-    assert await outreach.perform_next(rt, mailbox, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, mailbox, _seeded()) == "parked"
     queue = "email-me@example.com"
     assert list(await _parked_map(db, mailbox)) == [queue]
     assert smtp.messages == []
@@ -372,7 +373,7 @@ async def test_a_parked_mailbox_unparks_by_itself_once_its_smtp_login_is_accepte
     assert await _ready_ids(db, mailbox) == queued
     assert smtp.messages == []  # the look logged in and sent nothing
     for _ in queued:
-        assert await outreach.perform_next(rt, mailbox, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, mailbox, _seeded()) == "sent"
     assert [m.rcpt_tos for m in smtp.messages] == [("l2@x.io",), ("l1@x.io",)]
     assert {m.login for m in smtp.messages} == {"me@example.com"}
 
@@ -386,7 +387,7 @@ async def test_a_parked_whatsapp_number_unparks_by_itself_once_its_token_works(
         for i, to in ((2, "34600000001"), (1, "34600000002"))
     ]
     whatsapp.expire_token()
-    assert await outreach.perform_next(rt, number, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, number, _seeded()) == "parked"
     assert list(await _parked_map(db, number)) == ["whatsapp"]
 
     clock.advance(EVERY)
@@ -398,7 +399,7 @@ async def test_a_parked_whatsapp_number_unparks_by_itself_once_its_token_works(
     assert await _look(rt) == {"unparked": 1}
     assert await _ready_ids(db, number) == queued
     for _ in queued:
-        assert await outreach.perform_next(rt, number, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, number, _seeded()) == "sent"
     assert [r["to"] for r in whatsapp.received] == ["34600000001", "34600000002"]
 
 
@@ -460,7 +461,7 @@ async def test_new_actions_of_a_parked_queue_are_parked_at_once_behind_the_parke
     for n in (1, 2):
         await _lead(db, rt, campaign, seat, n)
     gateway.expire_session(gateway.sender().address)
-    assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
     older = [a.id for a in await _actions(db, seat)]
 
     await _lead(db, rt, campaign, seat, 3)  # queued while the session is known to be expired
@@ -469,14 +470,14 @@ async def test_new_actions_of_a_parked_queue_are_parked_at_once_behind_the_parke
     assert (newest.queue, newest.status) == ("linkedin", "queued")
     assert newest.reason is not None and "'linkedin' is parked" in newest.reason
     tried = gateway.requests("action")
-    assert await outreach.perform_next(rt, seat, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "idle"
     assert gateway.requests("action") == tried  # nothing was tried against the expired session
 
     gateway.renew_session(gateway.sender().address)
     assert await identities.reconnect(db, seat, "linkedin") == 3
     assert await _ready_ids(db, seat) == [*older, newest.id]  # behind the parked ones
     for _ in range(3):
-        assert await outreach.perform_next(rt, seat, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, seat, _seeded()) == "sent"
     assert [a.to for a in gateway.performed] == ["lead-1", "lead-2", "lead-3"]
 
 
@@ -489,7 +490,7 @@ async def test_an_action_that_was_ready_when_its_queue_parked_is_parked_at_its_c
         identity = await queries.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", TUESDAY_10)
     late = await _queue(db, seat, "linkedin_message", TUESDAY_10)  # in "ready" nevertheless
-    assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
     [action] = await _actions(db, seat)
     assert (action.id, action.queue, action.status, action.attempts) == (
         late,
@@ -516,21 +517,21 @@ async def test_inmail_credits_running_out_parks_inmails_only(
     ]
     second_inmail = await _queue(db, seat, "linkedin_inmail", start + timedelta(seconds=9))
 
-    assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
     assert list(await _parked_map(db, seat)) == ["credits"]
     by_id = {a.id: a for a in await _actions(db, seat)}
     assert [by_id[i].queue for i in (inmail, second_inmail)] == ["credits", "credits"]
     assert await _ready_ids(db, seat) == others  # messages, invitations and visits keep going
     for _ in others:
-        assert await outreach.perform_next(rt, seat, _seeded()) == "sent"
-    assert await outreach.perform_next(rt, seat, _seeded()) == "idle"
+        assert await dispatch.perform_next(rt, seat, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "idle"
     assert sorted(a.kind for a in gateway.performed) == ["invitation", "message", "profile_visit"]
 
     gateway.set_inmail_credits(gateway.sender().address, 3)  # the month's credits came
     clock.advance(EVERY)
     assert await _look(rt) == {"unparked": 1}
     for _ in (inmail, second_inmail):
-        assert await outreach.perform_next(rt, seat, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, seat, _seeded()) == "sent"
     assert gateway.account(gateway.sender().address).inmail_credits == 1
 
 
@@ -540,7 +541,7 @@ async def test_inmail_credits_stay_parked_while_the_gateway_reports_none(
     seat = await _seat(db, gateway)
     gateway.set_inmail_credits(gateway.sender().address, 0)
     await _queue(db, seat, "linkedin_inmail", TUESDAY_10)
-    assert await outreach.perform_next(rt, seat, _seeded()) == "parked"
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
     clock.advance(EVERY)
     assert await _look(rt) == {"still parked": 1}
     assert "no InMail credits" in (await _parked_map(db, seat))["credits"]["check"]
@@ -556,20 +557,20 @@ async def test_whatsapp_131056_waits_out_that_pair_only_not_the_template_type(
     same_lead = await _queue(db, number, "whatsapp_template", start, to="34600000001")
     whatsapp.fail_next(131056, 400)
 
-    assert await outreach.perform_next(rt, number, _seeded()) == "retrying"
+    assert await dispatch.perform_next(rt, number, _seeded()) == "retrying"
     async with db.read() as session:
         identity = await session.get(Identity, number)
         assert identity is not None and identity.blocked_until == {}  # the type is not blocked
     by_id = {a.id: a for a in await _actions(db, number)}
     assert by_id[paced].not_before > clock.now() and "131056" in (by_id[paced].reason or "")
     assert by_id[same_lead].not_before >= by_id[paced].not_before  # the pair waits
-    assert await outreach.perform_next(rt, number, _seeded()) == "sent"  # another lead: now
+    assert await dispatch.perform_next(rt, number, _seeded()) == "sent"  # another lead: now
     assert [r["to"] for r in whatsapp.received] == ["34600000002"]
-    assert await outreach.perform_next(rt, number, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, number, _seeded()) == "idle"
 
     clock.advance(by_id[same_lead].not_before - clock.now() + timedelta(seconds=1))
     for _ in range(2):
-        assert await outreach.perform_next(rt, number, _seeded()) == "sent"
+        assert await dispatch.perform_next(rt, number, _seeded()) == "sent"
     assert [r["to"] for r in whatsapp.received] == ["34600000002", *["34600000001"] * 2]
     assert other_lead in {a.id for a in await _actions(db, number) if a.outcome == "sent"}
 

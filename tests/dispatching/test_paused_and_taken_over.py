@@ -14,13 +14,14 @@ from uuid import uuid4
 
 import pytest
 
-from parley import executor, handshake, identities, lifecycle, outreach
 from parley.campaign.registry import install_campaign
 from parley.clock import DrivenClock
+from parley.conversation import executor, handshake, lifecycle
+from parley.conversation.state_machine import Status, WaitKind
 from parley.db import Database, queries
+from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.state_machine import Status, WaitKind
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # the outreach scenarios' fixtures and helpers
     _actions,
@@ -83,12 +84,12 @@ async def _invitation_queued_friday_evening(
     _at(clock, FRIDAY_16)
     cid = await _lead_with_run(db, rt, campaign, identity_id)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the visit
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"  # the visit
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("connect", WaitKind.ACTION)
     await _asleep(rt, cid)
     _at(clock, FRIDAY_1701)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     return identity_id, cid
 
 
@@ -104,7 +105,7 @@ async def _resumed_sends_the_invitation_once(
     performs the same action (same key) within the hours, and its outcome moves the run on."""
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("connect", WaitKind.ACTION)
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=5) == ["sent", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=5) == ["sent", "idle"]
     assert _invitations(gateway) == [key]
     [_, invitation] = await _actions(db, identity_id)
     assert (invitation.idempotency_key, invitation.status, invitation.outcome) == (
@@ -124,7 +125,7 @@ async def test_conversation_paused_over_the_weekend_sends_its_invitation_after_r
     _at(clock, SATURDAY_10)
     await lifecycle.pause(db, cid)
     _at(clock, MONDAY_0905)  # the hours open while it is still paused: held, not skipped
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=5) == ["held", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=5) == ["held", "idle"]
     [_, invitation] = await _actions(db, identity_id)
     assert (invitation.status, invitation.queue, invitation.outcome) == ("queued", "paused", None)
     assert invitation.attempts == 0  # held: not an attempt
@@ -148,7 +149,7 @@ async def test_campaign_paused_over_the_weekend_sends_its_invitation_after_resum
     _at(clock, SATURDAY_10)
     await lifecycle.pause_campaign(db, campaign, "weekend")
     _at(clock, MONDAY_0905)
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=5) == ["held", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=5) == ["held", "idle"]
     [_, invitation] = await _actions(db, identity_id)
     assert (invitation.queue, invitation.reason) == ("paused", "held: the conversation is paused")
     assert _invitations(gateway) == []
@@ -169,11 +170,11 @@ async def test_campaign_paused_while_its_run_was_still_live_holds_the_action_at_
     _at(clock, TUESDAY_10)
     cid = await _lead_with_run(db, rt, campaign, identity_id)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     await _look_again(rt, cid)  # the run is live (running), the invitation queued
     assert (await lifecycle.pause_campaign(db, campaign)).changes == ()
     assert (await _row(db, cid)).status is Status.RUNNING
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "held"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "held"
     assert _invitations(gateway) == []
     row = await _row(db, cid)
     assert (row.status, row.paused_by) == (Status.PAUSED, "campaign")
@@ -182,7 +183,7 @@ async def test_campaign_paused_while_its_run_was_still_live_holds_the_action_at_
     await handshake.prepare_suspend(rt, cid, row.step)  # the run reaches its suspend
     [change] = (await lifecycle.resume_campaign(db, campaign)).changes
     assert change.run == "resume" and "back in the queue" in change.detail
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert _invitations(gateway) == [invitation.idempotency_key]
     assert (await _look_again(rt, cid)).node == "wait_accept"
 
@@ -197,11 +198,11 @@ async def test_a_pause_taken_while_the_invitation_is_on_its_way_keeps_its_outcom
     _at(clock, TUESDAY_10)
     cid = await _lead_with_run(db, rt, campaign, identity_id)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     await _look_again(rt, cid)
     await _asleep(rt, cid)
     gateway.hold_next(3.0)  # the gateway answers late: the pause comes in meanwhile
-    performing = asyncio.create_task(outreach.perform_next(rt, identity_id, _seeded()))
+    performing = asyncio.create_task(dispatch.perform_next(rt, identity_id, _seeded()))
     assert await asyncio.to_thread(gateway.wait_for_actions, 2, 10.0)
     assert not performing.done()
     await lifecycle.pause(db, cid)
@@ -210,7 +211,7 @@ async def test_a_pause_taken_while_the_invitation_is_on_its_way_keeps_its_outcom
     assert row.status is Status.PAUSED and (row.task_result or {}).get("outcome") == "sent"
     await lifecycle.resume(db, cid)
     assert (await _look_again(rt, cid)).node == "wait_accept"
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert len(_invitations(gateway)) == 1
 
 
@@ -220,12 +221,12 @@ async def test_a_paused_conversation_cancelled_never_sends_its_held_action(
     identity_id, cid = await _invitation_queued_friday_evening(db, rt, campaign, gateway, clock)
     await lifecycle.pause(db, cid)
     _at(clock, MONDAY_0905)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "held"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "held"
     await lifecycle.cancel(db, cid, "lead asked us to stop", clock)
     [_, invitation] = await _actions(db, identity_id)
     assert (invitation.status, invitation.outcome) == ("done", "skipped")
     assert invitation.reason == "conversation cancelled: lead asked us to stop"
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert _invitations(gateway) == []
 
 
@@ -249,10 +250,10 @@ async def _sequence_went_on(
     the dispatcher sends; the visit itself never went out."""
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("connect", WaitKind.ACTION)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [a.kind for a in gateway.performed] == ["message", "invitation"]
     visit, manual, invitation = await _actions(db, identity_id)
-    assert (visit.outcome, visit.reason) == ("skipped", outreach.TAKEN_OVER_REASON)
+    assert (visit.outcome, visit.reason) == ("skipped", dispatch.TAKEN_OVER_REASON)
     assert (manual.outcome, invitation.outcome) == ("sent", "sent")
     assert (await _look_again(rt, cid)).node == "wait_accept"
     async with db.read() as session:
@@ -359,7 +360,7 @@ async def test_a_taken_over_node_leaves_by_its_taken_over_edge(
     _at(clock, TUESDAY_10)
     cid = await _lead_with_run(db, rt, name, identity_id)
     await _asleep(rt, cid)
-    assert (await outreach.manual_send(rt, cid, "Hello, Ana here")).sent
+    assert (await dispatch.manual_send(rt, cid, "Hello, Ana here")).sent
     await lifecycle.resume(db, cid)
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("by_hand", WaitKind.ACTION)
@@ -372,13 +373,13 @@ async def test_a_manual_send_while_nothing_is_queued_gives_no_node_a_result(
     """Taken over while it waits for an acceptance (no action of its own): on resume it still
     waits for the reply; a node is only ``taken_over`` when it waited for an action."""
     identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     await _look_again(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"  # the invitation
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"  # the invitation
     cursor = await _look_again(rt, cid)
     assert cursor.node == "wait_accept"
     await _asleep(rt, cid)
-    assert (await outreach.manual_send(rt, cid, "Saw your post!")).sent
+    assert (await dispatch.manual_send(rt, cid, "Saw your post!")).sent
     assert (await _row(db, cid)).task_result is None
     await lifecycle.resume(db, cid)
     cursor = await _look_again(rt, cid)
@@ -393,13 +394,13 @@ async def test_a_hand_sent_message_racing_the_dispatcher_goes_out_alone(
     and the visit ends skipped as taken over."""
     identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
     gateway.hold_next(2.0)  # the manual message's answer comes late
-    sending = asyncio.create_task(outreach.manual_send(rt, cid, "Hi, it's Ana"))
+    sending = asyncio.create_task(dispatch.manual_send(rt, cid, "Hi, it's Ana"))
     assert await asyncio.to_thread(gateway.wait_for_actions, 1, 10.0)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert (await sending).sent
     assert [a.kind for a in gateway.performed] == ["message"]
     visit, manual = await _actions(db, identity_id)
-    assert (visit.outcome, visit.reason) == ("skipped", outreach.TAKEN_OVER_REASON)
+    assert (visit.outcome, visit.reason) == ("skipped", dispatch.TAKEN_OVER_REASON)
     assert manual.outcome == "sent"
 
 
@@ -408,8 +409,8 @@ async def test_a_hand_sent_message_the_provider_refuses_gives_the_sequence_its_a
 ) -> None:
     identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
     gateway.fail_next("invalid_request", 400)
-    result = await outreach.manual_send(rt, cid, "Hi, it's Ana")
+    result = await dispatch.manual_send(rt, cid, "Hi, it's Ana")
     assert not result.sent
     assert (await _row(db, cid)).status is not Status.PAUSED
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [a.kind for a in gateway.performed] == ["profile_visit"]

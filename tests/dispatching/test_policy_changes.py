@@ -17,12 +17,12 @@ from uuid import uuid4
 import pytest
 from typer.testing import CliRunner
 
-from parley import identities, outreach
 from parley.cli import app
 from parley.clock import DrivenClock
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
-from parley.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
+from parley.outreach import dispatch, identities
+from parley.outreach.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
@@ -112,7 +112,7 @@ async def test_rolling_cap_of_30_days_counts_sends_9_days_ago(
     await _sends_ago(db, rt, identity_id, 9, 10)
     await _queued_visits(db, rt, campaign, identity_id, 1)
 
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     assert gateway.performed == []
     visit = (await _actions(db, identity_id))[-1]
     assert visit.status == "queued"
@@ -132,7 +132,7 @@ async def test_rolling_cap_of_30_days_forgets_sends_31_days_ago(
     identity_id = await _identity(db, gateway, limits=THIRTY_DAYS_TWO)
     await _sends_ago(db, rt, identity_id, 9, 31)
     await _queued_visits(db, rt, campaign, identity_id, 1)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert [a.kind for a in gateway.performed] == ["profile_visit"]
 
 
@@ -224,14 +224,14 @@ async def test_a_policy_change_keeps_a_provider_block_and_a_retry_backoff(
     identity_id = await _identity(db, gateway, weekly=OFFICE)
     await _queued_visits(db, rt, campaign, identity_id, 2)
     gateway.fail_next("rate_limited", 429, retry_after=7200)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"  # the block
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "retrying"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"  # the block
     blocked, put_off = await _actions(db, identity_id)
     assert (blocked.put_off, put_off.put_off) == (False, True)
     assert put_off.reason is not None and "rate-limited" in put_off.reason
 
     await identities.update_identity(db, identity_id, policy=_policy(LONGER_DAYS), clock=rt.clock)
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["waiting"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["waiting"]
     assert gateway.performed == []
     after_blocked, after_put_off = await _actions(db, identity_id)
     assert after_blocked.not_before == blocked.not_before  # Retry-After, as the 429 said
@@ -239,7 +239,7 @@ async def test_a_policy_change_keeps_a_provider_block_and_a_retry_backoff(
     assert after_put_off.reason is not None and "rate-limited" in after_put_off.reason
 
     clock.advance(timedelta(hours=2, minutes=1))
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
 
 
 async def test_a_policy_change_keeps_a_transient_errors_backoff(
@@ -248,12 +248,12 @@ async def test_a_policy_change_keeps_a_transient_errors_backoff(
     identity_id = await _identity(db, gateway, weekly=OFFICE)
     await _queued_visits(db, rt, campaign, identity_id, 1)
     gateway.fail_next("internal_error", 503)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "retrying"
     [backing_off] = await _actions(db, identity_id)
     await identities.update_identity(db, identity_id, policy=_policy(LONGER_DAYS), clock=rt.clock)
     [after] = await _actions(db, identity_id)
     assert (after.not_before, after.put_off) == (backing_off.not_before, False)
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["idle"]
     assert gateway.performed == []
 
 
@@ -306,8 +306,8 @@ async def _both_put_off_until_wednesday(
 ) -> None:
     clock.set_offset(TUESDAY_1730 - datetime.now(UTC))
     await _queued_visits(db, rt, campaign, identity_id, 2)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     waiting = await _actions(db, identity_id)
     assert [(a.status, a.not_before) for a in waiting] == [("queued", WEDNESDAY_09)] * 2
 
@@ -329,7 +329,7 @@ async def test_opening_hours_over_cli_and_rest_sends_the_waiting_actions_on_the_
     shown = await identities.explain(db, identity_id, clock=rt.clock)
     assert shown["status"]["state"] == "moving", shown["status"]
 
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
     assert [a.kind for a in gateway.performed] == ["profile_visit", "profile_visit"]
 
 
@@ -346,12 +346,12 @@ async def test_narrowing_hours_over_cli_and_rest_puts_the_waiting_action_off_fur
     identity_id = await _identity(db, gateway, weekly=OFFICE, limits=one_a_day)
     await _sends_ago(db, rt, identity_id, 0)
     await _queued_visits(db, rt, campaign, identity_id, 1)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "waiting"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "waiting"
     assert (await _actions(db, identity_id))[-1].not_before == WEDNESDAY_09
 
     narrower = {day: ["09:00-17:00"] for day in ("mon", "thu", "fri")}
     await change(identity_id, {"policy": _policy(narrower, one_a_day)})
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["waiting"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["waiting"]
     visit = (await _actions(db, identity_id))[-1]
     assert (visit.status, visit.not_before) == ("queued", THURSDAY_09)
     assert gateway.performed == []
@@ -371,7 +371,7 @@ async def test_a_timezone_change_over_cli_and_rest_takes_effect_now(
     identity_id = await _identity(db, gateway, weekly=OFFICE)
     await _both_put_off_until_wednesday(db, rt, campaign, identity_id, clock)
     await change(identity_id, {"timezone": "America/New_York"})
-    assert await outreach.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
+    assert await dispatch.drain(rt, identity_id, _seeded(), limit=20) == ["sent", "sent", "idle"]
 
 
 async def test_a_change_that_is_not_the_policy_leaves_the_waits(

@@ -19,16 +19,16 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 
 from flows.conversation import conversation
-from parley import executor, inbox, lifecycle
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import DeliveryStatus, OutboundMessage
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
+from parley.conversation import executor, inbox, lifecycle
+from parley.conversation.outbox import record_intent
+from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import utcnow
-from parley.outbox import record_intent
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.state_machine import Status
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks import sweep
 from tasks.resume_input import ResumeInput

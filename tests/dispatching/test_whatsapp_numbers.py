@@ -21,19 +21,20 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 import webhook.app as webhook_app
-from parley import executor, identities, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
 from parley.clock import DrivenClock
+from parley.conversation import executor, lifecycle
+from parley.conversation.handshake import WakeUp
+from parley.conversation.http_action import post_json
+from parley.conversation.state_machine import Status
 from parley.db import Database
 from parley.db.models import Action, Conversation, Message, WebhookEvent
 from parley.errors import AlreadyExists, InvalidInput
-from parley.handshake import WakeUp
-from parley.http_action import post_json
+from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.state_machine import Status
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from parley.testing.whatsapp_payloads import build_text_message_payload
 from tests.dispatching.test_identities import cli, cli_db  # noqa: F401  (fixture)
@@ -184,7 +185,7 @@ async def _start(
 
 async def _sent_and_listening(rt: Runtime, identity_id: int, conversation_id: int) -> None:
     """The dispatcher sends the template; the resumed run waits for the reply, suspended."""
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert (await _look_again(rt, conversation_id)).node == "listen"
     await _suspend(rt, conversation_id)
 
@@ -212,8 +213,8 @@ async def test_whatsapp_template_goes_out_from_the_identitys_own_number(
     await _start(db, rt, campaign, a, "whatsapp", "34600000001", **vars_)
     await _start(db, rt, campaign, b, "whatsapp", "34600000002", **vars_)
 
-    assert await outreach.perform_next(rt, a, _seeded()) == "sent"
-    assert await outreach.perform_next(rt, b, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, a, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, b, _seeded()) == "sent"
 
     assert [r["to"] for r in fake.sent_from(NUMBER_A)] == ["34600000001"]
     assert [r["to"] for r in fake.sent_from(NUMBER_B)] == ["34600000002"]
@@ -231,7 +232,7 @@ async def test_a_whatsapp_identity_whose_token_cannot_send_from_its_number_fails
     b = await _whatsapp_identity(db, "+34911000222", phone_number_id=NUMBER_B)  # no own token
     await _start(db, rt, campaign, b, "whatsapp", LEAD, variables={"first_name": "Marta"})
 
-    assert await outreach.perform_next(rt, b, _seeded()) == "failed"
+    assert await dispatch.perform_next(rt, b, _seeded()) == "failed"
 
     assert fake.received == []  # never sent from the installation's number instead
     async with db.read() as session:
@@ -273,8 +274,8 @@ async def test_reply_on_the_identitys_number_reaches_the_outreach_conversation(
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(timedelta(days=3, minutes=1))
     assert (await _look_again(rt, with_a)).node == "again"  # A heard nothing: it goes on
-    assert await outreach.perform_next(rt, b, _seeded()) == "idle"
-    assert await outreach.perform_next(rt, a, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, b, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, a, _seeded()) == "sent"
     assert [r["template"]["name"] for r in fake.sent_from(NUMBER_A)] == ["winback_1", "winback_2"]
     assert [r.get("template", {}).get("name") for r in fake.sent_from(NUMBER_B)] == [
         "winback_1",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
+from parley.conversation import executor, lifecycle
+from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.models import Identity
-from parley.http_action import post_json
+from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _actions, _seeded, _until_waiting
@@ -91,7 +92,7 @@ async def test_a_lead_outside_the_window_gets_the_approved_template_with_its_par
 ) -> None:
     identity_id, cid = await _lead(db, rt, tmp_path)
     await _until_waiting(rt, cid)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     [record] = fake.received
     assert record["type"] == "template"
     assert record["template"]["name"] == "winback_1"
@@ -106,12 +107,12 @@ async def test_meta_pacing_a_pair_131056_is_waited_out_as_a_rate_limit(
     identity_id, cid = await _lead(db, rt, tmp_path)
     await _until_waiting(rt, cid)
     fake.fail_next(131056, 400)
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "retrying"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "retrying"
     [action] = await _actions(db, identity_id)
     assert action.status == "queued" and action.not_before > rt.clock.now()
     assert action.reason is not None and "RateLimited" in action.reason
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "idle"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert isinstance(rt.clock, DrivenClock)
     rt.clock.advance(action.not_before - rt.clock.now() + timedelta(seconds=1))
-    assert await outreach.perform_next(rt, identity_id, _seeded()) == "sent"
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
     assert len(fake.received) == 1

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.errors import ConfigurationError
-from parley.working_hours import (
+from parley.outreach.working_hours import (
     DAY_KEYS,
     MAX_WAIT,
     WorkingHours,

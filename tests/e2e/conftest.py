@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from parley import operator_views as views
+from parley.conversation import operator_views as views
 from parley.db import Database
 from parley.local.processes import Stack, free_port
 from parley.testing.recording_endpoint import RecordingEndpoint

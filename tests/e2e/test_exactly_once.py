@@ -30,12 +30,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from parley import executor, lifecycle
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.clock import DrivenClock
+from parley.conversation import executor, lifecycle
+from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.models import Action, Conversation, Identity
-from parley.http_action import post_json
 from parley.local.processes import Stack, free_port
 from parley.runtime import Runtime
 from parley.testing.email_payloads import build_delivery_event, signed_request

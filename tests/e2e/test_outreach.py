@@ -21,9 +21,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from sqlalchemy import select
 
-from parley import inbox
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.clock import DrivenClock
+from parley.conversation import inbox
 from parley.db import Database
 from parley.db.models import Action, utcnow
 from parley.testing.linkedin_gateway import FakeLinkedInGateway

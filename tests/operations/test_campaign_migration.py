@@ -14,12 +14,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from parley import operator_views as views
 from parley.cli import app
+from parley.conversation import operator_views as views
+from parley.conversation.funnel import campaign_funnel
+from parley.conversation.migration import MigrationRefused, migrate
 from parley.db import Database, queries
 from parley.errors import NotFound
-from parley.funnel import campaign_funnel
-from parley.migration import MigrationRefused, migrate
 from parley.runtime import Runtime
 from parley.settings import get_settings
 from tests.operations.driving import (

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from parley import inbox
 from parley.campaign.registry import install_campaign
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.cli import app
+from parley.conversation import inbox
 from parley.db import Database
 from parley.errors import ConfigurationError
 from parley.settings import Settings, get_settings

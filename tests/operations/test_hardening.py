@@ -9,8 +9,8 @@ import json
 import pytest
 
 from parley.channels.whatsapp.wire import parse_webhook
+from parley.conversation.operator_views import mask_address
 from parley.errors import ConfigurationError, MalformedPayload
-from parley.operator_views import mask_address
 from parley.settings import Settings
 
 REAL = {

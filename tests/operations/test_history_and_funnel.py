@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 import tasks.artifacts as artifacts
 import tasks.conversation as conversation_tasks
-from parley import executor, lifecycle
-from parley import operator_views as views
 from parley.cli import app
+from parley.conversation import executor, lifecycle
+from parley.conversation import operator_views as views
+from parley.conversation.funnel import NodeFunnel, campaign_funnel, percentile
 from parley.db import Database
 from parley.errors import NotFound
-from parley.funnel import NodeFunnel, campaign_funnel, percentile
 from parley.runtime import Runtime
 from parley.settings import get_settings
 from tests.operations.driving import SetClock, answer, on_clock, say, start, suspend

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from parley import executor, inbox
-from parley import operator_views as views
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.channels.whatsapp.wire import parse_webhook
+from parley.conversation import executor, inbox
+from parley.conversation import operator_views as views
+from parley.conversation.http_action import post_json
 from parley.db import Database
-from parley.http_action import post_json
 from parley.runtime import Runtime
 from parley.testing.recording_endpoint import RecordingEndpoint
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI

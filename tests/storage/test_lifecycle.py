@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from parley import executor, handshake, inbox, lifecycle
-from parley import operator_views as views
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
+from parley.conversation import executor, handshake, inbox, lifecycle
+from parley.conversation import operator_views as views
+from parley.conversation.http_action import post_json
+from parley.conversation.state_machine import Cursor, Status, WaitKind
 from parley.db import Database, queries
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
-from parley.http_action import post_json
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.state_machine import Cursor, Status, WaitKind
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks.sweep import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch

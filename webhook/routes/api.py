@@ -1,7 +1,8 @@
 """The operators' REST API: the same JSON as the CLI, behind an API key.
 
-Changes go through ``parley.lifecycle`` like the CLI's; the run a change owes a resume (or a
-start) gets it right after the commit, and the dispatcher finishes what Prefect did not take.
+Changes go through ``parley.conversation.lifecycle`` like the CLI's; the run a change owes a
+resume (or a start) gets it right after the commit, and the dispatcher finishes what Prefect
+did not take.
 Refusals are HTTP errors with the reason: 404 unknown, 409 not allowed now, 422 invalid input.
 """
 
@@ -15,9 +16,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
 
-from parley import lifecycle, operator_views
-from parley.lifecycle import CampaignChange, Change
-from parley.state_machine import Status
+from parley.conversation import lifecycle, operator_views
+from parley.conversation.lifecycle import CampaignChange, Change
+from parley.conversation.state_machine import Status
 from tasks.runs import carry_out
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 

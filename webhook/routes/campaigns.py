@@ -13,9 +13,9 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from parley import funnel, migration
+from parley.conversation import funnel, migration
+from parley.conversation.migration import MigrationRefused
 from parley.errors import InvalidInput, NotFound
-from parley.migration import MigrationRefused
 from webhook.deps import ApiKey, DbDep
 
 router = APIRouter(prefix="/api", tags=["campaigns"], dependencies=[ApiKey])

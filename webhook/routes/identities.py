@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from parley import identities
 from parley.clock import clock_from
+from parley.outreach import identities
 from tasks.identity_slots import ensure_identity_limit
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 

@@ -23,17 +23,18 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 
-from parley import actions, lifecycle
 from parley.channels.linkedin.channel import LinkedInChannel
 from parley.channels.linkedin.wire import CHANNEL, GatewayEvent, GatewayEventKind
 from parley.clock import clock_from
+from parley.conversation import lifecycle
+from parley.conversation.lifecycle import Change
 from parley.db import Database, queries
 from parley.errors import (
     ConcurrentUpdate,
     IdentityExpired,
     TransitionNotAllowed,
 )
-from parley.lifecycle import Change
+from parley.outreach import actions
 from parley.settings import Settings
 from tasks.runs import carry_out
 from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from parley import outreach
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
+from parley.outreach import dispatch
 from parley.runtime import Runtime
 from tasks.runtime import get_runtime
 from webhook.deps import ApiKey
@@ -40,7 +40,7 @@ async def manual_send(
     rt: Annotated[Runtime, Depends(_runtime)],
 ) -> ManualSendOut:
     try:
-        result = await outreach.manual_send(
+        result = await dispatch.manual_send(
             rt, conversation_id, body.text, action_type=body.type, subject=body.subject
         )
     except NotFound as exc:

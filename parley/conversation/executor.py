@@ -19,19 +19,14 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley import actions, identities, outbox
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
 from parley.channels.base import DeliveryStatus, OutboundMessage, SenderIdentity
-from parley.db import queries
-from parley.db.models import Contact, Conversation, Message, utcnow
-from parley.errors import ChannelError, PermanentChannelError
-from parley.outbox import SendDropped, SendSuperseded
-from parley.planner import after_http, plan_failure, plan_step
-from parley.retry import provider_may_retry, retrying
-from parley.runtime import Runtime
-from parley.state_machine import (
+from parley.conversation import outbox
+from parley.conversation.outbox import SendDropped, SendSuperseded
+from parley.conversation.planner import after_http, plan_failure, plan_step
+from parley.conversation.state_machine import (
     TERMINAL,
     TRIGGER_STEP,
     Cursor,
@@ -45,6 +40,12 @@ from parley.state_machine import (
     check_transition,
     step_ref,
 )
+from parley.db import queries
+from parley.db.models import Contact, Conversation, Message, utcnow
+from parley.errors import ChannelError, PermanentChannelError
+from parley.outreach import actions, identities
+from parley.retry import provider_may_retry, retrying
+from parley.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

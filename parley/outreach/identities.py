@@ -38,13 +38,13 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, InstanceOf
 from sqlalchemy.exc import IntegrityError
 
-from parley import actions
 from parley.channels.base import SenderIdentity
 from parley.clock import Clock, SystemClock
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput
-from parley.limits import (
+from parley.outreach import actions
+from parley.outreach.limits import (
     ACTION_TYPES,
     CHANNEL_OF,
     DEFAULT_POLICY,
@@ -58,7 +58,7 @@ from parley.limits import (
     decide,
     history_needed,
 )
-from parley.working_hours import (
+from parley.outreach.working_hours import (
     DAY_KEYS,
     DEFAULT_WEEKLY,
     WorkingHours,
@@ -240,7 +240,7 @@ async def _check_whatsapp_number(
     session: Any, identity_id: int | None, channel: str, address: str, settings: Mapping[str, Any]
 ) -> None:
     """Two identities never share a WhatsApp number: a lead's reply is routed to the identity
-    that owns the number it arrived on (``parley.inbox``)."""
+    that owns the number it arrived on (``parley.conversation.inbox``)."""
     given = _whatsapp_settings_in(channel, settings).get("phone_number_id")
     where = "phone_number_id" if channel == WHATSAPP else "whatsapp.phone_number_id"
     if given is not None and not re.fullmatch(r"\d{5,20}", str(given)):
@@ -537,8 +537,8 @@ async def reconnect(
 ) -> int:
     """Unpark one queue of an identity after a human fixed it: its actions go back to the
     ready queue in their original order (``not_before``, then id), other parked queues stay
-    parked. The same path as the dispatcher's own health check (``parley.parked``). Returns how
-    many actions were unparked (0 when it was not parked)."""
+    parked. The same path as the dispatcher's own health check (``parley.outreach.parked``).
+    Returns how many actions were unparked (0 when it was not parked)."""
     moment = now or datetime.now(UTC)
     async with db.transaction() as session:
         identity = await queries.lock_identity(session, identity_id)
@@ -741,7 +741,7 @@ def _parked_note(identity: Identity, parked: Mapping[str, Mapping[str, Any]]) ->
 
 def _unpark_view(identity: Identity) -> dict[str, Any]:
     """Per parked queue: the exact command and REST call that unpark it now, and the
-    dispatcher's last look at the account (``parley.parked``)."""
+    dispatcher's last look at the account (``parley.outreach.parked``)."""
     view: dict[str, Any] = {}
     for queue, entry in sorted((identity.parked or {}).items()):
         known = entry if isinstance(entry, Mapping) else {}

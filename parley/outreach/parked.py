@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from parley import actions, outreach
 from parley.channels.base import HealthChecked, SenderHealth, SenderIdentity
 from parley.db import queries
 from parley.errors import ChannelError, IdentityExpired, NotFound
+from parley.outreach import actions, dispatch
 from parley.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ async def _claim(rt: Runtime, identity_id: int, queue: str, every: timedelta) ->
             return None
         identity.parked = {**identity.parked, queue: {**entry, "checked_at": now.isoformat()}}
         channel = actions.channel_of_queue(queue)
-        sender = outreach.sender_for(identity, channel)
+        sender = dispatch.sender_for(identity, channel)
         return _Look(sender, queue, channel, entry.get("since"))
 
 

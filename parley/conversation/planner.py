@@ -41,7 +41,7 @@ from parley.campaign import (
 )
 from parley.campaign.model import Node
 from parley.channels.base import OutboundMessage
-from parley.state_machine import (
+from parley.conversation.state_machine import (
     ACTION_FAILED,
     ACTION_SKIPPED,
     ACTION_TAKEN_OVER,

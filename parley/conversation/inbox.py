@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley import identities
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
+from parley.conversation.handshake import WakeUp, wakeup_for
+from parley.conversation.state_machine import TRIGGER_STEP
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Identity, utcnow
 from parley.errors import NotFound
-from parley.handshake import WakeUp, wakeup_for
-from parley.outreach import reconcile_status
-from parley.state_machine import TRIGGER_STEP
+from parley.outreach import identities
+from parley.outreach.dispatch import reconcile_status
 
 NOT_STARTED = "no active conversation with this contact; none is started on this channel"
 WHATSAPP = "whatsapp"

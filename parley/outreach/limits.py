@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from parley.errors import ConfigurationError
-from parley.working_hours import MAX_WAIT, WorkingHours, describe_instant
+from parley.outreach.working_hours import MAX_WAIT, WorkingHours, describe_instant
 
 ActionType = Literal[
     "email",

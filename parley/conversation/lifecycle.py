@@ -23,16 +23,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from parley import actions
 from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
+from parley.conversation.executor import end, set_status
+from parley.conversation.state_machine import TERMINAL, Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, Identity, utcnow
 from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
-from parley.executor import end, set_status
-from parley.state_machine import TERMINAL, Status
+from parley.outreach import actions
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")

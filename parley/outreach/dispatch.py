@@ -60,13 +60,23 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley import actions, identities, lifecycle
 from parley.channels.base import (
     SENT_STATUSES,
     DeliveryStatus,
     OutreachAction,
     SenderIdentity,
     StatusUpdate,
+)
+from parley.conversation import lifecycle
+from parley.conversation.executor import end, set_status
+from parley.conversation.state_machine import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
+    TERMINAL,
+    Status,
+    WaitKind,
 )
 from parley.db import queries
 from parley.db.engine import PinnedConnection
@@ -83,8 +93,8 @@ from parley.errors import (
     TransitionNotAllowed,
     Undeliverable,
 )
-from parley.executor import end, set_status
-from parley.limits import (
+from parley.outreach import actions, identities
+from parley.outreach.limits import (
     CHANNEL_OF,
     Performed,
     Proceed,
@@ -93,15 +103,6 @@ from parley.limits import (
     learn_retry_after,
 )
 from parley.runtime import Runtime
-from parley.state_machine import (
-    ACTION_FAILED,
-    ACTION_SENT,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
-    TERMINAL,
-    Status,
-    WaitKind,
-)
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley.conversation.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
 from parley.db import queries
 from parley.db.models import Action, Contact, Conversation, Identity, utcnow
 from parley.errors import ChannelError, CreditsExhausted
-from parley.limits import CHANNEL_OF, ActionType
-from parley.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
+from parley.outreach.limits import CHANNEL_OF, ActionType
 
 READY: Final = "ready"
 CREDITS: Final = "credits"

@@ -1,0 +1,2 @@
+"""The conversation wing: one durable conversation, step by step (state machine, planner,
+step executor, outbox, inbox, the wait handshake, operator commands)."""
