@@ -43,7 +43,7 @@ def action_signal(rt: Runtime) -> ActionSignal:
 async def outreach_tick(rt: Runtime, *, parallel: int = PARALLEL_IDENTITIES) -> Counter[str]:
     """Due actions of every identity that has some, identities in parallel."""
     async with rt.db.read() as session:
-        identity_ids = await queries.identities_with_due_actions(
+        identity_ids = await queries.actions.identities_with_due_actions(
             session, rt.clock.now(), IDENTITIES_PER_TICK
         )
     if not identity_ids:

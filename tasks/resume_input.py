@@ -42,7 +42,7 @@ async def resume_form(conversation_id: int) -> type[RunInput]:
     """The input model to suspend with: the task's form at an open task, else ``ResumeInput``."""
     rt = await get_runtime()
     async with rt.db.read() as session:
-        row = await queries.get_conversation(session, conversation_id)
+        row = await queries.conversations.get_conversation(session, conversation_id)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
     node = campaign.node(row.current_node)
     if not isinstance(node, TaskNode) or not row.node_done or row.task_result is not None:

@@ -69,7 +69,9 @@ async def create_run(
     retried failed conversation, a re-home whose count started again): the next key names
     that run, so each attempt gets a run of its own and racers still agree on which."""
     async with db.read() as session:
-        conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
+        conv, contact, campaign = await queries.conversations.conversation_with_context(
+            session, conversation_id
+        )
     if conv.flow_run_id is not None and not attempt:
         return conv.flow_run_id  # another caller started it meanwhile
     key = f"parley-conversation-{conv.uid}" + (f"-{attempt}" if attempt else "")
@@ -90,11 +92,11 @@ async def create_run(
         key = f"parley-conversation-{conv.uid}-after-{run.id}"
         run = await _create_from_deployment(settings.conversation_deployment, key, arguments)
     async with db.transaction() as session:
-        conv = await queries.lock_conversation(session, conversation_id)
+        conv = await queries.conversations.lock_conversation(session, conversation_id)
         if conv.flow_run_id is None or attempt:
             conv.flow_run_id = str(run.id)
             conv.handed_over_at = utcnow()
-            queries.touch(conv)
+            queries.conversations.touch(conv)
     log.info("flow run %s for conversation %s", run.id, conversation_id)
     return str(run.id)
 
@@ -171,11 +173,11 @@ async def resume_run(
 
 async def _handed_over(db: Database, conversation_id: int, retries: int) -> None:
     async with db.transaction() as session:
-        conv = await queries.lock_conversation(session, conversation_id)
+        conv = await queries.conversations.lock_conversation(session, conversation_id)
         if conv.status == Status.SUSPENDED:
             conv.handed_over_at = utcnow()
         if retries:
-            await queries.record_webhook_event(
+            await queries.webhook_events.record_webhook_event(
                 session,
                 "prefect",
                 "resume_retried",
@@ -185,7 +187,9 @@ async def _handed_over(db: Database, conversation_id: int, retries: int) -> None
 
 async def _still_suspended(db: Database, conversation_id: int) -> bool:
     async with db.read() as session:
-        return (await queries.get_conversation(session, conversation_id)).status == Status.SUSPENDED
+        return (
+            await queries.conversations.get_conversation(session, conversation_id)
+        ).status == Status.SUSPENDED
 
 
 async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:

@@ -88,14 +88,14 @@ def _conditions(
 ) -> dict[RepairKind, Any]:
     lease = timedelta(seconds=settings.lease_seconds)
     conditions: dict[RepairKind, Any] = {
-        "start": queries.owed_a_start(now, START_GRACE),
-        "resume": queries.owed_a_resume(now, lease),
-        "wake": queries.owed_a_wake(clock_now, now, lease),
-        "look": queries.owed_a_look(now, lease),
-        "end": queries.owed_an_ending(now, lease),
+        "start": queries.repairs.owed_a_start(now, START_GRACE),
+        "resume": queries.repairs.owed_a_resume(now, lease),
+        "wake": queries.repairs.owed_a_wake(clock_now, now, lease),
+        "look": queries.repairs.owed_a_look(now, lease),
+        "end": queries.repairs.owed_an_ending(now, lease),
     }
     if trust_leases:
-        conditions["recover"] = queries.lost_its_process(now, lease)
+        conditions["recover"] = queries.repairs.lost_its_process(now, lease)
     return conditions
 
 
@@ -104,7 +104,7 @@ async def anything_owed(rt: Runtime, settings: Settings, *, trust_leases: bool) 
     now = utcnow()
     async with rt.db.read() as session:
         for condition in _conditions(settings, now, rt.clock.now(), trust_leases).values():
-            stmt = select(exists().where(condition, queries.repair_due(now)))
+            stmt = select(exists().where(condition, queries.repairs.repair_due(now)))
             if await session.scalar(stmt):
                 return True
     return False
@@ -119,7 +119,7 @@ async def claim_work(
     repairs: list[Repair] = list(extra)
     async with rt.db.transaction() as session:
         for kind, condition in _conditions(settings, now, rt.clock.now(), trust_leases).items():
-            rows = await queries.claim_for_repair(session, condition, now, BATCH)
+            rows = await queries.repairs.claim_for_repair(session, condition, now, BATCH)
             repairs += [Repair(kind, row.id, row.flow_run_id) for row in rows]
     return SweepWork(tuple(dict.fromkeys(repairs)))
 
@@ -131,7 +131,9 @@ async def failed_runs_of_active_conversations(
     still going: the row is the truth, so each is recovered (or cancelled) from it."""
     runs = await _runs_in_trouble(settings, since)
     async with db.read() as session:
-        rows = await queries.active_by_flow_run(session, [str(run.id) for run in runs])
+        rows = await queries.conversations.active_by_flow_run(
+            session, [str(run.id) for run in runs]
+        )
     return tuple(Repair("recover", row.id, row.flow_run_id) for row in rows)
 
 
@@ -225,7 +227,7 @@ async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
         if run.state is not None and run.state.type == StateType.PAUSED:
             return "waiting for its pause"
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         row.wake_requested_at = None
     return "ended"
 
@@ -281,7 +283,7 @@ async def _reschedule(ctx: _Context) -> str:
     assert state is not None
     message = f"Parley: {state.type.value.lower()} without a live process"
     async with ctx.rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, ctx.conversation_id)
+        row = await queries.conversations.lock_conversation(session, ctx.conversation_id)
         if (refused := _still_alive(ctx, row)) is not None:
             return refused
         current = await ctx.client.read_flow_run(ctx.run.id)
@@ -311,13 +313,13 @@ def _still_alive(ctx: _Context, row: Conversation) -> str | None:
     if state is None or state.type not in (StateType.PENDING, StateType.RUNNING):
         return None  # failed, crashed: no process holds it
     now, run_id = utcnow(), str(ctx.run.id)
-    if ctx.claimed_as_lost and not queries.still_without_a_process(row, run_id, now):
+    if ctx.claimed_as_lost and not queries.repairs.still_without_a_process(row, run_id, now):
         return "moved on"
     if ctx.claimed_suspended:
         lease = timedelta(seconds=ctx.settings.lease_seconds)
         if row.flow_run_id != run_id or row.status is not Status.SUSPENDED:
             return "moved on"
-        if not queries.had_its_chance_to_pause(row, run_id, now, lease):
+        if not queries.repairs.had_its_chance_to_pause(row, run_id, now, lease):
             return "waiting for its pause"
     return None
 
@@ -360,7 +362,7 @@ async def _rehome(rt: Runtime, settings: Settings, conversation_id: int, why: st
     """The row outlived its run: give the conversation a new flow run, which loads the row and
     carries on from the current step."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         row.recoveries += 1
         attempt = row.recoveries
     run_id = await create_run(rt.db, settings, conversation_id, attempt=attempt)
@@ -370,13 +372,13 @@ async def _rehome(rt: Runtime, settings: Settings, conversation_id: int, why: st
 
 async def _repaired(db: Database, conversation_id: int) -> None:
     async with db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         row.repair_after, row.repair_failures = None, 0
 
 
 async def _back_off(db: Database, conversation_id: int) -> None:
     async with db.transaction() as session:
-        row: Conversation = await queries.lock_conversation(session, conversation_id)
+        row: Conversation = await queries.conversations.lock_conversation(session, conversation_id)
         row.repair_failures += 1
         delay = min(REPAIR_BACKOFF_CAP, 2.0**row.repair_failures)
         row.repair_after = utcnow() + timedelta(seconds=delay)

@@ -20,7 +20,7 @@ async def install_campaign(session: AsyncSession, path: Path) -> CampaignVersion
     """Validate ``path`` and store it as the newest version unless its content is known."""
     source = path.read_text(encoding="utf-8")
     campaign = parse_campaign(source, source=str(path))
-    return await queries.ensure_campaign_version(
+    return await queries.campaigns.ensure_campaign_version(
         session, campaign.name, campaign_digest(source), source
     )
 
@@ -53,6 +53,6 @@ class CampaignCache:
     async def get(self, session: AsyncSession, version_id: int) -> Campaign:
         cached = self._by_id.get(version_id)
         if cached is None:
-            cached = campaign_of(await queries.get_campaign_version(session, version_id))
+            cached = campaign_of(await queries.campaigns.get_campaign_version(session, version_id))
             self._by_id[version_id] = cached
         return cached

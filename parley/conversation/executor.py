@@ -68,7 +68,7 @@ async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) 
     """A run (new, resumed or rescheduled after a crash) takes the conversation over. A paused
     one stays paused: the run only comes to suspend again until someone resumes it."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status in TERMINAL:
             row.wake_requested_at = None  # it ended from outside: the run only finishes
             return cursor_of(row)
@@ -78,12 +78,12 @@ async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) 
             row.flow_run_id = flow_run_id
         if row.node_entered_at is None:  # its first run: the start node is entered now
             row.node_entered_at = rt.clock.now()
-            await queries.open_visit(session, row, row.current_node, row.node_entered_at)
+            await queries.visits.open_visit(session, row, row.current_node, row.node_entered_at)
         extend_lease(row, rt.lease_seconds)
         row.handed_over_at = None  # taken over: the dispatcher's handover watch ends here
         row.wake_requested_at = None
         row.repair_after, row.repair_failures = None, 0
-        queries.touch(row)
+        queries.conversations.touch(row)
         return cursor_of(row)
 
 
@@ -165,17 +165,17 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
     """The first half of a step, in one transaction: the activeToll (a paused conversation or
     campaign stops here), then the plan and its send intent. A cursor means nothing to do."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
             return cursor_of(row)
         if row.status is Status.PAUSED or await _campaign_paused(session, row):
             # A step of its own: the cached result of step n must not say "paused" to the run
             # that is resumed later and asks for step n again.
             row.step += 1
-            queries.touch(row)
+            queries.conversations.touch(row)
             return cursor_of(row)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
-        contact = await queries.get_contact(session, row.contact_id)
+        contact = await queries.contacts.get_contact(session, row.contact_id)
         for _ in range(QUIET_STEPS_PER_PLAN):
             now = rt.clock.now()
             snapshot = await _snapshot(session, row, contact.fields, campaign, now)
@@ -205,7 +205,9 @@ async def _sender(
     identity's, not only the installation's): the contact answers the number that wrote."""
     if contact.channel != identities.WHATSAPP:
         return None
-    return identities.whatsapp_sender(await queries.get_identity(session, row.identity_id))
+    return identities.whatsapp_sender(
+        await queries.identities.get_identity(session, row.identity_id)
+    )
 
 
 async def perform(rt: Runtime, planned: PlannedStep) -> Cursor:
@@ -242,17 +244,17 @@ def _unchanged(s: Snapshot) -> Transition:
 async def _campaign_paused(session: AsyncSession, row: Conversation) -> bool:
     """The activeToll's second half: a paused campaign holds each conversation at its next
     node; ``paused_by`` says the campaign's resume may release it (an operator's may not)."""
-    if not await queries.campaign_held(session, row.campaign_version_id):
+    if not await queries.campaigns.campaign_held(session, row.campaign_version_id):
         return False
     set_status(row, Status.PAUSED)
     row.paused_by = "campaign"
-    queries.touch(row)
+    queries.conversations.touch(row)
     return True
 
 
 async def current_cursor(rt: Runtime, conversation_id: int) -> Cursor:
     async with rt.db.read() as session:
-        return cursor_of(await queries.get_conversation(session, conversation_id))
+        return cursor_of(await queries.conversations.get_conversation(session, conversation_id))
 
 
 async def _snapshot(
@@ -262,7 +264,11 @@ async def _snapshot(
     campaign: Campaign,
     now: datetime,
 ) -> Snapshot:
-    heard = await queries.last_heard_at(session, row.id) if campaign.inactivity_timeout else None
+    heard = (
+        await queries.messages.last_heard_at(session, row.id)
+        if campaign.inactivity_timeout
+        else None
+    )
     return Snapshot(
         row.current_node,
         dict(row.variables),
@@ -279,7 +285,7 @@ async def _snapshot(
 
 
 async def _next_reply(session: AsyncSession, row: Conversation) -> Reply | None:
-    message = await queries.first_unconsumed_inbound(session, row.id)
+    message = await queries.messages.first_unconsumed_inbound(session, row.id)
     return None if message is None else Reply(message.id, message.text, message.reply_id)
 
 
@@ -329,7 +335,7 @@ async def _with_secrets(rt: Runtime, template: str) -> str:
 
 async def _commit(rt: Runtime, conversation_id: int, step: int, t: Transition) -> Cursor:
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.step != step:
             return cursor_of(row)
         await _commit_locked(session, row, step, t, rt.lease_seconds, rt.clock.now())
@@ -347,9 +353,9 @@ async def _commit_locked(
 ) -> None:
     """Step ``step``'s transition written into the locked row: step+1 from here."""
     if t.consumed_message_id is not None:
-        await queries.mark_consumed(session, t.consumed_message_id, step)
+        await queries.messages.mark_consumed(session, t.consumed_message_id, step)
     if t.action is not None:  # queued in the same transaction as the state change
-        contact = await queries.get_contact(session, row.contact_id)
+        contact = await queries.contacts.get_contact(session, row.contact_id)
         await actions.enqueue(session, row, contact, t.action, step, now)
         row.action_step = step  # the one action whose outcome this wait takes (not a revisit's)
     await _record_visit(session, row, t, now)
@@ -362,16 +368,17 @@ async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | N
     arrived a moment later: the first starts it, the rest wait in its inbox. Same lock as the
     webhook's, so a message is either read here or finds no active conversation there."""
     await session.flush()  # the ended status must be visible to the active-pair index first
-    unread = await queries.unread_inbound(session, row.id)
+    unread = await queries.messages.unread_inbound(session, row.id)
     if not unread:
         return None
-    campaign = await queries.latest_campaign_version(
-        session, (await queries.get_campaign_version(session, row.campaign_version_id)).name
+    campaign = await queries.campaigns.latest_campaign_version(
+        session,
+        (await queries.campaigns.get_campaign_version(session, row.campaign_version_id)).name,
     )
-    successor, _created = await queries.create_conversation(
+    successor, _created = await queries.conversations.create_conversation(
         session, row.identity_id, row.contact_id, campaign, start_node_of(campaign)
     )
-    await queries.move_inbound(session, unread, successor.id, trigger_step=TRIGGER_STEP)
+    await queries.messages.move_inbound(session, unread, successor.id, trigger_step=TRIGGER_STEP)
     log.info(
         "conversation %s ended with %d unread; handed to %s", row.id, len(unread), successor.id
     )
@@ -382,7 +389,7 @@ async def cancel(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
     """End a conversation from outside (the Prefect UI, an operator): nothing more is sent —
     its intents that have not gone out are dropped."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
             await end(session, row, Status.CANCELLED, reason, rt.clock.now())
         return cursor_of(row)
@@ -391,7 +398,7 @@ async def cancel(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
 async def mark_failed(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
     """The dispatcher gave up recovering the conversation's run: say so on the row."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
             await end(session, row, Status.FAILED, reason, rt.clock.now())
         return cursor_of(row)
@@ -404,9 +411,9 @@ async def end(
     held while it was paused) are dropped, never sent later, and its node visit closed with how
     it ended."""
     _end(row, status, reason)
-    await queries.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
+    await queries.messages.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
     await actions.skip_held(session, row.id, f"conversation {status.value}: {reason}")
-    await queries.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
+    await queries.visits.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
 
 
 def _end(row: Conversation, status: Status, reason: str) -> None:
@@ -416,7 +423,7 @@ def _end(row: Conversation, status: Status, reason: str) -> None:
     row.ended_at = utcnow()
     row.lease_until = None
     row.handed_over_at = None
-    queries.touch(row)
+    queries.conversations.touch(row)
 
 
 async def _record_visit(
@@ -424,7 +431,7 @@ async def _record_visit(
 ) -> None:
     """Close the node's visit when the conversation leaves it or ends there; open the next."""
     if t.entered:
-        await queries.close_visit(
+        await queries.visits.close_visit(
             session,
             row.id,
             at=now,
@@ -433,9 +440,9 @@ async def _record_visit(
             attempts=row.attempts,
             error=t.error,
         )
-        await queries.open_visit(session, row, t.current_node, now)
+        await queries.visits.open_visit(session, row, t.current_node, now)
     elif t.status in TERMINAL:
-        await queries.close_visit(
+        await queries.visits.close_visit(
             session, row.id, at=now, outcome=t.status.value, attempts=t.attempts, error=t.error
         )
 
@@ -468,7 +475,7 @@ def _apply(
         row.lease_until = None
     else:
         extend_lease(row, lease_seconds)
-    queries.touch(row)
+    queries.conversations.touch(row)
 
 
 async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> Cursor:
@@ -477,10 +484,10 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
     ``error_text``. The apology's intent is written with the state change; a replay of this
     function delivers it if the previous attempt died before it went out."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.step == step and row.status not in TERMINAL:
             campaign = await rt.campaigns.get(session, row.campaign_version_id)
-            contact = await queries.get_contact(session, row.contact_id)
+            contact = await queries.contacts.get_contact(session, row.contact_id)
             snapshot = await _snapshot(session, row, contact.fields, campaign, rt.clock.now())
             transition = plan_failure(campaign, snapshot, reason, rt.environ)
             if transition.outbound is not None:
@@ -490,8 +497,10 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
             await _record_visit(session, row, transition, rt.clock.now())
             _apply(row, step, transition, rt.lease_seconds, rt.clock.now())
         cursor = cursor_of(row)
-        apology = await queries.outbound_by_ref(session, apology_ref(conversation_id, step))
-        contact = await queries.get_contact(session, row.contact_id)
+        apology = await queries.messages.outbound_by_ref(
+            session, apology_ref(conversation_id, step)
+        )
+        contact = await queries.contacts.get_contact(session, row.contact_id)
         sender = await _sender(session, row, contact) if apology is not None else None
     if apology is not None and apology.status == DeliveryStatus.PENDING:
         await _send_apology(rt, apology, contact.address, contact.channel, sender)

@@ -60,17 +60,17 @@ async def campaign_funnel(db: Database, name: str, version: int | None = None) -
     """The funnel of ``name`` at ``version`` (default: its latest). An unknown campaign or
     version raises ``NotFound``."""
     async with db.read() as session:
-        versions = await queries.campaign_versions_named(session, name)
+        versions = await queries.campaigns.campaign_versions_named(session, name)
         if not versions:
             raise NotFound(f"campaign {name!r} does not exist")
         row = (
             versions[-1]
             if version is None
-            else await queries.campaign_version_numbered(session, name, version)
+            else await queries.campaigns.campaign_version_numbered(session, name, version)
         )
-        counts = await queries.funnel_visit_counts(session, row.id)
-        waiting = await queries.funnel_waiting(session, row.id)
-        stays = await queries.funnel_stays(session, row.id)
+        counts = await queries.visits.funnel_visit_counts(session, row.id)
+        waiting = await queries.visits.funnel_waiting(session, row.id)
+        stays = await queries.visits.funnel_stays(session, row.id)
     durations: dict[str, list[float]] = {}
     for node_id, entered_at, left_at in stays:
         durations.setdefault(node_id, []).append(max(0.0, (left_at - entered_at).total_seconds()))

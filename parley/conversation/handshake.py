@@ -54,10 +54,10 @@ async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float)
     Subscribed before the first look: a message is either seen by that look or notified."""
     async with rt.signal.subscribe(conversation_id) as inbox:
         async with rt.db.transaction() as session:
-            row = await queries.lock_conversation(session, conversation_id)
+            row = await queries.conversations.lock_conversation(session, conversation_id)
             if row.step != step or row.status in TERMINAL or row.status is Status.PAUSED:
                 return True
-            if await queries.has_unconsumed_inbound(session, conversation_id):
+            if await queries.messages.has_unconsumed_inbound(session, conversation_id):
                 return True
             if row.wake_at is not None:
                 seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
@@ -79,9 +79,11 @@ async def _until_told(
         until_next_look = min(deadline, renew_at) - loop.time()
         await inbox.wait(max(0.0, min(until_next_look, inbox.recheck_seconds)))
         async with rt.db.read() as session:
-            if await queries.has_unconsumed_inbound(session, conversation_id):
+            if await queries.messages.has_unconsumed_inbound(session, conversation_id):
                 return True
-            if (await queries.get_conversation(session, conversation_id)).status is not Status.HOT:
+            if (
+                await queries.conversations.get_conversation(session, conversation_id)
+            ).status is not Status.HOT:
                 return True  # paused, cancelled or completed from outside
         if loop.time() >= renew_at:
             await renew_lease(rt, conversation_id)
@@ -91,7 +93,7 @@ async def _until_told(
 
 async def renew_lease(rt: Runtime, conversation_id: int) -> None:
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status in LIVE:
             extend_lease(row, rt.lease_seconds)
 
@@ -101,17 +103,19 @@ async def prepare_suspend(rt: Runtime, conversation_id: int, step: int) -> Suspe
     the row says ``suspended`` before the run suspends, so a webhook storing a message after
     this commit knows it must resume the run."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
             return SuspendDecision(False, "")
         if row.status is not Status.PAUSED:
-            if await queries.has_unconsumed_inbound(session, conversation_id) or _due(rt, row):
+            if await queries.messages.has_unconsumed_inbound(session, conversation_id) or _due(
+                rt, row
+            ):
                 set_status(row, Status.RUNNING)
                 return SuspendDecision(False, "")
             set_status(row, Status.SUSPENDED)
         row.sleeps += 1
         row.lease_until = None
-        queries.touch(row)
+        queries.conversations.touch(row)
         return SuspendDecision(True, suspend_key(step, row.sleeps))
 
 

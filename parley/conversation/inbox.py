@@ -134,28 +134,30 @@ async def _store_in(
     if message.channel == WHATSAPP:
         identity = await _whatsapp_identity(session, message.identity_address)
     else:
-        identity = await queries.ensure_identity(session, message.channel, message.identity_address)
-    contact = await queries.ensure_contact(
+        identity = await queries.identities.ensure_identity(
+            session, message.channel, message.identity_address
+        )
+    contact = await queries.contacts.ensure_contact(
         session, message.channel, message.contact_address, message.contact_name
     )
     conversation = await _active_conversation(session, identity, contact, message, own_number)
     created = False
     if conversation is None:
         # A re-delivery of a message whose conversation has ended must not open a new one.
-        if await queries.inbound_exists(session, message.provider_message_id):
+        if await queries.messages.inbound_exists(session, message.provider_message_id):
             return None, False, None
         if campaign_name is None:
             raise NoActiveConversation(message.provider_message_id)
         if message.channel == WHATSAPP and not _starts_here(identity, message, own_number):
             raise NoActiveConversation(message.provider_message_id, _NOT_STARTED_ON_NUMBER)
         campaign = await _campaign_for_new(session, campaign_name)
-        conversation, created = await queries.create_conversation(
+        conversation, created = await queries.conversations.create_conversation(
             session, identity.id, contact.id, campaign, start_node_of(campaign)
         )
     values = _inbound_values(conversation, message)
     if created:
         values["consumed_step"] = TRIGGER_STEP  # it started the conversation; no answer
-    if await queries.insert_inbound(session, values) is None:
+    if await queries.messages.insert_inbound(session, values) is None:
         if created:
             raise _Duplicate  # rolls the new conversation back with the transaction
         return None, False, None
@@ -170,11 +172,13 @@ async def _active_conversation(
     own_number: str | None,
 ) -> Conversation | None:
     """The active conversation the message belongs to, locked, or None."""
-    conversation = await queries.lock_active_conversation(session, identity.id, contact.id)
+    conversation = await queries.conversations.lock_active_conversation(
+        session, identity.id, contact.id
+    )
     if conversation is None and message.context_message_id:
         # A reply to something one of our conversations sent from another account (a LinkedIn
         # sequence's email fallback): it belongs to that conversation, and stops its sequence.
-        conversation = await queries.lock_active_conversation_that_sent(
+        conversation = await queries.conversations.lock_active_conversation_that_sent(
             session, message.context_message_id
         )
     if conversation is None and message.channel == WHATSAPP:
@@ -191,10 +195,10 @@ _NOT_STARTED_ON_NUMBER = (
 async def _whatsapp_identity(session: AsyncSession, number: str) -> Identity:
     """The identity that owns the number a message arrived on; a number no identity claims is
     recorded as a WhatsApp identity of its own (the installation's number, the first time)."""
-    owners = await queries.whatsapp_number_claimers(session, number)
+    owners = await queries.identities.whatsapp_number_claimers(session, number)
     if owners:
         return owners[0]
-    return await queries.ensure_identity(session, WHATSAPP, number)
+    return await queries.identities.ensure_identity(session, WHATSAPP, number)
 
 
 async def _whatsapp_lead(
@@ -206,13 +210,13 @@ async def _whatsapp_lead(
     phone = message.contact_address.lstrip("+")
     forms = [phone, f"+{phone}"]
     if identity.channel != WHATSAPP:
-        found = await queries.lock_active_conversation_of_lead(
+        found = await queries.conversations.lock_active_conversation_of_lead(
             session, WHATSAPP, forms, identity_id=identity.id
         )
         if found is not None:
             return found
     if own_number is not None and message.identity_address == own_number:
-        return await queries.lock_active_conversation_of_lead(
+        return await queries.conversations.lock_active_conversation_of_lead(
             session, WHATSAPP, forms, without_own_whatsapp_number=True
         )
     return None
@@ -228,7 +232,7 @@ def _starts_here(identity: Identity, message: InboundMessage, own_number: str | 
 
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:
     try:
-        return await queries.latest_campaign_version(session, name)
+        return await queries.campaigns.latest_campaign_version(session, name)
     except NotFound as exc:
         raise NotFound(f"{exc}; the webhook installs PARLEY_DEFAULT_CAMPAIGN at start") from exc
 
@@ -259,7 +263,7 @@ def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict
 
 async def apply_status(db: Database, status: StatusUpdate) -> bool:
     async with db.transaction() as session:
-        message = await queries.apply_delivery_status(
+        message = await queries.messages.apply_delivery_status(
             session,
             provider_message_id=status.provider_message_id,
             client_ref=status.client_ref,
@@ -269,7 +273,7 @@ async def apply_status(db: Database, status: StatusUpdate) -> bool:
         if message is None and await reconcile_status(session, status, utcnow()):
             return True
         if message is None:
-            await queries.record_webhook_event(
+            await queries.webhook_events.record_webhook_event(
                 session,
                 status.channel,
                 "unmatched_status",
@@ -285,4 +289,4 @@ async def apply_status(db: Database, status: StatusUpdate) -> bool:
 
 async def record_event(db: Database, channel: str, kind: str, payload: JSONDict) -> None:
     async with db.transaction() as session:
-        await queries.record_webhook_event(session, channel, kind, dict(payload))
+        await queries.webhook_events.record_webhook_event(session, channel, kind, dict(payload))

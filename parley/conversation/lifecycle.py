@@ -60,11 +60,11 @@ async def _change(db: Database, conversation_id: int, mutate: Mutation) -> Chang
     for _ in range(LOST_RACES):
         try:
             async with db.transaction() as session:
-                row = await queries.get_conversation(session, conversation_id)
+                row = await queries.conversations.get_conversation(session, conversation_id)
                 run, detail = await mutate(session, row)
                 if run != "none":
                     row.wake_requested_at = utcnow()
-                queries.touch(row)
+                queries.conversations.touch(row)
                 await session.flush()  # the version check happens here
                 return Change(row.id, Status(row.status), run, row.flow_run_id, detail)
         except StaleDataError:
@@ -98,19 +98,21 @@ async def start(
         identity = await session.get(Identity, identity_id)
         if identity is None:
             raise NotFound(f"identity {identity_id} does not exist")
-        version = await queries.latest_campaign_version(session, campaign_name)
+        version = await queries.campaigns.latest_campaign_version(session, campaign_name)
         missing = [n for n in campaign_of(version).inputs if n not in (variables or {})]
         if missing:
             raise InvalidInput(f"campaign {campaign_name!r} needs its inputs: {', '.join(missing)}")
-        contact = await queries.ensure_contact(session, channel, address, name)
+        contact = await queries.contacts.ensure_contact(session, channel, address, name)
         if fields:
             contact.fields = {**contact.fields, **fields}
-        active = await queries.lock_active_conversation(session, identity.id, contact.id)
+        active = await queries.conversations.lock_active_conversation(
+            session, identity.id, contact.id
+        )
         if active is not None:
             raise TransitionNotAllowed(
                 f"{channel} contact {address} already has active conversation {active.id}"
             )
-        row, _ = await queries.create_conversation(
+        row, _ = await queries.conversations.create_conversation(
             session, identity.id, contact.id, version, start_node_of(version)
         )
         row.variables = dict(variables or {})
@@ -198,7 +200,7 @@ async def retry(db: Database, conversation_id: int, clock: Clock | None = None) 
         set_status(row, Status.PENDING)
         row.ended_at, row.flow_run_id, row.recoveries = None, None, 0
         row.node_done, row.node_entered_at, row.waiting_for, row.wake_at = False, now, None, None
-        await queries.open_visit(session, row, row.current_node, now)
+        await queries.visits.open_visit(session, row, row.current_node, now)
         try:
             await session.flush()
         except IntegrityError:
@@ -224,12 +226,12 @@ async def signal(db: Database, conversation_id: int, kind: str, data: Mapping[st
     async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
         if row.status in TERMINAL:
             raise TransitionNotAllowed(f"conversation {row.id} is {row.status.value}")
-        version = await queries.get_campaign_version(session, row.campaign_version_id)
+        version = await queries.campaigns.get_campaign_version(session, row.campaign_version_id)
         campaign = campaign_of(version)
         if kind == "task_completed":
             changes = _complete_task(campaign, row, data)
         elif kind == "field_changed":
-            contact = await queries.get_contact(session, row.contact_id)
+            contact = await queries.contacts.get_contact(session, row.contact_id)
             contact.fields = {**contact.fields, **data}
             changes = _reads(campaign, row.current_node, fields=set(data))
         else:
@@ -299,8 +301,8 @@ async def pause_campaign(db: Database, name: str, reason: str | None = None) -> 
     once (so neither a timer nor a message wakes them), live ones at their next step."""
     async with db.transaction() as session:
         await _known_campaign(session, name)
-        await queries.hold_campaign(session, name, reason)
-        ids = await queries.conversation_ids_of_campaign(
+        await queries.campaigns.hold_campaign(session, name, reason)
+        ids = await queries.conversations.conversation_ids_of_campaign(
             session, name, [Status.SUSPENDED, Status.PENDING]
         )
     changes = [await _change(db, cid, _hold_by_campaign) for cid in ids]
@@ -319,8 +321,10 @@ async def resume_campaign(db: Database, name: str) -> CampaignChange:
     """Release the conversations the campaign's pause held; an operator's own pause stands."""
     async with db.transaction() as session:
         await _known_campaign(session, name)
-        released = await queries.release_campaign(session, name)
-        ids = await queries.conversation_ids_of_campaign(session, name, [Status.PAUSED])
+        released = await queries.campaigns.release_campaign(session, name)
+        ids = await queries.conversations.conversation_ids_of_campaign(
+            session, name, [Status.PAUSED]
+        )
     if not released:
         raise TransitionNotAllowed(f"campaign {name!r} is not paused")
     changes = [await _change(db, cid, _release_from_campaign) for cid in ids]
@@ -337,5 +341,5 @@ async def _release_from_campaign(session: AsyncSession, row: Conversation) -> tu
 
 
 async def _known_campaign(session: AsyncSession, name: str) -> None:
-    if not await queries.campaign_versions_named(session, name):
+    if not await queries.campaigns.campaign_versions_named(session, name):
         raise NotFound(f"campaign {name!r} does not exist")

@@ -123,10 +123,10 @@ async def migrate(
     mapping = dict(mapping or {})
     now = (clock or SystemClock()).now()
     async with db.transaction() as session:
-        target = await queries.campaign_version_numbered(session, name, to)
+        target = await queries.campaigns.campaign_version_numbered(session, name, to)
         graph = campaign_of(target)
-        versions = {v.id: v for v in await queries.campaign_versions_named(session, name)}
-        rows = await queries.lock_conversations_of_campaign(session, name, WAITING)
+        versions = {v.id: v for v in await queries.campaigns.campaign_versions_named(session, name)}
+        rows = await queries.conversations.lock_conversations_of_campaign(session, name, WAITING)
         waiting = [r for r in rows if _waiting(r) and r.campaign_version_id != target.id]
         unmapped = [u for r in waiting if (u := _unmapped(r, graph, mapping)) is not None]
         unmapped += _bad_targets(graph, mapping, {r.current_node for r in waiting})
@@ -143,7 +143,9 @@ async def migrate(
             await _move(session, row, target, graph, versions, mapping, now, awaited.get(row.id))
             for row in waiting
         ]
-        staying = tuple(await queries.active_ids_off_version(session, name, target.id))
+        staying = tuple(
+            await queries.conversations.active_ids_off_version(session, name, target.id)
+        )
     return Migration(name, to, tuple(moved), staying)
 
 
@@ -190,7 +192,7 @@ async def _awaited_actions(session: AsyncSession, rows: list[Conversation]) -> d
     found: dict[int, Action] = {}
     for row in rows:
         if row.waiting_for == WaitKind.ACTION and row.action_step is not None:
-            action = await queries.lock_action_of_step(session, row.id, row.action_step)
+            action = await queries.actions.lock_action_of_step(session, row.id, row.action_step)
             if action is not None:
                 found[row.id] = action
     return found
@@ -237,7 +239,7 @@ async def _move(
         # Its action goes with it: what names the node is the new id (the dispatcher matches
         # the outcome by the step that queued it; the payload's node is what operators read).
         action.payload = {**action.payload, "node": new_node}
-    await queries.close_visit(session, row.id, at=now, outcome=MIGRATED, next_node=new_node)
+    await queries.visits.close_visit(session, row.id, at=now, outcome=MIGRATED, next_node=new_node)
     row.campaign_version_id = target.id
     row.current_node = new_node
     if fresh:
@@ -246,6 +248,6 @@ async def _move(
         row.waiting_for, row.waiting_since, row.wake_at = None, None, None
         if row.status is Status.SUSPENDED:
             row.wake_requested_at = now  # its run must look again to do the new node's work
-    await queries.open_visit(session, row, new_node, now)
-    queries.touch(row)
+    await queries.visits.open_visit(session, row, new_node, now)
+    queries.conversations.touch(row)
     return Moved(row.id, source.version, old_node, new_node, row.status.value, fresh)

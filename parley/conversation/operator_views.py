@@ -62,7 +62,7 @@ async def list_conversations(
     db: Database, *, limit: int = 100, status: Status | None = None
 ) -> list[dict[str, Any]]:
     async with db.read() as session:
-        rows = await queries.list_conversations(session, limit=limit, status=status)
+        rows = await queries.conversations.list_conversations(session, limit=limit, status=status)
     return [_summary(conv, contact, campaign) for conv, contact, campaign in rows]
 
 
@@ -101,14 +101,20 @@ async def show_conversation(
     (``messages_total`` and ``history_total`` say how many there are), for views that must stay
     small whatever the conversation's length."""
     async with db.read() as session:
-        conv, contact, campaign = await queries.conversation_with_context(session, conversation_id)
+        conv, contact, campaign = await queries.conversations.conversation_with_context(
+            session, conversation_id
+        )
         if last_messages is None:
-            messages = await queries.transcript(session, conversation_id)
-            visits = await queries.visits_of(session, conversation_id)
+            messages = await queries.messages.transcript(session, conversation_id)
+            visits = await queries.visits.visits_of(session, conversation_id)
             total, steps = len(messages), len(visits)
         else:
-            messages, total = await queries.transcript_tail(session, conversation_id, last_messages)
-            visits, steps = await queries.visits_tail(session, conversation_id, last_messages)
+            messages, total = await queries.messages.transcript_tail(
+                session, conversation_id, last_messages
+            )
+            visits, steps = await queries.visits.visits_tail(
+                session, conversation_id, last_messages
+            )
     detail = _summary(conv, contact, campaign)
     detail.update(
         variables=conv.variables,

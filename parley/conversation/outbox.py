@@ -46,7 +46,7 @@ async def record_intent(
     session: AsyncSession, conversation_id: int, step: int, ref: str, message: OutboundMessage
 ) -> Message:
     """Record what we are about to send, in the transaction that decided to send it."""
-    return await queries.ensure_outbound_intent(
+    return await queries.messages.ensure_outbound_intent(
         session,
         conversation_id=conversation_id,
         step=step,
@@ -103,13 +103,13 @@ async def _drop_if_replied(rt: Runtime, ref: str, conversation_id: int) -> None:
     """Under the conversation's row lock — the one the webhook stores messages under — so a
     message is either seen here (the follow-up is dropped) or stored after the claim below."""
     async with rt.db.transaction() as session:
-        await queries.lock_conversation(session, conversation_id)
-        if not await queries.has_unconsumed_inbound(session, conversation_id):
+        await queries.conversations.lock_conversation(session, conversation_id)
+        if not await queries.messages.has_unconsumed_inbound(session, conversation_id):
             return
-        row = await queries.outbound_by_ref(session, ref)
+        row = await queries.messages.outbound_by_ref(session, ref)
         if row is None or row.status != DeliveryStatus.PENDING:
             return
-        await queries.set_outbound_status(
+        await queries.messages.set_outbound_status(
             session, row, DeliveryStatus.DROPPED, error="the contact wrote before it went out"
         )
     log.info("follow-up %s not sent: the contact wrote first", ref)
@@ -119,9 +119,9 @@ async def _drop_if_replied(rt: Runtime, ref: str, conversation_id: int) -> None:
 async def _claim(rt: Runtime, ref: str) -> bool:
     """True: this execution must send now. False: the message is known sent."""
     async with rt.db.transaction() as session:
-        if await queries.claim_for_sending(session, ref, utcnow()):
+        if await queries.messages.claim_for_sending(session, ref, utcnow()):
             return True
-        row = await queries.outbound_by_ref(session, ref)
+        row = await queries.messages.outbound_by_ref(session, ref)
     assert row is not None
     if row.status in SENT_STATUSES:
         return False
@@ -133,7 +133,7 @@ async def _claim(rt: Runtime, ref: str) -> bool:
     if await _reconciled(rt, ref):
         return False
     async with rt.db.transaction() as session:
-        if await queries.take_over_claim(session, ref, row.claimed_at, utcnow()):
+        if await queries.messages.take_over_claim(session, ref, row.claimed_at, utcnow()):
             log.warning(
                 "send %s stayed uncertain for %ss; sending again", ref, rt.reconcile_seconds
             )
@@ -148,7 +148,7 @@ async def _reconciled(rt: Runtime, client_ref: str) -> bool:
     deadline = loop.time() + rt.reconcile_seconds
     while True:
         async with rt.db.read() as session:
-            row = await queries.outbound_by_ref(session, client_ref)
+            row = await queries.messages.outbound_by_ref(session, client_ref)
         if row is not None and row.status in SENT_STATUSES:
             log.info("send %s reconciled: the provider has it", client_ref)
             return True
@@ -166,9 +166,9 @@ async def _set_status(
     error: str | None = None,
 ) -> None:
     async with rt.db.transaction() as session:
-        row = await queries.outbound_by_ref(session, client_ref)
+        row = await queries.messages.outbound_by_ref(session, client_ref)
         assert row is not None
-        await queries.set_outbound_status(
+        await queries.messages.set_outbound_status(
             session, row, status, provider_message_id=provider_message_id, error=error
         )
 

@@ -72,7 +72,7 @@ async def enqueue(
         "node": row.current_node,
         "step": step,
     }
-    action = await queries.enqueue_action(
+    action = await queries.actions.enqueue_action(
         session,
         {
             "identity_id": row.identity_id,
@@ -84,13 +84,13 @@ async def enqueue(
             "not_before": now,
             "reason": None if parked is None else _parked_reason(identity, parked),
             "idempotency_key": step_ref(row.id, step),
-            "seen_inbound_id": await queries.last_inbound_id(session, row.id),
+            "seen_inbound_id": await queries.messages.last_inbound_id(session, row.id),
             "created_at": utcnow(),
             "updated_at": utcnow(),
         },
     )
     if action.status == "queued" and action.queue == READY:
-        await queries.notify_action_ready(session, action.identity_id)  # no wait for a tick
+        await queries.actions.notify_action_ready(session, action.identity_id)  # no wait for a tick
     return action
 
 
@@ -144,7 +144,7 @@ async def park(
     """Park the identity's queued actions on ``channel`` (of ``credits``: its InMails only):
     other channels, and a seat's other LinkedIn actions when only credits ran out, keep
     flowing."""
-    moved = await queries.park_actions(
+    moved = await queries.actions.park_actions(
         session, identity.id, channel, queue, now, types=PARKED_TYPES.get(queue)
     )
     identity.parked = {**identity.parked, queue: {"reason": reason, "since": now.isoformat()}}
@@ -155,7 +155,7 @@ async def unpark(session: AsyncSession, identity: Identity, queue: str, now: dat
     """Move a parked queue's actions back to ``ready`` in their order and forget the parking:
     an operator's reconnect and the dispatcher's health check both end here. ``identity`` is
     locked by the caller."""
-    moved = await queries.unpark_queue(session, identity.id, queue, now)
+    moved = await queries.actions.unpark_queue(session, identity.id, queue, now)
     if queue in identity.parked:
         identity.parked = {k: v for k, v in identity.parked.items() if k != queue}
     return moved
@@ -168,7 +168,9 @@ async def park_if_known_down(
     parked between its enqueue and its claim); returns the queue, or None to go on."""
     queue = parked_queue_of(identity, channel, action_type)
     if queue is not None:
-        await queries.requeue_untried(session, action_id, queue, _parked_reason(identity, queue))
+        await queries.actions.requeue_untried(
+            session, action_id, queue, _parked_reason(identity, queue)
+        )
     return queue
 
 
@@ -177,19 +179,19 @@ async def release_held(session: AsyncSession, conversation_id: int) -> int:
     back in line with their idempotency key, so the same action is performed (once) in the
     identity's hours. Call it holding the conversation's row (a flushed update is enough): the
     dispatcher holds actions under that lock, so every hold is committed and seen here."""
-    held = await queries.held_actions(session, conversation_id, PAUSED)
+    held = await queries.actions.held_actions(session, conversation_id, PAUSED)
     for action in held:
-        identity = await queries.get_identity(session, action.identity_id)
+        identity = await queries.identities.get_identity(session, action.identity_id)
         action.queue = parked_queue_of(identity, action.channel, action.type) or READY
         action.reason, action.updated_at = "its conversation was resumed", utcnow()
         if action.queue == READY:
-            await queries.notify_action_ready(session, action.identity_id)
+            await queries.actions.notify_action_ready(session, action.identity_id)
     return len(held)
 
 
 async def skip_held(session: AsyncSession, conversation_id: int, reason: str) -> int:
     """The conversation ended while paused: what was held for it is skipped, never sent."""
-    held = await queries.held_actions(session, conversation_id, PAUSED)
+    held = await queries.actions.held_actions(session, conversation_id, PAUSED)
     for action in held:
         action.status, action.outcome = "done", ACTION_SKIPPED
         action.reason, action.updated_at = reason[:2000], utcnow()

@@ -33,7 +33,7 @@ the webhook holds it, the check waits for it in a transaction of its own before 
 the outcome of step 4 is written in the transaction that claims the identity's next action.
 
 Exactly once (DESIGN rule 4). Each claim writes a stamp of its own on the action, and every
-outcome is written only under that stamp (``queries.settle_claimed``, ``finish_action``): an
+outcome is written only under that stamp (``queries.actions.settle_claimed``, ``finish_action``): an
 outcome from a claim that recovery has since given to another dispatcher is refused. A
 dispatcher killed between the call and that commit leaves the action ``running``;
 ``recover_abandoned`` then decides by channel. The LinkedIn gateway deduplicates by
@@ -211,19 +211,19 @@ async def _claim(
     session: AsyncSession, rt: Runtime, identity_id: int, rng: random.Random
 ) -> _Claimed | Done:
     """Claim the identity's next due action and decide; ``skipped`` when it is stale."""
-    identity = await queries.lock_identity(session, identity_id)
+    identity = await queries.identities.lock_identity(session, identity_id)
     # The time of the decision is read once the identity is ours: a dispatcher that
     # waited for the lock must not judge spacing by a "now" older than the last send.
     now = rt.clock.now()
     stamp = uuid4().hex
-    action = await queries.claim_next_action(session, identity_id, now, stamp)
+    action = await queries.actions.claim_next_action(session, identity_id, now, stamp)
     if action is None:
         return "idle"
     if await actions.park_if_known_down(session, identity, action.id, action.channel, action.type):
         return "parked"  # its queue was parked after it was queued: never tried
     decision = await _decision(session, rt, identity, action.type, now, rng)
     if not isinstance(decision, Proceed):
-        await queries.unclaim_action(session, action.id, decision.until, decision.explain())
+        await queries.actions.unclaim_action(session, action.id, decision.until, decision.explain())
         identity.flagged = decision.explain() if decision.capped else None
         return "waiting"
     claimed = _Claimed(
@@ -244,7 +244,7 @@ async def _claim(
         return replace(claimed, fresh=True)
     # The freshness check in the same transaction when the conversation's row is free; when
     # the webhook holds it (storing a message), it is checked once that lock is released.
-    row = await queries.lock_conversation_if_free(session, claimed.conversation_id)
+    row = await queries.conversations.lock_conversation_if_free(session, claimed.conversation_id)
     if row is None:
         return claimed
     if await _held_at_the_gate(session, row, claimed):
@@ -271,7 +271,7 @@ async def _decision(
     recorded a moment ago may be newer than ``now`` and would look like a spacing wait."""
     policy = identities.policy_of(identity)
     since = now - history_needed(policy.limits, action_type)  # type: ignore[arg-type]
-    sent = await queries.sent_history_of_type(session, identity.id, action_type, since)
+    sent = await queries.actions.sent_history_of_type(session, identity.id, action_type, since)
     history = [Performed(action_type, at) for at in sent]  # type: ignore[arg-type]
     return decide(
         policy.limits,
@@ -310,9 +310,9 @@ async def _stale(
     was decided without it."""
     if row.status in TERMINAL:
         return f"the conversation is {row.status.value}", False
-    if await queries.inbound_after(session, row.id, claimed.seen_inbound_id):
+    if await queries.messages.inbound_after(session, row.id, claimed.seen_inbound_id):
         return "the contact wrote after it was queued", True
-    if await queries.has_unconsumed_inbound(session, row.id):
+    if await queries.messages.has_unconsumed_inbound(session, row.id):
         return "the contact wrote and the conversation has not read it yet", True
     if not _awaits(row, claimed.payload):
         return "the conversation moved on", False
@@ -339,14 +339,14 @@ async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _
         return False
     if row.status is Status.PAUSED:
         reason = "held: the conversation is paused"
-    elif await queries.campaign_held(session, row.campaign_version_id):
+    elif await queries.campaigns.campaign_held(session, row.campaign_version_id):
         reason = "held: its campaign is paused"
         set_status(row, Status.PAUSED)
         row.paused_by = "campaign"
-        queries.touch(row)
+        queries.conversations.touch(row)
     else:
         return False
-    await queries.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
+    await queries.actions.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
     return True
 
 
@@ -354,7 +354,7 @@ async def _fresh_then_performed(rt: Runtime, claimed: _Claimed) -> tuple[Done, _
     """The freshness check if the claim could not make it, right before the provider call."""
     if not claimed.fresh and claimed.conversation_id is not None:
         async with rt.db.transaction() as session:
-            row = await queries.lock_conversation(session, claimed.conversation_id)
+            row = await queries.conversations.lock_conversation(session, claimed.conversation_id)
             if await _held_at_the_gate(session, row, claimed):
                 return "held", _nothing
             stale = await _stale(session, row, claimed)
@@ -436,8 +436,8 @@ async def _mark_uncertain(
 
 async def _still_claimed(session: AsyncSession, claimed: _Claimed) -> Action | None:
     """The action, locked, if it is still under this claim; else None (and why, logged)."""
-    action = await queries.lock_action(session, claimed.action_id)
-    if action.claim == claimed.claim and action.status in queries.UNSETTLED:
+    action = await queries.actions.lock_action(session, claimed.action_id)
+    if action.claim == claimed.claim and action.status in queries.actions.UNSETTLED:
         return action
     log.warning(
         "action %s: outcome of an old claim refused (it is %s now)",
@@ -451,7 +451,7 @@ async def _park(
     session: AsyncSession, *, rt: Runtime, claimed: _Claimed, exc: ChannelError, what: str
 ) -> None:
     now = rt.clock.now()
-    identity = await queries.lock_identity(session, claimed.identity_id)
+    identity = await queries.identities.lock_identity(session, claimed.identity_id)
     action = await _still_claimed(session, claimed)
     if action is None:
         return
@@ -479,7 +479,7 @@ async def _rate_limited(
     action = await _still_claimed(session, claimed)
     if action is None:
         return
-    identity = await queries.lock_identity(session, action.identity_id)
+    identity = await queries.identities.lock_identity(session, action.identity_id)
     blocked = identities.blocked_of(identity)
     fallback = RATE_LIMITED_FALLBACK.total_seconds()
     updated = learn_retry_after(
@@ -503,14 +503,14 @@ async def _pair_rate_limited(
     fallback = PAIR_RATE_LIMITED_FALLBACK.total_seconds()
     delay = exc.retry_after if exc.retry_after is not None else fallback
     until = rt.clock.now() + timedelta(seconds=max(delay, 0.0))
-    action = await queries.lock_action(session, claimed.action_id)
+    action = await queries.actions.lock_action(session, claimed.action_id)
     action.status, action.not_before = "queued", until
     action.reason, action.updated_at = what, utcnow()
     action.attempts = max(0, action.attempts - 1)
     await session.flush()
     to = claimed.payload.get("to")
     if to:
-        await queries.put_off_actions_to(
+        await queries.actions.put_off_actions_to(
             session, claimed.identity_id, claimed.channel, str(to), until, what
         )
 
@@ -562,7 +562,7 @@ async def _finish(
     (``_awaits``: by the step that queued it); nothing, when the action is no longer under this
     claim."""
     now = rt.clock.now()
-    recorded = await queries.finish_action(
+    recorded = await queries.actions.finish_action(
         session,
         claimed.action_id,
         outcome=outcome,
@@ -592,7 +592,7 @@ async def _hand_over(
     complete: bool = False,
 ) -> None:
     """Give the outcome to the conversation waiting for the action (the step that queued it)."""
-    row = await queries.lock_conversation(session, conversation_id)
+    row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status in TERMINAL:
         return
     if complete:
@@ -602,7 +602,7 @@ async def _hand_over(
     if _awaits(row, payload) and row.task_result is None:
         row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
         row.wake_requested_at = utcnow()
-        queries.touch(row)
+        queries.conversations.touch(row)
 
 
 # --- recovery and reconciliation --------------------------------------------------------------
@@ -632,12 +632,12 @@ async def recover_abandoned(rt: Runtime, older_than: timedelta) -> Recovered:
     requeued = uncertain = sent = expired = 0
     now = rt.clock.now()
     async with rt.db.transaction() as session:
-        for action in await queries.stale_running_actions(session, utcnow() - older_than):
+        for action in await queries.actions.stale_running_actions(session, utcnow() - older_than):
             how = await _recover_one(session, rt, action, now)
             requeued += how == "requeued"
             uncertain += how == "uncertain"
             sent += how == "sent"
-        for action in await queries.uncertain_actions_due(session, now):
+        for action in await queries.actions.uncertain_actions_due(session, now):
             expired += await _give_up_uncertain(session, rt, action, now)
     return Recovered(requeued, uncertain, sent, expired)
 
@@ -652,7 +652,7 @@ async def _recover_one(session: AsyncSession, rt: Runtime, action: Action, now: 
             "claim": None,
             "reason": "its dispatcher stopped mid-action; retried with the same key",
         }
-        done = await queries.settle_claimed(session, action.id, action.claim, requeue)
+        done = await queries.actions.settle_claimed(session, action.id, action.claim, requeue)
         return "requeued" if done else "raced"
     claimed_at = action.claimed_at or utcnow()
     values: dict[str, Any] = {
@@ -662,7 +662,7 @@ async def _recover_one(session: AsyncSession, rt: Runtime, action: Action, now: 
         "reason": f"{UNCERTAIN_PREFIX}its dispatcher stopped mid-action (or the call outlived "
         "the recovery threshold); not sent again: waiting for the provider's status callback",
     }
-    done = await queries.settle_claimed(session, action.id, action.claim, values)
+    done = await queries.actions.settle_claimed(session, action.id, action.claim, values)
     return "uncertain" if done else "raced"
 
 
@@ -686,7 +686,7 @@ async def reconcile_status(session: AsyncSession, update: StatusUpdate, now: dat
     id so that recovery knows it went out. False when no action has that key."""
     if update.client_ref is None:
         return False
-    action = await queries.lock_action_by_key(session, update.client_ref)
+    action = await queries.actions.lock_action_by_key(session, update.client_ref)
     if action is None:
         return False
     if action.status == "running" and update.status in SENT_STATUSES:
@@ -714,7 +714,7 @@ async def _settle(
         values["provider_id"] = provider_id
     if outcome == ACTION_SENT and action.performed_at is None:
         values["performed_at"] = now
-    if not await queries.settle_claimed(session, action.id, action.claim, values):
+    if not await queries.actions.settle_claimed(session, action.id, action.claim, values):
         return False
     if action.conversation_id is not None:
         payload = dict(action.payload)
@@ -762,7 +762,7 @@ async def manual_send(
             await _give_back_held(session, conversation_id)
     if outcome != "sent":
         async with rt.db.read() as session:
-            action = await queries.get_action(session, claimed.action_id)
+            action = await queries.actions.get_action(session, claimed.action_id)
         return ManualSend(False, action.reason or outcome, claimed.action_id)
     await _take_over(rt, conversation_id)
     return ManualSend(True, "sent; the automated sequence is paused", claimed.action_id)
@@ -777,10 +777,10 @@ async def _claim_manual(
     rng: random.Random | None,
 ) -> _Claimed | ManualSend:
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status in TERMINAL:
             raise TransitionNotAllowed(f"conversation {row.id} is {row.status.value}")
-        identity = await queries.lock_identity(session, row.identity_id)
+        identity = await queries.identities.lock_identity(session, row.identity_id)
         now = rt.clock.now()  # read once the identity is ours (see _claim_and_decide)
         kind = action_type or MANUAL_TYPES.get(identity.channel)
         if kind is None or kind not in CHANNEL_OF:
@@ -795,8 +795,8 @@ async def _claim_manual(
         # The sequence's ready actions are held while the hand-sent message is on its way: a
         # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
         # manual send that fails gives them back).
-        await queries.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
-        contact = await queries.get_contact(session, row.contact_id)
+        await queries.actions.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
+        contact = await queries.contacts.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
             conversation_id=row.id,
@@ -840,7 +840,7 @@ HAND_SENDING = "held: a person is sending a message by hand"
 async def _give_back_held(session: AsyncSession, conversation_id: int) -> None:
     """The hand-sent message did not go out: what ``_claim_manual`` held goes back in line,
     unless an operator's pause holds the conversation anyway (its resume releases them)."""
-    row = await queries.lock_conversation(session, conversation_id)
+    row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status is not Status.PAUSED:
         await actions.release_held(session, conversation_id)
 
@@ -852,8 +852,8 @@ async def _take_over(rt: Runtime, conversation_id: int) -> None:
     leaves it by its ``when: taken_over`` edge, else by its other edges as if it had been sent
     — it never waits for an action that is not coming."""
     async with rt.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
-        for action in await queries.actions_of_conversation(session, conversation_id):
+        row = await queries.conversations.lock_conversation(session, conversation_id)
+        for action in await queries.actions.actions_of_conversation(session, conversation_id):
             if action.status == "queued":
                 action.status, action.outcome = "done", ACTION_SKIPPED
                 action.reason = TAKEN_OVER_REASON
@@ -863,7 +863,7 @@ async def _take_over(rt: Runtime, conversation_id: int) -> None:
                         "reason": TAKEN_OVER_REASON,
                         "replied": False,
                     }
-                    queries.touch(row)
+                    queries.conversations.touch(row)
     with contextlib.suppress(TransitionNotAllowed):  # it ended meanwhile
         await lifecycle.pause(rt.db, conversation_id)
 

@@ -255,7 +255,7 @@ async def _check_whatsapp_number(
         return
     others = [
         other
-        for other in await queries.whatsapp_number_claimers(session, number)
+        for other in await queries.identities.whatsapp_number_claimers(session, number)
         if other.id != identity_id
     ]
     if others:
@@ -422,11 +422,11 @@ async def add_identity(
     duplicate = f"the {channel} identity {address!r} exists already"
     try:
         async with db.transaction() as session:
-            existing = await queries.find_identity(session, channel, address)
+            existing = await queries.identities.find_identity(session, channel, address)
             if existing is not None:
                 raise AlreadyExists(f"{duplicate} (id {existing.id})")
             await _check_whatsapp_number(session, None, channel, address, stored_settings)
-            identity = await queries.insert_identity(session, values)
+            identity = await queries.identities.insert_identity(session, values)
             return _summary(identity, {})
     except IntegrityError:  # added by someone else between the look and the insert
         raise AlreadyExists(duplicate) from None
@@ -434,8 +434,8 @@ async def add_identity(
 
 async def list_identities(db: Database) -> list[dict[str, Any]]:
     async with db.read() as session:
-        identities = await queries.all_identities(session)
-        queued = await queries.queued_action_counts(session)
+        identities = await queries.identities.all_identities(session)
+        queued = await queries.actions.queued_action_counts(session)
     return [_summary(identity, _counts_of(queued, identity.id)) for identity in identities]
 
 
@@ -462,7 +462,7 @@ async def update_identity(
     sends them, a narrower one puts them off further). ``clock`` is the one the dispatcher
     decides on (a driven clock in rehearsals); the system clock otherwise."""
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
+        identity = await queries.identities.lock_identity(session, identity_id)
         before = (identity.policy, identity.timezone)
         zone = _resolve_timezone(timezone, policy, identity.timezone)
         if policy is not None or zone != identity.timezone:
@@ -486,9 +486,9 @@ async def update_identity(
         await session.flush()
         if (identity.policy, identity.timezone) != before:
             now = (clock or SystemClock()).now()
-            if await queries.redecide_put_off(session, identity.id, now):
-                await queries.notify_action_ready(session, identity.id)
-        queued = await queries.queued_action_counts(session, identity.id)
+            if await queries.actions.redecide_put_off(session, identity.id, now):
+                await queries.actions.notify_action_ready(session, identity.id)
+        queued = await queries.actions.queued_action_counts(session, identity.id)
         return _summary(identity, _counts_of(queued, identity.id))
 
 
@@ -541,8 +541,8 @@ async def reconnect(
     Returns how many actions were unparked (0 when it was not parked)."""
     moment = now or datetime.now(UTC)
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
-        queued = await queries.queued_action_counts(session, identity.id)
+        identity = await queries.identities.lock_identity(session, identity_id)
+        queued = await queries.actions.queued_action_counts(session, identity.id)
         queue = parked_queue(identity, channel, (q for _, q in queued))
         return await actions.unpark(session, identity, queue, moment)
 
@@ -606,13 +606,15 @@ async def explain(
     recorded on); the system clock otherwise."""
     moment = now or (clock or SystemClock()).now()
     async with db.read() as session:
-        identity = await queries.get_identity(session, identity_id)
-        queued = _counts_of(await queries.queued_action_counts(session, identity_id), identity_id)
+        identity = await queries.identities.get_identity(session, identity_id)
+        queued = _counts_of(
+            await queries.actions.queued_action_counts(session, identity_id), identity_id
+        )
         policy = policy_of(identity)
         since = moment - _lookback(policy.limits)
-        sent = await queries.sent_history(session, identity_id, since)
-        next_action = await queries.next_ready_action(session, identity_id)
-        uncertain = await queries.uncertain_action_count(session, identity_id)
+        sent = await queries.actions.sent_history(session, identity_id, since)
+        next_action = await queries.actions.next_ready_action(session, identity_id)
+        uncertain = await queries.actions.uncertain_action_count(session, identity_id)
     history = [Performed(kind, at) for kind, at in sent if kind in ACTION_TYPES]
     hours = policy.working_hours
     detail = _summary(identity, queued)

@@ -59,7 +59,7 @@ async def check_parked_queues(rt: Runtime, every: timedelta) -> Counter[str]:
     (``unparked``, ``still parked``, ``no answer``)."""
     now = rt.clock.now()
     async with rt.db.read() as session:
-        candidates = await queries.identities_with_parked_queues(session)
+        candidates = await queries.actions.identities_with_parked_queues(session)
     due = [
         (identity_id, queue)
         for identity_id, parked in candidates
@@ -79,7 +79,7 @@ async def check_queue(rt: Runtime, identity_id: int, queue: str, every: timedelt
         return "not due"
     health = await _ask(rt, look)
     async with rt.db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
+        identity = await queries.identities.lock_identity(session, identity_id)
         entry = (identity.parked or {}).get(queue)
         if not isinstance(entry, dict) or entry.get("since") != look.since:
             return "changed meanwhile"  # reconnected, or parked again on a newer failure
@@ -116,7 +116,7 @@ def _instant(value: object) -> datetime | None:
 async def _claim(rt: Runtime, identity_id: int, queue: str, every: timedelta) -> _Look | None:
     async with rt.db.transaction() as session:
         try:
-            identity = await queries.lock_identity(session, identity_id)
+            identity = await queries.identities.lock_identity(session, identity_id)
         except NotFound:
             return None
         now = rt.clock.now()  # read once the identity is ours, like the dispatcher's claim

@@ -165,13 +165,15 @@ async def _waiting_lead(
 
 async def _conversation(db: Database, conversation_id: int) -> Conversation:
     async with db.read() as session:
-        return await queries.get_conversation(session, conversation_id)
+        return await queries.conversations.get_conversation(session, conversation_id)
 
 
 async def _inbound(db: Database, conversation_id: int) -> list[Message]:
     async with db.read() as session:
         return [
-            m for m in await queries.transcript(session, conversation_id) if m.direction == "in"
+            m
+            for m in await queries.messages.transcript(session, conversation_id)
+            if m.direction == "in"
         ]
 
 
@@ -182,7 +184,7 @@ async def _count(db: Database, model: type[Any]) -> int:
 
 async def _events(db: Database, kind: str) -> int:
     async with db.read() as session:
-        return await queries.count_webhook_events(session, kind)
+        return await queries.webhook_events.count_webhook_events(session, kind)
 
 
 def _lead_writes(text: str = "Sure, let's talk", **fields: Any) -> dict[str, Any]:
@@ -335,7 +337,7 @@ async def test_an_accepted_connection_is_recorded_and_signalled_to_the_leads_con
     assert (response.json()["signalled"], response.json()["ignored"]) == (1, 1)
     row = await _conversation(db, cid)
     async with db.read() as session:
-        contact = await queries.get_contact(session, row.contact_id)
+        contact = await queries.contacts.get_contact(session, row.contact_id)
     assert contact.fields["linkedin_connected"] is True
     assert row.wake_requested_at is not None  # the dispatcher finishes it if Prefect cannot
     [change] = woken.changes
@@ -387,7 +389,7 @@ async def test_an_expired_session_parks_the_seats_linkedin_actions_only(
     assert response.status_code == 200, response.text
     assert response.json()["parked"] == 2
     async with db.read() as session:
-        identity = await queries.get_identity(session, identity_id)
+        identity = await queries.identities.get_identity(session, identity_id)
         rows = list((await session.execute(select(Action).order_by(Action.id))).scalars())
     assert [(a.channel, a.queue) for a in rows] == [
         ("linkedin", "linkedin"),
@@ -523,7 +525,9 @@ async def test_the_fake_gateways_signed_webhooks_over_loopback_http(
             assert await asyncio.to_thread(delivery.wait, 10), delivery
 
     async with db.read() as session:
-        contact = await queries.get_contact(session, (await _conversation(db, cid)).contact_id)
+        contact = await queries.contacts.get_contact(
+            session, (await _conversation(db, cid)).contact_id
+        )
         [action] = list((await session.execute(select(Action))).scalars())
     assert contact.fields == {"linkedin_connected": True}
     assert [m.provider_message_id for m in await _inbound(db, cid)] == ["msg_loop"]

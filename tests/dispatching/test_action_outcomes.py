@@ -128,7 +128,7 @@ async def _start(db: Database, campaign: str, identity_id: int) -> int:
 
 async def _row(db: Database, conversation_id: int) -> Any:
     async with db.read() as session:
-        return await queries.get_conversation(session, conversation_id)
+        return await queries.conversations.get_conversation(session, conversation_id)
 
 
 # --- revisited send nodes ---------------------------------------------------------------------
@@ -199,8 +199,8 @@ async def test_an_action_of_an_earlier_visit_is_not_sent_while_the_node_waits_ag
     clock.advance(timedelta(hours=1, minutes=1))
     await _until_waiting(rt, cid)
     async with db.transaction() as session:  # as if queued after the reply, by an older step
-        first, _second = await queries.actions_of_conversation(session, cid)
-        first.seen_inbound_id = await queries.last_inbound_id(session, cid)
+        first, _second = await queries.actions.actions_of_conversation(session, cid)
+        first.seen_inbound_id = await queries.messages.last_inbound_id(session, cid)
 
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     first, _second = await _actions(db, identity_id)
@@ -233,8 +233,8 @@ async def test_reply_stored_but_unread_at_enqueue_makes_the_action_stale(
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("message", WaitKind.ACTION)
     [action] = await _actions(db, identity_id)
     async with db.read() as session:
-        assert action.seen_inbound_id == await queries.last_inbound_id(session, cid)
-        assert await queries.has_unconsumed_inbound(session, cid)
+        assert action.seen_inbound_id == await queries.messages.last_inbound_id(session, cid)
+        assert await queries.messages.has_unconsumed_inbound(session, cid)
 
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
     assert gateway.performed == []
@@ -248,7 +248,7 @@ async def test_reply_stored_but_unread_at_enqueue_makes_the_action_stale(
     row = await _row(db, cid)
     assert row.variables["answer"] == "sure, tell me more"
     async with db.read() as session:
-        assert not await queries.has_unconsumed_inbound(session, cid)
+        assert not await queries.messages.has_unconsumed_inbound(session, cid)
 
 
 async def test_a_reply_already_read_at_enqueue_does_not_hold_the_action_back(
@@ -269,7 +269,7 @@ async def test_a_reply_already_read_at_enqueue_does_not_hold_the_action_back(
     await inbox.store_batch(db, _reply(cid, PROFILE), campaign)
     await _look_again(rt, cid)  # read: `on_reply` took it to `later`
     async with db.transaction() as session:  # the first message is out of the way
-        first, *_ = await queries.actions_of_conversation(session, cid)
+        first, *_ = await queries.actions.actions_of_conversation(session, cid)
         first.status, first.outcome = "done", "skipped"
     clock.advance(timedelta(hours=1, minutes=1))
     await _until_waiting(rt, cid)
@@ -332,8 +332,9 @@ async def test_migrating_a_conversation_waiting_at_a_renamed_send_node_keeps_its
     cursor = await _look_again(rt, cid)
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("listen", WaitKind.REPLY)
     async with db.read() as session:
-        version = await queries.get_campaign_version(
-            session, (await queries.get_conversation(session, cid)).campaign_version_id
+        version = await queries.campaigns.get_campaign_version(
+            session,
+            (await queries.conversations.get_conversation(session, cid)).campaign_version_id,
         )
     assert version.version == 2
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"

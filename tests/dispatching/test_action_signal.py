@@ -58,7 +58,7 @@ async def test_an_enqueue_wakes_a_waiting_listener_and_a_rolled_back_one_does_no
 
         with pytest.raises(RuntimeError):  # NOTIFY is sent at commit: a rollback sends none
             async with db.transaction() as session:
-                await queries.notify_action_ready(session, identity_id)
+                await queries.actions.notify_action_ready(session, identity_id)
                 raise RuntimeError("rolled back")
         assert await signal.wait(0.5) is False
 
@@ -137,7 +137,7 @@ async def test_the_dispatcher_performs_an_enqueued_action_long_before_its_next_t
     finally:
         rt.stopping = True
         async with db.transaction() as session:  # wakes the loop, which sees it must stop
-            await queries.notify_action_ready(session, identity_id)
+            await queries.actions.notify_action_ready(session, identity_id)
         totals: dict[str, Any] = await asyncio.wait_for(running, DEADLINE)
         await signal.close()
     assert totals.get("action sent") == 1, totals

@@ -289,15 +289,19 @@ async def test_an_outcome_written_with_a_stale_claim_stamp_is_refused(
     settings = dict(gateway.sender().settings)
     identity_id, _ = await _lead(db, rt, tmp_path, "linkedin", settings)
     async with db.transaction() as session:
-        first = await queries.claim_next_action(session, identity_id, rt.clock.now(), "first")
+        first = await queries.actions.claim_next_action(
+            session, identity_id, rt.clock.now(), "first"
+        )
     assert first is not None
     assert await recover_abandoned_actions(rt, timedelta(0)) == 1  # requeued, same key
     async with db.transaction() as session:
-        second = await queries.claim_next_action(session, identity_id, rt.clock.now(), "second")
+        second = await queries.actions.claim_next_action(
+            session, identity_id, rt.clock.now(), "second"
+        )
     assert second is not None and second.id == first.id
 
     async with db.transaction() as session:
-        refused = await queries.finish_action(
+        refused = await queries.actions.finish_action(
             session,
             first.id,
             outcome="failed",
@@ -311,7 +315,7 @@ async def test_an_outcome_written_with_a_stale_claim_stamp_is_refused(
     assert (action.status, action.claim, action.outcome) == ("running", "second", None)
 
     async with db.transaction() as session:
-        accepted = await queries.finish_action(
+        accepted = await queries.actions.finish_action(
             session,
             second.id,
             outcome="sent",

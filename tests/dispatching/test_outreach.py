@@ -395,7 +395,7 @@ async def test_an_undeliverable_lead_completes_the_conversation_with_the_reason(
     gateway.mark_unavailable("https://linkedin.example/in/lead-1")
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "failed"
     async with db.read() as session:
-        row = await queries.get_conversation(session, cid)
+        row = await queries.conversations.get_conversation(session, cid)
     assert row.status is Status.COMPLETED and row.last_error
 
 
@@ -428,7 +428,7 @@ async def test_a_dispatcher_killed_mid_action_retries_with_the_same_key_and_send
     await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))
     [action] = await _actions(db, identity_id)
     async with db.transaction() as session:  # claimed, then the process died mid-call
-        row = await queries.lock_action(session, action.id)
+        row = await queries.actions.lock_action(session, action.id)
         row.status, row.claimed_at = "running", utcnow() - timedelta(minutes=10)
     assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 1
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "sent"
@@ -463,7 +463,7 @@ async def test_a_manual_send_goes_out_now_and_interrupts_the_sequence(
     assert (visit.outcome, visit.reason) == ("skipped", "a person took over with a manual message")
     assert (manual.outcome, manual.payload["manual"]) == ("sent", True)
     async with db.read() as session:
-        row = await queries.get_conversation(session, cid)
+        row = await queries.conversations.get_conversation(session, cid)
     assert (row.status, row.paused_by) == (Status.PAUSED, "operator")
 
 
@@ -487,7 +487,7 @@ async def test_a_manual_inmail_while_credits_are_out_is_refused_and_a_message_go
     cid = await _lead(db, rt, campaign, identity_id, 1)
     await _until_waiting(rt, cid)
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
+        identity = await queries.identities.lock_identity(session, identity_id)
         identity.parked = {"credits": {"reason": "no InMail credits", "since": "2026-12-08"}}
     refused = await dispatch.manual_send(rt, cid, "hello?", action_type="linkedin_inmail")
     assert not refused.sent and refused.reason.startswith("credits is parked")

@@ -200,7 +200,7 @@ async def _park(db: Database, identity_id: int, channel: str, queue: str, n: int
     kind = {"email": "email", "whatsapp": "whatsapp_template"}.get(channel, "linkedin_inmail")
     ids = [await _queue(db, identity_id, kind, TUESDAY_10 + timedelta(seconds=i)) for i in range(n)]
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, identity_id)
+        identity = await queries.identities.lock_identity(session, identity_id)
         await actions.park(session, identity, channel, queue, f"{queue} is down", TUESDAY_10)
     return ids
 
@@ -340,7 +340,7 @@ async def test_a_seat_whose_gateway_does_not_answer_stays_parked_and_is_asked_ag
     seat = await _seat(db, gateway, gateway_url="http://127.0.0.1:9")  # nothing listens
     await _queue(db, seat, "linkedin_message", TUESDAY_10)
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, seat)
+        identity = await queries.identities.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", clock.now())
     clock.advance(EVERY)
     assert await _look(rt) == {"no answer": 1}
@@ -409,7 +409,7 @@ async def test_the_dispatcher_tick_looks_at_parked_queues_in_the_background(
     seat = await _seat(db, gateway)
     action = await _queue(db, seat, "linkedin_message", TUESDAY_10)
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, seat)
+        identity = await queries.identities.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", clock.now())
     clock.advance(EVERY)
     from tasks.outreach import ParkedChecks
@@ -487,7 +487,7 @@ async def test_an_action_that_was_ready_when_its_queue_parked_is_parked_at_its_c
     """The enqueue raced the parking (it read the identity before the park committed)."""
     seat = await _seat(db, gateway)
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, seat)
+        identity = await queries.identities.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", TUESDAY_10)
     late = await _queue(db, seat, "linkedin_message", TUESDAY_10)  # in "ready" nevertheless
     assert await dispatch.perform_next(rt, seat, _seeded()) == "parked"
@@ -623,7 +623,7 @@ async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_a
         for i in range(2)
     ]
     async with db.transaction() as session:
-        identity = await queries.lock_identity(session, seat)
+        identity = await queries.identities.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", rt.clock.now())
     name = f"parked-{uuid.uuid4().hex[:8]}"
     deployment = await dispatcher_flow.dispatcher.ato_deployment(name=name)
@@ -656,7 +656,7 @@ async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_a
     finally:
         rt.stopping = True
         async with db.transaction() as session:  # wakes the loop, which sees it must stop
-            await queries.notify_action_ready(session, seat)
+            await queries.actions.notify_action_ready(session, seat)
         totals: dict[str, Any] = await asyncio.wait_for(running, 60)
         await tasks.outreach.action_signal(rt).close()
     assert await _parked_map(db, seat) == {}

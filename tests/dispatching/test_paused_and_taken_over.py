@@ -72,7 +72,7 @@ async def _asleep(rt: Runtime, conversation_id: int) -> None:
 
 async def _row(db: Database, conversation_id: int) -> Any:
     async with db.read() as session:
-        return await queries.get_conversation(session, conversation_id)
+        return await queries.conversations.get_conversation(session, conversation_id)
 
 
 async def _invitation_queued_friday_evening(
@@ -257,7 +257,7 @@ async def _sequence_went_on(
     assert (manual.outcome, invitation.outcome) == ("sent", "sent")
     assert (await _look_again(rt, cid)).node == "wait_accept"
     async with db.read() as session:
-        visits = await queries.visits_of(session, cid)
+        visits = await queries.visits.visits_of(session, cid)
     assert [v.node for v in visits][:3] == ["visit", "connect", "wait_accept"]
 
 

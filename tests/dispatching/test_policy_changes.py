@@ -185,7 +185,7 @@ async def test_a_policy_change_makes_only_put_off_actions_due_in_their_order(
         )
 
     async with db.transaction() as session:
-        moved = await queries.redecide_put_off(session, identity_id, now)
+        moved = await queries.actions.redecide_put_off(session, identity_id, now)
     assert moved == 2
 
     by_id = {a.id: a for a in await _actions(db, identity_id)}
@@ -472,7 +472,7 @@ async def test_opening_hours_sends_actions_waiting_for_tomorrow_within_a_tick(
     finally:
         rt.stopping = True
         async with db.transaction() as session:  # wakes the loop, which sees it must stop
-            await queries.notify_action_ready(session, identity_id)
+            await queries.actions.notify_action_ready(session, identity_id)
         totals: dict[str, Any] = await asyncio.wait_for(running, DEADLINE)
         await signal.close()
     assert totals.get("action sent") == 2, totals

@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
+from sqlalchemy import select
 
 from flows.conversation import conversation
 from parley.campaign.registry import CampaignCache, install_campaign
@@ -26,7 +27,7 @@ from parley.conversation import executor, inbox, lifecycle
 from parley.conversation.outbox import record_intent
 from parley.conversation.state_machine import Status
 from parley.db import Database, queries
-from parley.db.models import utcnow
+from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
@@ -83,25 +84,23 @@ async def _conversation(world: World, *, text: str = "hi") -> int:
     )
     await inbox.store_batch(world.db, batch, world.campaign)
     async with world.db.read() as session:
-        contact = await queries.ensure_contact(session, "whatsapp", phone, None)
+        contact = await queries.contacts.ensure_contact(session, "whatsapp", phone, None)
         rows = await session.execute(
-            queries.select(queries.Conversation).where(
-                queries.Conversation.contact_id == contact.id
-            )
+            select(Conversation).where(Conversation.contact_id == contact.id)
         )
         return int(rows.scalars().one().id)
 
 
 async def _set_row(world: World, conversation_id: int, **values: Any) -> None:
     async with world.db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         for key, value in values.items():
             setattr(row, key, value)
 
 
-async def _row(world: World, conversation_id: int) -> queries.Conversation:
+async def _row(world: World, conversation_id: int) -> Conversation:
     async with world.db.read() as session:
-        return await queries.get_conversation(session, conversation_id)
+        return await queries.conversations.get_conversation(session, conversation_id)
 
 
 async def _run(world: World, conversation_id: int, state: object | None = None) -> str:
@@ -154,8 +153,8 @@ async def _suspended_with_unread(world: World, conversation_id: int) -> None:
 async def _expire_handovers(world: World, conversation_ids: list[int]) -> None:
     async with world.db.transaction() as session:
         await session.execute(
-            queries.update(queries.Conversation)
-            .where(queries.Conversation.id.in_(conversation_ids))
+            queries.update(Conversation)
+            .where(Conversation.id.in_(conversation_ids))
             .values(handed_over_at=utcnow() - timedelta(minutes=1), repair_after=None)
         )
 
@@ -308,7 +307,7 @@ async def test_a_run_cancelled_in_prefect_cancels_its_conversation_and_drops_uns
     row = await _row(world, cid)
     assert row.status == Status.CANCELLED
     async with world.db.read() as session:
-        intent = await queries.outbound_by_ref(session, f"conv-{cid}-step-0")
+        intent = await queries.messages.outbound_by_ref(session, f"conv-{cid}-step-0")
     assert intent is not None and intent.status == DeliveryStatus.DROPPED
     assert run_id
 

@@ -152,7 +152,7 @@ async def test_a_message_racing_the_suspend_is_resumed_through_the_not_paused_re
     db = Database(stack.db_url)
     try:
         async with db.read() as session:
-            retried = await queries.count_webhook_events(session, "resume_retried")
+            retried = await queries.webhook_events.count_webhook_events(session, "resume_retried")
     finally:
         await db.dispose()
     # Each suspended turn meets NotPaused — but a loaded CI machine can take longer than the

@@ -64,7 +64,7 @@ async def settle(rt: Runtime, conversation_id: int) -> Cursor:
             return cursor
         if cursor.wait is not None:
             async with rt.db.read() as session:
-                if not await queries.has_unconsumed_inbound(session, conversation_id):
+                if not await queries.messages.has_unconsumed_inbound(session, conversation_id):
                     return cursor
         cursor = await executor.run_step(rt, conversation_id, cursor.step)
     raise AssertionError(f"conversation {conversation_id} did not settle: {cursor}")

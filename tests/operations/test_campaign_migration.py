@@ -67,8 +67,8 @@ async def _ana_waits_for_her_email(db: Database, rt: Runtime, campaign: str) -> 
 
 async def _state(db: Database, conversation_id: int) -> tuple[Any, ...]:
     async with db.read() as session:
-        row = await queries.get_conversation(session, conversation_id)
-        visits = await queries.visits_of(session, conversation_id)
+        row = await queries.conversations.get_conversation(session, conversation_id)
+        visits = await queries.visits.visits_of(session, conversation_id)
     return (
         row.campaign_version_id,
         row.current_node,
@@ -116,8 +116,12 @@ async def test_suspended_conversations_move_to_v2_and_finish_on_its_new_node_typ
         ("ask_work_email", None, None),
     ]
     async with db.read() as session:
-        assert (await queries.get_conversation(session, bob)).wake_requested_at is not None
-        assert (await queries.get_conversation(session, ana)).wake_requested_at is None
+        assert (
+            await queries.conversations.get_conversation(session, bob)
+        ).wake_requested_at is not None
+        assert (
+            await queries.conversations.get_conversation(session, ana)
+        ).wake_requested_at is None
     assert (await views.show_conversation(db, cy))["campaign_version"] == 1
 
     # Ana's run is resumed by her answer; it walks v2: ask_work_email -> tag (set) -> ask_plan.

@@ -73,7 +73,7 @@ async def test_a_send_that_crashed_after_the_provider_call_is_reconciled_not_res
     cid = await start_conversation(db, runtime, campaign_name)
     ref = step_ref(cid, 0)
     async with db.transaction() as session:
-        intent = await queries.ensure_outbound_intent(
+        intent = await queries.messages.ensure_outbound_intent(
             session, conversation_id=cid, step=0, client_ref=ref, text="x", payload={"type": "text"}
         )
         intent.status = "sending"  # the process died right after the provider call
@@ -100,7 +100,7 @@ async def test_an_uncertain_send_with_no_callback_is_sent_again_after_the_window
 ) -> None:
     cid = await start_conversation(db, runtime, campaign_name)
     async with db.transaction() as session:
-        intent = await queries.ensure_outbound_intent(
+        intent = await queries.messages.ensure_outbound_intent(
             session,
             conversation_id=cid,
             step=0,
@@ -326,6 +326,8 @@ async def test_other_fields_unknown_types_and_unmatched_statuses_are_recorded_no
     assert (result.stored, result.statuses, result.ignored, result.wakeups) == (0, 0, 2, [])
     assert await views.list_conversations(db) == []
     async with db.read() as session:
-        assert await queries.count_webhook_events(session, "unsupported_message") == 1
-        assert await queries.count_webhook_events(session, "unmatched_status") == 1
-        assert await queries.count_webhook_events(session) == 3
+        assert (
+            await queries.webhook_events.count_webhook_events(session, "unsupported_message") == 1
+        )
+        assert await queries.webhook_events.count_webhook_events(session, "unmatched_status") == 1
+        assert await queries.webhook_events.count_webhook_events(session) == 3

@@ -20,6 +20,7 @@ from parley.conversation import operator_views as views
 from parley.conversation.http_action import post_json
 from parley.conversation.state_machine import Cursor, Status, WaitKind
 from parley.db import Database, queries
+from parley.db.models import Conversation, NodeVisit
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.runtime import Runtime
 from parley.settings import Settings
@@ -91,9 +92,9 @@ async def _suspend(rt: Runtime, cursor: Cursor) -> None:
     assert decision.suspend, cursor
 
 
-async def _row(db: Database, conversation_id: int) -> queries.Conversation:
+async def _row(db: Database, conversation_id: int) -> Conversation:
     async with db.read() as session:
-        return await queries.get_conversation(session, conversation_id)
+        return await queries.conversations.get_conversation(session, conversation_id)
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -125,9 +126,9 @@ async def test_the_follow_up_walks_its_delay_and_reply_timeout_on_the_driven_clo
     ]
 
 
-async def _visits(db: Database, conversation_id: int) -> list[queries.NodeVisit]:
+async def _visits(db: Database, conversation_id: int) -> list[NodeVisit]:
     async with db.read() as session:
-        return await queries.visits_of(session, conversation_id)
+        return await queries.visits.visits_of(session, conversation_id)
 
 
 async def test_a_timer_is_claimed_when_its_time_has_come_not_before_and_by_one_dispatcher(
@@ -253,7 +254,7 @@ async def test_cancel_drops_unsent_messages_and_ends_the_suspended_run(
     cursor = await _run_until_waiting(rt, cid)
     await _suspend(rt, cursor)
     async with db.transaction() as session:  # an intent that had not gone out yet
-        await queries.ensure_outbound_intent(
+        await queries.messages.ensure_outbound_intent(
             session, conversation_id=cid, step=99, client_ref="unsent", text="x", payload={}
         )
     change = await lifecycle.cancel(db, cid, "the lead asked us by email")
@@ -307,7 +308,7 @@ async def test_a_signal_wakes_the_run_only_if_it_can_change_what_it_waits_for(
     irrelevant = await lifecycle.signal(db, cid, "field_changed", {"company": "Acme"})
     assert irrelevant.run == "none"
     async with db.read() as session:
-        contact = await queries.get_contact(session, (await _row(db, cid)).contact_id)
+        contact = await queries.contacts.get_contact(session, (await _row(db, cid)).contact_id)
     assert contact.fields == {"company": "Acme"}
 
 
@@ -378,7 +379,7 @@ async def test_an_operator_command_racing_a_step_retries_and_never_overwrites_it
 
     async def a_step_holding_the_row() -> None:
         async with db.transaction() as session:
-            row = await queries.lock_conversation(session, cid)
+            row = await queries.conversations.lock_conversation(session, cid)
             row.step += 1
             row.variables = {"written_by": "the step"}
             entered.set()

@@ -145,7 +145,7 @@ async def _turn(
             await _suspend(rt, conversation_id, cursors[-1])
     seconds = time.perf_counter() - started
     async with db.read() as session:
-        row = await queries.get_conversation(session, conversation_id)
+        row = await queries.conversations.get_conversation(session, conversation_id)
         assert row.variables == {"text": text}
         variables = len(json.dumps(row.variables))
     run_input = ResumeInput(reason="message", conversation_id=conversation_id)

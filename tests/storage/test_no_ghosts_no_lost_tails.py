@@ -23,7 +23,7 @@ async def _conversations(db: Database) -> list[dict[str, object]]:
 
 async def _end(db: Database, conversation_id: int) -> None:
     async with db.transaction() as session:
-        row = await queries.lock_conversation(session, conversation_id)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
         row.status = Status.COMPLETED
 
 
@@ -47,7 +47,7 @@ async def test_a_message_stored_during_the_last_steps_is_handed_to_the_next_conv
     unread; it starts the contact's next conversation, as if it had arrived a moment later."""
     cid = await start_conversation(db, runtime, campaign_name)
     async with db.transaction() as session:
-        row = await queries.lock_conversation(session, cid)
+        row = await queries.conversations.lock_conversation(session, cid)
         row.current_node = "done"  # the end node: the next step completes the conversation
     await inbox.store_batch(db, make_batch("thanks"), campaign_name)
     await inbox.store_batch(db, make_batch("and one more thing"), campaign_name)
@@ -57,7 +57,7 @@ async def test_a_message_stored_during_the_last_steps_is_handed_to_the_next_conv
     assert successor["status"] == "pending"
     assert [m["text"] for m in successor["messages"]] == ["thanks", "and one more thing"]
     async with db.read() as session:
-        moved = await queries.transcript(session, cursor.successor)
+        moved = await queries.messages.transcript(session, cursor.successor)
     assert [m.consumed_step for m in moved] == [TRIGGER_STEP, None]
 
 

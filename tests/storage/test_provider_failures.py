@@ -112,7 +112,7 @@ async def test_the_crm_answering_5xx_is_retried_with_the_same_idempotency_key(
 
 async def _at_register(db: Database, cid: int) -> None:
     async with db.transaction() as session:
-        row = await queries.lock_conversation(session, cid)
+        row = await queries.conversations.lock_conversation(session, cid)
         row.current_node = "register"
         row.variables = {"name": "A", "email": "a@b.co", "plan": "Pro"}
 

@@ -105,11 +105,11 @@ async def _connection_accepted(db: Database, event: GatewayEvent) -> Change | No
 
 async def _active_conversation(db: Database, account_id: str, profile: str) -> int | None:
     async with db.transaction() as session:
-        identity = await queries.find_identity(session, CHANNEL, account_id)
+        identity = await queries.identities.find_identity(session, CHANNEL, account_id)
         if identity is None:
             return None  # not one of our seats: nothing of ours can wait for it
-        contact = await queries.ensure_contact(session, CHANNEL, profile, None)
-        row = await queries.lock_active_conversation(session, identity.id, contact.id)
+        contact = await queries.contacts.ensure_contact(session, CHANNEL, profile, None)
+        row = await queries.conversations.lock_active_conversation(session, identity.id, contact.id)
         return row.id if row is not None else None
 
 
@@ -119,9 +119,9 @@ async def _session_expired(db: Database, settings: Settings, event: GatewayEvent
     what = f"IdentityExpired: {reason or 'the LinkedIn session expired'} (gateway webhook)"
     now = clock_from(settings.clock_file).now()
     async with db.transaction() as session:
-        found = await queries.find_identity(session, CHANNEL, event.account_id)
+        found = await queries.identities.find_identity(session, CHANNEL, event.account_id)
         if found is None:
             return 0  # a seat Parley does not send from; the event is recorded
-        identity = await queries.lock_identity(session, found.id)
+        identity = await queries.identities.lock_identity(session, found.id)
         queue = actions.parked_queue(identity, CHANNEL, IdentityExpired(what))
         return await actions.park(session, identity, CHANNEL, queue, what, now)

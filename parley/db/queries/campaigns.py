@@ -1,0 +1,93 @@
+"""Queries of campaign versions and their pause holds."""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.db.models import CampaignHold, CampaignVersion, utcnow
+from parley.db.queries._common import get_row, insert_ignoring_conflict
+from parley.errors import NotFound
+
+
+async def ensure_campaign_version(
+    session: AsyncSession, name: str, digest: str, source: str
+) -> CampaignVersion:
+    """Store a campaign's source once per distinct content; a new digest is a new version."""
+    stmt = select(CampaignVersion).where(
+        CampaignVersion.name == name, CampaignVersion.digest == digest
+    )
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is not None:
+        return found
+    latest = await session.scalar(
+        select(func.max(CampaignVersion.version)).where(CampaignVersion.name == name)
+    )
+    row = CampaignVersion(name=name, version=(latest or 0) + 1, digest=digest, source=source)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def latest_campaign_version(session: AsyncSession, name: str) -> CampaignVersion:
+    stmt = (
+        select(CampaignVersion)
+        .where(CampaignVersion.name == name)
+        .order_by(CampaignVersion.version.desc())
+        .limit(1)
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"campaign {name!r} is not loaded")
+    return row
+
+
+async def get_campaign_version(session: AsyncSession, version_id: int) -> CampaignVersion:
+    return await get_row(session, CampaignVersion, version_id, "campaign version")
+
+
+async def campaign_held(session: AsyncSession, campaign_version_id: int) -> bool:
+    """Whether the campaign this version belongs to is paused (the runner's activeToll)."""
+    stmt = select(
+        exists().where(
+            CampaignHold.name == CampaignVersion.name,
+            CampaignVersion.id == campaign_version_id,
+        )
+    )
+    return bool(await session.scalar(stmt))
+
+
+async def hold_campaign(session: AsyncSession, name: str, reason: str | None) -> None:
+    await insert_ignoring_conflict(
+        session, CampaignHold, {"name": name, "paused_at": utcnow(), "reason": reason}, ("name",)
+    )
+
+
+async def release_campaign(session: AsyncSession, name: str) -> bool:
+    hold = await session.get(CampaignHold, name)
+    if hold is None:
+        return False
+    await session.delete(hold)
+    return True
+
+
+async def campaign_versions_named(session: AsyncSession, name: str) -> list[CampaignVersion]:
+    stmt = select(CampaignVersion).where(CampaignVersion.name == name)
+    return list((await session.execute(stmt.order_by(CampaignVersion.version))).scalars())
+
+
+async def campaign_version_numbered(
+    session: AsyncSession, name: str, version: int
+) -> CampaignVersion:
+    """The version row ``version`` of campaign ``name``; NotFound names which part is unknown."""
+    stmt = select(CampaignVersion).where(
+        CampaignVersion.name == name, CampaignVersion.version == version
+    )
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is not None:
+        return row
+    known = [v.version for v in await campaign_versions_named(session, name)]
+    if not known:
+        raise NotFound(f"campaign {name!r} does not exist")
+    listed = ", ".join(str(v) for v in known)
+    raise NotFound(f"campaign {name!r} has no version {version} (it has {listed})")

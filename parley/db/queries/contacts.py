@@ -1,0 +1,29 @@
+"""Queries of contacts, the people a conversation talks to."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley.db.models import Contact, utcnow
+from parley.db.queries._common import get_row, insert_ignoring_conflict
+
+
+async def ensure_contact(
+    session: AsyncSession, channel: str, address: str, name: str | None
+) -> Contact:
+    await insert_ignoring_conflict(
+        session,
+        Contact,
+        {"channel": channel, "address": address, "name": name, "created_at": utcnow()},
+        ("channel", "address"),
+    )
+    stmt = select(Contact).where(Contact.channel == channel, Contact.address == address)
+    contact = (await session.execute(stmt)).scalar_one()
+    if name and contact.name != name:
+        contact.name = name
+    return contact
+
+
+async def get_contact(session: AsyncSession, contact_id: int) -> Contact:
+    return await get_row(session, Contact, contact_id, "contact")
