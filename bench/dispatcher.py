@@ -10,8 +10,8 @@ does (``parley.outreach.drain`` per identity, ``--parallel`` identities at a tim
 with SKIP LOCKED, the decision over the identity's history, the freshness check, the gateway
 call, the recorded outcome. What is *not* in the figure: Prefect's per-identity concurrency
 slots — run with ``--with-slots`` against a Prefect server (``PREFECT_API_URL``) to drain with
-the dispatcher run's own tick instead (``tasks.outreach.outreach_tick``: 50 identities a tick,
-their slots taken with one lease and given back after).
+the dispatcher run's own tick instead (``prefect_adapter.outreach_tick.outreach_tick``: 50
+identities a tick, their slots taken with one lease and given back after).
 
 ``--processes N`` drains with N dispatcher processes at once, each working its share of the
 identities (what Prefect's per-identity slot gives several dispatcher runs or hosts: one
@@ -52,7 +52,7 @@ from parley.runtime import Runtime
 from parley.testing.linkedin_gateway import DEFAULT_API_KEY, FakeLinkedInGateway
 
 DATABASE = "dispatcher_bench"
-PER_DRAIN = 20  # tasks.outreach.ACTIONS_PER_IDENTITY_PER_TICK
+PER_DRAIN = 20  # prefect_adapter.outreach_tick.ACTIONS_PER_IDENTITY_PER_TICK
 ALWAYS_OPEN = {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 POLICY = {
     "working_hours": {"weekly": ALWAYS_OPEN},
@@ -235,7 +235,7 @@ async def _drain(rt: Runtime, identity_ids: list[int], args: argparse.Namespace)
 async def _ticks(rt: Runtime, args: argparse.Namespace, outcomes: Counter[str]) -> None:
     """The dispatcher run's own outreach tick, Prefect's per-identity slots included, until
     no action is due."""
-    from tasks.outreach import outreach_tick
+    from prefect_adapter.outreach_tick import outreach_tick
 
     while done := await outreach_tick(rt, parallel=args.parallel):
         outcomes.update(

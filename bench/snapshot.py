@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 # What the stack imports or reads at run time (campaigns, migrations, deployments).
-PRODUCT: Final = ("parley", "flows", "tasks", "webhook", "deployments", "examples")
+PRODUCT: Final = (
+    "parley",
+    "flows",
+    "tasks",
+    "prefect_adapter",
+    "webhook",
+    "deployments",
+    "examples",
+)
 ROOT_ENV: Final = "BENCH_ROOT"  # the repository the run was started in
 CODE_ENV: Final = "BENCH_CODE"  # what code is measured, for the printed settings
 

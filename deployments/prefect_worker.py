@@ -139,7 +139,7 @@ class ParleyWorker(BaseWorker[ParleyJobConfiguration, ParleyVariables, ParleyWor
     ) -> None:
         from deployments.engine import shared_engine
         from deployments.worker import InProcessRuns
-        from tasks.prefect_api import wait_for_prefect_api
+        from prefect_adapter.client import wait_for_prefect_api
 
         self._runs = InProcessRuns()
         parley_logs = logging.getLogger("parley")

@@ -20,6 +20,9 @@ from prefect.states import Cancelled, Failed
 
 from parley.conversation.state_machine import Cursor, Status, WaitKind
 from parley.settings import get_settings
+from prefect_adapter.composition import get_runtime, keep_lease
+from prefect_adapter.outages import riding_out_outages
+from prefect_adapter.resume_form import resume_form
 from tasks.conversation import (
     advance_step,
     begin_run,
@@ -28,9 +31,6 @@ from tasks.conversation import (
     take_task_answers,
     wait_for_reply,
 )
-from tasks.infra import riding_out_outages
-from tasks.resume_input import resume_form
-from tasks.runtime import get_runtime, keep_lease
 
 
 def _current_flow_run_id() -> str | None:

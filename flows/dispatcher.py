@@ -24,21 +24,21 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, conc
 from prefect.context import FlowRunContext
 
 from parley.settings import Settings, get_settings
-from tasks.outreach import (
+from prefect_adapter.composition import get_runtime
+from prefect_adapter.outreach_tick import (
     ParkedChecks,
     action_signal,
     outreach_tick,
     recover_abandoned_actions,
 )
-from tasks.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
-from tasks.runtime import get_runtime
-from tasks.sweep import (
+from prefect_adapter.repairs import (
     Repair,
     anything_owed,
     claim_work,
     failed_runs_of_active_conversations,
-    sweep,
 )
+from prefect_adapter.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
+from tasks.dispatcher import sweep
 
 SLOT_LEASE_SECONDS = 60.0
 """Prefect's minimum; a dispatcher killed while repairing blocks the others at most this long."""

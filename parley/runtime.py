@@ -18,7 +18,8 @@ from parley.retry import RetryPolicy
 
 HttpPoster = Callable[..., Awaitable[dict[str, Any]]]
 SecretResolver = Callable[[str], Awaitable[str]]
-"""Looks up ``{secret.name}`` (tasks/ resolves Prefect Secret blocks); raises NotFound."""
+"""Looks up ``{secret.name}`` (``prefect_adapter.composition`` resolves Prefect Secret blocks);
+raises NotFound."""
 
 
 async def no_secrets(name: str) -> str:

@@ -1,1 +1,3 @@
-"""Prefect tasks: thin wrappers that give ``parley`` side effects retries and cache keys."""
+"""Prefect tasks: thin ``@task`` wrappers that give ``parley`` side effects retries and cache
+keys. What they call into Prefect for (run control, repairs, the runtime) is
+``prefect_adapter``."""

@@ -2,8 +2,9 @@
 
 ``conv:{id}:step:{n}`` names step *n* of conversation *id*; the flow run id is appended because
 ids restart with a fresh database while Prefect's result store does not. Every task rides out
-infrastructure outages for a bounded time (``tasks.infra``); provider retries happen inside the
-step (``executor.run_step``), so Prefect-level retries would only repeat a decision already made.
+infrastructure outages for a bounded time (``prefect_adapter.outages``); provider retries happen
+inside the step (``executor.run_step``), so Prefect-level retries would only repeat a decision
+already made.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from prefect.context import TaskRunContext
 
 from parley.conversation import executor, handshake
 from parley.conversation.state_machine import Cursor
-from tasks import resume_input
-from tasks.artifacts import publish_conversation_artifact
-from tasks.infra import riding_out_outages
-from tasks.runtime import get_runtime
+from prefect_adapter import resume_form
+from prefect_adapter.artifacts import publish_conversation_artifact
+from prefect_adapter.composition import get_runtime
+from prefect_adapter.outages import riding_out_outages
 
 
 def step_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -81,7 +82,7 @@ async def prepare_suspend(conversation_id: int, step: int) -> handshake.SuspendD
 async def take_task_answers(conversation_id: int, flow_run_id: str) -> int:
     """A run resumed at an open task first applies a result given in the Resume dialog."""
     return await riding_out_outages(
-        lambda: resume_input.apply_task_answers(conversation_id, flow_run_id),
+        lambda: resume_form.apply_task_answers(conversation_id, flow_run_id),
         f"task answers {conversation_id}",
     )
 

@@ -28,8 +28,8 @@ from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.db import Database
 from parley.settings import Settings, get_settings
-from tasks.prefect_api import close_prefect_api
-from tasks.runtime import DatabaseUrlUnknown, resolve_database_url
+from prefect_adapter.client import close_prefect_api
+from prefect_adapter.composition import DatabaseUrlUnknown, resolve_database_url
 from webhook.deps import StorageNotReady
 from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
 

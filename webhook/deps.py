@@ -29,7 +29,7 @@ from parley.errors import (
 )
 from parley.inbox_signal import announce_stored, datagram_directory
 from parley.settings import Settings
-from tasks.runs import wake
+from prefect_adapter.runs import wake
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ out from its own number, and inbound messages are routed back to it by that numb
 identities may claim one.
 
 Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
-time): that is Prefect, so ``tasks/outreach.py`` creates it, not this module.
+time): that is Prefect, so ``prefect_adapter/outreach_tick.py`` creates it, not this module.
 
 ``explain`` is what ``parley identity show`` and ``GET /api/identities/{id}`` return: it runs
 the dispatcher's own decision (``decide``, with a fixed ``random.Random(0)`` for the jitter) on

@@ -15,7 +15,7 @@ from uuid import uuid4
 import pytest
 from prefect import flow
 
-import tasks.outreach
+import prefect_adapter.outreach_tick
 from flows import dispatcher as dispatcher_flow
 from parley.action_signal import PostgresActionSignal, SleepingSignal, action_signal_for
 from parley.db import Database, queries
@@ -102,7 +102,7 @@ async def test_the_dispatcher_performs_an_enqueued_action_long_before_its_next_t
         return rt
 
     monkeypatch.setattr(dispatcher_flow, "get_runtime", the_runtime)
-    monkeypatch.setattr(tasks.outreach, "_signal", None)  # this test's own LISTEN
+    monkeypatch.setattr(prefect_adapter.outreach_tick, "_signal", None)  # this test's own LISTEN
 
     @flow(name="dispatcher-ticks-under-test")
     async def ticks() -> dict[str, int]:
@@ -111,7 +111,7 @@ async def test_the_dispatcher_performs_an_enqueued_action_long_before_its_next_t
     identity_id = await _identity(db, gateway)
     running = asyncio.create_task(ticks())
     try:
-        signal = tasks.outreach.action_signal(rt)
+        signal = prefect_adapter.outreach_tick.action_signal(rt)
         assert isinstance(signal, PostgresActionSignal)
 
         async def first_tick_over() -> bool:  # the loop now waits on the LISTEN

@@ -23,7 +23,7 @@ from prefect.flow_engine import run_flow_async
 from prefect.states import Pending, Scheduled
 from prefect.utilities.engine import propose_state
 
-import tasks.outreach
+import prefect_adapter.outreach_tick
 from deployments.register import ensure_concurrency_limit
 from flows import dispatcher as dispatcher_flow
 from flows.conversation import conversation
@@ -62,7 +62,7 @@ async def deployment(
 
     monkeypatch.setattr(dispatcher_flow, "get_settings", lambda: settings)
     monkeypatch.setattr(dispatcher_flow, "get_runtime", the_runtime)
-    monkeypatch.setattr(tasks.outreach, "_signal", None)  # this test's own LISTEN
+    monkeypatch.setattr(prefect_adapter.outreach_tick, "_signal", None)  # this test's own LISTEN
     yield deployment_id
     async with get_client() as client:
         for run in await _runs_of(deployment_id):

@@ -32,7 +32,7 @@ from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.smtp_server import LoopbackSMTPServer
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from parley.testing.whatsapp_payloads import build_status_payload
-from tasks.outreach import recover_abandoned_actions
+from prefect_adapter.outreach_tick import recover_abandoned_actions
 from tests.dispatching.test_outreach import _actions, _seeded, _until_waiting
 
 PHONE_ID = "100000000000654"

@@ -633,7 +633,7 @@ async def test_rest_starting_a_lead_while_prefect_hangs_answers_within_the_wait_
 
     from parley.campaign.registry import install_campaign
     from parley.settings import Settings
-    from tasks.prefect_api import close_prefect_api
+    from prefect_adapter.client import close_prefect_api
     from webhook.routes import api as api_routes
 
     await close_prefect_api()  # the process's client of the session's server: not this one

@@ -12,7 +12,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-import tasks.identity_slots as slots
+import prefect_adapter.concurrency_slots as slots
 from parley.settings import get_settings
 
 

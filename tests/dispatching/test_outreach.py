@@ -1,7 +1,8 @@
 """The per-identity dispatcher's scenarios from the Enginy seed, on SQLite and PostgreSQL:
 outreach conversations queue actions, one identity's dispatcher performs them within its
 working hours and limits, against the loopback LinkedIn gateway and SMTP server, on a driven
-clock. (The Prefect half — the per-identity concurrency slot — is in tasks/dispatch.py.)"""
+clock. (The Prefect half — the per-identity concurrency slot — is in
+prefect_adapter/concurrency_slots.py.)"""
 
 from __future__ import annotations
 
@@ -422,7 +423,7 @@ async def test_two_dispatchers_racing_for_one_identity_never_double_send(
 async def test_a_dispatcher_killed_mid_action_retries_with_the_same_key_and_sends_once(
     db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
 ) -> None:
-    from tasks.outreach import recover_abandoned_actions
+    from prefect_adapter.outreach_tick import recover_abandoned_actions
 
     identity_id = await _identity(db, gateway)
     await _until_waiting(rt, await _lead(db, rt, campaign, identity_id, 1))

@@ -412,7 +412,7 @@ async def test_the_dispatcher_tick_looks_at_parked_queues_in_the_background(
         identity = await queries.identities.lock_identity(session, seat)
         await actions.park(session, identity, "linkedin", "linkedin", "expired", clock.now())
     clock.advance(EVERY)
-    from tasks.outreach import ParkedChecks
+    from prefect_adapter.outreach_tick import ParkedChecks
 
     checks = ParkedChecks(EVERY.total_seconds())
     seen: dict[str, int] = {}
@@ -613,7 +613,7 @@ async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_a
 ) -> None:
     """The real dispatcher loop (``flows.dispatcher._Ticks``) against a real Prefect API: the
     seat's session was renewed at the gateway and nobody told Parley."""
-    import tasks.outreach
+    import prefect_adapter.outreach_tick
     from flows import dispatcher as dispatcher_flow
     from parley.settings import Settings
 
@@ -640,7 +640,7 @@ async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_a
         return rt
 
     monkeypatch.setattr(dispatcher_flow, "get_runtime", the_runtime)
-    monkeypatch.setattr(tasks.outreach, "_signal", None)
+    monkeypatch.setattr(prefect_adapter.outreach_tick, "_signal", None)
 
     @flow(name="dispatcher-ticks-under-test")
     async def ticks() -> dict[str, int]:
@@ -658,7 +658,7 @@ async def test_the_dispatcher_unparks_a_seat_that_works_again_and_performs_its_a
         async with db.transaction() as session:  # wakes the loop, which sees it must stop
             await queries.actions.notify_action_ready(session, seat)
         totals: dict[str, Any] = await asyncio.wait_for(running, 60)
-        await tasks.outreach.action_signal(rt).close()
+        await prefect_adapter.outreach_tick.action_signal(rt).close()
     assert await _parked_map(db, seat) == {}
     assert [a.id for a in sorted(await _actions(db, seat), key=lambda a: a.performed_at)] == queued
     assert gateway.requests("status") >= 1

@@ -416,7 +416,7 @@ async def test_opening_hours_sends_actions_waiting_for_tomorrow_within_a_tick(
     the change told it (NOTIFY), and its decision under the new hours says go."""
     from prefect import flow
 
-    import tasks.outreach
+    import prefect_adapter.outreach_tick
     from flows import dispatcher as dispatcher_flow
 
     name = f"policy-change-{uuid4().hex[:8]}"
@@ -433,7 +433,7 @@ async def test_opening_hours_sends_actions_waiting_for_tomorrow_within_a_tick(
         return rt
 
     monkeypatch.setattr(dispatcher_flow, "get_runtime", the_runtime)
-    monkeypatch.setattr(tasks.outreach, "_signal", None)  # this test's own LISTEN
+    monkeypatch.setattr(prefect_adapter.outreach_tick, "_signal", None)  # this test's own LISTEN
 
     @flow(name="dispatcher-ticks-under-test")
     async def ticks() -> dict[str, int]:
@@ -442,7 +442,7 @@ async def test_opening_hours_sends_actions_waiting_for_tomorrow_within_a_tick(
     identity_id = await _identity(db, gateway, weekly=OFFICE)
     await _both_put_off_until_wednesday(db, rt, campaign, identity_id, clock)
     running = asyncio.create_task(ticks())
-    signal = tasks.outreach.action_signal(rt)
+    signal = prefect_adapter.outreach_tick.action_signal(rt)
     try:
 
         async def first_tick_over() -> bool:  # the loop now waits on the LISTEN

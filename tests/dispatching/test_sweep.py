@@ -31,10 +31,10 @@ from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from tasks import sweep
-from tasks.resume_input import ResumeInput
-from tasks.runs import carry_out, start_run
-from tasks.sweep import Repair, claim_work, repair
+from prefect_adapter import repairs
+from prefect_adapter.repairs import Repair, claim_work, repair
+from prefect_adapter.resume_form import ResumeInput
+from prefect_adapter.runs import carry_out, start_run
 from tests.storage.conftest import PHONE_ID, make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,16 +279,16 @@ async def test_a_failed_run_of_an_active_conversation_is_rescheduled_then_failed
 ) -> None:
     cid = await _conversation(world)
     run_id = await _run(world, cid, Failed(message="database unreachable for 5 minutes"))
-    found = await sweep.failed_runs_of_active_conversations(
+    found = await repairs.failed_runs_of_active_conversations(
         world.db, world.settings, utcnow() - timedelta(minutes=1)
     )
     assert found == (Repair("recover", cid, run_id),)
-    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"rescheduled": 1}
+    assert await repair(world.rt, world.settings, repairs.SweepWork(found)) == {"rescheduled": 1}
     assert (await _row(world, cid)).recoveries == 1
-    await _set_row(world, cid, recoveries=sweep.MAX_RECOVERIES)
+    await _set_row(world, cid, recoveries=repairs.MAX_RECOVERIES)
     async with get_client() as client:
         await client.set_flow_run_state(UUID(run_id), Failed(message="again"), force=True)
-    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"failed": 1}
+    assert await repair(world.rt, world.settings, repairs.SweepWork(found)) == {"failed": 1}
     row = await _row(world, cid)
     assert row.status == Status.FAILED and "kept failing" in (row.last_error or "")
 
@@ -300,10 +300,10 @@ async def test_a_run_cancelled_in_prefect_cancels_its_conversation_and_drops_uns
     run_id = await _run(world, cid, Cancelled())
     async with world.db.transaction() as session:
         await record_intent(session, cid, 0, f"conv-{cid}-step-0", OutboundMessage("hello"))
-    found = await sweep.failed_runs_of_active_conversations(
+    found = await repairs.failed_runs_of_active_conversations(
         world.db, world.settings, utcnow() - timedelta(minutes=1)
     )
-    assert await repair(world.rt, world.settings, sweep.SweepWork(found)) == {"cancelled": 1}
+    assert await repair(world.rt, world.settings, repairs.SweepWork(found)) == {"cancelled": 1}
     row = await _row(world, cid)
     assert row.status == Status.CANCELLED
     async with world.db.read() as session:
@@ -329,7 +329,7 @@ async def test_150_conversations_that_can_never_be_resumed_do_not_delay_a_health
     """Their runs are stuck Running with no process: every resume is refused. Even with a batch
     smaller than their number, the healthy conversation is resumed in the first tick it is owed
     one, and the stuck ones back off instead of being retried every tick."""
-    monkeypatch.setattr(sweep, "BATCH", 20)
+    monkeypatch.setattr(repairs, "BATCH", 20)
     stuck = [await _conversation(world) for _ in range(150)]
     gate = asyncio.Semaphore(20)
 
@@ -432,11 +432,11 @@ async def test_a_run_that_never_paused_in_a_lease_is_rescheduled_by_any_repair(
 async def _fail_and_repair(world: World, cid: int, run_id: str) -> dict[str, int]:
     async with get_client() as client:
         await client.set_flow_run_state(UUID(run_id), Failed(message="worker killed"), force=True)
-    found = await sweep.failed_runs_of_active_conversations(
+    found = await repairs.failed_runs_of_active_conversations(
         world.db, world.settings, utcnow() - timedelta(minutes=1)
     )
     assert found == (Repair("recover", cid, run_id),)
-    return await repair(world.rt, world.settings, sweep.SweepWork(found))
+    return await repair(world.rt, world.settings, repairs.SweepWork(found))
 
 
 async def test_worker_kills_weeks_apart_do_not_fail_a_conversation_that_steps_between_them(
@@ -453,16 +453,16 @@ async def test_worker_kills_weeks_apart_do_not_fail_a_conversation_that_steps_be
     try:
         cid = await _conversation(world)
         run_id = await _run(world, cid, Running())
-        for _ in range(sweep.MAX_RECOVERIES):
+        for _ in range(repairs.MAX_RECOVERIES):
             assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
-        assert (await _row(world, cid)).recoveries == sweep.MAX_RECOVERIES
+        assert (await _row(world, cid)).recoveries == repairs.MAX_RECOVERIES
         await executor.begin_run(stepping, cid, run_id)  # the rescheduled run takes over
         cursor = await executor.run_step(stepping, cid, 0)  # and makes a step: progress
         assert cursor.step == 1 and (await _row(world, cid)).recoveries == 0
         assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
         row = await _row(world, cid)
         assert row.status != Status.FAILED and row.recoveries == 1
-        for _ in range(sweep.MAX_RECOVERIES - 1):  # in a row again, with no step between
+        for _ in range(repairs.MAX_RECOVERIES - 1):  # in a row again, with no step between
             assert await _fail_and_repair(world, cid, run_id) == {"rescheduled": 1}
         assert await _fail_and_repair(world, cid, run_id) == {"failed": 1}
         assert (await _row(world, cid)).status == Status.FAILED

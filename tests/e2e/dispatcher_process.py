@@ -10,8 +10,8 @@ import logging
 from datetime import timedelta
 
 from parley.settings import get_settings
-from tasks.outreach import outreach_tick, recover_abandoned_actions
-from tasks.runtime import get_runtime
+from prefect_adapter.composition import get_runtime
+from prefect_adapter.outreach_tick import outreach_tick, recover_abandoned_actions
 
 
 async def main() -> None:

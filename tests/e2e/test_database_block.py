@@ -13,7 +13,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.blocks import register_database_block
 from parley.local.processes import free_port
 from parley.settings import Settings
-from tasks.runtime import DatabaseUrlUnknown, block_cache_path, resolve_database_url
+from prefect_adapter.composition import DatabaseUrlUnknown, block_cache_path, resolve_database_url
 
 
 async def test_a_registered_block_provides_the_database_url(prefect_server: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from tasks.runs import ResumeOutcome, resume_once
+from prefect_adapter.runs import ResumeOutcome, resume_once
 
 pytestmark = pytest.mark.e2e
 

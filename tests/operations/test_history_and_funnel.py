@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-import tasks.artifacts as artifacts
+import prefect_adapter.artifacts as artifacts
 import tasks.conversation as conversation_tasks
 from parley.cli import app
 from parley.conversation import executor, lifecycle

@@ -25,7 +25,7 @@ from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from tasks.sweep import claim_work
+from prefect_adapter.repairs import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch
 
 FOLLOW_UP = ROOT / "examples/campaigns/follow_up.yaml"

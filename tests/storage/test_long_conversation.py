@@ -39,7 +39,7 @@ from parley.conversation.state_machine import Cursor, Status, WaitKind
 from parley.db import Database, queries
 from parley.runtime import Runtime
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from tasks.resume_input import ResumeInput
+from prefect_adapter.resume_form import ResumeInput
 from tests.storage.conftest import USER, make_batch
 
 MESSAGES = 2_000

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from parley.clock import clock_from
 from parley.outreach import identities
-from tasks.identity_slots import ensure_identity_limit
+from prefect_adapter.concurrency_slots import ensure_identity_limit
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from parley.errors import (
 )
 from parley.outreach import actions
 from parley.settings import Settings
-from tasks.runs import carry_out
+from prefect_adapter.runs import carry_out
 from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake
 
 CONNECTED_FIELD: Final = "linkedin_connected"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from tasks.runtime import get_runtime
+from prefect_adapter.composition import get_runtime
 from webhook.deps import ApiKey
 
 router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])

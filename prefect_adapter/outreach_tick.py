@@ -2,9 +2,9 @@
 action of an identity at a time.
 
 "One at a time" is a Prefect global concurrency limit per identity (``identity-{id}``, one
-slot, visible on the UI's Concurrency page), held for the tick by ``tasks.identity_slots``
-(strict: an identity without its limit is not worked). An identity whose slot another
-dispatcher run or host holds is skipped this tick.
+slot, visible on the UI's Concurrency page), held for the tick by
+``prefect_adapter.concurrency_slots`` (strict: an identity without its limit is not worked). An
+identity whose slot another dispatcher run or host holds is skipped this tick.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from parley.action_signal import ActionSignal, action_signal_for
 from parley.db import queries
 from parley.outreach import dispatch, parked
 from parley.runtime import Runtime
-from tasks.identity_slots import HeldSlots, identity_slots
+from prefect_adapter.concurrency_slots import HeldSlots, identity_slots
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from parley.inbox_signal import (
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
-from tasks.prefect_api import unreachable
+from prefect_adapter.client import unreachable
 
 log = logging.getLogger(__name__)
 

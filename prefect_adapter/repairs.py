@@ -30,8 +30,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
@@ -43,10 +41,9 @@ from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
-from parley.settings import Settings, get_settings
-from tasks.prefect_api import deployment_id, prefect_api
-from tasks.runs import ResumeOutcome, create_run, resume_once, start_run
-from tasks.runtime import get_runtime
+from parley.settings import Settings
+from prefect_adapter.client import deployment_id, prefect_api
+from prefect_adapter.runs import ResumeOutcome, create_run, resume_once, start_run
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +379,3 @@ async def _back_off(db: Database, conversation_id: int) -> None:
         row.repair_failures += 1
         delay = min(REPAIR_BACKOFF_CAP, 2.0**row.repair_failures)
         row.repair_after = utcnow() + timedelta(seconds=delay)
-
-
-@task(name="sweep", task_run_name="sweep: {work.summary}", cache_policy=NO_CACHE)
-async def sweep(work: SweepWork) -> dict[str, int]:
-    return await repair(await get_runtime(), get_settings(), work)

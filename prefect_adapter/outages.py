@@ -1,7 +1,7 @@
 """Riding out infrastructure outages inside a run: the database failing over, the Prefect API
 restarting. Conversation tasks retry for ``PARLEY_INFRA_RETRY_SECONDS`` (minutes), not three
 quick attempts; only after that does the run fail — and the dispatcher, reading Parley's row,
-reschedules it (see ``tasks.sweep``)."""
+reschedules it (see ``prefect_adapter.repairs``)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 
 from parley.settings import get_settings
-from tasks.prefect_api import prefect_api
+from prefect_adapter.client import prefect_api
 
 log = logging.getLogger(__name__)
 

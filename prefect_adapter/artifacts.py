@@ -20,7 +20,7 @@ from parley.conversation.operator_views import (
     conversation_markdown,
     show_conversation,
 )
-from tasks.runtime import get_runtime
+from prefect_adapter.composition import get_runtime
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 """The run's row already says suspended when this runs: a slow Prefect API must not hold the

@@ -35,7 +35,7 @@ from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import utcnow
 from parley.settings import Settings
-from tasks.prefect_api import deployment_id, prefect_api, resume
+from prefect_adapter.client import deployment_id, prefect_api, resume
 
 log = logging.getLogger(__name__)
 

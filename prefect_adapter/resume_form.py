@@ -22,8 +22,8 @@ from parley.campaign import TaskNode
 from parley.conversation import lifecycle
 from parley.db import queries
 from parley.errors import InvalidInput, TransitionNotAllowed
-from tasks.prefect_api import prefect_api
-from tasks.runtime import get_runtime
+from prefect_adapter.client import prefect_api
+from prefect_adapter.composition import get_runtime
 
 log = logging.getLogger(__name__)
 
