@@ -96,7 +96,7 @@ class ParleyWorker(BaseWorker[ParleyJobConfiguration, ParleyVariables, ParleyWor
         *,
         base_job_template: dict[str, Any] | None = None,
     ) -> None:
-        from parley.settings import get_settings
+        from prefect_adapter.composition import get_settings
 
         self.settings = get_settings()
         super().__init__(

@@ -56,9 +56,9 @@ from deployments.register import kick_dispatcher, register_deployments
 from flows.conversation import conversation
 from flows.dispatcher import dispatcher
 from parley.conversation import executor
-from parley.settings import Settings, get_settings
+from parley.settings import Settings
 from prefect_adapter.client import unreachable, wait_for_prefect_api
-from prefect_adapter.composition import get_runtime, stop_gracefully
+from prefect_adapter.composition import get_runtime, get_settings, stop_gracefully
 
 log = logging.getLogger("parley.worker")
 CANCELLATION_CHECK = timedelta(seconds=1)

@@ -23,8 +23,8 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError, concurrency
 from prefect.context import FlowRunContext
 
-from parley.settings import Settings, get_settings
-from prefect_adapter.composition import get_runtime
+from parley.settings import Settings
+from prefect_adapter.composition import get_runtime, get_settings
 from prefect_adapter.outreach_tick import (
     ParkedChecks,
     action_signal,

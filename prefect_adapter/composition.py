@@ -1,9 +1,17 @@
-"""Per-process resources for tasks: the database, provider clients, parsed campaigns.
+"""The composition root: the one place a Parley process gets its settings, its database, its
+channels and its ``Runtime`` — the worker (``deployments.worker``, ``deployments.prefect_worker``),
+the dispatcher (``flows.dispatcher``, run by the worker) and the webhook (``webhook.app``) alike.
 
-Built lazily once per worker process. The database URL comes from the ``parley-db``
-SqlAlchemyConnector block when one exists (so operators manage credentials in the Prefect UI),
-else from ``PARLEY_DATABASE_URL`` / the embedded SQLite default. What the block said is kept
-under ``PARLEY_DATA_DIR``, so a process started while Prefect is down still finds its database.
+* ``get_settings()`` — the settings (``PARLEY_*``), read once per process;
+* ``open_database(settings)`` — the database, its URL from the ``parley-db``
+  SqlAlchemyConnector block when one exists (so operators manage credentials in the Prefect UI),
+  else from ``PARLEY_DATABASE_URL`` / the embedded SQLite default. What the block said is kept
+  under ``PARLEY_DATA_DIR``, so a process started while Prefect is down still finds its database;
+* ``build_runtime(settings, db)`` — what conversation steps and outreach actions need;
+* ``get_runtime()`` — this process's ``Runtime``, built lazily once (the worker's runs, the
+  dispatcher, the webhook's manual sends);
+* ``webhook_channels(settings)`` — the webhook's channels: the senders and the outreach
+  channels' inbound halves (it only verifies and parses with those).
 """
 
 from __future__ import annotations
@@ -14,11 +22,15 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from parley.campaign.registry import CampaignCache
+from parley.channels.base import Channel
 from parley.channels.catalog import build_channels, build_outreach
+from parley.channels.email.channel import EmailChannel, EmailConfig
+from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import clock_from
 from parley.conversation import handshake
 from parley.conversation.http_action import post_json
@@ -33,7 +45,8 @@ from parley.inbox_signal import (
 )
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
-from parley.settings import Settings, get_settings
+from parley.settings import Settings
+from parley.settings import get_settings as get_settings  # the settings of every process
 from prefect_adapter.client import unreachable
 
 log = logging.getLogger(__name__)
@@ -162,33 +175,74 @@ async def prefect_secret(name: str) -> str:
     return str(block.get())
 
 
+async def open_database(settings: Settings) -> Database:
+    """The database every Parley process uses: the URL as ``resolve_database_url`` finds it
+    (raises ``DatabaseUrlUnknown`` while only an unreachable Prefect could name it), the pool
+    as the settings size it. Nothing is connected yet."""
+    return Database(
+        await resolve_database_url(settings),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+
+
+def build_runtime(settings: Settings, db: Database) -> Runtime:
+    """What steps and outreach actions need, from the settings: provider clients (created on
+    first use), the clock, retry budgets, the inbox's wake-up and Prefect's Secret blocks."""
+    return Runtime(
+        db=db,
+        channels=build_channels(settings),
+        outreach=build_outreach(settings),
+        post_json=partial(post_json),
+        campaigns=CampaignCache(),
+        lease_seconds=settings.lease_seconds,
+        reconcile_seconds=settings.send_reconcile_seconds,
+        action_reconcile_seconds=settings.action_reconcile_seconds,
+        send_retry=RetryPolicy(budget_seconds=settings.send_retry_seconds),
+        clock=clock_from(settings.clock_file),
+        poll_seconds=settings.hot_poll_seconds,
+        inbox_signal=_inbox_signal(db.url, settings.hot_poll_seconds),
+        environ=dict(os.environ),
+        secrets=prefect_secret,
+    )
+
+
 async def get_runtime() -> Runtime:
+    """This process's ``Runtime``, built on first use from ``get_settings()``."""
     global _runtime
     async with _lock:
         if _runtime is None:
             settings = get_settings()
-            url = await resolve_database_url(settings)
-            _runtime = Runtime(
-                db=Database(
-                    url,
-                    pool_size=settings.database_pool_size,
-                    max_overflow=settings.database_max_overflow,
-                ),
-                channels=build_channels(settings),
-                outreach=build_outreach(settings),
-                post_json=partial(post_json),
-                campaigns=CampaignCache(),
-                lease_seconds=settings.lease_seconds,
-                reconcile_seconds=settings.send_reconcile_seconds,
-                action_reconcile_seconds=settings.action_reconcile_seconds,
-                send_retry=RetryPolicy(budget_seconds=settings.send_retry_seconds),
-                clock=clock_from(settings.clock_file),
-                poll_seconds=settings.hot_poll_seconds,
-                inbox_signal=_inbox_signal(url, settings.hot_poll_seconds),
-                environ=dict(os.environ),
-                secrets=prefect_secret,
-            )
+            _runtime = build_runtime(settings, await open_database(settings))
     return _runtime
+
+
+@dataclass
+class WebhookChannels:
+    """The webhook's channels: ``senders`` by channel name (WhatsApp's webhook is verified and
+    parsed with its sender), and the outreach channels' inbound halves."""
+
+    senders: dict[str, Channel]
+    linkedin: LinkedInChannel
+    email: EmailChannel
+
+    async def aclose(self) -> None:
+        for channel in self.senders.values():
+            await channel.aclose()
+        await self.linkedin.aclose()
+        await self.email.aclose()
+
+
+def webhook_channels(settings: Settings) -> WebhookChannels:
+    return WebhookChannels(
+        senders=build_channels(settings),
+        linkedin=LinkedInChannel(
+            LinkedInConfig(webhook_secret=settings.linkedin_webhook_secret.get_secret_value())
+        ),
+        email=EmailChannel(
+            EmailConfig(webhook_secret=settings.email_webhook_secret.get_secret_value())
+        ),
+    )
 
 
 def _inbox_signal(url: str, poll_seconds: float) -> InboxSignal | None:

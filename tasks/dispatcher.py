@@ -6,8 +6,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from parley.settings import get_settings
-from prefect_adapter.composition import get_runtime
+from prefect_adapter.composition import get_runtime, get_settings
 from prefect_adapter.repairs import SweepWork, repair
 
 

@@ -1,7 +1,8 @@
 """FastAPI app ``webhook.app:app``: provider webhooks, the operators' REST API, health.
 
 The lifespan builds what routes share once (settings, database, channels, the default campaign
-installed as a version); routes live in ``webhook.routes``, one module per provider.
+installed as a version) with the composition root every Parley process uses
+(``prefect_adapter.composition``); routes live in ``webhook.routes``, one module per provider.
 
 The webhook's whole point is to keep storing while Prefect is away, so it starts without it:
 nothing at startup needs Prefect except, possibly, the database URL (the ``parley-db`` block),
@@ -23,13 +24,14 @@ from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.campaign.registry import install_campaign
-from parley.channels.catalog import build_channels
-from parley.channels.email.channel import EmailChannel, EmailConfig
-from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
-from parley.db import Database
-from parley.settings import Settings, get_settings
+from parley.settings import Settings
 from prefect_adapter.client import close_prefect_api
-from prefect_adapter.composition import DatabaseUrlUnknown, resolve_database_url
+from prefect_adapter.composition import (
+    DatabaseUrlUnknown,
+    get_settings,
+    open_database,
+    webhook_channels,
+)
 from webhook.deps import StorageNotReady
 from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
 
@@ -49,12 +51,8 @@ STORAGE_RETRY_SECONDS = 5.0
 
 async def _open_storage(app: FastAPI, settings: Settings) -> None:
     """The database and the default campaign; on ``app.state`` only once both are there."""
-    # The same resolution as the worker's: the parley-db block first, then the settings.
-    db = Database(
-        await resolve_database_url(settings),
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-    )
+    # The same database as the worker's: the parley-db block first, then the settings.
+    db = await open_database(settings)
     try:
         async with db.transaction() as session:
             version = await install_campaign(session, settings.default_campaign)
@@ -102,14 +100,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _storage_waits(exc)
         opening = asyncio.create_task(_keep_opening(app, settings))
     app.state.settings = settings
-    app.state.channels = build_channels(settings)
+    channels = webhook_channels(settings)
+    app.state.channels = channels.senders
     # The outreach channels' inbound halves: the webhook only verifies and parses with them.
-    app.state.linkedin = LinkedInChannel(
-        LinkedInConfig(webhook_secret=settings.linkedin_webhook_secret.get_secret_value())
-    )
-    app.state.email = EmailChannel(
-        EmailConfig(webhook_secret=settings.email_webhook_secret.get_secret_value())
-    )
+    app.state.linkedin, app.state.email = channels.linkedin, channels.email
     try:
         yield
     finally:
@@ -117,10 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             opening.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await opening
-        for channel in app.state.channels.values():
-            await channel.aclose()
-        await app.state.linkedin.aclose()
-        await app.state.email.aclose()
+        await channels.aclose()
         if app.state.db is not None:
             await app.state.db.dispose()
         await close_prefect_api()

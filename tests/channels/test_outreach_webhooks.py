@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+import prefect_adapter.composition as composition
 import webhook.app as webhook_app
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel, EmailConfig
@@ -552,7 +553,7 @@ async def test_the_lifespan_builds_the_outreach_channels_from_settings(
         return url
 
     monkeypatch.setattr(webhook_app, "get_settings", lambda: settings)
-    monkeypatch.setattr(webhook_app, "resolve_database_url", resolved)
+    monkeypatch.setattr(composition, "resolve_database_url", resolved)
     app = FastAPI()
     async with webhook_app.lifespan(app):
         assert isinstance(app.state.linkedin, LinkedInChannel)

@@ -9,8 +9,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from parley.settings import get_settings
-from prefect_adapter.composition import get_runtime
+from prefect_adapter.composition import get_runtime, get_settings
 from prefect_adapter.outreach_tick import outreach_tick, recover_abandoned_actions
 
 
