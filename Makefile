@@ -34,8 +34,9 @@ test: lint typecheck contracts
 test-unit: setup
 	$(UV) run pytest -m unit -n 2 -q
 
+# SQLite first: PostgreSQL only for the tests that need its semantics (see tests/conftest.py).
 test-storage: setup
-	$(UV) run pytest -m storage -n 2 -q
+	$(UV) run pytest -m "storage and not postgresql_twin" -n 2 -q
 
 test-e2e: setup
 	$(UV) run pytest -m e2e -n 2 --dist loadfile -q

@@ -128,3 +128,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.storage)
         else:
             item.add_marker(pytest.mark.unit)
+    _mark_postgresql_twins(items)
+
+
+def _backend(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("backend")
+
+
+def _same_test_other_backend(item: pytest.Item) -> tuple[str, tuple[str, ...]]:
+    """The test and its other parameters: the same for its SQLite and PostgreSQL runs."""
+    ids = item.callspec.id.split("-")  # type: ignore[attr-defined]
+    return item.nodeid.split("[", 1)[0], tuple(i for i in ids if i not in ("sqlite", "postgresql"))
+
+
+def _mark_postgresql_twins(items: list[pytest.Item]) -> None:
+    """``make test-storage`` is SQLite-first: a storage test's PostgreSQL run is marked
+    ``postgresql_twin`` (left to ``make test``) when the same test runs on SQLite too and is not
+    marked ``needs_postgresql`` — what it proves does not hang on PostgreSQL's semantics (SKIP
+    LOCKED, NOTIFY/LISTEN, row locks held by another session, races between sessions).
+    PostgreSQL-only tests have no SQLite twin and always run in the lane."""
+    storage = [item for item in items if item.get_closest_marker("storage") is not None]
+    on_sqlite = {_same_test_other_backend(i) for i in storage if _backend(i) == "sqlite"}
+    for item in storage:
+        if (
+            _backend(item) == "postgresql"
+            and item.get_closest_marker("needs_postgresql") is None
+            and _same_test_other_backend(item) in on_sqlite
+        ):
+            item.add_marker(pytest.mark.postgresql_twin)

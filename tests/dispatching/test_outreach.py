@@ -400,6 +400,7 @@ async def test_an_undeliverable_lead_completes_the_conversation_with_the_reason(
     assert row.status is Status.COMPLETED and row.last_error
 
 
+@pytest.mark.needs_postgresql  # two sessions claim at once: SKIP LOCKED
 async def test_two_dispatchers_racing_for_one_identity_never_double_send(
     db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway
 ) -> None:

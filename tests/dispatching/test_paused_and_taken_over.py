@@ -386,6 +386,7 @@ async def test_a_manual_send_while_nothing_is_queued_gives_no_node_a_result(
     assert (cursor.node, cursor.wait and cursor.wait.kind) == ("wait_accept", WaitKind.REPLY)
 
 
+@pytest.mark.needs_postgresql  # the dispatcher's claim races the manual send's
 async def test_a_hand_sent_message_racing_the_dispatcher_goes_out_alone(
     db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
 ) -> None:

@@ -131,6 +131,7 @@ async def _visits(db: Database, conversation_id: int) -> list[NodeVisit]:
         return await queries.visits.visits_of(session, conversation_id)
 
 
+@pytest.mark.needs_postgresql  # two claims at once: SKIP LOCKED
 async def test_a_timer_is_claimed_when_its_time_has_come_not_before_and_by_one_dispatcher(
     db: Database, rt: Runtime, follow_up: str, clock: DrivenClock, tmp_path: Path
 ) -> None:
@@ -371,6 +372,7 @@ async def test_a_running_conversation_of_a_paused_campaign_stops_at_its_next_nod
     assert row.paused_by == "campaign"
 
 
+@pytest.mark.needs_postgresql  # a row lock held by another session
 async def test_an_operator_command_racing_a_step_retries_and_never_overwrites_it(
     db: Database, rt: Runtime, follow_up: str
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
@@ -61,6 +63,7 @@ async def test_a_message_stored_during_the_last_steps_is_handed_to_the_next_conv
     assert [m.consumed_step for m in moved] == [TRIGGER_STEP, None]
 
 
+@pytest.mark.needs_postgresql  # two sessions race for one claim
 async def test_two_executions_of_one_send_never_both_send(
     db: Database, runtime: Runtime, campaign_name: str, fake: FakeWhatsAppAPI
 ) -> None:
