@@ -381,7 +381,7 @@ async def visits_of(session: AsyncSession, conversation_id: int) -> list[NodeVis
 
 
 async def campaign_held(session: AsyncSession, campaign_version_id: int) -> bool:
-    """Whether the campaign this version belongs to is paused (the runner's activeToll)."""
+    """Whether the campaign this version belongs to is paused (the runner's pause gate)."""
     stmt = select(
         exists().where(
             CampaignHold.name == CampaignVersion.name,
@@ -443,7 +443,7 @@ async def ensure_outbound_intent(
     text: str,
     payload: dict[str, Any],
 ) -> Message:
-    """Record what we are about to send before sending it (DESIGN rule 4)."""
+    """Record what we are about to send before sending it (docs/architecture.md, rule 4)."""
     await _insert_ignoring_conflict(
         session,
         Message,
