@@ -102,7 +102,8 @@ async def db(database_factory: object, backend: str) -> AsyncIterator[Database]:
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """One real Prefect server per test session, on PostgreSQL: on SQLite it locks up under the
-    concurrent load of several stacks (DESIGN), which made slow tests look like failures."""
+    concurrent load of several stacks (docs/architecture.md), which made slow tests look like
+    failures."""
     name = f"prefect_{RUN_ID}"
     _psql(f"CREATE DATABASE {name}")
     stack = Stack(SESSION_DIR)

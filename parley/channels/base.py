@@ -119,7 +119,8 @@ class OutboundMessage:
     buttons: tuple[tuple[str, str], ...] = ()
 
     def payload(self) -> JSONDict:
-        """The small record stored with the send intent (rule 5: no transcripts)."""
+        """The small record stored with the send intent (no transcripts: durability rule 5,
+        docs/architecture.md)."""
         if self.buttons:
             return {"type": "interactive", "buttons": [list(b) for b in self.buttons]}
         return {"type": "text"}

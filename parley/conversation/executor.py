@@ -162,7 +162,7 @@ class PlannedStep:
 
 
 async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cursor:
-    """The first half of a step, in one transaction: the activeToll (a paused conversation or
+    """The first half of a step, in one transaction: the pause gate (a paused conversation or
     campaign stops here), then the plan and its send intent. A cursor means nothing to do."""
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
@@ -242,7 +242,7 @@ def _unchanged(s: Snapshot) -> Transition:
 
 
 async def _campaign_paused(session: AsyncSession, row: Conversation) -> bool:
-    """The activeToll's second half: a paused campaign holds each conversation at its next
+    """The pause gate's second half: a paused campaign holds each conversation at its next
     node; ``paused_by`` says the campaign's resume may release it (an operator's may not)."""
     if not await queries.campaigns.campaign_held(session, row.campaign_version_id):
         return False

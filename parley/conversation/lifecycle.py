@@ -9,7 +9,7 @@ step (``ConcurrentUpdate`` after a few lost races).
 Nothing here talks to Prefect. A change that owes a run a resume stamps ``wake_requested_at``:
 the REST API resumes the run at once, and the dispatcher does it within a tick for the CLI (or
 when the API's attempt did not get through). A paused conversation holds no process: the run
-stops at its next node (the activeToll) and suspends.
+stops at its next node (the pause gate, docs/campaigns.md) and suspends.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ async def show_conversation(
 
 ARTIFACT_MESSAGES = 50
 """The artifact shows this many of the latest messages and this many of the latest steps, so
-it stays the same size for a 2,000-message conversation (DESIGN rule 5)."""
+it stays the same size for a 2,000-message conversation (docs/architecture.md, rule 5)."""
 
 
 def _cell(value: object) -> str:

@@ -1,4 +1,5 @@
-"""Sending with intent, and reconciling sends whose outcome is unknown (DESIGN rule 4).
+"""Sending with intent, and reconciling sends whose outcome is unknown (durability rule 4 of
+docs/architecture.md).
 
 An outbound message is first an intent row (``client_ref``, written in the step's transaction),
 then a claim (pending → sending, one conditional UPDATE: of two executions racing, exactly one

@@ -106,7 +106,8 @@ def suspend_key(step: int, sleeps: int) -> str:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a conversation stands: the only thing a flow carries between steps (rule 5)."""
+    """Where a conversation stands: the only thing a flow carries between steps (rule 5 of
+    docs/architecture.md)."""
 
     conversation_id: int
     step: int

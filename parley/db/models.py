@@ -1,7 +1,7 @@
 """SQLAlchemy models: Parley's own state, kept apart from Prefect's database.
 
-The conversation row is the compact state a resumed run loads (DESIGN rule 2); full transcripts
-live in ``messages`` and never travel through Prefect (rule 5).
+The conversation row is the compact state a resumed run loads (docs/architecture.md, durability
+rule 2); full transcripts live in ``messages`` and never travel through Prefect (rule 5).
 """
 
 from __future__ import annotations

@@ -32,10 +32,10 @@ Transactions: steps 1-3 are one (the conversation's row is taken with ``SKIP LOC
 the webhook holds it, the check waits for it in a transaction of its own before the call), and
 the outcome of step 4 is written in the transaction that claims the identity's next action.
 
-Exactly once (DESIGN rule 4). Each claim writes a stamp of its own on the action, and every
-outcome is written only under that stamp (``queries.actions.settle_claimed``, ``finish_action``): an
-outcome from a claim that recovery has since given to another dispatcher is refused. A
-dispatcher killed between the call and that commit leaves the action ``running``;
+Exactly once (docs/architecture.md, durability rule 4). Each claim writes a stamp of its own on
+the action, and every outcome is written only under that stamp (``queries.actions.settle_claimed``,
+``finish_action``): an outcome from a claim that recovery has since given to another dispatcher
+is refused. A dispatcher killed between the call and that commit leaves the action ``running``;
 ``recover_abandoned`` then decides by channel. The LinkedIn gateway deduplicates by
 ``Idempotency-Key``, so the action is queued again with the same key. WhatsApp and SMTP cannot
 deduplicate, so the action becomes ``uncertain`` instead of being sent again — as does one whose
@@ -329,7 +329,7 @@ def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
 
 
 async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
-    """The activeToll, on the dispatcher's side: a paused conversation's action is not skipped
+    """The pause gate, on the dispatcher's side: a paused conversation's action is not skipped
     (its conversation would take the node's edge as if it had gone out) but held, with its key,
     until the conversation is released (``actions.release_held``). A campaign's pause holds the
     conversation here as its run's next step would (``paused_by: campaign``), so the campaign's

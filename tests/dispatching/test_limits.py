@@ -57,7 +57,7 @@ def wait_for(decision: Proceed | Wait) -> Wait:
     return decision
 
 
-# --- the seed's scenarios ---------------------------------------------------------------------
+# --- docs/outreach.md's scenarios -------------------------------------------------------------
 
 
 def test_friday_17_01_waits_until_monday_09_00() -> None:

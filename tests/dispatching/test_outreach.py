@@ -1,4 +1,4 @@
-"""The per-identity dispatcher's scenarios from the Enginy seed, on SQLite and PostgreSQL:
+"""The per-identity dispatcher's scenarios (docs/outreach.md), on SQLite and PostgreSQL:
 outreach conversations queue actions, one identity's dispatcher performs them within its
 working hours and limits, against the loopback LinkedIn gateway and SMTP server, on a driven
 clock. (The Prefect half — the per-identity concurrency slot — is in tasks/dispatch.py.)"""

@@ -269,7 +269,8 @@ async def test_hand_sent_message_then_resume_moves_sequence_on(
     clock: DrivenClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``parley send`` then ``parley conversations resume``, as README tells the operator."""
+    """``parley send`` then ``parley conversations resume``, as docs/outreach.md tells the
+    operator."""
     from typer.testing import CliRunner
 
     from parley.cli import app

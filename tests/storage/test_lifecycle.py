@@ -151,9 +151,10 @@ async def test_a_timer_is_claimed_when_its_time_has_come_not_before_and_by_one_d
 async def test_the_reply_that_arrives_after_a_follow_up_was_planned_stops_it(
     db: Database, rt: Runtime, follow_up: str, fake: FakeWhatsAppAPI, clock: DrivenClock
 ) -> None:
-    """The seed's "lead replies at the worst possible moment": the timeout moved the
-    conversation to the reminder, its step planned the send (intent recorded), then the lead's
-    message is stored — before the provider call. The lead must not get the reminder."""
+    """The lead who "replies at the worst possible moment" (docs/campaigns.md): the timeout
+    moved the conversation to the reminder, its step planned the send (intent recorded), then
+    the lead's message is stored — before the provider call. The lead must not get the
+    reminder."""
     cid = await _started(db, rt, follow_up)
     await _run_until_waiting(rt, cid)
     clock.advance(timedelta(minutes=10))

@@ -113,7 +113,7 @@ async def ensure_outbound_intent(
     text: str,
     payload: dict[str, Any],
 ) -> Message:
-    """Record what we are about to send before sending it (DESIGN rule 4)."""
+    """Record what we are about to send before sending it (docs/architecture.md, rule 4)."""
     await insert_ignoring_conflict(
         session,
         Message,
