@@ -17,6 +17,7 @@ import pytest
 from alembic import command
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley import executor, inbox, lifecycle, outreach
 from parley.campaign.registry import install_campaign
 from parley.cli import app
@@ -27,7 +28,6 @@ from parley.migration import MigrationRefused, migrate
 from parley.runtime import Runtime
 from parley.settings import get_settings
 from parley.state_machine import Status, WaitKind
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401  (fixtures)
     _actions,
     _identity,

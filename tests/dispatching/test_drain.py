@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley import outreach
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -22,7 +23,6 @@ from parley.db import Database, queries
 from parley.db.models import Action, Identity
 from parley.http_action import post_json
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 
 IDENTITIES = 50
 PER_IDENTITY = 20

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley import executor, handshake, identities, inbox, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
@@ -24,8 +26,6 @@ from parley.db.models import Action, Identity, utcnow
 from parley.http_action import post_json
 from parley.runtime import Runtime
 from parley.state_machine import Cursor, Status, WaitKind
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
 
 SEQUENCE = """
 name: li-sequence

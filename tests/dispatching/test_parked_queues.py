@@ -25,6 +25,9 @@ from prefect import flow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley import actions, executor, identities, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
@@ -38,9 +41,6 @@ from parley.errors import InvalidInput
 from parley.http_action import post_json
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _until_waiting
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes

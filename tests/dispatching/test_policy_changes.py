@@ -17,6 +17,7 @@ from uuid import uuid4
 import pytest
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley import identities, outreach
 from parley.cli import app
 from parley.clock import DrivenClock
@@ -25,7 +26,6 @@ from parley.db.models import Action, Identity
 from parley.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401
     NO_SPACING,
     _actions,

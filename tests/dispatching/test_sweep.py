@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from flows.conversation import conversation
 from parley import executor, inbox, lifecycle
 from parley.campaign.registry import CampaignCache, install_campaign
@@ -29,7 +30,6 @@ from parley.outbox import record_intent
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.state_machine import Status
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks import sweep
 from tasks.resume_input import ResumeInput
 from tasks.runs import carry_out, start_run

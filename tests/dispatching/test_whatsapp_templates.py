@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley import executor, lifecycle, outreach
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
@@ -18,7 +19,6 @@ from parley.db import Database
 from parley.db.models import Identity
 from parley.http_action import post_json
 from parley.runtime import Runtime
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _actions, _seeded, _until_waiting
 
 PHONE_ID = "100000000000321"

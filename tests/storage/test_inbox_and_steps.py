@@ -9,6 +9,8 @@ import socket
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload, status_error
 from parley import executor, handshake, inbox
 from parley import operator_views as views
 from parley.channels.whatsapp.wire import parse_webhook
@@ -21,8 +23,6 @@ from parley.inbox_signal import (
 )
 from parley.runtime import Runtime
 from parley.state_machine import step_ref
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_status_payload, status_error
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley import executor, handshake, inbox, lifecycle
 from parley import operator_views as views
 from parley.campaign.registry import CampaignCache, install_campaign
@@ -23,7 +24,6 @@ from parley.http_action import post_json
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.state_machine import Cursor, Status, WaitKind
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks.sweep import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch
 

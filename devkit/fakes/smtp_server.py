@@ -4,7 +4,7 @@ The demo and the tests send through the real client, real sockets and a real SMT
 without a mail provider. Failure injection makes refused logins, throttling, unknown recipients
 and the "accepted, but the connection dropped before the 250" case reproducible.
 
-Run standalone for ``parley dev``: ``python -m parley.testing.smtp_server --port 2525``.
+Run standalone for ``parley dev``: ``python -m devkit.fakes.smtp_server --port 2525``.
 """
 
 from __future__ import annotations

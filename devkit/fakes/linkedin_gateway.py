@@ -8,7 +8,7 @@ sessions and "the gateway did it but the caller never heard back" reproducible o
 
 Run it alone for ``parley dev``::
 
-    python -m parley.testing.linkedin_gateway --port 8091 \\
+    python -m devkit.fakes.linkedin_gateway --port 8091 \\
         --webhook-url http://127.0.0.1:8000/webhooks/linkedin --webhook-secret s3cret
 """
 
@@ -35,6 +35,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from devkit.fakes.linkedin_payloads import (
+    build_invitation_accepted,
+    build_message_delivered,
+    build_message_received,
+    build_session_expired,
+    new_id,
+)
 from parley.channels.base import JSONDict, SenderIdentity
 from parley.channels.linkedin.client import (
     IDEMPOTENCY_HEADER,
@@ -43,13 +50,6 @@ from parley.channels.linkedin.client import (
     REPLAYED_HEADER,
 )
 from parley.channels.linkedin.wire import CHANNEL, SIGNATURE_HEADER, sign
-from parley.testing.linkedin_payloads import (
-    build_invitation_accepted,
-    build_message_delivered,
-    build_message_received,
-    build_session_expired,
-    new_id,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from devkit.fakes.whatsapp_payloads import build_status_payload, new_wamid
 from parley.channels.base import JSONDict
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
-from parley.testing.whatsapp_payloads import build_status_payload, new_wamid
 
 logger = logging.getLogger(__name__)
 
