@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
@@ -23,7 +24,6 @@ from parley.db import Database
 from parley.db.models import Action, Identity
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 
 IDENTITIES = 50
 PER_IDENTITY = 20

@@ -25,6 +25,9 @@ from prefect import flow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -39,9 +42,6 @@ from parley.errors import InvalidInput
 from parley.outreach import actions, dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _until_waiting
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.cli import app
 from parley.clock import DrivenClock
 from parley.db import Database, queries
@@ -26,7 +27,6 @@ from parley.outreach import dispatch, identities
 from parley.outreach.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401
     NO_SPACING,
     _actions,

@@ -19,6 +19,7 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 from sqlalchemy import select, update
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from flows.conversation import conversation
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import DeliveryStatus, OutboundMessage
@@ -30,7 +31,6 @@ from parley.db import Database, queries
 from parley.db.models import Conversation, Message, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tasks import sweep
 from tasks.resume_input import ResumeInput
 from tasks.runs import carry_out, start_run

@@ -14,7 +14,7 @@ so every provider adapter speaks the same thing:
 
 Every POST carries ``X-Parley-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">``.
 Pure functions over bytes and dicts; writing the format is test tooling
-(``parley.testing.email_payloads``), except ``sign``, which provider relays need too.
+(``devkit.fakes.email_payloads``), except ``sign``, which provider relays need too.
 """
 
 from __future__ import annotations
