@@ -22,23 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
-from parley.channels.base import DeliveryStatus, OutboundMessage, SenderIdentity
+from parley.channels.base import OutboundMessage, SenderIdentity
 from parley.conversation import outbox
 from parley.conversation.outbox import SendDropped, SendSuperseded
 from parley.conversation.planner import after_http, plan_failure, plan_step
 from parley.conversation.state_machine import (
-    TERMINAL,
-    TRIGGER_STEP,
     Cursor,
     HttpCall,
     Reply,
     Snapshot,
-    Status,
     Transition,
     Wait,
-    WaitKind,
     check_transition,
-    step_ref,
 )
 from parley.db import queries
 from parley.db.models import Contact, Conversation, Message, utcnow
@@ -46,6 +41,7 @@ from parley.errors import ChannelError, PermanentChannelError
 from parley.outreach import actions, identities
 from parley.retry import provider_may_retry, retrying
 from parley.runtime import Runtime
+from parley.vocabulary import TERMINAL, TRIGGER_STEP, DeliveryStatus, Status, WaitKind, step_ref
 
 log = logging.getLogger(__name__)
 

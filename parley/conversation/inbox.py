@@ -31,12 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.conversation.handshake import WakeUp, wakeup_for
-from parley.conversation.state_machine import TRIGGER_STEP
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Identity, utcnow
 from parley.errors import NotFound
 from parley.outreach import identities
 from parley.outreach.dispatch import reconcile_status
+from parley.vocabulary import TRIGGER_STEP
 
 NOT_STARTED = "no active conversation with this contact; none is started on this channel"
 WHATSAPP = "whatsapp"

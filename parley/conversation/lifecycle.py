@@ -28,11 +28,11 @@ from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
 from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import TERMINAL, Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, Identity, utcnow
 from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
 from parley.outreach import actions
+from parley.vocabulary import TERMINAL, Status
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")

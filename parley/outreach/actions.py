@@ -24,22 +24,23 @@ campaign) was paused: not skipped — the conversation still waits for them — 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
+from parley.conversation.state_machine import ActionIntent
 from parley.db import queries
 from parley.db.models import Action, Contact, Conversation, Identity, utcnow
 from parley.errors import ChannelError, CreditsExhausted
-from parley.outreach.limits import CHANNEL_OF, ActionType
-
-READY: Final = "ready"
-CREDITS: Final = "credits"
-INMAIL: Final = "linkedin_inmail"
-PARKED_TYPES: Final[dict[str, tuple[str, ...]]] = {CREDITS: (INMAIL,)}
-"""Queues that hold only some action types of their channel: no credits stops InMails only."""
-PAUSED: Final = "paused"
+from parley.vocabulary import (
+    ACTION_SKIPPED,
+    CHANNEL_OF,
+    CREDITS,
+    PARKED_TYPES,
+    PAUSED,
+    READY,
+    ActionType,
+    step_ref,
+)
 
 
 def recipient(contact: Contact, channel: str) -> str | None:
@@ -103,13 +104,6 @@ def channel_queue(identity: Identity, channel: str) -> str:
         mailbox = nested.get("address") if isinstance(nested, dict) else None
         return f"email-{mailbox or identity.address}"
     return channel
-
-
-def channel_of_queue(queue: str) -> str:
-    """The channel whose account a parked queue waits for (``credits``: the LinkedIn seat)."""
-    if queue.startswith("email-"):
-        return "email"
-    return "linkedin" if queue == CREDITS else queue
 
 
 def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:

@@ -60,24 +60,9 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import (
-    SENT_STATUSES,
-    DeliveryStatus,
-    OutreachAction,
-    SenderIdentity,
-    StatusUpdate,
-)
+from parley.channels.base import OutreachAction, SenderIdentity, StatusUpdate
 from parley.conversation import lifecycle
 from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import (
-    ACTION_FAILED,
-    ACTION_SENT,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
-    TERMINAL,
-    Status,
-    WaitKind,
-)
 from parley.db import queries
 from parley.db.engine import PinnedConnection
 from parley.db.models import Action, Conversation, Identity, utcnow
@@ -94,15 +79,22 @@ from parley.errors import (
     Undeliverable,
 )
 from parley.outreach import actions, identities
-from parley.outreach.limits import (
-    CHANNEL_OF,
-    Performed,
-    Proceed,
-    decide,
-    history_needed,
-    learn_retry_after,
-)
+from parley.outreach.limits import Performed, Proceed, decide, history_needed, learn_retry_after
 from parley.runtime import Runtime
+from parley.vocabulary import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
+    CHANNEL_OF,
+    PAUSED,
+    READY,
+    SENT_STATUSES,
+    TERMINAL,
+    DeliveryStatus,
+    Status,
+    WaitKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +338,7 @@ async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _
         queries.conversations.touch(row)
     else:
         return False
-    await queries.actions.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
+    await queries.actions.requeue_untried(session, claimed.action_id, PAUSED, reason)
     return True
 
 
@@ -795,7 +787,7 @@ async def _claim_manual(
         # The sequence's ready actions are held while the hand-sent message is on its way: a
         # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
         # manual send that fails gives them back).
-        await queries.actions.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
+        await queries.actions.hold_ready_actions(session, row.id, PAUSED, HAND_SENDING)
         contact = await queries.contacts.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
@@ -808,7 +800,7 @@ async def _claim_manual(
                 "subject": subject,
                 "manual": True,
             },
-            queue=actions.READY,
+            queue=READY,
             not_before=now,
             status="running",
             attempts=1,

@@ -45,12 +45,8 @@ from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput
 from parley.outreach import actions
 from parley.outreach.limits import (
-    ACTION_TYPES,
-    CHANNEL_OF,
     DEFAULT_POLICY,
-    ActionType,
     BlockedUntil,
-    Channel,
     LimitPolicy,
     Performed,
     Wait,
@@ -65,11 +61,18 @@ from parley.outreach.working_hours import (
     default_working_hours,
     describe_instant,
 )
+from parley.vocabulary import (
+    ACTION_TYPES,
+    CHANNEL_OF,
+    CREDITS,
+    PAUSED,
+    READY,
+    ActionType,
+    ChannelName,
+)
 
 CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
-READY: Final = "ready"
-HELD: Final = "paused"  # actions.PAUSED: held while their conversation is paused
 MASK: Final = "•••"
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
@@ -77,7 +80,7 @@ _RECONNECT_HELP = (
     "linkedin (its session), whatsapp (its token), email (its mailbox), credits (InMails) or a "
     "parked queue's exact name (email-{mailbox})"
 )
-_QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", actions.CREDITS})
+_QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", CREDITS})
 _DESTINATION = re.compile(
     r"(?:^|_)(?:url|uri|endpoint|host|hostname|server|port|tls|starttls|ssl)(?:$|_)",
     re.IGNORECASE,
@@ -171,7 +174,7 @@ def _read_policy(stored: str, timezone: str) -> IdentityPolicy:
 def blocked_of(identity: Identity) -> BlockedUntil:
     """``identity.blocked_until`` ("channel/action_type" -> ISO instant) as ``decide`` takes
     it; entries that cannot be read are left out rather than blocking forever."""
-    blocked: dict[tuple[Channel, ActionType], datetime] = {}
+    blocked: dict[tuple[ChannelName, ActionType], datetime] = {}
     for key, until in (identity.blocked_until or {}).items():
         channel, _, kind = str(key).partition("/")
         if kind not in ACTION_TYPES or CHANNEL_OF[kind] != channel:
@@ -519,7 +522,7 @@ def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> s
 def _own_queues(identity: Identity) -> set[str]:
     own = {actions.channel_queue(identity, identity.channel)}
     if identity.channel == "linkedin":
-        own.add(actions.CREDITS)
+        own.add(CREDITS)
     for channel in CHANNELS:  # accounts on other channels: settings[channel] = {address, ...}
         nested = (identity.settings or {}).get(channel)
         if isinstance(nested, Mapping) and nested.get("address"):
@@ -590,8 +593,8 @@ def _summary(identity: Identity, queued: Mapping[str, int]) -> dict[str, Any]:
         "flagged": identity.flagged,
         "queued": {
             "ready": queued.get(READY, 0),
-            "parked": sum(n for queue, n in queued.items() if queue not in (READY, HELD)),
-            "held": queued.get(HELD, 0),  # their conversation or campaign is paused
+            "parked": sum(n for queue, n in queued.items() if queue not in (READY, PAUSED)),
+            "held": queued.get(PAUSED, 0),  # their conversation or campaign is paused
         },
         "created_at": identity.created_at.isoformat(),
     }

@@ -19,33 +19,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from parley.errors import ConfigurationError
 from parley.outreach.working_hours import MAX_WAIT, WorkingHours, describe_instant
-
-ActionType = Literal[
-    "email",
-    "linkedin_message",
-    "linkedin_connection",
-    "linkedin_inmail",
-    "linkedin_profile_visit",
-    "whatsapp_template",
-]
-ACTION_TYPES: Final[tuple[ActionType, ...]] = get_args(ActionType)
-
-Channel = Literal["email", "linkedin", "whatsapp"]
-CHANNEL_OF: Final[Mapping[ActionType, Channel]] = {
-    "email": "email",
-    "linkedin_message": "linkedin",
-    "linkedin_connection": "linkedin",
-    "linkedin_inmail": "linkedin",
-    "linkedin_profile_visit": "linkedin",
-    "whatsapp_template": "whatsapp",
-}
+from parley.vocabulary import ACTION_TYPES, CHANNEL_OF, ActionType, ChannelName
 
 Reason = Literal[
     "outside_working_hours",
@@ -63,7 +44,7 @@ DEFAULT_RETRY_AFTER: Final = timedelta(minutes=15)
 MAX_ROUNDS: Final = 64
 """Bound on the search for an instant where all constraints pass; each round moves forward."""
 
-BlockedUntil = Mapping[tuple[Channel, ActionType], datetime]
+BlockedUntil = Mapping[tuple[ChannelName, ActionType], datetime]
 """What providers told us: no action of this type on this channel before the instant."""
 
 
@@ -315,7 +296,7 @@ def learn_retry_after(
     action_type: ActionType,
     at: datetime,
     retry_after: float | None,
-) -> dict[tuple[Channel, ActionType], datetime]:
+) -> dict[tuple[ChannelName, ActionType], datetime]:
     """The provider state after a 429 at ``at``: blocks only ever get longer."""
     delay = DEFAULT_RETRY_AFTER if retry_after is None else timedelta(seconds=max(retry_after, 0))
     key = (CHANNEL_OF[action_type], action_type)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from parley.channels.base import DeliveryStatus, InboundRole
+from parley.channels.base import InboundRole
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.email.wire import (
     SIGNATURE_HEADER,
@@ -27,6 +27,7 @@ from parley.testing.email_payloads import (
     sign_inbound,
     signed_request,
 )
+from parley.vocabulary import DeliveryStatus
 
 SECRET = "test-webhook-secret"
 MAILBOX = "ada@parley.example"

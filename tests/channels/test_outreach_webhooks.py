@@ -33,7 +33,6 @@ from parley.conversation import executor, handshake, lifecycle
 from parley.conversation.handshake import WakeUp
 from parley.conversation.http_action import post_json
 from parley.conversation.lifecycle import Change
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Action, Contact, Conversation, Identity, Message
 from parley.local.processes import free_port
@@ -47,6 +46,7 @@ from parley.testing.linkedin_payloads import (
     build_session_expired,
     signed_request,
 )
+from parley.vocabulary import Status
 from webhook import deps
 from webhook.routes import linkedin as linkedin_route
 

@@ -14,11 +14,9 @@ from pydantic import ValidationError
 
 from parley.errors import ConfigurationError
 from parley.outreach.limits import (
-    ACTION_TYPES,
     DEFAULT_LIMITS,
     DEFAULT_POLICY,
     ActionLimits,
-    ActionType,
     LimitPolicy,
     Performed,
     Proceed,
@@ -30,6 +28,7 @@ from parley.outreach.limits import (
     learn_retry_after,
 )
 from parley.outreach.working_hours import DAY_KEYS, MAX_WAIT, WorkingHours, default_working_hours
+from parley.vocabulary import ACTION_TYPES, ActionType
 
 MADRID = ZoneInfo("Europe/Madrid")
 HOURS = default_working_hours("Europe/Madrid")  # Mon-Fri 09:00-18:00

@@ -20,13 +20,14 @@ from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, inbox, lifecycle
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.db.models import Action, Identity, utcnow
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from parley.testing.smtp_server import LoopbackSMTPServer
+from parley.vocabulary import Status, WaitKind
 
 SEQUENCE = """
 name: li-sequence

@@ -21,16 +21,16 @@ from sqlalchemy import select
 
 from flows.conversation import conversation
 from parley.campaign.registry import CampaignCache, install_campaign
-from parley.channels.base import DeliveryStatus, OutboundMessage
+from parley.channels.base import OutboundMessage
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.conversation import executor, inbox, lifecycle
 from parley.conversation.outbox import record_intent
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import DeliveryStatus, Status
 from tasks import sweep
 from tasks.resume_input import ResumeInput
 from tasks.runs import carry_out, start_run

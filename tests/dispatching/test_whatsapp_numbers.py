@@ -28,7 +28,6 @@ from parley.clock import DrivenClock
 from parley.conversation import executor, lifecycle
 from parley.conversation.handshake import WakeUp
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Status
 from parley.db import Database
 from parley.db.models import Action, Conversation, Message, WebhookEvent
 from parley.errors import AlreadyExists, InvalidInput
@@ -37,6 +36,7 @@ from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from parley.testing.whatsapp_payloads import build_text_message_payload
+from parley.vocabulary import Status
 from tests.dispatching.test_identities import cli, cli_db  # noqa: F401  (fixture)
 from tests.dispatching.test_outreach import _look_again, _seeded, _suspend, _until_waiting
 from tests.operator_api import operator_api

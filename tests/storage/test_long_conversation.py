@@ -35,10 +35,11 @@ from parley.campaign import parse_campaign
 from parley.campaign.registry import install_campaign
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.runtime import Runtime
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import Status, WaitKind
 from tasks.resume_input import ResumeInput
 from tests.storage.conftest import USER, make_batch
 

@@ -9,11 +9,11 @@ import json
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import TRIGGER_STEP, Status, step_ref
 from parley.db import Database, queries
 from parley.runtime import Runtime
 from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from parley.testing.whatsapp_payloads import build_status_payload
+from parley.vocabulary import TRIGGER_STEP, Status, step_ref
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 

@@ -22,10 +22,10 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.action_signal import CHANNEL as ACTIONS_CHANNEL
-from parley.conversation.state_machine import step_ref
 from parley.db.models import Action, Identity, utcnow
 from parley.db.queries._common import dialect_of, get_row, insert_ignoring_conflict, rowcount
 from parley.errors import NotFound
+from parley.vocabulary import step_ref
 
 
 async def enqueue_action(session: AsyncSession, values: dict[str, Any]) -> Action:
