@@ -48,8 +48,8 @@ from parley.outreach.limits import (
     DEFAULT_POLICY,
     BlockedUntil,
     LimitPolicy,
+    NotYet,
     Performed,
-    Wait,
     counts,
     decide,
     history_needed,
@@ -714,7 +714,7 @@ def _status(
         blocked_until=blocked_of(identity),
     )
     zone = policy.working_hours.timezone
-    if isinstance(decision, Wait):
+    if isinstance(decision, NotYet):
         return _said(decision.reason, decision.until, now, _waiting(decision, label, now) + also)
     if at > now:
         when = f"{describe_instant(at, zone)}, in {format_wait(at - now)}"
@@ -723,7 +723,7 @@ def _status(
     return _said("moving", None, now, f"moving: {label} may proceed now.{also}")
 
 
-def _waiting(wait: Wait, label: str, now: datetime) -> str:
+def _waiting(wait: NotYet, label: str, now: datetime) -> str:
     when = f"{describe_instant(wait.until, wait.timezone)}, in {format_wait(wait.until - now)}"
     if wait.reason == "outside_working_hours":
         return f"not moving: {wait.detail}; the next window opens {when} ({label})."

@@ -2,9 +2,9 @@
 
 Pure logic, no I/O: the dispatcher passes the identity's policy, its working hours, the actions
 it performed recently and what providers told us (429 / retry-after), and gets a ``Proceed`` or
-a ``Wait``. A wait lasts until the first instant at which *every* constraint passes at once — a
-daily cap that frees at midnight waits for the next window's opening when midnight is outside
-working hours — and never longer than six days.
+a ``NotYet``. A ``NotYet`` lasts until the first instant at which *every* constraint passes at
+once — a daily cap that frees at midnight waits for the next window's opening when midnight is
+outside working hours — and never longer than six days.
 
 Counting is conservative: an action in ``history`` counts wherever its time falls, even after
 ``at`` (clocks drift), so a ``Proceed`` never takes a cap over its limit.
@@ -188,7 +188,7 @@ class Proceed:
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class NotYet:
     """Do not act before ``until`` (UTC). ``reason`` and ``detail`` say what blocks at ``at``;
     ``capped`` means nothing passes within six days, so ``until`` is only when to ask again and
     the identity should be flagged."""
@@ -212,7 +212,7 @@ class Wait:
         return text
 
 
-Decision = Proceed | Wait
+Decision = Proceed | NotYet
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,8 +360,8 @@ def _blocks(situation: _Situation, instant: datetime) -> list[_Blocked]:
     return [block for check in checks if (block := check(situation, instant)) is not None]
 
 
-def _wait(situation: _Situation, at: datetime, block: _Blocked, until: datetime | None) -> Wait:
-    return Wait(
+def _wait(situation: _Situation, at: datetime, block: _Blocked, until: datetime | None) -> NotYet:
+    return NotYet(
         action_type=situation.action_type,
         at=at,
         reason=block.reason,
