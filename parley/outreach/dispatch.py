@@ -61,7 +61,7 @@ from uuid import uuid4
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.channels.base import OutreachAction, SenderIdentity, StatusUpdate
-from parley.conversation import lifecycle
+from parley.conversation import handoff, lifecycle, whatsapp_numbers
 from parley.conversation.executor import end, set_status
 from parley.db import queries
 from parley.db.engine import PinnedConnection
@@ -280,9 +280,9 @@ def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     """The account an action on ``channel`` goes out from. An identity is a person's seat on
     its own channel; its other channels' accounts (a LinkedIn seat's mailbox for the email
     fallback) are under ``settings[channel]`` with their own ``address``. WhatsApp: the
-    identity's own number, whatever its channel (``identities.whatsapp_sender``)."""
+    identity's own number, whatever its channel (``whatsapp_numbers.whatsapp_sender``)."""
     if channel == "whatsapp":
-        return identities.whatsapp_sender(identity)
+        return whatsapp_numbers.whatsapp_sender(identity)
     if identity.channel == channel:
         own = {k: v for k, v in identity.settings.items() if not isinstance(v, dict)}
         return SenderIdentity(channel, identity.address, own)
@@ -323,7 +323,7 @@ def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
 async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
     """The activeToll, on the dispatcher's side: a paused conversation's action is not skipped
     (its conversation would take the node's edge as if it had gone out) but held, with its key,
-    until the conversation is released (``actions.release_held``). A campaign's pause holds the
+    until the conversation is released (``handoff.release_held``). A campaign's pause holds the
     conversation here as its run's next step would (``paused_by: campaign``), so the campaign's
     resume releases both. ``row`` is locked: a pause committed after this check finds the
     action on its way, and its outcome is handed to the conversation like any other."""
@@ -778,7 +778,7 @@ async def _claim_manual(
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
         channel = CHANNEL_OF[kind]  # type: ignore[index]
-        parked = actions.parked_queue_of(identity, channel, kind)
+        parked = queries.actions.parked_queue_of(identity, channel, kind)
         if parked is not None:
             return ManualSend(False, f"{parked} is parked: {identity.parked[parked]}")
         decision = await _decision(session, rt, identity, kind, now, rng or random.Random())
@@ -795,7 +795,7 @@ async def _claim_manual(
             channel=channel,
             type=kind,
             payload={
-                "to": actions.recipient(contact, channel),
+                "to": handoff.recipient(contact, channel),
                 "text": text,
                 "subject": subject,
                 "manual": True,
@@ -834,7 +834,7 @@ async def _give_back_held(session: AsyncSession, conversation_id: int) -> None:
     unless an operator's pause holds the conversation anyway (its resume releases them)."""
     row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status is not Status.PAUSED:
-        await actions.release_held(session, conversation_id)
+        await handoff.release_held(session, conversation_id)
 
 
 async def _take_over(rt: Runtime, conversation_id: int) -> None:

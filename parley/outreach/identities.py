@@ -10,9 +10,9 @@ another timezone is one change. ``IdentityPolicy.from_config`` turns the stored 
 gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
 ``DEFAULT_POLICY``).
 
-WhatsApp numbers (``whatsapp_number``): an identity's templates and conversation messages go
-out from its own number, and inbound messages are routed back to it by that number, so no two
-identities may claim one.
+WhatsApp numbers (``parley.conversation.whatsapp_numbers``): an identity's templates and
+conversation messages go out from its own number, and inbound messages are routed back to it by
+that number, so no two identities may claim one.
 
 Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
 time): that is Prefect, so ``tasks/outreach.py`` creates it, not this module.
@@ -38,8 +38,8 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, InstanceOf
 from sqlalchemy.exc import IntegrityError
 
-from parley.channels.base import SenderIdentity
 from parley.clock import Clock, SystemClock
+from parley.conversation.whatsapp_numbers import WHATSAPP, whatsapp_number_in, whatsapp_settings_in
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput
@@ -189,62 +189,12 @@ def blocked_of(identity: Identity) -> BlockedUntil:
     return blocked
 
 
-# --- WhatsApp numbers ----------------------------------------------------------------------------
-
-WHATSAPP: Final = "whatsapp"
-
-
-def whatsapp_settings(identity: Identity) -> dict[str, Any]:
-    """An identity's WhatsApp settings: a WhatsApp identity's own (top-level) ones, another
-    identity's ``whatsapp`` mapping (a LinkedIn seat's number for ``whatsapp_template`` steps,
-    parallel to its ``email`` mailbox)."""
-    return _whatsapp_settings_in(identity.channel, identity.settings or {})
-
-
-def _whatsapp_settings_in(channel: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    if channel == WHATSAPP:
-        return {k: v for k, v in settings.items() if not isinstance(v, Mapping)}
-    nested = settings.get(WHATSAPP)
-    return dict(nested) if isinstance(nested, Mapping) else {}
-
-
-def whatsapp_number(identity: Identity) -> str | None:
-    """The phone number id the identity's WhatsApp templates go out from and its leads' replies
-    come back to: ``phone_number_id`` in its WhatsApp settings; for a WhatsApp identity without
-    one, its address (the webhook records numbers by their phone number id). None: the
-    identity has no number of its own and sends from ``PARLEY_WHATSAPP_PHONE_NUMBER_ID``."""
-    return _whatsapp_number_in(identity.channel, identity.address, identity.settings or {})
-
-
-def _whatsapp_number_in(channel: str, address: str, settings: Mapping[str, Any]) -> str | None:
-    number = _whatsapp_settings_in(channel, settings).get("phone_number_id")
-    if number:
-        return str(number)
-    return address if channel == WHATSAPP else None
-
-
-def whatsapp_sender(identity: Identity) -> SenderIdentity:
-    """The account an identity's WhatsApp templates go out from (see ``whatsapp_number``)."""
-    settings = whatsapp_settings(identity)
-    number = whatsapp_number(identity)
-    if number is None:
-        settings.pop("access_token", None)  # a token goes with its own number only
-        return SenderIdentity(WHATSAPP, "", settings)
-    return SenderIdentity(WHATSAPP, number, {**settings, "phone_number_id": number})
-
-
-def starts_conversations(identity: Identity) -> bool:
-    """Whether a stranger's message on this identity's number starts a conversation on the
-    default campaign (``start_conversations: true`` in its WhatsApp settings)."""
-    return whatsapp_settings(identity).get("start_conversations") is True
-
-
 async def _check_whatsapp_number(
     session: Any, identity_id: int | None, channel: str, address: str, settings: Mapping[str, Any]
 ) -> None:
     """Two identities never share a WhatsApp number: a lead's reply is routed to the identity
     that owns the number it arrived on (``parley.conversation.inbox``)."""
-    given = _whatsapp_settings_in(channel, settings).get("phone_number_id")
+    given = whatsapp_settings_in(channel, settings).get("phone_number_id")
     where = "phone_number_id" if channel == WHATSAPP else "whatsapp.phone_number_id"
     if given is not None and not re.fullmatch(r"\d{5,20}", str(given)):
         raise InvalidInput(f"settings.{where}: {given!r} is not a WhatsApp phone number id: digits")
@@ -253,7 +203,7 @@ async def _check_whatsapp_number(
             f"address: {address!r} is a display number, not Meta's phone number id: give the "
             "number's id as settings.phone_number_id (templates go out from it)"
         )
-    number = _whatsapp_number_in(channel, address, settings)
+    number = whatsapp_number_in(channel, address, settings)
     if number is None:
         return
     others = [
@@ -504,7 +454,7 @@ def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> s
     moved); another only while something is parked in it — a typo is refused, not ignored."""
     name = name.strip()
     if name == "email":
-        queue = actions.channel_queue(identity, "email")
+        queue = queries.actions.channel_queue(identity, "email")
     elif name in _QUEUE_KINDS or (name.startswith("email-") and len(name) > len("email-")):
         queue = name
     else:
@@ -520,13 +470,13 @@ def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> s
 
 
 def _own_queues(identity: Identity) -> set[str]:
-    own = {actions.channel_queue(identity, identity.channel)}
+    own = {queries.actions.channel_queue(identity, identity.channel)}
     if identity.channel == "linkedin":
         own.add(CREDITS)
     for channel in CHANNELS:  # accounts on other channels: settings[channel] = {address, ...}
         nested = (identity.settings or {}).get(channel)
         if isinstance(nested, Mapping) and nested.get("address"):
-            own.add(actions.channel_queue(identity, channel))
+            own.add(queries.actions.channel_queue(identity, channel))
     return own
 
 
