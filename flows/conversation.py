@@ -18,8 +18,9 @@ from prefect.context import FlowRunContext
 from prefect.flow_runs import asuspend_flow_run
 from prefect.states import Cancelled, Failed
 
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.settings import get_settings
+from parley.vocabulary import Status, WaitKind
 from tasks.conversation import (
     advance_step,
     begin_run,

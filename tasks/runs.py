@@ -31,10 +31,10 @@ from prefect.states import Crashed
 from parley.conversation.handshake import WakeUp
 from parley.conversation.lifecycle import Change
 from parley.conversation.operator_views import mask_address
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import utcnow
 from parley.settings import Settings
+from parley.vocabulary import Status
 from tasks.prefect_api import deployment_id, prefect_api, resume
 
 log = logging.getLogger(__name__)

@@ -39,11 +39,11 @@ from prefect.states import Scheduled
 from sqlalchemy import exists, select
 
 from parley.conversation import executor
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
+from parley.vocabulary import Status
 from tasks.prefect_api import deployment_id, prefect_api
 from tasks.runs import ResumeOutcome, create_run, resume_once, start_run
 from tasks.runtime import get_runtime

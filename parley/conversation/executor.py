@@ -22,30 +22,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
-from parley.channels.base import DeliveryStatus, OutboundMessage, SenderIdentity
-from parley.conversation import outbox
+from parley.channels.base import OutboundMessage, SenderIdentity
+from parley.conversation import handoff, outbox, whatsapp_numbers
 from parley.conversation.outbox import SendDropped, SendSuperseded
 from parley.conversation.planner import after_http, plan_failure, plan_step
 from parley.conversation.state_machine import (
-    TERMINAL,
-    TRIGGER_STEP,
     Cursor,
     HttpCall,
     Reply,
     Snapshot,
-    Status,
     Transition,
     Wait,
-    WaitKind,
     check_transition,
-    step_ref,
 )
 from parley.db import queries
 from parley.db.models import Contact, Conversation, Message, utcnow
 from parley.errors import ChannelError, PermanentChannelError
-from parley.outreach import actions, identities
 from parley.retry import provider_may_retry, retrying
 from parley.runtime import Runtime
+from parley.vocabulary import TERMINAL, TRIGGER_STEP, DeliveryStatus, Status, WaitKind, step_ref
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +198,9 @@ async def _sender(
 ) -> SenderIdentity | None:
     """A WhatsApp message goes out from the conversation identity's own number (an outreach
     identity's, not only the installation's): the contact answers the number that wrote."""
-    if contact.channel != identities.WHATSAPP:
+    if contact.channel != whatsapp_numbers.WHATSAPP:
         return None
-    return identities.whatsapp_sender(
+    return whatsapp_numbers.whatsapp_sender(
         await queries.identities.get_identity(session, row.identity_id)
     )
 
@@ -356,7 +351,7 @@ async def _commit_locked(
         await queries.messages.mark_consumed(session, t.consumed_message_id, step)
     if t.action is not None:  # queued in the same transaction as the state change
         contact = await queries.contacts.get_contact(session, row.contact_id)
-        await actions.enqueue(session, row, contact, t.action, step, now)
+        await handoff.enqueue(session, row, contact, t.action, step, now)
         row.action_step = step  # the one action whose outcome this wait takes (not a revisit's)
     await _record_visit(session, row, t, now)
     _apply(row, step, t, lease_seconds, now)
@@ -412,7 +407,7 @@ async def end(
     it ended."""
     _end(row, status, reason)
     await queries.messages.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
-    await actions.skip_held(session, row.id, f"conversation {status.value}: {reason}")
+    await handoff.skip_held(session, row.id, f"conversation {status.value}: {reason}")
     await queries.visits.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from parley.conversation.executor import extend_lease, set_status
-from parley.conversation.state_machine import LIVE, TERMINAL, Status, suspend_key
+from parley.conversation.state_machine import suspend_key
 from parley.db import queries
 from parley.db.models import Conversation
 from parley.inbox_signal import Subscription
 from parley.runtime import Runtime
+from parley.vocabulary import LIVE, TERMINAL, Status
 
 WakeAction = Literal["start", "resume"]
 

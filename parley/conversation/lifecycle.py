@@ -27,12 +27,12 @@ from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
+from parley.conversation import handoff
 from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import TERMINAL, Status
 from parley.db import Database, queries
 from parley.db.models import Conversation, Identity, utcnow
 from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
-from parley.outreach import actions
+from parley.vocabulary import TERMINAL, Status
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")
@@ -149,7 +149,7 @@ async def _actions_released(session: AsyncSession, row: Conversation) -> str:
     same actions, same keys: performed once, in the identity's hours). The row's update is
     flushed first: it takes the row lock the dispatcher holds actions under."""
     await session.flush()
-    released = await actions.release_held(session, row.id)
+    released = await handoff.release_held(session, row.id)
     return f"; {released} held action(s) back in the queue" if released else ""
 
 

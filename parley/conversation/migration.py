@@ -44,10 +44,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign import Campaign, SendNode
 from parley.campaign.registry import campaign_of
 from parley.clock import Clock, SystemClock
-from parley.conversation.state_machine import Status, WaitKind
 from parley.db import Database, queries
 from parley.db.models import Action, CampaignVersion, Conversation
 from parley.errors import InvalidInput, NotFound
+from parley.vocabulary import Status, WaitKind
 
 MIGRATED = "migrated"
 """The outcome of a visit that ended because its conversation moved to another version."""

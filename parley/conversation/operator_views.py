@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from parley.conversation.state_machine import OPERATOR, TERMINAL, Status, Wait, WaitKind
+from parley.conversation.state_machine import OPERATOR, Wait
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Message, NodeVisit
+from parley.vocabulary import TERMINAL, Status, WaitKind
 
 MASK = "•"
 

@@ -20,17 +20,12 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import (
-    SENT_STATUSES,
-    DeliveryStatus,
-    OutboundMessage,
-    SenderIdentity,
-    SendsAs,
-)
+from parley.channels.base import OutboundMessage, SenderIdentity, SendsAs
 from parley.db import queries
 from parley.db.models import Message, utcnow
 from parley.errors import ChannelError, ParleyError, TransientChannelError
 from parley.runtime import Runtime
+from parley.vocabulary import SENT_STATUSES, DeliveryStatus
 
 log = logging.getLogger(__name__)
 

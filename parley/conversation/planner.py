@@ -43,18 +43,14 @@ from parley.campaign import (
 from parley.campaign.model import Node
 from parley.channels.base import OutboundMessage
 from parley.conversation.state_machine import (
-    ACTION_FAILED,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
     ActionIntent,
     HttpCall,
     Reply,
     Snapshot,
-    Status,
     Transition,
     Wait,
-    WaitKind,
 )
+from parley.vocabulary import ACTION_FAILED, ACTION_SKIPPED, ACTION_TAKEN_OVER, Status, WaitKind
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 

@@ -60,24 +60,9 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import (
-    SENT_STATUSES,
-    DeliveryStatus,
-    OutreachAction,
-    SenderIdentity,
-    StatusUpdate,
-)
-from parley.conversation import lifecycle
+from parley.channels.base import OutreachAction, SenderIdentity, StatusUpdate
+from parley.conversation import handoff, lifecycle, whatsapp_numbers
 from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import (
-    ACTION_FAILED,
-    ACTION_SENT,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
-    TERMINAL,
-    Status,
-    WaitKind,
-)
 from parley.db import queries
 from parley.db.engine import PinnedConnection
 from parley.db.models import Action, Conversation, Identity, utcnow
@@ -94,15 +79,22 @@ from parley.errors import (
     Undeliverable,
 )
 from parley.outreach import actions, identities
-from parley.outreach.limits import (
-    CHANNEL_OF,
-    Performed,
-    Proceed,
-    decide,
-    history_needed,
-    learn_retry_after,
-)
+from parley.outreach.limits import Performed, Proceed, decide, history_needed, learn_retry_after
 from parley.runtime import Runtime
+from parley.vocabulary import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
+    CHANNEL_OF,
+    PAUSED,
+    READY,
+    SENT_STATUSES,
+    TERMINAL,
+    DeliveryStatus,
+    Status,
+    WaitKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +280,9 @@ def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     """The account an action on ``channel`` goes out from. An identity is a person's seat on
     its own channel; its other channels' accounts (a LinkedIn seat's mailbox for the email
     fallback) are under ``settings[channel]`` with their own ``address``. WhatsApp: the
-    identity's own number, whatever its channel (``identities.whatsapp_sender``)."""
+    identity's own number, whatever its channel (``whatsapp_numbers.whatsapp_sender``)."""
     if channel == "whatsapp":
-        return identities.whatsapp_sender(identity)
+        return whatsapp_numbers.whatsapp_sender(identity)
     if identity.channel == channel:
         own = {k: v for k, v in identity.settings.items() if not isinstance(v, dict)}
         return SenderIdentity(channel, identity.address, own)
@@ -331,7 +323,7 @@ def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
 async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
     """The pause gate, on the dispatcher's side: a paused conversation's action is not skipped
     (its conversation would take the node's edge as if it had gone out) but held, with its key,
-    until the conversation is released (``actions.release_held``). A campaign's pause holds the
+    until the conversation is released (``handoff.release_held``). A campaign's pause holds the
     conversation here as its run's next step would (``paused_by: campaign``), so the campaign's
     resume releases both. ``row`` is locked: a pause committed after this check finds the
     action on its way, and its outcome is handed to the conversation like any other."""
@@ -346,7 +338,7 @@ async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _
         queries.conversations.touch(row)
     else:
         return False
-    await queries.actions.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
+    await queries.actions.requeue_untried(session, claimed.action_id, PAUSED, reason)
     return True
 
 
@@ -786,7 +778,7 @@ async def _claim_manual(
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
         channel = CHANNEL_OF[kind]  # type: ignore[index]
-        parked = actions.parked_queue_of(identity, channel, kind)
+        parked = queries.actions.parked_queue_of(identity, channel, kind)
         if parked is not None:
             return ManualSend(False, f"{parked} is parked: {identity.parked[parked]}")
         decision = await _decision(session, rt, identity, kind, now, rng or random.Random())
@@ -795,7 +787,7 @@ async def _claim_manual(
         # The sequence's ready actions are held while the hand-sent message is on its way: a
         # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
         # manual send that fails gives them back).
-        await queries.actions.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
+        await queries.actions.hold_ready_actions(session, row.id, PAUSED, HAND_SENDING)
         contact = await queries.contacts.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
@@ -803,12 +795,12 @@ async def _claim_manual(
             channel=channel,
             type=kind,
             payload={
-                "to": actions.recipient(contact, channel),
+                "to": handoff.recipient(contact, channel),
                 "text": text,
                 "subject": subject,
                 "manual": True,
             },
-            queue=actions.READY,
+            queue=READY,
             not_before=now,
             status="running",
             attempts=1,
@@ -842,7 +834,7 @@ async def _give_back_held(session: AsyncSession, conversation_id: int) -> None:
     unless an operator's pause holds the conversation anyway (its resume releases them)."""
     row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status is not Status.PAUSED:
-        await actions.release_held(session, conversation_id)
+        await handoff.release_held(session, conversation_id)
 
 
 async def _take_over(rt: Runtime, conversation_id: int) -> None:

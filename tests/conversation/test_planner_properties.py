@@ -35,15 +35,8 @@ from parley.campaign import (
 )
 from parley.campaign.schema import build_campaign
 from parley.conversation.planner import after_http, plan_failure, plan_step
-from parley.conversation.state_machine import (
-    TERMINAL,
-    Reply,
-    Snapshot,
-    Status,
-    Transition,
-    Wait,
-    WaitKind,
-)
+from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
+from parley.vocabulary import TERMINAL, Status, WaitKind
 from tests.campaign.strategies import campaign_documents
 
 START = datetime(2025, 3, 29, 22, 30, tzinfo=UTC)  # an hour before Madrid's clocks jump

@@ -9,7 +9,8 @@ from typing import Any
 
 from parley.campaign import load_campaign, parse_campaign
 from parley.conversation.planner import plan_step
-from parley.conversation.state_machine import Reply, Snapshot, Status, Transition, Wait, WaitKind
+from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
+from parley.vocabulary import Status, WaitKind
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLLOW_UP = load_campaign(ROOT / "examples/campaigns/follow_up.yaml")

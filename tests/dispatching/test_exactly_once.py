@@ -148,7 +148,8 @@ async def _meta_callback(
         client_ref=record.get("biz_opaque_callback_data"),
         errors=errors,
     )
-    await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), None)
+    batch = parse_webhook(json.dumps(payload).encode())
+    await inbox.store_batch(db, batch, None, settle_action=dispatch.reconcile_status)
 
 
 async def _until(what: str, ready: object, timeout: float = 20) -> None:

@@ -1,4 +1,4 @@
-"""The per-identity dispatcher's scenarios (docs/outreach.md), on SQLite and PostgreSQL:
+"""The per-identity dispatcher's scenarios from the Enginy seed, on SQLite and PostgreSQL:
 outreach conversations queue actions, one identity's dispatcher performs them within its
 working hours and limits, against the loopback LinkedIn gateway and SMTP server, on a driven
 clock. (The Prefect half — the per-identity concurrency slot — is in tasks/dispatch.py.)"""
@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
-from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.channels.email.channel import EmailChannel
@@ -23,11 +21,14 @@ from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, inbox, lifecycle
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.db.models import Action, Identity, utcnow
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from parley.vocabulary import Status, WaitKind
 
 SEQUENCE = """
 name: li-sequence

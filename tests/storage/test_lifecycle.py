@@ -12,19 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, inbox, lifecycle
 from parley.conversation import operator_views as views
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.db.models import Conversation, NodeVisit
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.runtime import Runtime
 from parley.settings import Settings
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import Status, WaitKind
 from tasks.sweep import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch
 
@@ -151,10 +152,9 @@ async def test_a_timer_is_claimed_when_its_time_has_come_not_before_and_by_one_d
 async def test_the_reply_that_arrives_after_a_follow_up_was_planned_stops_it(
     db: Database, rt: Runtime, follow_up: str, fake: FakeWhatsAppAPI, clock: DrivenClock
 ) -> None:
-    """The lead who "replies at the worst possible moment" (docs/campaigns.md): the timeout
-    moved the conversation to the reminder, its step planned the send (intent recorded), then
-    the lead's message is stored — before the provider call. The lead must not get the
-    reminder."""
+    """The seed's "lead replies at the worst possible moment": the timeout moved the
+    conversation to the reminder, its step planned the send (intent recorded), then the lead's
+    message is stored — before the provider call. The lead must not get the reminder."""
     cid = await _started(db, rt, follow_up)
     await _run_until_waiting(rt, cid)
     clock.advance(timedelta(minutes=10))

@@ -32,15 +32,9 @@ from urllib.parse import quote, unquote
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
-from parley.channels.base import (
-    DeliveryStatus,
-    InboundBatch,
-    InboundMessage,
-    InboundRole,
-    JSONDict,
-    StatusUpdate,
-)
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
+from parley.vocabulary import DeliveryStatus
 
 CHANNEL: Final = "email"
 MESSAGE_TYPE: Final = "email"

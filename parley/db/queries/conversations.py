@@ -10,13 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import ACTIVE, Status
 from parley.db.models import (
     Action,
     CampaignVersion,
     Contact,
     Conversation,
-    Direction,
     Identity,
     Message,
     utcnow,
@@ -24,6 +22,7 @@ from parley.db.models import (
 from parley.db.queries._common import get_row
 from parley.db.queries.identities import WHATSAPP, nested_whatsapp_number
 from parley.errors import NotFound
+from parley.vocabulary import ACTIVE, Direction, Status
 
 
 async def lock_conversation(session: AsyncSession, conversation_id: int) -> Conversation:

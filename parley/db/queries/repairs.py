@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import LIVE, TERMINAL, Status
 from parley.db.models import Conversation
 from parley.db.queries.messages import unconsumed
+from parley.vocabulary import LIVE, TERMINAL, Status
 
 
 def repair_due(now: datetime) -> Any:
