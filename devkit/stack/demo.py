@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from parley.conversation import operator_views as views
-from parley.db import Database
-from devkit.stack.dev import RunningStack, bring_up
-from parley.settings import Settings, get_settings
 from devkit.fakes.recording_endpoint import RecordingEndpoint
 from devkit.fakes.whatsapp_user import WhatsAppUser
+from devkit.stack.dev import RunningStack, bring_up
+from parley.conversation import operator_views as views
+from parley.db import Database
+from parley.settings import Settings, get_settings
 from parley.vocabulary import Status
 
 console = Console()

@@ -9,6 +9,13 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.email_payloads import (
+    build_bounce,
+    build_delivery_event,
+    build_inbound_reply,
+    sign_inbound,
+    signed_request,
+)
 from parley.channels.base import InboundRole
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.email.wire import (
@@ -20,13 +27,6 @@ from parley.channels.email.wire import (
     verify_signature,
 )
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
-from devkit.fakes.email_payloads import (
-    build_bounce,
-    build_delivery_event,
-    build_inbound_reply,
-    sign_inbound,
-    signed_request,
-)
 from parley.vocabulary import DeliveryStatus
 
 SECRET = "test-webhook-secret"

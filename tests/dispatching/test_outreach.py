@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.channels.email.channel import EmailChannel
@@ -26,8 +28,6 @@ from parley.db import Database, queries
 from parley.db.models import Action, Identity, utcnow
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
-from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
-from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.vocabulary import Status, WaitKind
 
 SEQUENCE = """

@@ -19,6 +19,7 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
 from sqlalchemy import select, update
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from flows.conversation import conversation
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import OutboundMessage
@@ -29,7 +30,6 @@ from parley.db import Database, queries
 from parley.db.models import Conversation, Message, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.vocabulary import DeliveryStatus, Status
 from tasks import sweep
 from tasks.resume_input import ResumeInput

@@ -9,6 +9,8 @@ import socket
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload, status_error
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
@@ -20,8 +22,6 @@ from parley.inbox_signal import (
     datagram_directory,
 )
 from parley.runtime import Runtime
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
-from devkit.fakes.whatsapp_payloads import build_status_payload, status_error
 from parley.vocabulary import step_ref
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 

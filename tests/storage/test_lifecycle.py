@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
@@ -24,7 +25,6 @@ from parley.db.models import Conversation, NodeVisit
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.runtime import Runtime
 from parley.settings import Settings
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.vocabulary import Status, WaitKind
 from tasks.sweep import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch

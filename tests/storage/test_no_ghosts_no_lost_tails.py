@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
 from parley.db import Database, queries
 from parley.runtime import Runtime
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
-from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.vocabulary import TRIGGER_STEP, Status, step_ref
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 

@@ -8,6 +8,9 @@ import json
 
 import pytest
 
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, inbox
 from parley.conversation import operator_views as views
@@ -15,9 +18,6 @@ from parley.db import Database, queries
 from parley.errors import RateLimited, TransientChannelError
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
-from devkit.fakes.recording_endpoint import RecordingEndpoint
-from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
-from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.vocabulary import step_ref
 from tests.storage.conftest import PHONE_ID, USER, start_conversation
 

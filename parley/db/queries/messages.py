@@ -11,8 +11,8 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.db.models import Message, utcnow
-from parley.db.queries._common import dialect_of, insert_ignoring_conflict, insert_row, rowcount
 from parley.db.notifications import INBOX_CHANNEL
+from parley.db.queries._common import dialect_of, insert_ignoring_conflict, insert_row, rowcount
 from parley.vocabulary import DELIVERY_RANK, DeliveryStatus, Direction, InboundStatus
 
 # Our own claim states: set on purpose by the outbox, never taken from a provider callback.
