@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
@@ -167,7 +168,7 @@ async def _look_again(rt: Runtime, conversation_id: int) -> Cursor:
 async def _actions(db: Database, identity_id: int) -> list[Action]:
     async with db.read() as session:
         rows = await session.execute(
-            queries.select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
+            select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
         )
         return list(rows.scalars())
 

@@ -293,7 +293,7 @@ async def test_email_names_a_linkedin_seats_fallback_mailbox_and_a_typo_is_refus
 
 
 async def _look(rt: Runtime) -> dict[str, int]:
-    from parley import parked  # here: each scenario fails on its own on a main without it
+    from parley.outreach import parked  # here: each scenario fails on its own on a main without it
 
     return dict(await parked.check_parked_queues(rt, EVERY))
 

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from parley.cli import app
@@ -201,7 +202,7 @@ async def test_a_policy_change_makes_only_put_off_actions_due_in_their_order(
     assert by_id[ids["running"]].not_before == later
     async with db.read() as session:
         order = await session.execute(
-            queries.select(Action.id)
+            select(Action.id)
             .where(Action.identity_id == identity_id, Action.status == "queued")
             .where(Action.queue == "ready")
             .order_by(Action.not_before, Action.id)
@@ -213,7 +214,7 @@ async def test_a_policy_change_makes_only_put_off_actions_due_in_their_order(
             ids["backoff"],
         ]
         untouched = await session.execute(
-            queries.select(Action.not_before).where(Action.identity_id == other["id"])
+            select(Action.not_before).where(Action.identity_id == other["id"])
         )
         assert list(untouched.scalars()) == [later]
 
