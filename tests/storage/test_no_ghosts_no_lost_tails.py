@@ -111,7 +111,7 @@ async def test_cancelling_a_conversation_drops_what_it_had_not_sent(
     cursor = await executor.advance(runtime, cid, 0)  # greets, then waits for the name
     await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     assert await handshake.wait_hot(runtime, cid, cursor.step, 0.1)
-    await executor.cancel(runtime, cid, "cancelled by an operator")
+    await executor.mark_cancelled(runtime, cid, "cancelled by an operator")
     after = await executor.advance(runtime, cid, cursor.step)
     assert after.status is Status.CANCELLED
     assert fake.texts_to(USER) == ["Hi, welcome aboard! What's your name?"]

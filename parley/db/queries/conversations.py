@@ -17,7 +17,6 @@ from parley.db.models import (
     Conversation,
     Identity,
     Message,
-    utcnow,
 )
 from parley.db.queries._common import get_row
 from parley.db.queries.identities import WHATSAPP, nested_whatsapp_number
@@ -86,10 +85,6 @@ async def create_conversation(
             raise
         return found, False
     return row, True
-
-
-def touch(conversation: Conversation) -> None:
-    conversation.updated_at = utcnow()
 
 
 def _with_contact_and_campaign() -> Any:
