@@ -19,7 +19,7 @@ from bench.pg import Server
 from bench.procs import CpuMeter
 from bench.report import Report
 from bench.snapshot import root
-from parley.local.processes import Stack, StackError, free_port
+from devkit.stack.processes import Stack, StackError, free_port
 
 DATA_DIR: Final = root() / ".parley" / "bench"
 PREFECT_DB: Final = "prefect_bench"

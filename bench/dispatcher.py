@@ -41,6 +41,7 @@ import httpx
 from sqlalchemy import func, select
 
 from bench.pg import Server
+from devkit.fakes.linkedin_gateway import DEFAULT_API_KEY, FakeLinkedInGateway
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.conversation.http_action import post_json
@@ -49,7 +50,6 @@ from parley.db.migrate import upgrade
 from parley.db.models import Action, Identity
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import DEFAULT_API_KEY, FakeLinkedInGateway
 
 DATABASE = "dispatcher_bench"
 PER_DRAIN = 20  # prefect_adapter.outreach_tick.ACTIONS_PER_IDENTITY_PER_TICK
@@ -141,7 +141,7 @@ class _Gateway:
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         seats = [arg for account in accounts for arg in ("--account", account)]
-        command = [sys.executable, "-m", "parley.testing.linkedin_gateway", "--port", str(port)]
+        command = [sys.executable, "-m", "devkit.fakes.linkedin_gateway", "--port", str(port)]
         self.process = subprocess.Popen(
             [*command, "--no-connection-check", *seats],
             stdout=subprocess.DEVNULL,

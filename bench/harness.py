@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_button_reply_payload, build_text_message_payload
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_button_reply_payload, build_text_message_payload
 
 JSONDict = dict[str, Any]
 

@@ -1,5 +1,5 @@
 """Parley's stack for the benchmark: the real Prefect server (PostgreSQL), the in-process
-worker, the webhook — started by ``parley.local.dev.bring_up`` exactly as ``parley dev`` does,
+worker, the webhook — started by ``devkit.stack.dev.bring_up`` exactly as ``parley dev`` does,
 on free ports, with the loopback Graph API and CRM running in the harness process.
 
 A second webhook process on the same database serves the echo campaign for the replay figure
@@ -21,10 +21,10 @@ from bench.context import PARLEY_DB, Context, Plan
 from bench.harness import Endpoint, FigureError, TimedFake
 from bench.procs import CpuMeter
 from bench.script import ECHO_YAML, ONBOARDING_YAML
-from parley.local.dev import RunningStack, bring_up
-from parley.local.processes import StackError, free_port
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.stack.dev import RunningStack, bring_up
+from devkit.stack.processes import StackError, free_port
 from parley.settings import Settings, get_settings
-from parley.testing.recording_endpoint import RecordingEndpoint
 
 
 @dataclass

@@ -34,8 +34,8 @@ from bench.peers import naive_prefect
 from bench.peers.common import PeerArgs
 from bench.procs import Service, environment, http_ok, python_module, spawn, wait_until
 from bench.script import echo_turn
-from parley.local.processes import free_port
-from parley.testing.recording_endpoint import RecordingEndpoint
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.stack.processes import free_port
 
 
 @contextmanager

@@ -212,7 +212,7 @@ class InProcessRuns:
 async def end_conversation_of(run: FlowRun) -> None:
     conversation_id = run.parameters.get("conversation_id")
     if isinstance(conversation_id, int):  # a no-op for a conversation already ended
-        await executor.cancel(await get_runtime(), conversation_id, "cancelled in Prefect")
+        await executor.mark_cancelled(await get_runtime(), conversation_id, "cancelled in Prefect")
 
 
 def _import_flow(entrypoint: str, flow_name: str) -> Flow[..., Any]:

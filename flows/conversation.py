@@ -18,7 +18,8 @@ from prefect.context import FlowRunContext
 from prefect.flow_runs import asuspend_flow_run
 from prefect.states import Cancelled, Failed
 
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
+from parley.vocabulary import Status, WaitKind
 from prefect_adapter.composition import get_runtime, get_settings, keep_lease
 from prefect_adapter.outages import riding_out_outages
 from prefect_adapter.resume_form import resume_form

@@ -2,7 +2,8 @@
 
 On PostgreSQL the enqueuing transaction sends ``NOTIFY parley_actions, '<identity id>'``
 (``parley.db.queries.notify_action_ready``; delivered on commit, never for a rolled-back
-enqueue), and a dispatcher process keeps one ``LISTEN`` connection: its tick loop waits on it
+enqueue), and a dispatcher process keeps one ``LISTEN`` connection
+(``parley.db.notifications.Listener``, the inbox's kind): its tick loop waits on it
 instead of sleeping. On SQLite, and whenever the listener is down, the loop sleeps the tick as
 before. Either way the queue is the truth: a notification only says "look now", so a lost one
 costs at most a tick.
@@ -13,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
-import asyncpg
 from sqlalchemy.engine import make_url
+
+from parley.db.notifications import ACTIONS_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "parley_actions"
+CHANNEL = ACTIONS_CHANNEL
 
 
 class ActionSignal(Protocol):
@@ -47,43 +49,29 @@ class PostgresActionSignal:
     tick then looks at every identity with due actions)."""
 
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
         self._told = asyncio.Event()
-        self._connection: Any = None
-        self._lock = asyncio.Lock()
+        self._listener = Listener(
+            database_url,
+            CHANNEL,
+            on_notify=self._on_notify,
+            on_lost=self._on_lost,
+            fallback="sleeping the tick instead",
+        )
 
     @property
     def listening(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed()
+        return self._listener.listening
 
-    async def _ensure_listening(self) -> bool:
-        if self.listening:
-            return True
-        async with self._lock:
-            if self.listening:
-                return True
-            try:
-                connection = await asyncpg.connect(self._dsn, timeout=10)
-                await connection.add_listener(CHANNEL, self._on_notify)
-                connection.add_termination_listener(self._on_lost)
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                log.warning("LISTEN %s unavailable (%r); sleeping the tick instead", CHANNEL, exc)
-                self._connection = None
-                return False
-            self._connection = connection
-            return True
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+    def _on_notify(self, _payload: str) -> None:
         self._told.set()  # the payload (the identity) is for operators' psql; the tick looks at all
 
-    def _on_lost(self, _conn: object) -> None:
+    def _on_lost(self) -> None:
         """Notifications sent while nobody listened are gone: look now, reconnect next wait."""
         log.warning("LISTEN %s connection lost; the dispatcher looks now", CHANNEL)
         self._told.set()
 
     async def wait(self, timeout: float) -> bool:
-        if not await self._ensure_listening():
+        if not await self._listener.ensure_listening():
             await asyncio.sleep(timeout)
             return False
         with contextlib.suppress(TimeoutError):
@@ -93,10 +81,7 @@ class PostgresActionSignal:
         return told
 
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await connection.close()
+        await self._listener.close()
 
 
 def action_signal_for(database_url: str) -> ActionSignal:

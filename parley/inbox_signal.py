@@ -1,8 +1,9 @@
 """Waking a hot conversation the moment its message is stored.
 
 On PostgreSQL the inbox insert sends ``NOTIFY parley_inbox, '<conversation id>'`` in the same
-transaction (delivered on commit), and each worker process keeps one ``LISTEN`` connection that
-wakes the waiting run; whenever the listener is down, waiting falls back to polling. On SQLite
+transaction (delivered on commit), and each worker process keeps one ``LISTEN`` connection
+(``parley.db.notifications.Listener``, the dispatcher's kind) that wakes the waiting run;
+whenever the listener is down, waiting falls back to polling. On SQLite
 (one machine) the webhook sends a Unix datagram to each worker after its commit
 (``DatagramSignal``), on top of polling the inbox every ``hot_poll_seconds``. Either way the
 inbox is the truth: a notification only says "look now".
@@ -23,14 +24,15 @@ import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import asyncpg
 from sqlalchemy.engine import make_url
+
+from parley.db.notifications import INBOX_CHANNEL, Listener
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "parley_inbox"
+CHANNEL = INBOX_CHANNEL
 
 
 class Subscription(Protocol):
@@ -150,37 +152,24 @@ class PostgresSignal(_Waiters):
         trusted_seconds: float = 5.0,
     ) -> None:
         super().__init__()
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
         self.fallback = fallback_poll_seconds
         self.trusted_seconds = trusted_seconds
-        self._connection: Any = None
-        self._lock = asyncio.Lock()
+        self._listener = Listener(
+            database_url,
+            CHANNEL,
+            on_notify=self._tell,
+            on_lost=self._on_lost,
+            fallback="polling instead",
+        )
 
     @property
     def listening(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed()
+        return self._listener.listening
 
     async def ensure_listening(self) -> bool:
-        if self.listening:
-            return True
-        async with self._lock:
-            if self.listening:
-                return True
-            try:
-                self._connection = await asyncpg.connect(self._dsn)
-                await self._connection.add_listener(CHANNEL, self._on_notify)
-                self._connection.add_termination_listener(self._on_lost)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("LISTEN %s unavailable (%r); polling instead", CHANNEL, exc)
-                self._connection = None
-                return False
-            return True
+        return await self._listener.ensure_listening()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._tell(payload)
-
-    def _on_lost(self, _conn: object) -> None:
+    def _on_lost(self) -> None:
         """Notifications sent while nobody listened are gone: everyone looks now."""
         log.warning("LISTEN %s connection lost; waiters look at their inbox", CHANNEL)
         for waiters in self._waiters.values():
@@ -188,9 +177,7 @@ class PostgresSignal(_Waiters):
                 told.event.set()
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        await self._listener.close()
 
 
 # --- SQLite: one machine, so a datagram is enough ----------------------------------------------

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     linkedin_gateway_url: str | None = Field(
         default=None,
-        description="The LinkedIn gateway (see README: the gateway contract); unset: no "
+        description="The LinkedIn gateway (see docs/outreach.md: the gateway contract); unset: no "
         "LinkedIn actions in this process.",
     )
     linkedin_api_key: SecretStr = SecretStr("")

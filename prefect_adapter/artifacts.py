@@ -4,8 +4,8 @@ suspends, so whoever opens the run sees where it stands while no process holds i
 
 Each publication is a new version under the same key (the UI shows the latest). Its size is
 bounded: the last ``ARTIFACT_MESSAGES`` messages and steps, read with ``LIMIT`` queries, so a
-2,000-message conversation costs what a 50-message one does (DESIGN rule 5). The contact's
-address is masked as in run names; message texts are shown as written.
+2,000-message conversation costs what a 50-message one does (docs/architecture.md, rule 5).
+The contact's address is masked as in run names; message texts are shown as written.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ action of an identity at a time.
 slot, visible on the UI's Concurrency page), held for the tick by
 ``prefect_adapter.concurrency_slots`` (strict: an identity without its limit is not worked). An
 identity whose slot another dispatcher run or host holds is skipped this tick.
+
+An action's outcome wakes its conversation by its own path: once the outcome is committed, the
+suspended run waiting for it is resumed (``resume_after_outcome``), beside the drains, as the
+webhook resumes a run after storing a message. The repair's ``owed_a_look`` is only the safety
+net for a resume that was lost.
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ import logging
 import random
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 
 from parley.action_signal import ActionSignal, action_signal_for
+from parley.conversation.handshake import WakeUp
 from parley.db import queries
 from parley.outreach import dispatch, parked
 from parley.runtime import Runtime
 from prefect_adapter.concurrency_slots import HeldSlots, identity_slots
+from prefect_adapter.runs import PREFECT_UNAVAILABLE, ResumeRejected, resume_run
 
 log = logging.getLogger(__name__)
 
 IDENTITIES_PER_TICK = 200
 PARALLEL_IDENTITIES = 10
 ACTIONS_PER_IDENTITY_PER_TICK = 20
+OUTCOME_RESUME_SECONDS = 5.0
+"""How long the resume after an outcome retries a run Prefect has not paused yet (it marked
+itself suspended a moment ago); past that, the repair's look resumes it."""
 _rng = random.Random()
 _signal: ActionSignal | None = None
 
@@ -48,19 +59,65 @@ async def outreach_tick(rt: Runtime, *, parallel: int = PARALLEL_IDENTITIES) -> 
         )
     if not identity_ids:
         return Counter()
-    async with identity_slots(identity_ids) as held:
-        totals: Counter[str] = Counter({"identity busy elsewhere": len(held.busy_elsewhere)})
-        gate = asyncio.Semaphore(parallel)
+    resumes = _Resumes(rt)
+    try:
+        async with identity_slots(identity_ids) as held:
+            totals: Counter[str] = Counter({"identity busy elsewhere": len(held.busy_elsewhere)})
+            gate = asyncio.Semaphore(parallel)
 
-        async def one(identity_id: int) -> None:
-            async with gate:
-                totals.update(await _drain(rt, identity_id, held))
+            async def one(identity_id: int) -> None:
+                async with gate:
+                    totals.update(await _drain(rt, identity_id, held, resumes.start))
 
-        await asyncio.gather(*(one(identity_id) for identity_id in held.identity_ids))
+            await asyncio.gather(*(one(identity_id) for identity_id in held.identity_ids))
+    finally:
+        await resumes.finished()
     return +totals
 
 
-async def _drain(rt: Runtime, identity_id: int, held: HeldSlots) -> Counter[str]:
+async def resume_after_outcome(rt: Runtime, wakeup: WakeUp) -> None:
+    """The outreach outcome's own wake: right after the dispatcher committed an action's
+    outcome for a conversation whose run is suspended, resume that run (as
+    ``prefect_adapter.runs.wake`` does after the webhook stored a message). Whatever fails here
+    the repair's ``owed_a_look`` finishes: the outcome and the row's wake request are committed
+    already."""
+    if wakeup.flow_run_id is None:
+        return
+    try:
+        await resume_run(
+            rt.db,
+            wakeup.conversation_id,
+            wakeup.flow_run_id,
+            give_up_after=OUTCOME_RESUME_SECONDS,
+            reason="action",
+        )
+    except (*PREFECT_UNAVAILABLE, ResumeRejected) as exc:
+        log.warning(
+            "conversation %s: resume after its action's outcome failed (%r); the repair will",
+            wakeup.conversation_id,
+            exc,
+        )
+
+
+class _Resumes:
+    """The resumes a tick's outcomes owe, each started once its outcome committed and run
+    beside the drains (a resume may retry for a moment, the identity's slot is not held up
+    for it); the tick ends once they have."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.running: list[asyncio.Task[None]] = []
+
+    async def start(self, wakeup: WakeUp) -> None:
+        self.running.append(asyncio.create_task(resume_after_outcome(self.rt, wakeup)))
+
+    async def finished(self) -> None:
+        await asyncio.gather(*self.running, return_exceptions=True)
+
+
+async def _drain(
+    rt: Runtime, identity_id: int, held: HeldSlots, wake: dispatch.WakeRun
+) -> Counter[str]:
     """One identity's due actions while its slot is held; its trouble never stops the others."""
     if held.expiring() or rt.stopping:
         return Counter({"identity left for the next tick": 1})
@@ -71,6 +128,7 @@ async def _drain(rt: Runtime, identity_id: int, held: HeldSlots) -> Counter[str]
             _rng,
             limit=ACTIONS_PER_IDENTITY_PER_TICK,
             stopping=lambda: rt.stopping or held.expiring(),
+            wake=wake,
         )
     except Exception as exc:
         log.warning("identity %s: outreach tick failed: %r", identity_id, exc)
@@ -86,6 +144,7 @@ async def recover_abandoned_actions(rt: Runtime, older_than: timedelta) -> int:
     recovered = await dispatch.recover_abandoned(rt, older_than)
     if recovered.total:
         log.warning("abandoned or uncertain actions: %s", recovered)
+    await dispatch.wake_runs(partial(resume_after_outcome, rt), list(recovered.owed))
     return recovered.total
 
 

@@ -37,11 +37,12 @@ from prefect.states import Scheduled
 from sqlalchemy import exists, select
 
 from parley.conversation import executor
-from parley.conversation.state_machine import Status
+from parley.conversation import row as conversation_row
 from parley.db import Database, queries
 from parley.db.models import Conversation, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
+from parley.vocabulary import Status
 from prefect_adapter.client import deployment_id, prefect_api
 from prefect_adapter.runs import ResumeOutcome, create_run, resume_once, start_run
 
@@ -117,6 +118,8 @@ async def claim_work(
     async with rt.db.transaction() as session:
         for kind, condition in _conditions(settings, now, rt.clock.now(), trust_leases).items():
             rows = await queries.repairs.claim_for_repair(session, condition, now, BATCH)
+            for row in rows:
+                conversation_row.claimed_for_repair(row, now)
             repairs += [Repair(kind, row.id, row.flow_run_id) for row in rows]
     return SweepWork(tuple(dict.fromkeys(repairs)))
 
@@ -225,7 +228,7 @@ async def _end_run(rt: Runtime, conversation_id: int, run_id: str) -> str:
             return "waiting for its pause"
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
-        row.wake_requested_at = None
+        conversation_row.clear_wake(row)
     return "ended"
 
 
@@ -286,8 +289,7 @@ async def _reschedule(ctx: _Context) -> str:
         current = await ctx.client.read_flow_run(ctx.run.id)
         if current.state is None or current.state.id != state.id:
             return "moved on"
-        row.recoveries += 1
-        if row.recoveries > MAX_RECOVERIES:
+        if conversation_row.count_recovery(row) > MAX_RECOVERIES:
             exhausted = f"its run kept failing ({MAX_RECOVERIES} recoveries): {state.message}"
         else:
             exhausted = None
@@ -322,7 +324,9 @@ def _still_alive(ctx: _Context, row: Conversation) -> str | None:
 
 
 async def _cancel(ctx: _Context) -> str:
-    await executor.cancel(ctx.rt, ctx.conversation_id, "its flow run was cancelled in Prefect")
+    await executor.mark_cancelled(
+        ctx.rt, ctx.conversation_id, "its flow run was cancelled in Prefect"
+    )
     if ctx.run.state is not None and ctx.run.state.type == StateType.CANCELLING:
         from prefect.states import Cancelled
 
@@ -360,8 +364,7 @@ async def _rehome(rt: Runtime, settings: Settings, conversation_id: int, why: st
     carries on from the current step."""
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
-        row.recoveries += 1
-        attempt = row.recoveries
+        attempt = conversation_row.count_recovery(row)
     run_id = await create_run(rt.db, settings, conversation_id, attempt=attempt)
     log.warning("conversation %s: %s; new flow run %s", conversation_id, why, run_id)
     return "rehomed"
@@ -370,12 +373,10 @@ async def _rehome(rt: Runtime, settings: Settings, conversation_id: int, why: st
 async def _repaired(db: Database, conversation_id: int) -> None:
     async with db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
-        row.repair_after, row.repair_failures = None, 0
+        conversation_row.repair_succeeded(row)
 
 
 async def _back_off(db: Database, conversation_id: int) -> None:
     async with db.transaction() as session:
-        row: Conversation = await queries.conversations.lock_conversation(session, conversation_id)
-        row.repair_failures += 1
-        delay = min(REPAIR_BACKOFF_CAP, 2.0**row.repair_failures)
-        row.repair_after = utcnow() + timedelta(seconds=delay)
+        row = await queries.conversations.lock_conversation(session, conversation_id)
+        conversation_row.repair_failed(row, REPAIR_BACKOFF_CAP)

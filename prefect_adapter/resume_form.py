@@ -34,7 +34,7 @@ RESPONSE_PREFIX = "suspended-wait-"
 class ResumeInput(RunInput):
     """Why the run was woken."""
 
-    reason: Literal["message", "timer", "operator", "signal", "sweep"] = "message"
+    reason: Literal["message", "timer", "operator", "signal", "sweep", "action"] = "message"
     conversation_id: int | None = None
 
 

@@ -28,13 +28,13 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import NotPausedError, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
+from parley.conversation import row as conversation_row
 from parley.conversation.handshake import WakeUp
 from parley.conversation.lifecycle import Change
 from parley.conversation.operator_views import mask_address
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
-from parley.db.models import utcnow
 from parley.settings import Settings
+from parley.vocabulary import Status
 from prefect_adapter.client import deployment_id, prefect_api, resume
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ async def create_run(
     async with db.transaction() as session:
         conv = await queries.conversations.lock_conversation(session, conversation_id)
         if conv.flow_run_id is None or attempt:
-            conv.flow_run_id = str(run.id)
-            conv.handed_over_at = utcnow()
-            queries.conversations.touch(conv)
+            conversation_row.run_created(conv, str(run.id))
     log.info("flow run %s for conversation %s", run.id, conversation_id)
     return str(run.id)
 
@@ -175,7 +173,7 @@ async def _handed_over(db: Database, conversation_id: int, retries: int) -> None
     async with db.transaction() as session:
         conv = await queries.conversations.lock_conversation(session, conversation_id)
         if conv.status == Status.SUSPENDED:
-            conv.handed_over_at = utcnow()
+            conversation_row.handed_over(conv)
         if retries:
             await queries.webhook_events.record_webhook_event(
                 session,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.local.processes import free_port, prefect_env
+from devkit.stack.processes import free_port, prefect_env
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="parley-tests-"))
 PREFECT_PORT = free_port()
@@ -28,9 +28,9 @@ os.environ.setdefault("PARLEY_DATA_DIR", str(SESSION_DIR / "data"))
 # a used-up schedule refilled without waiting a minute (tests/e2e/test_prefect_scheduler.py).
 os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
 
+from devkit.stack.processes import Stack  # noqa: E402
 from parley.db import Database  # noqa: E402
 from parley.db.migrate import upgrade  # noqa: E402
-from parley.local.processes import Stack  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("PARLEY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -102,7 +102,8 @@ async def db(database_factory: object, backend: str) -> AsyncIterator[Database]:
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """One real Prefect server per test session, on PostgreSQL: on SQLite it locks up under the
-    concurrent load of several stacks (DESIGN), which made slow tests look like failures."""
+    concurrent load of several stacks (docs/architecture.md), which made slow tests look like
+    failures."""
     name = f"prefect_{RUN_ID}"
     _psql(f"CREATE DATABASE {name}")
     stack = Stack(SESSION_DIR)

@@ -28,6 +28,7 @@ from parley.errors import (
     TransitionNotAllowed,
 )
 from parley.inbox_signal import announce_stored, datagram_directory
+from parley.outreach import dispatch
 from parley.settings import Settings
 from prefect_adapter.runs import wake
 
@@ -135,7 +136,11 @@ async def store_and_wake(
     """Store every message once, then — after the 200 has gone out — start or resume the runs
     that are owed it (the dispatcher does whatever that does not finish)."""
     result = await inbox.store_batch(
-        db, batch, campaign_name, own_number=settings.whatsapp_phone_number_id
+        db,
+        batch,
+        campaign_name,
+        own_number=settings.whatsapp_phone_number_id,
+        settle_action=dispatch.reconcile_status,  # a status callback of an outreach action
     )
     announce_stored(datagram_directory(db.url), result.received)  # SQLite; PostgreSQL NOTIFYs
     for wakeup in result.wakeups:

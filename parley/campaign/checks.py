@@ -29,8 +29,9 @@ from parley.campaign.templates import (
     render_url,
     secret_names,
 )
-from parley.channels.base import REPLY_ID_MAX_LENGTH, Capabilities
+from parley.channels.base import Capabilities
 from parley.channels.catalog import CAPABILITIES
+from parley.vocabulary import REPLY_ID_MAX_LENGTH
 
 __all__ = ["Draft", "Link", "Problem", "RawChoices", "RawNode", "find_problems"]
 

@@ -11,11 +11,11 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator
 
+from parley.vocabulary import NODE_ID_MAX_LENGTH
+
 VARIABLE_PATTERN: Final = r"[A-Za-z_][A-Za-z0-9_]*"
 ENV_PATTERN: Final = r"[A-Z_][A-Z0-9_]*"
 SECRET_PATTERN: Final = r"[a-z0-9]+(?:-[a-z0-9]+)*"
-NODE_ID_MAX_LENGTH: Final = 100
-"""A conversation stores its current node id; longer ids could not be stored."""
 
 _VARIABLE = re.compile(VARIABLE_PATTERN)
 _ENV = re.compile(ENV_PATTERN)

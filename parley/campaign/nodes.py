@@ -44,20 +44,12 @@ from parley.campaign.durations import (
 from parley.campaign.expressions import Expression, parse_expression
 from parley.campaign.names import NodeId, VariableName
 from parley.campaign.templates import placeholders, render
+from parley.vocabulary import ActionType
 
 DEFAULT_RETRY: Final = "Sorry, I didn't get that. Please try again."
 DEFAULT_REPLY_TIMEOUT: Final = timedelta(days=14)
 
 Validation = Literal["text", "email", "choices"]
-OutreachActionType = Literal[
-    "email",
-    "linkedin_message",
-    "linkedin_connection",
-    "linkedin_inmail",
-    "linkedin_profile_visit",
-    "whatsapp_template",
-]
-"""The action types an identity's dispatcher performs (``parley.outreach.limits.ActionType``)."""
 FieldKind = Literal["text", "number", "datetime", "bool"]
 Weekday = Annotated[str, BeforeValidator(parse_weekday)]
 ClockTime = Annotated[dt.time, BeforeValidator(parse_clock)]
@@ -113,7 +105,7 @@ class SendNode(_NodeBase):
 
     type: Literal["send"] = "send"
     text: str = ""
-    action: OutreachActionType | None = None
+    action: ActionType | None = None
     subject: str | None = None  # an email's subject
     template: str | None = None  # a WhatsApp template's name; ``text`` fills its one parameter
 

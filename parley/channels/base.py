@@ -17,34 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 JSONDict = dict[str, Any]
 """A decoded JSON object, as providers send it and as we store payloads."""
 
-REPLY_ID_MAX_LENGTH = 255
-"""The longest reply-button id Parley stores; campaigns may not define longer ones."""
-
-
-class DeliveryStatus(StrEnum):
-    """Where an outbound message stands. Only the last four come from providers."""
-
-    PENDING = "pending"  # intent recorded, not handed to the provider yet
-    SENDING = "sending"  # one execution claimed it; the provider may or may not have it
-    DROPPED = "dropped"  # never sent on purpose: its conversation ended or moved on first
-    SENT = "sent"
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"
-
-
-SENT_STATUSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.READ})
-# Statuses only move forward: a late "sent" callback never overwrites "read".
-DELIVERY_RANK: Mapping[DeliveryStatus, int] = {
-    DeliveryStatus.PENDING: 0,
-    DeliveryStatus.SENDING: 1,
-    DeliveryStatus.DROPPED: 1,
-    DeliveryStatus.SENT: 2,
-    DeliveryStatus.DELIVERED: 3,
-    DeliveryStatus.READ: 4,
-    DeliveryStatus.FAILED: 5,
-}
-
 
 class InboundRole(StrEnum):
     """What an inbound message can do in a conversation."""
@@ -119,7 +91,8 @@ class OutboundMessage:
     buttons: tuple[tuple[str, str], ...] = ()
 
     def payload(self) -> JSONDict:
-        """The small record stored with the send intent (rule 5: no transcripts)."""
+        """The small record stored with the send intent (no transcripts: durability rule 5,
+        docs/architecture.md)."""
         if self.buttons:
             return {"type": "interactive", "buttons": [list(b) for b in self.buttons]}
         return {"type": "text"}

@@ -46,7 +46,7 @@ FakeProviders = Annotated[
 @app.command()
 def dev(fake_providers: FakeProviders = None) -> None:
     """Run the stack for local work: Prefect server, worker, webhook (Ctrl-C stops it)."""
-    from parley.local.dev import run_dev
+    from devkit.stack.dev import run_dev
 
     raise typer.Exit(run_dev(get_settings(), fake_providers=fake_providers))
 
@@ -58,7 +58,7 @@ def chat(
     ] = None,
 ) -> None:
     """Be the contact: type messages into a running `parley dev` and read the bot's answers."""
-    from parley.local.chat import run_chat
+    from devkit.stack.chat import run_chat
 
     raise typer.Exit(run_chat(get_settings(), phone))
 
@@ -68,7 +68,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
 ) -> None:
     """Start the whole stack on embedded defaults and play three WhatsApp users through it."""
-    from parley.local.demo import run_demo
+    from devkit.stack.demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
 
@@ -82,7 +82,7 @@ def outreach_demo(
 ) -> None:
     """The outreach campaign for N leads on one LinkedIn seat, on a running `parley dev` (or a
     stack it starts): visits, capped connection requests, a reply that stops a sequence."""
-    from parley.local.outreach_demo import run_outreach_demo
+    from devkit.stack.outreach_demo import run_outreach_demo
 
     raise typer.Exit(run_outreach_demo(leads=leads, keep=keep))
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from parley.cli.common import EXIT_REFUSED, AsJson, console, err_console, print_json, run_with_db
 from parley.conversation import lifecycle, operator_views
 from parley.conversation.lifecycle import Change
-from parley.conversation.state_machine import Status
+from parley.vocabulary import Status
 
 conversations_app = typer.Typer(
     help="Inspect conversations; pause, resume, cancel, retry, signal them.",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,30 +22,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign import Campaign, render_secrets
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
-from parley.channels.base import DeliveryStatus, OutboundMessage, SenderIdentity
-from parley.conversation import outbox
+from parley.channels.base import OutboundMessage, SenderIdentity
+from parley.conversation import handoff, outbox, whatsapp_numbers
+from parley.conversation import row as conversation_row
 from parley.conversation.outbox import SendDropped, SendSuperseded
 from parley.conversation.planner import after_http, plan_failure, plan_step
 from parley.conversation.state_machine import (
-    TERMINAL,
-    TRIGGER_STEP,
     Cursor,
     HttpCall,
     Reply,
     Snapshot,
-    Status,
     Transition,
     Wait,
-    WaitKind,
-    check_transition,
-    step_ref,
 )
 from parley.db import queries
-from parley.db.models import Contact, Conversation, Message, utcnow
+from parley.db.models import Contact, Conversation, Message
 from parley.errors import ChannelError, PermanentChannelError
-from parley.outreach import actions, identities
 from parley.retry import provider_may_retry, retrying
 from parley.runtime import Runtime
+from parley.vocabulary import TERMINAL, TRIGGER_STEP, DeliveryStatus, Status, WaitKind, step_ref
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +55,18 @@ def cursor_of(row: Conversation) -> Cursor:
     return Cursor(row.id, row.step, Status(row.status), row.current_node, wait_of(row))
 
 
-def extend_lease(row: Conversation, seconds: float) -> None:
-    row.lease_until = utcnow() + timedelta(seconds=seconds)
-
-
 async def begin_run(rt: Runtime, conversation_id: int, flow_run_id: str | None) -> Cursor:
     """A run (new, resumed or rescheduled after a crash) takes the conversation over. A paused
     one stays paused: the run only comes to suspend again until someone resumes it."""
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status in TERMINAL:
-            row.wake_requested_at = None  # it ended from outside: the run only finishes
+            conversation_row.clear_wake(row)  # it ended from outside: the run only finishes
             return cursor_of(row)
-        if row.status is not Status.PAUSED:
-            set_status(row, Status.RUNNING)
-        if flow_run_id:
-            row.flow_run_id = flow_run_id
-        if row.node_entered_at is None:  # its first run: the start node is entered now
-            row.node_entered_at = rt.clock.now()
-            await queries.visits.open_visit(session, row, row.current_node, row.node_entered_at)
-        extend_lease(row, rt.lease_seconds)
-        row.handed_over_at = None  # taken over: the dispatcher's handover watch ends here
-        row.wake_requested_at = None
-        row.repair_after, row.repair_failures = None, 0
-        queries.conversations.touch(row)
+        now = rt.clock.now()
+        if conversation_row.take_over(row, flow_run_id, rt.lease_seconds, now):
+            await queries.visits.open_visit(session, row, row.current_node, now)
         return cursor_of(row)
-
-
-def set_status(row: Conversation, status: Status) -> None:
-    """Every status change goes through the state machine's table."""
-    check_transition(Status(row.status), status, row.id)
-    row.status = status
 
 
 async def run_step(rt: Runtime, conversation_id: int, step: int) -> Cursor:
@@ -162,7 +138,7 @@ class PlannedStep:
 
 
 async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cursor:
-    """The first half of a step, in one transaction: the activeToll (a paused conversation or
+    """The first half of a step, in one transaction: the pause gate (a paused conversation or
     campaign stops here), then the plan and its send intent. A cursor means nothing to do."""
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
@@ -171,8 +147,7 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
         if row.status is Status.PAUSED or await _campaign_paused(session, row):
             # A step of its own: the cached result of step n must not say "paused" to the run
             # that is resumed later and asks for step n again.
-            row.step += 1
-            queries.conversations.touch(row)
+            conversation_row.step_held(row)
             return cursor_of(row)
         campaign = await rt.campaigns.get(session, row.campaign_version_id)
         contact = await queries.contacts.get_contact(session, row.contact_id)
@@ -203,9 +178,9 @@ async def _sender(
 ) -> SenderIdentity | None:
     """A WhatsApp message goes out from the conversation identity's own number (an outreach
     identity's, not only the installation's): the contact answers the number that wrote."""
-    if contact.channel != identities.WHATSAPP:
+    if contact.channel != whatsapp_numbers.WHATSAPP:
         return None
-    return identities.whatsapp_sender(
+    return whatsapp_numbers.whatsapp_sender(
         await queries.identities.get_identity(session, row.identity_id)
     )
 
@@ -242,13 +217,11 @@ def _unchanged(s: Snapshot) -> Transition:
 
 
 async def _campaign_paused(session: AsyncSession, row: Conversation) -> bool:
-    """The activeToll's second half: a paused campaign holds each conversation at its next
+    """The pause gate's second half: a paused campaign holds each conversation at its next
     node; ``paused_by`` says the campaign's resume may release it (an operator's may not)."""
     if not await queries.campaigns.campaign_held(session, row.campaign_version_id):
         return False
-    set_status(row, Status.PAUSED)
-    row.paused_by = "campaign"
-    queries.conversations.touch(row)
+    conversation_row.pause(row, by="campaign")
     return True
 
 
@@ -356,10 +329,10 @@ async def _commit_locked(
         await queries.messages.mark_consumed(session, t.consumed_message_id, step)
     if t.action is not None:  # queued in the same transaction as the state change
         contact = await queries.contacts.get_contact(session, row.contact_id)
-        await actions.enqueue(session, row, contact, t.action, step, now)
-        row.action_step = step  # the one action whose outcome this wait takes (not a revisit's)
+        await handoff.enqueue(session, row, contact, t.action, step, now)
+        conversation_row.expect_action(row, step)
     await _record_visit(session, row, t, now)
-    _apply(row, step, t, lease_seconds, now)
+    conversation_row.step_taken(row, step, t, lease_seconds, now)
 
 
 async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | None:
@@ -385,13 +358,14 @@ async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | N
     return successor.id
 
 
-async def cancel(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
-    """End a conversation from outside (the Prefect UI, an operator): nothing more is sent —
-    its intents that have not gone out are dropped."""
+async def mark_cancelled(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
+    """Its run was cancelled (in the Prefect UI): the row says cancelled and nothing more is
+    sent — its intents that have not gone out are dropped. (An operator's command is
+    ``lifecycle.cancel``.)"""
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
-            await end(session, row, Status.CANCELLED, reason, rt.clock.now())
+            await end_from_outside(session, row, Status.CANCELLED, reason, rt.clock.now())
         return cursor_of(row)
 
 
@@ -400,30 +374,20 @@ async def mark_failed(rt: Runtime, conversation_id: int, reason: str) -> Cursor:
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status not in TERMINAL:
-            await end(session, row, Status.FAILED, reason, rt.clock.now())
+            await end_from_outside(session, row, Status.FAILED, reason, rt.clock.now())
         return cursor_of(row)
 
 
-async def end(
+async def end_from_outside(
     session: AsyncSession, row: Conversation, status: Status, reason: str, now: datetime
 ) -> None:
     """End the (locked) conversation from outside its run: its unsent intents (and the actions
     held while it was paused) are dropped, never sent later, and its node visit closed with how
     it ended."""
-    _end(row, status, reason)
+    conversation_row.end(row, status, reason)
     await queries.messages.drop_unsent(session, row.id, f"conversation {status.value}: {reason}")
-    await actions.skip_held(session, row.id, f"conversation {status.value}: {reason}")
+    await handoff.skip_held(session, row.id, f"conversation {status.value}: {reason}")
     await queries.visits.close_visit(session, row.id, at=now, outcome=status.value, error=reason)
-
-
-def _end(row: Conversation, status: Status, reason: str) -> None:
-    set_status(row, status)
-    row.paused_by = None
-    row.last_error = reason[:2000]
-    row.ended_at = utcnow()
-    row.lease_until = None
-    row.handed_over_at = None
-    queries.conversations.touch(row)
 
 
 async def _record_visit(
@@ -447,37 +411,6 @@ async def _record_visit(
         )
 
 
-def _apply(
-    row: Conversation, step: int, t: Transition, lease_seconds: float, now: datetime
-) -> None:
-    """Write step ``step``'s transition into the (locked) row. An operator's pause that came
-    in while the step ran stands: the run stops at the next node."""
-    if t.wait and (row.waiting_for != t.wait.kind or row.current_node != t.current_node):
-        row.waiting_since = now
-    if t.entered:
-        row.node_entered_at = now
-    row.current_node = t.current_node
-    row.variables = t.variables
-    row.attempts = t.attempts
-    row.waiting_for = t.wait.kind if t.wait else None
-    row.wake_at = t.wait.until if t.wait else None
-    row.node_done = t.node_done
-    row.follow_up = t.follow_up
-    row.task_result = dict(t.task_result) if t.task_result is not None else None
-    if not (row.status is Status.PAUSED and t.status is Status.RUNNING):
-        set_status(row, t.status)
-    row.step = step + 1
-    row.recoveries = 0  # it made a step: earlier failures of its runs were not consecutive
-    if t.error is not None:
-        row.last_error = t.error[:2000]
-    if t.status in TERMINAL:
-        row.ended_at = utcnow()
-        row.lease_until = None
-    else:
-        extend_lease(row, lease_seconds)
-    queries.conversations.touch(row)
-
-
 async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> Cursor:
     """Step ``step`` failed for good. Follow the node's ``when: error`` edge, or end the
     conversation ``failed`` with the reason, first telling the contact the campaign's
@@ -495,7 +428,7 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
                     session, row.id, step, apology_ref(row.id, step), transition.outbound
                 )
             await _record_visit(session, row, transition, rt.clock.now())
-            _apply(row, step, transition, rt.lease_seconds, rt.clock.now())
+            conversation_row.step_taken(row, step, transition, rt.lease_seconds, rt.clock.now())
         cursor = cursor_of(row)
         apology = await queries.messages.outbound_by_ref(
             session, apology_ref(conversation_id, step)

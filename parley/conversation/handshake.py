@@ -4,7 +4,10 @@ The flow's half: after a prompt it waits hot in-process for a while (``wait_hot`
 the conversation row lock, either finds a message already there or writes ``suspended`` before
 it suspends (``prepare_suspend``). The webhook's half: it stores a message under the same lock
 and reads the status in that transaction (``wakeup_for``): a suspended run needs a resume, a
-new conversation a flow run, a running or hot one will see the message by itself.
+new conversation a flow run, a running or hot one will see the message by itself. The
+dispatcher's half is the same for an outreach action's outcome (``dispatch._deliver_outcome``):
+it records the outcome under the lock and resumes a run the row says is suspended; a running
+one finds the outcome here, before it would suspend.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-from parley.conversation.executor import extend_lease, set_status
-from parley.conversation.state_machine import LIVE, TERMINAL, Status, suspend_key
+from parley.conversation import row as conversation_row
+from parley.conversation.state_machine import suspend_key
 from parley.db import queries
 from parley.db.models import Conversation
 from parley.inbox_signal import Subscription
 from parley.runtime import Runtime
+from parley.vocabulary import LIVE, TERMINAL, Status, WaitKind
 
 WakeAction = Literal["start", "resume"]
 
@@ -61,8 +65,7 @@ async def wait_hot(rt: Runtime, conversation_id: int, step: int, seconds: float)
                 return True
             if row.wake_at is not None:
                 seconds = min(seconds, (row.wake_at - rt.clock.now()).total_seconds())
-            set_status(row, Status.HOT)
-            extend_lease(row, rt.lease_seconds)
+            conversation_row.mark_hot(row, rt.lease_seconds)
         return await _until_told(rt, conversation_id, inbox, seconds)
 
 
@@ -95,7 +98,7 @@ async def renew_lease(rt: Runtime, conversation_id: int) -> None:
     async with rt.db.transaction() as session:
         row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.status in LIVE:
-            extend_lease(row, rt.lease_seconds)
+            conversation_row.renew_lease(row, rt.lease_seconds)
 
 
 async def prepare_suspend(rt: Runtime, conversation_id: int, step: int) -> SuspendDecision:
@@ -106,18 +109,22 @@ async def prepare_suspend(rt: Runtime, conversation_id: int, step: int) -> Suspe
         row = await queries.conversations.lock_conversation(session, conversation_id)
         if row.step != step or row.status in TERMINAL:
             return SuspendDecision(False, "")
-        if row.status is not Status.PAUSED:
-            if await queries.messages.has_unconsumed_inbound(session, conversation_id) or _due(
-                rt, row
-            ):
-                set_status(row, Status.RUNNING)
-                return SuspendDecision(False, "")
-            set_status(row, Status.SUSPENDED)
-        row.sleeps += 1
-        row.lease_until = None
-        queries.conversations.touch(row)
-        return SuspendDecision(True, suspend_key(step, row.sleeps))
+        if row.status is not Status.PAUSED and (
+            await queries.messages.has_unconsumed_inbound(session, conversation_id)
+            or _due(rt, row)
+            or _action_settled(row)
+        ):
+            conversation_row.keep_going(row)
+            return SuspendDecision(False, "")
+        return SuspendDecision(True, suspend_key(step, conversation_row.suspend(row)))
 
 
 def _due(rt: Runtime, row: Conversation) -> bool:
     return row.wake_at is not None and row.wake_at <= rt.clock.now()
+
+
+def _action_settled(row: Conversation) -> bool:
+    """The outreach action it waits for has its outcome already (the dispatcher's half of
+    this handshake: ``dispatch._deliver_outcome`` reads the status under the same lock and
+    resumes a run that says ``suspended``)."""
+    return row.waiting_for == WaitKind.ACTION and row.task_result is not None

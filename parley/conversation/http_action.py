@@ -44,7 +44,8 @@ async def post_json(
 
 
 def _small_body(response: httpx.Response) -> Any:
-    """Keep the stored result small (rule 5): JSON bodies up to 4 KiB, otherwise nothing."""
+    """Keep the stored result small (docs/architecture.md, rule 5): JSON bodies up to 4 KiB,
+    otherwise nothing."""
     if len(response.content) > MAX_STORED_BODY:
         return None
     try:

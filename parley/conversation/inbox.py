@@ -11,7 +11,7 @@ started, and a message from anyone without an active conversation must not open 
 default (onboarding) campaign. It is recorded as an ``unmatched_message`` webhook event instead.
 
 WhatsApp messages are routed by the number they arrived on (``metadata.phone_number_id``): to
-the identity that owns it (``identities.whatsapp_number``: a WhatsApp identity, or a LinkedIn
+the identity that owns it (``whatsapp_numbers.whatsapp_number``: a WhatsApp identity, or a LinkedIn
 seat's ``whatsapp.phone_number_id``), because an outreach template went out from that number
 and the lead answers there. The lead's active conversation with that identity gets the message
 (for a seat: the conversation whose contact's ``whatsapp`` field is the sender); on the
@@ -24,19 +24,25 @@ on the number of an identity with ``start_conversations: true``; elsewhere it is
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
+from parley.conversation import whatsapp_numbers
 from parley.conversation.handshake import WakeUp, wakeup_for
-from parley.conversation.state_machine import TRIGGER_STEP
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Identity, utcnow
 from parley.errors import NotFound
-from parley.outreach import identities
-from parley.outreach.dispatch import reconcile_status
+from parley.vocabulary import TRIGGER_STEP
+
+SettleAction = Callable[[AsyncSession, StatusUpdate, datetime], Awaitable[bool]]
+"""Settles an outreach action by a provider's status callback (its key came back as
+``client_ref``) in the caller's transaction; False when no action has that key. The outreach
+wing's ``parley.outreach.dispatch.reconcile_status``: the webhook passes it in."""
 
 NOT_STARTED = "no active conversation with this contact; none is started on this channel"
 WHATSAPP = "whatsapp"
@@ -74,10 +80,13 @@ async def store_batch(
     campaign_name: str | None,
     *,
     own_number: str | None = None,
+    settle_action: SettleAction | None = None,
 ) -> StoreResult:
     """``campaign_name=None``: messages only reach active conversations (see the module doc).
     ``own_number``: the installation's WhatsApp number (``PARLEY_WHATSAPP_PHONE_NUMBER_ID``);
-    None leaves every WhatsApp number free to start conversations."""
+    None leaves every WhatsApp number free to start conversations. ``settle_action``: what a
+    status callback that matches none of our messages is tried on next (an outreach action's);
+    without it, or when it finds nothing, the status is recorded as ``unmatched_status``."""
     result = StoreResult()
     for message in batch.messages:
         if message.role is InboundRole.UNSUPPORTED:
@@ -100,7 +109,7 @@ async def store_batch(
         if wakeup is not None and wakeup not in result.wakeups:
             result.wakeups.append(wakeup)
     for status in batch.statuses:
-        result.statuses += int(await apply_status(db, status))
+        result.statuses += int(await apply_status(db, status, settle_action))
     for item in batch.ignored:
         channel = str(item.get("channel", "unknown"))
         await record_event(db, channel, str(item.get("kind", "ignored")), item)
@@ -227,7 +236,7 @@ def _starts_here(identity: Identity, message: InboundMessage, own_number: str | 
     (an outreach number) starts nothing unless it says ``start_conversations: true``."""
     if own_number is None or message.identity_address == own_number:
         return True
-    return identities.starts_conversations(identity)
+    return whatsapp_numbers.starts_conversations(identity)
 
 
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:
@@ -261,7 +270,9 @@ def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict
     return values
 
 
-async def apply_status(db: Database, status: StatusUpdate) -> bool:
+async def apply_status(
+    db: Database, status: StatusUpdate, settle_action: SettleAction | None = None
+) -> bool:
     async with db.transaction() as session:
         message = await queries.messages.apply_delivery_status(
             session,
@@ -270,21 +281,22 @@ async def apply_status(db: Database, status: StatusUpdate) -> bool:
             status=status.status,
             error=status.error_summary,
         )
-        if message is None and await reconcile_status(session, status, utcnow()):
+        if message is not None:
             return True
-        if message is None:
-            await queries.webhook_events.record_webhook_event(
-                session,
-                status.channel,
-                "unmatched_status",
-                {
-                    "id": status.provider_message_id,
-                    "status": status.status,
-                    "client_ref": status.client_ref,
-                },
-            )
-            return False
-    return True
+        # Not one of our messages: an outreach action's (its key came back as client_ref)?
+        if settle_action is not None and await settle_action(session, status, utcnow()):
+            return True
+        await queries.webhook_events.record_webhook_event(
+            session,
+            status.channel,
+            "unmatched_status",
+            {
+                "id": status.provider_message_id,
+                "status": status.status,
+                "client_ref": status.client_ref,
+            },
+        )
+        return False
 
 
 async def record_event(db: Database, channel: str, kind: str, payload: JSONDict) -> None:

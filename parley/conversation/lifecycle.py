@@ -9,7 +9,7 @@ step (``ConcurrentUpdate`` after a few lost races).
 Nothing here talks to Prefect. A change that owes a run a resume stamps ``wake_requested_at``:
 the REST API resumes the run at once, and the dispatcher does it within a tick for the CLI (or
 when the API's attempt did not get through). A paused conversation holds no process: the run
-stops at its next node (the activeToll) and suspends.
+stops at its next node (the pause gate, docs/campaigns.md) and suspends.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
-from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import TERMINAL, Status
+from parley.conversation import handoff
+from parley.conversation import row as conversation_row
+from parley.conversation.executor import end_from_outside
 from parley.db import Database, queries
-from parley.db.models import Conversation, Identity, utcnow
+from parley.db.models import Conversation, Identity
 from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
-from parley.outreach import actions
+from parley.vocabulary import TERMINAL, Status
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")
@@ -63,8 +64,8 @@ async def _change(db: Database, conversation_id: int, mutate: Mutation) -> Chang
                 row = await queries.conversations.get_conversation(session, conversation_id)
                 run, detail = await mutate(session, row)
                 if run != "none":
-                    row.wake_requested_at = utcnow()
-                queries.conversations.touch(row)
+                    conversation_row.request_wake(row)
+                conversation_row.touch(row)
                 await session.flush()  # the version check happens here
                 return Change(row.id, Status(row.status), run, row.flow_run_id, detail)
         except StaleDataError:
@@ -115,18 +116,17 @@ async def start(
         row, _ = await queries.conversations.create_conversation(
             session, identity.id, contact.id, version, start_node_of(version)
         )
-        row.variables = dict(variables or {})
-        row.wake_requested_at = utcnow()
+        conversation_row.give_inputs(row, variables or {})
+        conversation_row.request_wake(row)
         return Change(row.id, Status(row.status), "start", None, f"started on {campaign_name}")
 
 
 async def pause(db: Database, conversation_id: int) -> Change:
     async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
-        if row.status is Status.PAUSED:
-            row.paused_by = "operator"  # an operator's hold outlives the campaign's resume
+        already = row.status is Status.PAUSED
+        conversation_row.pause(row, by="operator")  # outlives the campaign's resume
+        if already:
             return "none", "already paused"
-        set_status(row, Status.PAUSED)
-        row.paused_by = "operator"
         return "none", f"paused at {row.current_node}: it stops before its next node"
 
     return await _change(db, conversation_id, mutate)
@@ -149,44 +149,47 @@ async def _actions_released(session: AsyncSession, row: Conversation) -> str:
     same actions, same keys: performed once, in the identity's hours). The row's update is
     flushed first: it takes the row lock the dispatcher holds actions under."""
     await session.flush()
-    released = await actions.release_held(session, row.id)
+    released = await handoff.release_held(session, row.id)
     return f"; {released} held action(s) back in the queue" if released else ""
+
+
+_OWED_AFTER_RELEASE: dict[Status, RunAction] = {
+    Status.PENDING: "start",
+    Status.SUSPENDED: "resume",
+    Status.RUNNING: "none",
+}
 
 
 def _release(row: Conversation) -> RunAction:
     """Back to what it was before the pause: a conversation held before its first run started
     is pending again and its run is started; a sleeping one is resumed; a live one goes on."""
-    row.paused_by = None
-    if row.flow_run_id is None:
-        set_status(row, Status.PENDING)
-        return "start"
-    if _sleeping(row):
-        set_status(row, Status.SUSPENDED)
-        return "resume"
-    set_status(row, Status.RUNNING)  # its run has not reached its next node yet: it goes on
-    return "none"
+    return _OWED_AFTER_RELEASE[conversation_row.release(row)]
 
 
 async def cancel(
     db: Database, conversation_id: int, reason: str, clock: Clock | None = None
 ) -> Change:
-    return await _finish(db, conversation_id, Status.CANCELLED, reason, clock or SystemClock())
+    return await _end_by_operator(
+        db, conversation_id, Status.CANCELLED, reason, clock or SystemClock()
+    )
 
 
 async def complete(
     db: Database, conversation_id: int, reason: str, clock: Clock | None = None
 ) -> Change:
-    return await _finish(db, conversation_id, Status.COMPLETED, reason, clock or SystemClock())
+    return await _end_by_operator(
+        db, conversation_id, Status.COMPLETED, reason, clock or SystemClock()
+    )
 
 
-async def _finish(
+async def _end_by_operator(
     db: Database, conversation_id: int, status: Status, reason: str, clock: Clock
 ) -> Change:
     """End it from outside: unsent messages are dropped, the run ends at its next boundary."""
 
     async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
         sleeping = _sleeping(row) and row.flow_run_id is not None
-        await end(session, row, status, reason, clock.now())
+        await end_from_outside(session, row, status, reason, clock.now())
         return ("end" if sleeping else "none"), f"{status.value}: {reason}"
 
     return await _change(db, conversation_id, mutate)
@@ -197,9 +200,7 @@ async def retry(db: Database, conversation_id: int, clock: Clock | None = None) 
     now = (clock or SystemClock()).now()
 
     async def mutate(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
-        set_status(row, Status.PENDING)
-        row.ended_at, row.flow_run_id, row.recoveries = None, None, 0
-        row.node_done, row.node_entered_at, row.waiting_for, row.wake_at = False, now, None, None
+        conversation_row.retry(row, now)
         await queries.visits.open_visit(session, row, row.current_node, now)
         try:
             await session.flush()
@@ -235,7 +236,7 @@ async def signal(db: Database, conversation_id: int, kind: str, data: Mapping[st
             contact.fields = {**contact.fields, **data}
             changes = _reads(campaign, row.current_node, fields=set(data))
         else:
-            row.variables = {**row.variables, **data}
+            conversation_row.merge_variables(row, data)
             changes = _reads(campaign, row.current_node, variables=set(data))
         wake = changes and row.status is Status.SUSPENDED
         return ("resume" if wake else "none"), f"{kind} applied" + (
@@ -259,8 +260,7 @@ def _complete_task(campaign: Campaign, row: Conversation, data: Mapping[str, Any
         result = node.result_model().model_validate(dict(data))
     except ValidationError as exc:
         raise InvalidInput(f"task {node.id!r} result: {exc.errors(include_url=False)}") from exc
-    row.task_result = result.model_dump(mode="json")
-    row.variables = {**row.variables, node.var: row.task_result}
+    conversation_row.complete_task(row, node.var, result.model_dump(mode="json"))
     return True
 
 
@@ -312,8 +312,7 @@ async def pause_campaign(db: Database, name: str, reason: str | None = None) -> 
 async def _hold_by_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
     if row.status not in (Status.SUSPENDED, Status.PENDING):
         return "none", f"{row.status.value}: held at its next node"
-    set_status(row, Status.PAUSED)
-    row.paused_by = "campaign"
+    conversation_row.pause(row, by="campaign")
     return "none", "held by its campaign"
 
 

@@ -44,10 +44,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.campaign import Campaign, SendNode
 from parley.campaign.registry import campaign_of
 from parley.clock import Clock, SystemClock
-from parley.conversation.state_machine import Status, WaitKind
+from parley.conversation import row as conversation_row
 from parley.db import Database, queries
 from parley.db.models import Action, CampaignVersion, Conversation
 from parley.errors import InvalidInput, NotFound
+from parley.vocabulary import Status, WaitKind
 
 MIGRATED = "migrated"
 """The outcome of a visit that ended because its conversation moved to another version."""
@@ -240,14 +241,6 @@ async def _move(
         # the outcome by the step that queued it; the payload's node is what operators read).
         action.payload = {**action.payload, "node": new_node}
     await queries.visits.close_visit(session, row.id, at=now, outcome=MIGRATED, next_node=new_node)
-    row.campaign_version_id = target.id
-    row.current_node = new_node
-    if fresh:
-        row.node_entered_at, row.node_done, row.follow_up = now, False, False
-        row.attempts, row.task_result = 0, None
-        row.waiting_for, row.waiting_since, row.wake_at = None, None, None
-        if row.status is Status.SUSPENDED:
-            row.wake_requested_at = now  # its run must look again to do the new node's work
+    conversation_row.migrate(row, target.id, new_node, now, fresh=fresh)
     await queries.visits.open_visit(session, row, new_node, now)
-    queries.conversations.touch(row)
     return Moved(row.id, source.version, old_node, new_node, row.status.value, fresh)

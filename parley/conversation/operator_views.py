@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from parley.conversation.state_machine import OPERATOR, TERMINAL, Status, Wait, WaitKind
+from parley.conversation.state_machine import OPERATOR, Wait
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Message, NodeVisit
+from parley.vocabulary import TERMINAL, Status, WaitKind
 
 MASK = "•"
 
@@ -137,7 +138,7 @@ async def show_conversation(
 
 ARTIFACT_MESSAGES = 50
 """The artifact shows this many of the latest messages and this many of the latest steps, so
-it stays the same size for a 2,000-message conversation (DESIGN rule 5)."""
+it stays the same size for a 2,000-message conversation (docs/architecture.md, rule 5)."""
 
 
 def _cell(value: object) -> str:

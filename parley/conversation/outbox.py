@@ -1,4 +1,5 @@
-"""Sending with intent, and reconciling sends whose outcome is unknown (DESIGN rule 4).
+"""Sending with intent, and reconciling sends whose outcome is unknown (durability rule 4 of
+docs/architecture.md).
 
 An outbound message is first an intent row (``client_ref``, written in the step's transaction),
 then a claim (pending → sending, one conditional UPDATE: of two executions racing, exactly one
@@ -19,17 +20,12 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import (
-    SENT_STATUSES,
-    DeliveryStatus,
-    OutboundMessage,
-    SenderIdentity,
-    SendsAs,
-)
+from parley.channels.base import OutboundMessage, SenderIdentity, SendsAs
 from parley.db import queries
 from parley.db.models import Message, utcnow
 from parley.errors import ChannelError, ParleyError, TransientChannelError
 from parley.runtime import Runtime
+from parley.vocabulary import SENT_STATUSES, DeliveryStatus
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ A step looks at the node the conversation is at and does exactly one of these:
   at which the clock alone changes the answer.
 
 A follow-up (a node a timer brought the conversation to) whose contact wrote meanwhile does not
-do its work: the message is what matters now (the seed's "lead replies at the worst moment").
+do its work: the message is what matters now (the lead who replies at the worst moment:
+docs/campaigns.md, "A reply interrupts a timer").
 """
 
 from __future__ import annotations
@@ -42,18 +43,14 @@ from parley.campaign import (
 from parley.campaign.model import Node
 from parley.channels.base import OutboundMessage
 from parley.conversation.state_machine import (
-    ACTION_FAILED,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
     ActionIntent,
     HttpCall,
     Reply,
     Snapshot,
-    Status,
     Transition,
     Wait,
-    WaitKind,
 )
+from parley.vocabulary import ACTION_FAILED, ACTION_SKIPPED, ACTION_TAKEN_OVER, Status, WaitKind
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 

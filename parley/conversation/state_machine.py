@@ -1,5 +1,6 @@
-"""The conversation state machine's vocabulary: statuses, the transitions allowed between
-them, what a conversation waits for, and what one step decides (``Transition``).
+"""The conversation state machine: the transitions allowed between statuses (the statuses and
+wait kinds themselves are words of ``parley.vocabulary``), why and until when a conversation
+waits, and what one step decides (``Transition``).
 
 A step is one unit of progress with at most one side effect: send a node's message, call a
 node's HTTP endpoint, or consume one inbound reply. Keeping it to one effect per step is what
@@ -12,32 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from parley.channels.base import OutboundMessage
 from parley.errors import TransitionNotAllowed
-
-
-class Status(StrEnum):
-    """Where a conversation is in its life. The row says it; Prefect's run state follows."""
-
-    PENDING = "pending"  # stored, no run has taken it over yet
-    RUNNING = "running"  # a run is executing its steps
-    HOT = "hot"  # a run waits in-process for the next message (a live chat)
-    SUSPENDED = "suspended"  # its run is suspended in Prefect: no process, no slot
-    PAUSED = "paused"  # held by an operator or its campaign: stops at its next node, no process
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-ACTIVE: frozenset[Status] = frozenset(
-    {Status.PENDING, Status.RUNNING, Status.HOT, Status.SUSPENDED, Status.PAUSED}
-)
-TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-LIVE: frozenset[Status] = frozenset({Status.RUNNING, Status.HOT})
-"""A process is working on the conversation right now (it renews the lease)."""
+from parley.vocabulary import ACTIVE, Status, WaitKind
 
 _ENDS = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 TRANSITIONS: Mapping[Status, frozenset[Status]] = {
@@ -66,15 +46,6 @@ def check_transition(current: Status, new: Status, conversation_id: int | None =
         )
 
 
-class WaitKind(StrEnum):
-    """What a waiting conversation waits for."""
-
-    REPLY = "reply"  # the contact's next message
-    TIMER = "timer"  # a point in time (a delay, a follow-up)
-    ACTION = "action"  # an outreach action the identity's dispatcher will run
-    OPERATOR = "operator"  # a person: a paused conversation, a task to complete
-
-
 @dataclass(frozen=True)
 class Wait:
     """Why a conversation waits, and until when (``None``: for as long as it takes)."""
@@ -87,17 +58,6 @@ REPLY = Wait(WaitKind.REPLY)
 OPERATOR = Wait(WaitKind.OPERATOR)
 
 
-TRIGGER_STEP = -1
-"""``consumed_step`` of inbound messages that are no answer: the one that started a
-conversation, and reactions (kept for the transcript only)."""
-
-
-def step_ref(conversation_id: int, step: int) -> str:
-    """Our id for step ``n``'s side effect; the provider reference and the http node's
-    idempotency key derive from it. Lowercase letters, digits and dashes only."""
-    return f"conv-{conversation_id}-step-{step}"
-
-
 def suspend_key(step: int, sleeps: int) -> str:
     """Prefect's key for one suspend: a repeated key would return the input already given, and
     anything but lowercase letters, digits and dashes fails after the run is marked suspended."""
@@ -106,7 +66,8 @@ def suspend_key(step: int, sleeps: int) -> str:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where a conversation stands: the only thing a flow carries between steps (rule 5)."""
+    """Where a conversation stands: the only thing a flow carries between steps (rule 5 of
+    docs/architecture.md)."""
 
     conversation_id: int
     step: int
@@ -171,13 +132,6 @@ class ActionIntent:
     text: str
     subject: str | None = None
     template: str | None = None
-
-
-ACTION_SENT = "sent"
-ACTION_SKIPPED = "skipped"
-ACTION_FAILED = "failed"
-ACTION_TAKEN_OVER = "taken_over"
-"""Not an action's own outcome but its node's: a person's manual send stood in for it."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,12 @@
 """SQLAlchemy models: Parley's own state, kept apart from Prefect's database.
 
-The conversation row is the compact state a resumed run loads (DESIGN rule 2); full transcripts
-live in ``messages`` and never travel through Prefect (rule 5).
+The conversation row is the compact state a resumed run loads (docs/architecture.md, durability
+rule 2); full transcripts live in ``messages`` and never travel through Prefect (rule 5).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 from uuid import uuid4
 
@@ -29,9 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from parley.campaign.names import NODE_ID_MAX_LENGTH
-from parley.channels.base import REPLY_ID_MAX_LENGTH
-from parley.conversation.state_machine import ACTIVE, Status
+from parley.vocabulary import ACTIVE, NODE_ID_MAX_LENGTH, REPLY_ID_MAX_LENGTH, Status
 
 # The partial unique index of signal-with-start; a change to ACTIVE needs a migration.
 _ACTIVE_SQL = "status IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE)))
@@ -43,16 +40,6 @@ STATUS_TYPE = Enum(
     length=16,
     values_callable=lambda statuses: [status.value for status in statuses],
 )
-
-
-class Direction(StrEnum):
-    IN = "in"
-    OUT = "out"
-
-
-class InboundStatus(StrEnum):
-    RECEIVED = "received"
-    CONSUMED = "consumed"
 
 
 def utcnow() -> datetime:

@@ -1,13 +1,8 @@
-"""The per-identity action queue: enqueue with idempotency, park and unpark by channel.
+"""The per-identity action queue: park and unpark by channel.
 
-An outreach ``send`` node never calls a provider itself: its step enqueues an action **in the
-same transaction** as the conversation's state change (the row then waits with
-``Wait(action)``), and the identity's dispatcher performs it when working hours and limits
-allow (``parley.outreach``). The payload holds what the provider needs — the rendered text,
-the recipient — and pointers back (conversation, node, step), never the transcript.
-
-On PostgreSQL the enqueue also notifies ``parley_actions`` (delivered at commit), so a waiting
-dispatcher performs a ready action now rather than at its next tick (``parley.action_signal``).
+A conversation's step hands its action over with idempotency (``parley.conversation.handoff``,
+in the same transaction as its state change); the identity's dispatcher performs it when
+working hours and limits allow (``parley.outreach.dispatch``).
 
 Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the session expired),
 ``whatsapp`` (the access token expired), ``email-{mailbox}`` (a disconnected mailbox),
@@ -24,118 +19,23 @@ campaign) was paused: not skipped — the conversation still waits for them — 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import ACTION_SKIPPED, ActionIntent, step_ref
 from parley.db import queries
-from parley.db.models import Action, Contact, Conversation, Identity, utcnow
+from parley.db.models import Identity
 from parley.errors import ChannelError, CreditsExhausted
-from parley.outreach.limits import CHANNEL_OF, ActionType
-
-READY: Final = "ready"
-CREDITS: Final = "credits"
-INMAIL: Final = "linkedin_inmail"
-PARKED_TYPES: Final[dict[str, tuple[str, ...]]] = {CREDITS: (INMAIL,)}
-"""Queues that hold only some action types of their channel: no credits stops InMails only."""
-PAUSED: Final = "paused"
-
-
-def recipient(contact: Contact, channel: str) -> str | None:
-    """Where an action on ``channel`` goes for this contact: the contact's own address when it
-    is on that channel, else its field of that name (``fields: {email: ..., linkedin: ...}``)."""
-    if contact.channel == channel:
-        return contact.address
-    value = contact.fields.get(channel)
-    return value if isinstance(value, str) and value else None
-
-
-async def enqueue(
-    session: AsyncSession,
-    row: Conversation,
-    contact: Contact,
-    intent: ActionIntent,
-    step: int,
-    now: datetime,
-) -> Action:
-    """Queue the node's action for the conversation's identity; a replayed step finds the one
-    it queued before (same idempotency key: the step's reference)."""
-    channel = CHANNEL_OF[_action_type(intent.type)]
-    identity = await session.get(Identity, row.identity_id)
-    parked = None if identity is None else parked_queue_of(identity, channel, intent.type)
-    payload = {
-        "to": recipient(contact, channel),
-        "text": intent.text,
-        "subject": intent.subject,
-        "template": intent.template,
-        "node": row.current_node,
-        "step": step,
-    }
-    action = await queries.actions.enqueue_action(
-        session,
-        {
-            "identity_id": row.identity_id,
-            "conversation_id": row.id,
-            "channel": channel,
-            "type": intent.type,
-            "payload": payload,
-            "queue": parked or READY,
-            "not_before": now,
-            "reason": None if parked is None else _parked_reason(identity, parked),
-            "idempotency_key": step_ref(row.id, step),
-            "seen_inbound_id": await queries.messages.last_inbound_id(session, row.id),
-            "created_at": utcnow(),
-            "updated_at": utcnow(),
-        },
-    )
-    if action.status == "queued" and action.queue == READY:
-        await queries.actions.notify_action_ready(session, action.identity_id)  # no wait for a tick
-    return action
-
-
-def channel_queue(identity: Identity, channel: str) -> str:
-    """The queue a channel's actions wait in while the identity's account on it cannot work:
-    ``email-{mailbox}`` (a LinkedIn seat's fallback mailbox is ``settings.email.address``),
-    else the channel's name."""
-    if channel == "email":
-        nested = identity.settings.get("email")
-        mailbox = nested.get("address") if isinstance(nested, dict) else None
-        return f"email-{mailbox or identity.address}"
-    return channel
-
-
-def channel_of_queue(queue: str) -> str:
-    """The channel whose account a parked queue waits for (``credits``: the LinkedIn seat)."""
-    if queue.startswith("email-"):
-        return "email"
-    return "linkedin" if queue == CREDITS else queue
+from parley.vocabulary import (
+    CREDITS,
+    PARKED_TYPES,
+)
 
 
 def parked_queue(identity: Identity, channel: str, error: ChannelError) -> str:
     """The queue a channel's actions wait in while the identity cannot use it."""
     if isinstance(error, CreditsExhausted):
         return CREDITS
-    return channel_queue(identity, channel)
-
-
-def parked_queue_of(identity: Identity, channel: str, action_type: str) -> str | None:
-    """The parked queue an action of this type must wait in now, or None when it may be
-    tried: its channel's queue while that is parked (the session is known to be expired), else
-    ``credits`` for an InMail while credits are out."""
-    parked = identity.parked or {}
-    queue = channel_queue(identity, channel)
-    if queue in parked:
-        return queue
-    if action_type in PARKED_TYPES[CREDITS] and CREDITS in parked:
-        return CREDITS
-    return None
-
-
-def _parked_reason(identity: Identity | None, queue: str) -> str:
-    entry = (identity.parked if identity is not None else {}).get(queue) or {}
-    why = entry.get("reason") if isinstance(entry, dict) else None
-    return f"parked: {queue!r} is parked ({why or 'no reason recorded'})"
+    return queries.actions.channel_queue(identity, channel)
 
 
 async def park(
@@ -166,39 +66,9 @@ async def park_if_known_down(
 ) -> str | None:
     """A claimed action whose account is parked goes to that queue untried (the queue was
     parked between its enqueue and its claim); returns the queue, or None to go on."""
-    queue = parked_queue_of(identity, channel, action_type)
+    queue = queries.actions.parked_queue_of(identity, channel, action_type)
     if queue is not None:
         await queries.actions.requeue_untried(
-            session, action_id, queue, _parked_reason(identity, queue)
+            session, action_id, queue, queries.actions.parked_reason(identity, queue)
         )
     return queue
-
-
-async def release_held(session: AsyncSession, conversation_id: int) -> int:
-    """The conversation was released from its pause: the actions the dispatcher held for it go
-    back in line with their idempotency key, so the same action is performed (once) in the
-    identity's hours. Call it holding the conversation's row (a flushed update is enough): the
-    dispatcher holds actions under that lock, so every hold is committed and seen here."""
-    held = await queries.actions.held_actions(session, conversation_id, PAUSED)
-    for action in held:
-        identity = await queries.identities.get_identity(session, action.identity_id)
-        action.queue = parked_queue_of(identity, action.channel, action.type) or READY
-        action.reason, action.updated_at = "its conversation was resumed", utcnow()
-        if action.queue == READY:
-            await queries.actions.notify_action_ready(session, action.identity_id)
-    return len(held)
-
-
-async def skip_held(session: AsyncSession, conversation_id: int, reason: str) -> int:
-    """The conversation ended while paused: what was held for it is skipped, never sent."""
-    held = await queries.actions.held_actions(session, conversation_id, PAUSED)
-    for action in held:
-        action.status, action.outcome = "done", ACTION_SKIPPED
-        action.reason, action.updated_at = reason[:2000], utcnow()
-    return len(held)
-
-
-def _action_type(value: str) -> ActionType:
-    if value not in CHANNEL_OF:
-        raise ValueError(f"unknown action type {value!r}")
-    return value  # type: ignore[return-value]

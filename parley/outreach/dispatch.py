@@ -26,16 +26,19 @@ order:
    reason; anything else permanent → failed (the node's error path).
 
 Each outcome (sent, skipped, failed) is handed to the waiting conversation (``task_result`` of
-its send node, ``wake_requested_at``), and the dispatcher resumes its run.
+its send node, ``row.action_settled``), and once that commits the dispatcher resumes its run
+if the row says it is suspended (``drain``'s ``wake``; ``handshake.prepare_suspend`` is the
+run's half: a run not yet suspended finds the outcome before it would). The repair's
+``owed_a_look`` (the row's ``wake_requested_at``) is the safety net when that resume is lost.
 
 Transactions: steps 1-3 are one (the conversation's row is taken with ``SKIP LOCKED``; when
 the webhook holds it, the check waits for it in a transaction of its own before the call), and
 the outcome of step 4 is written in the transaction that claims the identity's next action.
 
-Exactly once (DESIGN rule 4). Each claim writes a stamp of its own on the action, and every
-outcome is written only under that stamp (``queries.actions.settle_claimed``, ``finish_action``): an
-outcome from a claim that recovery has since given to another dispatcher is refused. A
-dispatcher killed between the call and that commit leaves the action ``running``;
+Exactly once (docs/architecture.md, durability rule 4). Each claim writes a stamp of its own on
+the action, and every outcome is written only under that stamp (``queries.actions.settle_claimed``,
+``finish_action``): an outcome from a claim that recovery has since given to another dispatcher
+is refused. A dispatcher killed between the call and that commit leaves the action ``running``;
 ``recover_abandoned`` then decides by channel. The LinkedIn gateway deduplicates by
 ``Idempotency-Key``, so the action is queued again with the same key. WhatsApp and SMTP cannot
 deduplicate, so the action becomes ``uncertain`` instead of being sent again — as does one whose
@@ -60,24 +63,11 @@ from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import (
-    SENT_STATUSES,
-    DeliveryStatus,
-    OutreachAction,
-    SenderIdentity,
-    StatusUpdate,
-)
-from parley.conversation import lifecycle
-from parley.conversation.executor import end, set_status
-from parley.conversation.state_machine import (
-    ACTION_FAILED,
-    ACTION_SENT,
-    ACTION_SKIPPED,
-    ACTION_TAKEN_OVER,
-    TERMINAL,
-    Status,
-    WaitKind,
-)
+from parley.channels.base import OutreachAction, SenderIdentity, StatusUpdate
+from parley.conversation import handoff, lifecycle, whatsapp_numbers
+from parley.conversation import row as conversation_row
+from parley.conversation.executor import end_from_outside
+from parley.conversation.handshake import WakeUp, wakeup_for
 from parley.db import queries
 from parley.db.engine import PinnedConnection
 from parley.db.models import Action, Conversation, Identity, utcnow
@@ -94,15 +84,21 @@ from parley.errors import (
     Undeliverable,
 )
 from parley.outreach import actions, identities
-from parley.outreach.limits import (
-    CHANNEL_OF,
-    Performed,
-    Proceed,
-    decide,
-    history_needed,
-    learn_retry_after,
-)
+from parley.outreach.limits import Performed, Proceed, decide, history_needed, learn_retry_after
 from parley.runtime import Runtime
+from parley.vocabulary import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    CHANNEL_OF,
+    PAUSED,
+    READY,
+    SENT_STATUSES,
+    TERMINAL,
+    DeliveryStatus,
+    Status,
+    WaitKind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +114,10 @@ DEDUPLICATING_CHANNELS = frozenset({"linkedin"})
 """Channels whose provider performs a repeated call with the same key once (the gateway's
 ``Idempotency-Key``): only their uncertain actions may simply be tried again."""
 UNCERTAIN_PREFIX = "uncertain: "
+WakeRun = Callable[[WakeUp], Awaitable[None]]
+"""Resumes the run an outcome is owed to, called right after the outcome committed (the
+Prefect side: ``prefect_adapter.outreach_tick``); a failure there is left to the repair's
+``owed_a_look``."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ async def drain(
     *,
     limit: int,
     stopping: Callable[[], bool] = lambda: False,
+    wake: WakeRun | None = None,
 ) -> list[Done]:
     """Up to ``limit`` of the identity's due actions, one after the other (the caller holds the
     identity's slot); the list ends with ``idle`` or ``waiting`` when the identity may do
@@ -156,10 +157,11 @@ async def drain(
 
     One transaction per action: it records the outcome of the action before — so the decision
     counts that send — then claims the next one, decides and checks its freshness. An outcome
-    is never lost to a failed claim: it is then recorded on its own before the error goes up."""
+    is never lost to a failed claim: it is then recorded on its own before the error goes up.
+    Once an outcome is committed, ``wake`` resumes the suspended run waiting for it."""
     rng = rng or random.Random()
     async with rt.db.pinned() as connection:
-        return await _drain_on(connection, rt, identity_id, rng, limit, stopping)
+        return await _drain_on(connection, rt, identity_id, rng, limit, stopping, wake)
 
 
 async def _drain_on(
@@ -169,23 +171,27 @@ async def _drain_on(
     rng: random.Random,
     limit: int,
     stopping: Callable[[], bool],
+    wake: WakeRun | None,
 ) -> list[Done]:
     done: list[Done] = []
     record: _Record | None = None
     due = True  # the last claim saw another action due beside its own
     while True:
         more = due and len(done) < limit and not stopping()
+        owed: list[WakeUp] = []  # runs this transaction's outcomes are owed, once it commits
         try:
             async with connection.transaction() as session:
                 if record is not None:
-                    await record(session)
-                step = await _claim(session, rt, identity_id, rng) if more else None
+                    _add(owed, await record(session))
+                step = await _claim(session, rt, identity_id, rng, owed) if more else None
         except Exception:
             if record is None:
                 raise
             async with rt.db.transaction() as session:  # the held connection may be the trouble
-                await record(session)
+                alone = await record(session)
+            await wake_runs(wake, [alone] if alone else [])
             raise
+        await wake_runs(wake, owed)
         record = None
         if step is None:
             return done if due else [*done, "idle"]
@@ -199,8 +205,31 @@ async def _drain_on(
             return done
 
 
-_Record = Callable[[AsyncSession], Awaitable[None]]
-"""What became of a performed action, written in the transaction that claims the next one."""
+_Record = Callable[[AsyncSession], Awaitable[WakeUp | None]]
+"""What became of a performed action, written in the transaction that claims the next one;
+the run its outcome is owed to, if that run is to be resumed once it commits."""
+
+
+def _add(owed: list[WakeUp], wakeup: WakeUp | None) -> None:
+    if wakeup is not None:
+        owed.append(wakeup)
+
+
+async def wake_runs(wake: WakeRun | None, owed: list[WakeUp]) -> None:
+    """The outcomes' explicit wake, after their commit: a failure is logged and left to the
+    repair (the row's ``wake_requested_at`` is committed with the outcome)."""
+    if wake is None:
+        return
+    for wakeup in owed:
+        try:
+            await wake(wakeup)
+        except Exception as exc:
+            log.warning(
+                "conversation %s: resume after its action's outcome failed (%r); the repair "
+                "will do it",
+                wakeup.conversation_id,
+                exc,
+            )
 
 
 async def _nothing(session: AsyncSession) -> None:
@@ -208,9 +237,10 @@ async def _nothing(session: AsyncSession) -> None:
 
 
 async def _claim(
-    session: AsyncSession, rt: Runtime, identity_id: int, rng: random.Random
+    session: AsyncSession, rt: Runtime, identity_id: int, rng: random.Random, owed: list[WakeUp]
 ) -> _Claimed | Done:
-    """Claim the identity's next due action and decide; ``skipped`` when it is stale."""
+    """Claim the identity's next due action and decide; ``skipped`` when it is stale (its
+    conversation's run, owed a resume by the skip, goes into ``owed``)."""
     identity = await queries.identities.lock_identity(session, identity_id)
     # The time of the decision is read once the identity is ours: a dispatcher that
     # waited for the lock must not judge spacing by a "now" older than the last send.
@@ -253,7 +283,7 @@ async def _claim(
     if stale is None:
         return replace(claimed, fresh=True)
     reason, replied = stale
-    await _finish(session, rt, claimed, ACTION_SKIPPED, reason, replied=replied)
+    _add(owed, await _record_outcome(session, rt, claimed, ACTION_SKIPPED, reason, replied=replied))
     return "skipped"
 
 
@@ -288,9 +318,9 @@ def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     """The account an action on ``channel`` goes out from. An identity is a person's seat on
     its own channel; its other channels' accounts (a LinkedIn seat's mailbox for the email
     fallback) are under ``settings[channel]`` with their own ``address``. WhatsApp: the
-    identity's own number, whatever its channel (``identities.whatsapp_sender``)."""
+    identity's own number, whatever its channel (``whatsapp_numbers.whatsapp_sender``)."""
     if channel == "whatsapp":
-        return identities.whatsapp_sender(identity)
+        return whatsapp_numbers.whatsapp_sender(identity)
     if identity.channel == channel:
         own = {k: v for k, v in identity.settings.items() if not isinstance(v, dict)}
         return SenderIdentity(channel, identity.address, own)
@@ -329,9 +359,9 @@ def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
 
 
 async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
-    """The activeToll, on the dispatcher's side: a paused conversation's action is not skipped
+    """The pause gate, on the dispatcher's side: a paused conversation's action is not skipped
     (its conversation would take the node's edge as if it had gone out) but held, with its key,
-    until the conversation is released (``actions.release_held``). A campaign's pause holds the
+    until the conversation is released (``handoff.release_held``). A campaign's pause holds the
     conversation here as its run's next step would (``paused_by: campaign``), so the campaign's
     resume releases both. ``row`` is locked: a pause committed after this check finds the
     action on its way, and its outcome is handed to the conversation like any other."""
@@ -341,12 +371,10 @@ async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _
         reason = "held: the conversation is paused"
     elif await queries.campaigns.campaign_held(session, row.campaign_version_id):
         reason = "held: its campaign is paused"
-        set_status(row, Status.PAUSED)
-        row.paused_by = "campaign"
-        queries.conversations.touch(row)
+        conversation_row.pause(row, by="campaign")
     else:
         return False
-    await queries.actions.requeue_untried(session, claimed.action_id, actions.PAUSED, reason)
+    await queries.actions.requeue_untried(session, claimed.action_id, PAUSED, reason)
     return True
 
 
@@ -419,19 +447,21 @@ def _uncertain(claimed: _Claimed, exc: ChannelError) -> bool:
 
 async def _mark_uncertain(
     session: AsyncSession, *, rt: Runtime, claimed: _Claimed, what: str
-) -> None:
+) -> WakeUp | None:
     """Wait for the provider's status callback; one that came during the call settles it now."""
     action = await _still_claimed(session, claimed)
     if action is None:
-        return
+        return None
     now = rt.clock.now()
     if action.provider_id is not None:  # the callback beat the call's answer
-        await _finish(session, rt, claimed, ACTION_SENT, None, provider_id=action.provider_id)
-        return
+        return await _record_outcome(
+            session, rt, claimed, ACTION_SENT, None, provider_id=action.provider_id
+        )
     action.status = "uncertain"
     action.not_before = now + timedelta(seconds=rt.action_reconcile_seconds)
     action.performed_at, action.updated_at = now, utcnow()
     action.reason = f"{UNCERTAIN_PREFIX}{what}; waiting for the provider's status callback"
+    return None
 
 
 async def _still_claimed(session: AsyncSession, claimed: _Claimed) -> Action | None:
@@ -532,8 +562,8 @@ def _finishing(
     replied: bool = False,
     complete: bool = False,
 ) -> _Record:
-    async def record(session: AsyncSession) -> None:
-        await _finish(
+    async def record(session: AsyncSession) -> WakeUp | None:
+        return await _record_outcome(
             session,
             rt,
             claimed,
@@ -547,7 +577,7 @@ def _finishing(
     return record
 
 
-async def _finish(
+async def _record_outcome(
     session: AsyncSession,
     rt: Runtime,
     claimed: _Claimed,
@@ -557,10 +587,10 @@ async def _finish(
     provider_id: str | None = None,
     replied: bool = False,
     complete: bool = False,
-) -> None:
+) -> WakeUp | None:
     """Record the outcome and hand it to the conversation if it still waits for this action
     (``_awaits``: by the step that queued it); nothing, when the action is no longer under this
-    claim."""
+    claim. Returns the run to resume once this commits, if any."""
     now = rt.clock.now()
     recorded = await queries.actions.finish_action(
         session,
@@ -573,15 +603,15 @@ async def _finish(
     )
     if not recorded:
         log.warning("action %s: %s of an old claim refused", claimed.action_id, outcome)
-        return
+        return None
     if claimed.conversation_id is None:
-        return
-    await _hand_over(
+        return None
+    return await _deliver_outcome(
         session, claimed.conversation_id, claimed.payload, outcome, reason, now, replied, complete
     )
 
 
-async def _hand_over(
+async def _deliver_outcome(
     session: AsyncSession,
     conversation_id: int,
     payload: dict[str, Any],
@@ -590,19 +620,22 @@ async def _hand_over(
     now: datetime,
     replied: bool = False,
     complete: bool = False,
-) -> None:
-    """Give the outcome to the conversation waiting for the action (the step that queued it)."""
+) -> WakeUp | None:
+    """Give the outcome to the conversation waiting for the action (the step that queued it).
+    Returns the run to resume once this commits: a suspended one (under this lock, as the
+    webhook's ``wakeup_for`` after storing a message); a live run finds the outcome itself."""
     row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status in TERMINAL:
-        return
+        return None
     if complete:
-        await end(session, row, Status.COMPLETED, reason or "undeliverable", now)
-        row.wake_requested_at = utcnow()  # its suspended run is resumed to finish
-        return
+        sleeping = row.status is Status.SUSPENDED and row.flow_run_id is not None
+        await end_from_outside(session, row, Status.COMPLETED, reason or "undeliverable", now)
+        conversation_row.request_wake(row)  # its suspended run is resumed to finish
+        return WakeUp(row.id, "resume", row.flow_run_id) if sleeping else None
     if _awaits(row, payload) and row.task_result is None:
-        row.task_result = {"outcome": outcome, "reason": reason, "replied": replied}
-        row.wake_requested_at = utcnow()
-        queries.conversations.touch(row)
+        conversation_row.action_settled(row, outcome, reason, replied=replied)
+        return wakeup_for(row, created=False)
+    return None
 
 
 # --- recovery and reconciliation --------------------------------------------------------------
@@ -618,6 +651,7 @@ class Recovered:
     uncertain: int = 0
     sent: int = 0
     expired: int = 0
+    owed: tuple[WakeUp, ...] = ()  # runs their outcomes are owed a resume (see ``wake_runs``)
 
     @property
     def total(self) -> int:
@@ -631,20 +665,23 @@ async def recover_abandoned(rt: Runtime, older_than: timedelta) -> Recovered:
     on a channel that cannot deduplicate, and on one that can the new claim's outcome wins."""
     requeued = uncertain = sent = expired = 0
     now = rt.clock.now()
+    owed: list[WakeUp] = []
     async with rt.db.transaction() as session:
         for action in await queries.actions.stale_running_actions(session, utcnow() - older_than):
-            how = await _recover_one(session, rt, action, now)
+            how = await _recover_one(session, rt, action, now, owed)
             requeued += how == "requeued"
             uncertain += how == "uncertain"
             sent += how == "sent"
         for action in await queries.actions.uncertain_actions_due(session, now):
-            expired += await _give_up_uncertain(session, rt, action, now)
-    return Recovered(requeued, uncertain, sent, expired)
+            expired += await _give_up_uncertain(session, rt, action, now, owed)
+    return Recovered(requeued, uncertain, sent, expired, tuple(owed))
 
 
-async def _recover_one(session: AsyncSession, rt: Runtime, action: Action, now: datetime) -> str:
+async def _recover_one(
+    session: AsyncSession, rt: Runtime, action: Action, now: datetime, owed: list[WakeUp]
+) -> str:
     if action.provider_id is not None:  # its status callback came while the claim ran
-        done = await _settle(session, action, ACTION_SENT, None, action.provider_id, now)
+        done = await _settle(session, action, ACTION_SENT, None, action.provider_id, now, owed)
         return "sent" if done else "raced"
     if action.channel in DEDUPLICATING_CHANNELS:
         requeue: dict[str, Any] = {
@@ -667,14 +704,14 @@ async def _recover_one(session: AsyncSession, rt: Runtime, action: Action, now: 
 
 
 async def _give_up_uncertain(
-    session: AsyncSession, rt: Runtime, action: Action, now: datetime
+    session: AsyncSession, rt: Runtime, action: Action, now: datetime, owed: list[WakeUp]
 ) -> bool:
     waited = rt.action_reconcile_seconds
     reason = (
         f"{UNCERTAIN_PREFIX}no status callback from {action.channel} within {waited:g} s; not "
         "sent again, since the lead may have it: check with the provider and send by hand"
     )
-    done = await _settle(session, action, ACTION_FAILED, reason, None, now)
+    done = await _settle(session, action, ACTION_FAILED, reason, None, now, owed)
     if done:
         log.warning("action %s: %s", action.id, reason)
     return done
@@ -707,8 +744,10 @@ async def _settle(
     reason: str | None,
     provider_id: str | None,
     now: datetime,
+    owed: list[WakeUp] | None = None,
 ) -> bool:
-    """Finish ``action`` under the claim it has and hand the outcome to its conversation."""
+    """Finish ``action`` under the claim it has and hand the outcome to its conversation (the
+    run to resume once this commits goes into ``owed``; without it, the repair resumes it)."""
     values: dict[str, Any] = {"status": "done", "outcome": outcome, "reason": reason}
     if provider_id is not None:
         values["provider_id"] = provider_id
@@ -718,7 +757,11 @@ async def _settle(
         return False
     if action.conversation_id is not None:
         payload = dict(action.payload)
-        await _hand_over(session, action.conversation_id, payload, outcome, reason, now)
+        wakeup = await _deliver_outcome(
+            session, action.conversation_id, payload, outcome, reason, now
+        )
+        if owed is not None:
+            _add(owed, wakeup)
     return True
 
 
@@ -786,7 +829,7 @@ async def _claim_manual(
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
         channel = CHANNEL_OF[kind]  # type: ignore[index]
-        parked = actions.parked_queue_of(identity, channel, kind)
+        parked = queries.actions.parked_queue_of(identity, channel, kind)
         if parked is not None:
             return ManualSend(False, f"{parked} is parked: {identity.parked[parked]}")
         decision = await _decision(session, rt, identity, kind, now, rng or random.Random())
@@ -795,7 +838,7 @@ async def _claim_manual(
         # The sequence's ready actions are held while the hand-sent message is on its way: a
         # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
         # manual send that fails gives them back).
-        await queries.actions.hold_ready_actions(session, row.id, actions.PAUSED, HAND_SENDING)
+        await queries.actions.hold_ready_actions(session, row.id, PAUSED, HAND_SENDING)
         contact = await queries.contacts.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
@@ -803,12 +846,12 @@ async def _claim_manual(
             channel=channel,
             type=kind,
             payload={
-                "to": actions.recipient(contact, channel),
+                "to": handoff.recipient(contact, channel),
                 "text": text,
                 "subject": subject,
                 "manual": True,
             },
-            queue=actions.READY,
+            queue=READY,
             not_before=now,
             status="running",
             attempts=1,
@@ -842,7 +885,7 @@ async def _give_back_held(session: AsyncSession, conversation_id: int) -> None:
     unless an operator's pause holds the conversation anyway (its resume releases them)."""
     row = await queries.conversations.lock_conversation(session, conversation_id)
     if row.status is not Status.PAUSED:
-        await actions.release_held(session, conversation_id)
+        await handoff.release_held(session, conversation_id)
 
 
 async def _take_over(rt: Runtime, conversation_id: int) -> None:
@@ -858,12 +901,7 @@ async def _take_over(rt: Runtime, conversation_id: int) -> None:
                 action.status, action.outcome = "done", ACTION_SKIPPED
                 action.reason = TAKEN_OVER_REASON
                 if _waits_for(row, action):
-                    row.task_result = {
-                        "outcome": ACTION_TAKEN_OVER,
-                        "reason": TAKEN_OVER_REASON,
-                        "replied": False,
-                    }
-                    queries.conversations.touch(row)
+                    conversation_row.action_taken_over(row, TAKEN_OVER_REASON)
     with contextlib.suppress(TransitionNotAllowed):  # it ended meanwhile
         await lifecycle.pause(rt.db, conversation_id)
 

@@ -10,9 +10,9 @@ another timezone is one change. ``IdentityPolicy.from_config`` turns the stored 
 gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
 ``DEFAULT_POLICY``).
 
-WhatsApp numbers (``whatsapp_number``): an identity's templates and conversation messages go
-out from its own number, and inbound messages are routed back to it by that number, so no two
-identities may claim one.
+WhatsApp numbers (``parley.conversation.whatsapp_numbers``): an identity's templates and
+conversation messages go out from its own number, and inbound messages are routed back to it by
+that number, so no two identities may claim one.
 
 Each identity also needs a Prefect global concurrency limit ``identity-{id}`` (one action at a
 time): that is Prefect, so ``prefect_adapter/outreach_tick.py`` creates it, not this module.
@@ -38,22 +38,18 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, InstanceOf
 from sqlalchemy.exc import IntegrityError
 
-from parley.channels.base import SenderIdentity
 from parley.clock import Clock, SystemClock
+from parley.conversation.whatsapp_numbers import WHATSAPP, whatsapp_number_in, whatsapp_settings_in
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
 from parley.errors import AlreadyExists, ConfigurationError, InvalidInput
 from parley.outreach import actions
 from parley.outreach.limits import (
-    ACTION_TYPES,
-    CHANNEL_OF,
     DEFAULT_POLICY,
-    ActionType,
     BlockedUntil,
-    Channel,
     LimitPolicy,
+    NotYet,
     Performed,
-    Wait,
     counts,
     decide,
     history_needed,
@@ -65,11 +61,18 @@ from parley.outreach.working_hours import (
     default_working_hours,
     describe_instant,
 )
+from parley.vocabulary import (
+    ACTION_TYPES,
+    CHANNEL_OF,
+    CREDITS,
+    PAUSED,
+    READY,
+    ActionType,
+    ChannelName,
+)
 
 CHANNELS: Final = ("email", "linkedin", "whatsapp")
 POLICY_KEYS: Final = frozenset({"working_hours", "limits"})
-READY: Final = "ready"
-HELD: Final = "paused"  # actions.PAUSED: held while their conversation is paused
 MASK: Final = "•••"
 
 _SECRET = re.compile(r"password|secret|token|api_?key|private", re.IGNORECASE)
@@ -77,7 +80,7 @@ _RECONNECT_HELP = (
     "linkedin (its session), whatsapp (its token), email (its mailbox), credits (InMails) or a "
     "parked queue's exact name (email-{mailbox})"
 )
-_QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", actions.CREDITS})
+_QUEUE_KINDS: Final = frozenset({"linkedin", "whatsapp", CREDITS})
 _DESTINATION = re.compile(
     r"(?:^|_)(?:url|uri|endpoint|host|hostname|server|port|tls|starttls|ssl)(?:$|_)",
     re.IGNORECASE,
@@ -171,7 +174,7 @@ def _read_policy(stored: str, timezone: str) -> IdentityPolicy:
 def blocked_of(identity: Identity) -> BlockedUntil:
     """``identity.blocked_until`` ("channel/action_type" -> ISO instant) as ``decide`` takes
     it; entries that cannot be read are left out rather than blocking forever."""
-    blocked: dict[tuple[Channel, ActionType], datetime] = {}
+    blocked: dict[tuple[ChannelName, ActionType], datetime] = {}
     for key, until in (identity.blocked_until or {}).items():
         channel, _, kind = str(key).partition("/")
         if kind not in ACTION_TYPES or CHANNEL_OF[kind] != channel:
@@ -186,62 +189,12 @@ def blocked_of(identity: Identity) -> BlockedUntil:
     return blocked
 
 
-# --- WhatsApp numbers ----------------------------------------------------------------------------
-
-WHATSAPP: Final = "whatsapp"
-
-
-def whatsapp_settings(identity: Identity) -> dict[str, Any]:
-    """An identity's WhatsApp settings: a WhatsApp identity's own (top-level) ones, another
-    identity's ``whatsapp`` mapping (a LinkedIn seat's number for ``whatsapp_template`` steps,
-    parallel to its ``email`` mailbox)."""
-    return _whatsapp_settings_in(identity.channel, identity.settings or {})
-
-
-def _whatsapp_settings_in(channel: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    if channel == WHATSAPP:
-        return {k: v for k, v in settings.items() if not isinstance(v, Mapping)}
-    nested = settings.get(WHATSAPP)
-    return dict(nested) if isinstance(nested, Mapping) else {}
-
-
-def whatsapp_number(identity: Identity) -> str | None:
-    """The phone number id the identity's WhatsApp templates go out from and its leads' replies
-    come back to: ``phone_number_id`` in its WhatsApp settings; for a WhatsApp identity without
-    one, its address (the webhook records numbers by their phone number id). None: the
-    identity has no number of its own and sends from ``PARLEY_WHATSAPP_PHONE_NUMBER_ID``."""
-    return _whatsapp_number_in(identity.channel, identity.address, identity.settings or {})
-
-
-def _whatsapp_number_in(channel: str, address: str, settings: Mapping[str, Any]) -> str | None:
-    number = _whatsapp_settings_in(channel, settings).get("phone_number_id")
-    if number:
-        return str(number)
-    return address if channel == WHATSAPP else None
-
-
-def whatsapp_sender(identity: Identity) -> SenderIdentity:
-    """The account an identity's WhatsApp templates go out from (see ``whatsapp_number``)."""
-    settings = whatsapp_settings(identity)
-    number = whatsapp_number(identity)
-    if number is None:
-        settings.pop("access_token", None)  # a token goes with its own number only
-        return SenderIdentity(WHATSAPP, "", settings)
-    return SenderIdentity(WHATSAPP, number, {**settings, "phone_number_id": number})
-
-
-def starts_conversations(identity: Identity) -> bool:
-    """Whether a stranger's message on this identity's number starts a conversation on the
-    default campaign (``start_conversations: true`` in its WhatsApp settings)."""
-    return whatsapp_settings(identity).get("start_conversations") is True
-
-
 async def _check_whatsapp_number(
     session: Any, identity_id: int | None, channel: str, address: str, settings: Mapping[str, Any]
 ) -> None:
     """Two identities never share a WhatsApp number: a lead's reply is routed to the identity
     that owns the number it arrived on (``parley.conversation.inbox``)."""
-    given = _whatsapp_settings_in(channel, settings).get("phone_number_id")
+    given = whatsapp_settings_in(channel, settings).get("phone_number_id")
     where = "phone_number_id" if channel == WHATSAPP else "whatsapp.phone_number_id"
     if given is not None and not re.fullmatch(r"\d{5,20}", str(given)):
         raise InvalidInput(f"settings.{where}: {given!r} is not a WhatsApp phone number id: digits")
@@ -250,7 +203,7 @@ async def _check_whatsapp_number(
             f"address: {address!r} is a display number, not Meta's phone number id: give the "
             "number's id as settings.phone_number_id (templates go out from it)"
         )
-    number = _whatsapp_number_in(channel, address, settings)
+    number = whatsapp_number_in(channel, address, settings)
     if number is None:
         return
     others = [
@@ -501,7 +454,7 @@ def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> s
     moved); another only while something is parked in it — a typo is refused, not ignored."""
     name = name.strip()
     if name == "email":
-        queue = actions.channel_queue(identity, "email")
+        queue = queries.actions.channel_queue(identity, "email")
     elif name in _QUEUE_KINDS or (name.startswith("email-") and len(name) > len("email-")):
         queue = name
     else:
@@ -517,13 +470,13 @@ def parked_queue(identity: Identity, name: str, queues: Iterable[str] = ()) -> s
 
 
 def _own_queues(identity: Identity) -> set[str]:
-    own = {actions.channel_queue(identity, identity.channel)}
+    own = {queries.actions.channel_queue(identity, identity.channel)}
     if identity.channel == "linkedin":
-        own.add(actions.CREDITS)
+        own.add(CREDITS)
     for channel in CHANNELS:  # accounts on other channels: settings[channel] = {address, ...}
         nested = (identity.settings or {}).get(channel)
         if isinstance(nested, Mapping) and nested.get("address"):
-            own.add(actions.channel_queue(identity, channel))
+            own.add(queries.actions.channel_queue(identity, channel))
     return own
 
 
@@ -590,8 +543,8 @@ def _summary(identity: Identity, queued: Mapping[str, int]) -> dict[str, Any]:
         "flagged": identity.flagged,
         "queued": {
             "ready": queued.get(READY, 0),
-            "parked": sum(n for queue, n in queued.items() if queue not in (READY, HELD)),
-            "held": queued.get(HELD, 0),  # their conversation or campaign is paused
+            "parked": sum(n for queue, n in queued.items() if queue not in (READY, PAUSED)),
+            "held": queued.get(PAUSED, 0),  # their conversation or campaign is paused
         },
         "created_at": identity.created_at.isoformat(),
     }
@@ -711,7 +664,7 @@ def _status(
         blocked_until=blocked_of(identity),
     )
     zone = policy.working_hours.timezone
-    if isinstance(decision, Wait):
+    if isinstance(decision, NotYet):
         return _said(decision.reason, decision.until, now, _waiting(decision, label, now) + also)
     if at > now:
         when = f"{describe_instant(at, zone)}, in {format_wait(at - now)}"
@@ -720,7 +673,7 @@ def _status(
     return _said("moving", None, now, f"moving: {label} may proceed now.{also}")
 
 
-def _waiting(wait: Wait, label: str, now: datetime) -> str:
+def _waiting(wait: NotYet, label: str, now: datetime) -> str:
     when = f"{describe_instant(wait.until, wait.timezone)}, in {format_wait(wait.until - now)}"
     if wait.reason == "outside_working_hours":
         return f"not moving: {wait.detail}; the next window opens {when} ({label})."

@@ -2,9 +2,9 @@
 
 Pure logic, no I/O: the dispatcher passes the identity's policy, its working hours, the actions
 it performed recently and what providers told us (429 / retry-after), and gets a ``Proceed`` or
-a ``Wait``. A wait lasts until the first instant at which *every* constraint passes at once — a
-daily cap that frees at midnight waits for the next window's opening when midnight is outside
-working hours — and never longer than six days.
+a ``NotYet``. A ``NotYet`` lasts until the first instant at which *every* constraint passes at
+once — a daily cap that frees at midnight waits for the next window's opening when midnight is
+outside working hours — and never longer than six days.
 
 Counting is conservative: an action in ``history`` counts wherever its time falls, even after
 ``at`` (clocks drift), so a ``Proceed`` never takes a cap over its limit.
@@ -19,33 +19,14 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from parley.errors import ConfigurationError
 from parley.outreach.working_hours import MAX_WAIT, WorkingHours, describe_instant
-
-ActionType = Literal[
-    "email",
-    "linkedin_message",
-    "linkedin_connection",
-    "linkedin_inmail",
-    "linkedin_profile_visit",
-    "whatsapp_template",
-]
-ACTION_TYPES: Final[tuple[ActionType, ...]] = get_args(ActionType)
-
-Channel = Literal["email", "linkedin", "whatsapp"]
-CHANNEL_OF: Final[Mapping[ActionType, Channel]] = {
-    "email": "email",
-    "linkedin_message": "linkedin",
-    "linkedin_connection": "linkedin",
-    "linkedin_inmail": "linkedin",
-    "linkedin_profile_visit": "linkedin",
-    "whatsapp_template": "whatsapp",
-}
+from parley.vocabulary import ACTION_TYPES, CHANNEL_OF, ActionType, ChannelName
 
 Reason = Literal[
     "outside_working_hours",
@@ -63,7 +44,7 @@ DEFAULT_RETRY_AFTER: Final = timedelta(minutes=15)
 MAX_ROUNDS: Final = 64
 """Bound on the search for an instant where all constraints pass; each round moves forward."""
 
-BlockedUntil = Mapping[tuple[Channel, ActionType], datetime]
+BlockedUntil = Mapping[tuple[ChannelName, ActionType], datetime]
 """What providers told us: no action of this type on this channel before the instant."""
 
 
@@ -207,7 +188,7 @@ class Proceed:
 
 
 @dataclass(frozen=True, slots=True)
-class Wait:
+class NotYet:
     """Do not act before ``until`` (UTC). ``reason`` and ``detail`` say what blocks at ``at``;
     ``capped`` means nothing passes within six days, so ``until`` is only when to ask again and
     the identity should be flagged."""
@@ -231,7 +212,7 @@ class Wait:
         return text
 
 
-Decision = Proceed | Wait
+Decision = Proceed | NotYet
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +296,7 @@ def learn_retry_after(
     action_type: ActionType,
     at: datetime,
     retry_after: float | None,
-) -> dict[tuple[Channel, ActionType], datetime]:
+) -> dict[tuple[ChannelName, ActionType], datetime]:
     """The provider state after a 429 at ``at``: blocks only ever get longer."""
     delay = DEFAULT_RETRY_AFTER if retry_after is None else timedelta(seconds=max(retry_after, 0))
     key = (CHANNEL_OF[action_type], action_type)
@@ -379,8 +360,8 @@ def _blocks(situation: _Situation, instant: datetime) -> list[_Blocked]:
     return [block for check in checks if (block := check(situation, instant)) is not None]
 
 
-def _wait(situation: _Situation, at: datetime, block: _Blocked, until: datetime | None) -> Wait:
-    return Wait(
+def _wait(situation: _Situation, at: datetime, block: _Blocked, until: datetime | None) -> NotYet:
+    return NotYet(
         action_type=situation.action_type,
         at=at,
         reason=block.reason,

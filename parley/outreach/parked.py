@@ -37,6 +37,7 @@ from parley.db import queries
 from parley.errors import ChannelError, IdentityExpired, NotFound
 from parley.outreach import actions, dispatch
 from parley.runtime import Runtime
+from parley.vocabulary import CREDITS, channel_of_queue
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ async def _claim(rt: Runtime, identity_id: int, queue: str, every: timedelta) ->
         if not isinstance(entry, dict) or not _due(entry, now, every):
             return None
         identity.parked = {**identity.parked, queue: {**entry, "checked_at": now.isoformat()}}
-        channel = actions.channel_of_queue(queue)
+        channel = channel_of_queue(queue)
         sender = dispatch.sender_for(identity, channel)
         return _Look(sender, queue, channel, entry.get("since"))
 
@@ -143,7 +144,7 @@ async def _ask(rt: Runtime, look: _Look) -> SenderHealth | None:
     except (ChannelError, TimeoutError) as exc:
         log.info("health check of %s %r: no answer (%r)", look.channel, look.sender.address, exc)
         return None
-    return _credits(health) if look.queue == actions.CREDITS and health.healthy else health
+    return _credits(health) if look.queue == CREDITS and health.healthy else health
 
 
 def _credits(health: SenderHealth) -> SenderHealth:

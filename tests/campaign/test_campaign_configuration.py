@@ -7,8 +7,9 @@ import pytest
 
 from parley.campaign import parse_campaign
 from parley.conversation.planner import plan_failure, plan_step
-from parley.conversation.state_machine import Snapshot, Status
+from parley.conversation.state_machine import Snapshot
 from parley.errors import CampaignInvalid
+from parley.vocabulary import Status
 
 CRM = """
 name: crm-call

@@ -10,8 +10,9 @@ import pytest
 
 from parley.campaign import EdgeContext, parse_campaign
 from parley.conversation.planner import plan_step
-from parley.conversation.state_machine import Snapshot, Status, Wait, WaitKind
+from parley.conversation.state_machine import Snapshot, Wait
 from parley.errors import CampaignInvalid
+from parley.vocabulary import Status, WaitKind
 
 NOW = datetime(2026, 12, 8, 10, 0, tzinfo=UTC)
 

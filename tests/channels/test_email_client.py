@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.channels.base import OutboundMessage, OutreachAction, SenderIdentity
 from parley.channels.email.channel import (
     DEFAULT_CONVERSATION_SUBJECT,
@@ -27,7 +28,6 @@ from parley.errors import (
     TransientChannelError,
     Undeliverable,
 )
-from parley.testing.smtp_server import LoopbackSMTPServer
 
 MAILBOX = "ada@parley.example"
 LEAD = "bob@example.com"
@@ -445,7 +445,7 @@ def test_every_client_ref_makes_a_valid_message_id_that_decodes_back(client_ref:
 
 async def test_the_server_runs_standalone(channel: EmailChannel) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "parley.testing.smtp_server", "--port", "0"],
+        [sys.executable, "-m", "devkit.fakes.smtp_server", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from parley.channels.base import DeliveryStatus, InboundRole
+from devkit.fakes.email_payloads import (
+    build_bounce,
+    build_delivery_event,
+    build_inbound_reply,
+    sign_inbound,
+    signed_request,
+)
+from parley.channels.base import InboundRole
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.email.wire import (
     SIGNATURE_HEADER,
@@ -20,13 +27,7 @@ from parley.channels.email.wire import (
     verify_signature,
 )
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
-from parley.testing.email_payloads import (
-    build_bounce,
-    build_delivery_event,
-    build_inbound_reply,
-    sign_inbound,
-    signed_request,
-)
+from parley.vocabulary import DeliveryStatus
 
 SECRET = "test-webhook-secret"
 MAILBOX = "ada@parley.example"

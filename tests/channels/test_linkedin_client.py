@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.stack.processes import free_port
 from parley.channels.base import OutboundMessage, OutreachAction, SenderIdentity
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.linkedin.client import (
@@ -35,8 +37,6 @@ from parley.errors import (
     TransientChannelError,
     Undeliverable,
 )
-from parley.local.processes import free_port
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 
 API_KEY = "test-gateway-key"
 SEAT = "seat-ada"
@@ -637,7 +637,7 @@ def standalone_gateway() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "parley.testing.linkedin_gateway", "--port", str(port)),
+            *(sys.executable, "-m", "devkit.fakes.linkedin_gateway", "--port", str(port)),
             *("--api-key", API_KEY, "--account", SEAT, "--inmail-credits", "2"),
         ],
         cwd=REPO_ROOT,

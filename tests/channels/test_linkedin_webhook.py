@@ -16,6 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.linkedin_payloads import (
+    build_invitation_accepted,
+    build_message_delivered,
+    build_message_received,
+    build_session_expired,
+    signed_request,
+)
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, OutreachAction
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.channels.linkedin.client import LinkedInGatewayClient
@@ -29,14 +37,6 @@ from parley.channels.linkedin.wire import (
     verify_signature,
 )
 from parley.errors import IdentityExpired, InvalidSignature, MalformedPayload
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.linkedin_payloads import (
-    build_invitation_accepted,
-    build_message_delivered,
-    build_message_received,
-    build_session_expired,
-    signed_request,
-)
 
 SECRET = "test-webhook-secret"
 API_KEY = "test-gateway-key"

@@ -26,6 +26,15 @@ from sqlalchemy import func, select
 
 import prefect_adapter.composition as composition
 import webhook.app as webhook_app
+from devkit.fakes import email_payloads
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.linkedin_payloads import (
+    build_invitation_accepted,
+    build_message_received,
+    build_session_expired,
+    signed_request,
+)
+from devkit.stack.processes import free_port
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel, EmailConfig
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -34,20 +43,11 @@ from parley.conversation import executor, handshake, lifecycle
 from parley.conversation.handshake import WakeUp
 from parley.conversation.http_action import post_json
 from parley.conversation.lifecycle import Change
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
 from parley.db.models import Action, Contact, Conversation, Identity, Message
-from parley.local.processes import free_port
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing import email_payloads
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.linkedin_payloads import (
-    build_invitation_accepted,
-    build_message_received,
-    build_session_expired,
-    signed_request,
-)
+from parley.vocabulary import Status
 from webhook import deps
 from webhook.routes import linkedin as linkedin_route
 

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.channels.whatsapp.client import WhatsAppClient
 from parley.errors import (
     ChannelError,
@@ -21,7 +22,6 @@ from parley.errors import (
     RateLimited,
     TransientChannelError,
 )
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 TOKEN = "test-access-token"
 PHONE_NUMBER_ID = "100000000000001"

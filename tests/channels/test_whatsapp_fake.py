@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.channels.whatsapp.client import WhatsAppClient
 from parley.channels.whatsapp.wire import (
     SIGNATURE_HEADER,
@@ -28,7 +29,6 @@ from parley.channels.whatsapp.wire import (
     verify_signature,
 )
 from parley.errors import InvalidSignature, RateLimited, TransientChannelError
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 SECRET = "test-app-secret"
 TOKEN = "test-access-token"
@@ -396,7 +396,7 @@ def test_standalone_process_serves_until_sigterm() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "parley.testing.whatsapp_fake", "--port", str(port)],
+        [sys.executable, "-m", "devkit.fakes.whatsapp_fake", "--port", str(port)],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL,

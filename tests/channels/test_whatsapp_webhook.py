@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from parley.channels.base import InboundMessage, InboundRole, StatusUpdate
-from parley.channels.whatsapp.wire import parse_webhook, sign, verify_signature
-from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
-from parley.testing.whatsapp_payloads import (
+from devkit.fakes.whatsapp_payloads import (
     build_button_reply_payload,
     build_status_payload,
     build_text_message_payload,
     status_error,
 )
+from parley.channels.base import InboundMessage, InboundRole, StatusUpdate
+from parley.channels.whatsapp.wire import parse_webhook, sign, verify_signature
+from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
 
 SECRET = "test-app-secret"
 PHONE_NUMBER_ID = "106540352242922"

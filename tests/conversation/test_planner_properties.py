@@ -2,7 +2,7 @@
 
 Random valid campaigns (``tests.campaign.strategies``) are walked by the pure planner the way
 the executor walks them: each step's ``Snapshot`` is built from the previous ``Transition``
-exactly as ``executor._apply`` writes the row, under a driven clock, with the contact writing at
+exactly as ``row.step_taken`` writes the row, under a driven clock, with the contact writing at
 random moments, people completing tasks, http calls answering (or failing for good) and the
 occasional follow-up superseded by a message that arrived while it was being sent.
 
@@ -35,15 +35,8 @@ from parley.campaign import (
 )
 from parley.campaign.schema import build_campaign
 from parley.conversation.planner import after_http, plan_failure, plan_step
-from parley.conversation.state_machine import (
-    TERMINAL,
-    Reply,
-    Snapshot,
-    Status,
-    Transition,
-    Wait,
-    WaitKind,
-)
+from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
+from parley.vocabulary import TERMINAL, Status, WaitKind
 from tests.campaign.strategies import campaign_documents
 
 START = datetime(2025, 3, 29, 22, 30, tzinfo=UTC)  # an hour before Madrid's clocks jump
@@ -73,7 +66,7 @@ GAP = st.sampled_from([1, 59, 600, 3600, 5 * 3600, 86_400, 3 * 86_400, 15 * 86_4
 
 
 def apply(snapshot: Snapshot, t: Transition, now: datetime) -> Snapshot:
-    """The row ``executor._apply`` writes for ``t``, read back as the next step's snapshot
+    """The row ``row.step_taken`` writes for ``t``, read back as the next step's snapshot
     (its ``now`` and ``last_heard_at`` are the caller's to set)."""
     return replace(
         snapshot,

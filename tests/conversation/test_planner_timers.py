@@ -9,7 +9,8 @@ from typing import Any
 
 from parley.campaign import load_campaign, parse_campaign
 from parley.conversation.planner import plan_step
-from parley.conversation.state_machine import Reply, Snapshot, Status, Transition, Wait, WaitKind
+from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
+from parley.vocabulary import Status, WaitKind
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLLOW_UP = load_campaign(ROOT / "examples/campaigns/follow_up.yaml")
@@ -136,8 +137,8 @@ def test_break_flow_a_reply_during_a_timer_wait_jumps_to_on_reply() -> None:
 
 
 def test_a_reply_before_a_follow_up_went_out_means_it_is_not_sent() -> None:
-    """The seed's worst moment: the reminder was planned by the timeout, the lead wrote before
-    it went out. The reminder is not sent; the message goes where replies go."""
+    """The worst moment (docs/campaigns.md): the reminder was planned by the timeout, the lead
+    wrote before it went out. The reminder is not sent; the message goes where replies go."""
     t = plan_step(
         FOLLOW_UP,
         at("reminder", MONDAY + timedelta(days=2), follow_up=True),

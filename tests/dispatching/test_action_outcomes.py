@@ -17,18 +17,18 @@ import pytest
 from alembic import command
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import install_campaign
 from parley.cli import app
 from parley.clock import DrivenClock
 from parley.conversation import executor, inbox, lifecycle
 from parley.conversation.migration import MigrationRefused, migrate
-from parley.conversation.state_machine import Status, WaitKind
 from parley.db import Database, queries
 from parley.db.migrate import alembic_config, upgrade
 from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
+from parley.vocabulary import Status, WaitKind
 from tests.dispatching.test_outreach import (  # noqa: F401  (fixtures)
     _actions,
     _identity,

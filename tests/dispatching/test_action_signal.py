@@ -16,12 +16,12 @@ import pytest
 from prefect import flow
 
 import prefect_adapter.outreach_tick
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from flows import dispatcher as dispatcher_flow
 from parley.action_signal import PostgresActionSignal, SleepingSignal, action_signal_for
 from parley.db import Database, queries
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401
     _actions,
     _identity,

@@ -13,16 +13,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import CampaignCache
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
 from parley.conversation.http_action import post_json
-from parley.db import Database, queries
+from parley.db import Database
 from parley.db.models import Action, Identity
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 
 IDENTITIES = 50
 PER_IDENTITY = 20
@@ -105,14 +106,14 @@ async def test_a_thousand_actions_over_fifty_identities_drain_within_every_limit
         await asyncio.gather(*(_drain_once(rt, i, rng) for i in identity_ids))
         async with db.read() as session:
             pending = await session.execute(
-                queries.select(queries.func.min(Action.not_before)).where(Action.status == "queued")
+                select(func.min(Action.not_before)).where(Action.status == "queued")
             )
             next_due = pending.scalar_one_or_none()
         if next_due is None:
             break
         rt.clock.advance(max(next_due - rt.clock.now(), timedelta(0)) + timedelta(seconds=1))
     async with db.read() as session:
-        rows = list((await session.execute(queries.select(Action))).scalars())
+        rows = list((await session.execute(select(Action))).scalars())
     assert all(a.outcome == "sent" for a in rows), Counter(a.status for a in rows)
     assert len(gateway.performed) == IDENTITIES * PER_IDENTITY  # none twice, none lost
     by_identity: dict[int, list[datetime]] = defaultdict(list)

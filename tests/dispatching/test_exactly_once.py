@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -28,10 +32,6 @@ from parley.db import Database, queries
 from parley.db.models import Conversation, Identity
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_status_payload
 from prefect_adapter.outreach_tick import recover_abandoned_actions
 from tests.dispatching.test_outreach import _actions, _seeded, _until_waiting
 
@@ -148,7 +148,8 @@ async def _meta_callback(
         client_ref=record.get("biz_opaque_callback_data"),
         errors=errors,
     )
-    await inbox.store_batch(db, parse_webhook(json.dumps(payload).encode()), None)
+    batch = parse_webhook(json.dumps(payload).encode())
+    await inbox.store_batch(db, batch, None, settle_action=dispatch.reconcile_status)
 
 
 async def _until(what: str, ready: object, timeout: float = 20) -> None:

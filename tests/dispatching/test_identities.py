@@ -608,7 +608,7 @@ async def test_rest_adding_an_identity_while_prefect_is_away_still_adds_it(
     it acts): Prefect being down must not refuse the operator."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from parley.local.processes import free_port
+    from devkit.stack.processes import free_port
 
     with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):
         async with _api(db) as api:

@@ -14,22 +14,21 @@ from pydantic import ValidationError
 
 from parley.errors import ConfigurationError
 from parley.outreach.limits import (
-    ACTION_TYPES,
     DEFAULT_LIMITS,
     DEFAULT_POLICY,
     ActionLimits,
-    ActionType,
     LimitPolicy,
+    NotYet,
     Performed,
     Proceed,
     RollingCap,
     Usage,
-    Wait,
     counts,
     decide,
     learn_retry_after,
 )
 from parley.outreach.working_hours import DAY_KEYS, MAX_WAIT, WorkingHours, default_working_hours
+from parley.vocabulary import ACTION_TYPES, ActionType
 
 MADRID = ZoneInfo("Europe/Madrid")
 HOURS = default_working_hours("Europe/Madrid")  # Mon-Fri 09:00-18:00
@@ -52,12 +51,12 @@ def performed(
     return [Performed(action_type, start + i * every) for i in range(n)]
 
 
-def wait_for(decision: Proceed | Wait) -> Wait:
-    assert isinstance(decision, Wait), decision
+def wait_for(decision: Proceed | NotYet) -> NotYet:
+    assert isinstance(decision, NotYet), decision
     return decision
 
 
-# --- the seed's scenarios ---------------------------------------------------------------------
+# --- docs/outreach.md's scenarios -------------------------------------------------------------
 
 
 def test_friday_17_01_waits_until_monday_09_00() -> None:
@@ -198,7 +197,7 @@ def test_a_daily_cap_counts_the_identitys_local_day_not_utc() -> None:
         one_a_day, HOURS, late, "email", madrid(2026, 12, 1, 10, 0), random.Random(1)
     )
 
-    assert isinstance(monday, Wait)  # UTC identity: same Monday
+    assert isinstance(monday, NotYet)  # UTC identity: same Monday
     assert wait_for(on_madrid_clock).reason == "daily_cap"
 
 
@@ -210,7 +209,7 @@ def test_rolling_window_five_connection_requests_per_thirty_minutes() -> None:
     four = performed("linkedin_connection", start, 4, timedelta(minutes=5))
     five = performed("linkedin_connection", start, 5, timedelta(minutes=5))
 
-    def at(history: list[Performed], instant: datetime) -> Proceed | Wait:
+    def at(history: list[Performed], instant: datetime) -> Proceed | NotYet:
         return decide(
             five_per_half_hour, HOURS, history, "linkedin_connection", instant, random.Random(1)
         )
@@ -286,7 +285,7 @@ def test_a_provider_retry_after_is_honoured_for_that_action_type_only() -> None:
     at = madrid(2026, 12, 1, 10, 0)
     blocked = learn_retry_after({}, "linkedin_message", at, retry_after=120)
 
-    def later(action: ActionType, seconds: int) -> Proceed | Wait:
+    def later(action: ActionType, seconds: int) -> Proceed | NotYet:
         return decide(
             DEFAULT_POLICY,
             HOURS,
@@ -540,7 +539,7 @@ def situations(draw: st.DrawFn) -> dict[str, Any]:
 
 def decide_in(
     situation: dict[str, Any], at: datetime, history: Sequence[Performed] | None = None
-) -> Proceed | Wait:
+) -> Proceed | NotYet:
     return decide(
         situation["policy"],
         situation["working_hours"],
@@ -574,7 +573,7 @@ def assert_within_limits(situation: dict[str, Any], history: Sequence[Performed]
 def test_proceed_never_breaks_a_limit(situation: dict[str, Any]) -> None:
     at = situation["at"]
     decision = decide_in(situation, at)
-    if isinstance(decision, Wait):
+    if isinstance(decision, NotYet):
         return
     assert situation["working_hours"].is_open(at)
     block = situation["blocked_until"].get(("linkedin", KIND))
@@ -637,4 +636,4 @@ def test_a_wait_is_never_longer_than_needed(
         *(at + (just_before - at) * f for f in fractions),
     ]:
         if at <= instant < until:
-            assert isinstance(decide_in(situation, instant), Wait), instant
+            assert isinstance(decide_in(situation, instant), NotYet), instant

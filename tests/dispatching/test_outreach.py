@@ -13,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.channels.email.channel import EmailChannel
@@ -21,13 +24,12 @@ from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, inbox, lifecycle
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.db.models import Action, Identity, utcnow
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
+from parley.vocabulary import Status, WaitKind
 
 SEQUENCE = """
 name: li-sequence
@@ -168,7 +170,7 @@ async def _look_again(rt: Runtime, conversation_id: int) -> Cursor:
 async def _actions(db: Database, identity_id: int) -> list[Action]:
     async with db.read() as session:
         rows = await session.execute(
-            queries.select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
+            select(Action).where(Action.identity_id == identity_id).order_by(Action.id)
         )
         return list(rows.scalars())
 

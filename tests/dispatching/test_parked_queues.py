@@ -25,6 +25,9 @@ from prefect import flow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.email.channel import EmailChannel
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
@@ -39,9 +42,6 @@ from parley.errors import InvalidInput
 from parley.outreach import actions, dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _until_waiting
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
@@ -293,7 +293,7 @@ async def test_email_names_a_linkedin_seats_fallback_mailbox_and_a_typo_is_refus
 
 
 async def _look(rt: Runtime) -> dict[str, int]:
-    from parley import parked  # here: each scenario fails on its own on a main without it
+    from parley.outreach import parked  # here: each scenario fails on its own on a main without it
 
     return dict(await parked.check_parked_queues(rt, EVERY))
 

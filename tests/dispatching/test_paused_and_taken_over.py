@@ -14,15 +14,15 @@ from uuid import uuid4
 
 import pytest
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import install_campaign
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, lifecycle
-from parley.conversation.state_machine import Status, WaitKind
 from parley.db import Database, queries
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
+from parley.vocabulary import Status, WaitKind
 from tests.dispatching.test_outreach import (  # the outreach scenarios' fixtures and helpers
     _actions,
     _identity,

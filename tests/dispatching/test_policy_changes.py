@@ -15,8 +15,10 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.cli import app
 from parley.clock import DrivenClock
 from parley.db import Database, queries
@@ -25,7 +27,6 @@ from parley.outreach import dispatch, identities
 from parley.outreach.limits import WEEK_OF_HISTORY, LimitPolicy, history_needed
 from parley.runtime import Runtime
 from parley.settings import Settings, get_settings
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.dispatching.test_outreach import (  # noqa: F401
     NO_SPACING,
     _actions,
@@ -201,7 +202,7 @@ async def test_a_policy_change_makes_only_put_off_actions_due_in_their_order(
     assert by_id[ids["running"]].not_before == later
     async with db.read() as session:
         order = await session.execute(
-            queries.select(Action.id)
+            select(Action.id)
             .where(Action.identity_id == identity_id, Action.status == "queued")
             .where(Action.queue == "ready")
             .order_by(Action.not_before, Action.id)
@@ -213,7 +214,7 @@ async def test_a_policy_change_makes_only_put_off_actions_due_in_their_order(
             ids["backoff"],
         ]
         untouched = await session.execute(
-            queries.select(Action.not_before).where(Action.identity_id == other["id"])
+            select(Action.not_before).where(Action.identity_id == other["id"])
         )
         assert list(untouched.scalars()) == [later]
 

@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 import webhook.app as webhook_app
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
@@ -28,15 +30,13 @@ from parley.clock import DrivenClock
 from parley.conversation import executor, lifecycle
 from parley.conversation.handshake import WakeUp
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Status
 from parley.db import Database
 from parley.db.models import Action, Conversation, Message, WebhookEvent
 from parley.errors import AlreadyExists, InvalidInput
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_text_message_payload
+from parley.vocabulary import Status
 from tests.dispatching.test_identities import cli, cli_db  # noqa: F401  (fixture)
 from tests.dispatching.test_outreach import _look_again, _seeded, _suspend, _until_waiting
 from tests.operator_api import operator_api

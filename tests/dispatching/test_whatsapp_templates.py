@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
@@ -19,7 +20,6 @@ from parley.db import Database
 from parley.db.models import Identity
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _actions, _seeded, _until_waiting
 
 PHONE_ID = "100000000000321"

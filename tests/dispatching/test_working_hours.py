@@ -36,7 +36,7 @@ def madrid(*parts: int, fold: int = 0) -> datetime:
     return datetime(*parts, tzinfo=MADRID, fold=fold)
 
 
-# --- the seed's scenario and the basics ---------------------------------------------------------
+# --- docs/outreach.md's scenario and the basics ---------------------------------------------
 
 
 def test_friday_17_01_waits_until_monday_09_00() -> None:

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_user import WhatsAppUser
+from devkit.stack.processes import Stack, free_port
 from parley.conversation import operator_views as views
 from parley.db import Database
-from parley.local.processes import Stack, free_port
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_user import WhatsAppUser
 
 ROOT = Path(__file__).resolve().parents[2]
 ONBOARDING = ROOT / "examples" / "campaigns" / "onboarding.yaml"

@@ -22,8 +22,8 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flow_runs import aresume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
 
+from devkit.fakes.whatsapp_user import WhatsAppUser
 from parley.clock import DrivenClock
-from parley.testing.whatsapp_user import WhatsAppUser
 from tests.e2e.conftest import API_KEY, ROOT, E2EStack
 
 FOLLOW_UP = ROOT / "examples" / "campaigns" / "follow_up.yaml"

@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled
 
-from parley.local.demo import GREETING
+from devkit.stack.demo import GREETING
 from tests.e2e.conftest import E2EStack
 
 pytestmark = pytest.mark.e2e

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
+from devkit.stack.demo import EMAIL_PROMPT, EMAIL_RETRY, GREETING, PLAN_PROMPT, THANKS
 from parley.channels.whatsapp.wire import sign
-from parley.local.demo import EMAIL_PROMPT, EMAIL_RETRY, GREETING, PLAN_PROMPT, THANKS
-from parley.testing.whatsapp_payloads import build_text_message_payload
 from tests.e2e.conftest import API_KEY, APP_SECRET, PHONE_NUMBER_ID, E2EStack
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.blocks import register_database_block
-from parley.local.processes import free_port
+from devkit.stack.processes import free_port
 from parley.settings import Settings
 from prefect_adapter.composition import DatabaseUrlUnknown, block_cache_path, resolve_database_url
 

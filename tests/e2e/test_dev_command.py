@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from parley.local.chat import ChatSession, text_of
-from parley.local.processes import free_port, port_is_free
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.stack.chat import ChatSession, text_of
+from devkit.stack.processes import free_port, port_is_free
 from parley.settings import Settings
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling
 
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
+from devkit.fakes.whatsapp_user import WhatsAppUser
+from devkit.stack.demo import EMAIL_PROMPT, GREETING, PLAN_PROMPT, THANKS
+from devkit.stack.processes import free_port
 from parley.db import Database, queries
-from parley.local.demo import EMAIL_PROMPT, GREETING, PLAN_PROMPT, THANKS
-from parley.local.processes import free_port
-from parley.testing.whatsapp_payloads import build_text_message_payload
-from parley.testing.whatsapp_user import WhatsAppUser
 from tests.e2e.conftest import PHONE_NUMBER_ID, E2EStack
 from tests.e2e.tcp_proxy import TcpProxy
 

@@ -30,18 +30,18 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from devkit.fakes.email_payloads import build_delivery_event, signed_request
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.stack.processes import Stack, free_port
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.clock import DrivenClock
 from parley.conversation import executor, lifecycle
 from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.models import Action, Conversation, Identity
-from parley.local.processes import Stack, free_port
 from parley.runtime import Runtime
-from parley.testing.email_payloads import build_delivery_event, signed_request
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 from tests.dispatching.test_outreach import _until_waiting
 from tests.e2e.conftest import API_KEY, APP_SECRET
 

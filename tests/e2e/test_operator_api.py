@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from parley.local.demo import GREETING
+from devkit.stack.demo import GREETING
 from tests.e2e.conftest import API_KEY, NEXT_API_KEY, E2EStack
 
 pytestmark = pytest.mark.e2e

@@ -21,13 +21,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from sqlalchemy import select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.smtp_server import LoopbackSMTPServer
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.clock import DrivenClock
 from parley.conversation import inbox
 from parley.db import Database
 from parley.db.models import Action, utcnow
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.smtp_server import LoopbackSMTPServer
 from tests.e2e.conftest import API_KEY, ROOT, E2EStack
 
 pytestmark = pytest.mark.e2e

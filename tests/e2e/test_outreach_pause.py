@@ -17,11 +17,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import install_campaign
 from parley.clock import DrivenClock
 from parley.db import Database
 from parley.db.models import Action
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
 from tests.e2e.conftest import API_KEY, E2EStack
 
 pytestmark = pytest.mark.e2e

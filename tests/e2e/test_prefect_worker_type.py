@@ -36,10 +36,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType, WorkerStatus
 from prefect.states import Cancelling
 
-from parley.local.demo import EMAIL_PROMPT, GREETING
-from parley.local.processes import Process, Stack, free_port
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.stack.demo import EMAIL_PROMPT, GREETING
+from devkit.stack.processes import Process, Stack, free_port
 from tests.e2e.conftest import API_KEY, APP_SECRET, ONBOARDING, PHONE_NUMBER_ID, ROOT, E2EStack
 from tests.e2e.tcp_proxy import TcpProxy
 

@@ -20,11 +20,11 @@ import pytest
 from sqlalchemy import select
 
 from deployments.blocks import register_database_block
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
+from devkit.stack.processes import Process, Stack, free_port
 from parley.channels.whatsapp.wire import sign
 from parley.db import Database
 from parley.db.models import Message
-from parley.local.processes import Process, Stack, free_port
-from parley.testing.whatsapp_payloads import build_text_message_payload
 from tests.e2e.conftest import APP_SECRET, ONBOARDING, PHONE_NUMBER_ID, E2EStack
 from tests.e2e.tcp_proxy import TcpProxy
 

@@ -17,20 +17,20 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.input.run_input import keyset_from_paused_state
 from prefect.states import Cancelled, Failed, Running, Suspended
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from flows.conversation import conversation
 from parley.campaign.registry import CampaignCache, install_campaign
-from parley.channels.base import DeliveryStatus, OutboundMessage
+from parley.channels.base import OutboundMessage
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.conversation import executor, inbox, lifecycle
 from parley.conversation.outbox import record_intent
-from parley.conversation.state_machine import Status
 from parley.db import Database, queries
-from parley.db.models import Conversation, utcnow
+from parley.db.models import Conversation, Message, utcnow
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import DeliveryStatus, Status
 from prefect_adapter import repairs
 from prefect_adapter.repairs import Repair, claim_work, repair
 from prefect_adapter.resume_form import ResumeInput
@@ -137,8 +137,8 @@ async def _suspended_with_unread(world: World, conversation_id: int) -> None:
     await inbox.store_batch(world.db, make_batch("an answer"), world.campaign)  # other contact
     async with world.db.transaction() as session:
         await session.execute(
-            queries.update(queries.Message)
-            .where(queries.Message.conversation_id == conversation_id)
+            update(Message)
+            .where(Message.conversation_id == conversation_id)
             .values(consumed_step=None)
         )
     await _set_row(  # suspended a while ago: the run had its chance to pause
@@ -153,7 +153,7 @@ async def _suspended_with_unread(world: World, conversation_id: int) -> None:
 async def _expire_handovers(world: World, conversation_ids: list[int]) -> None:
     async with world.db.transaction() as session:
         await session.execute(
-            queries.update(Conversation)
+            update(Conversation)
             .where(Conversation.id.in_(conversation_ids))
             .values(handed_over_at=utcnow() - timedelta(minutes=1), repair_after=None)
         )

@@ -8,13 +8,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
 from parley.campaign.registry import install_campaign
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox, operator_views
 from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.runtime import Runtime
-from parley.testing.whatsapp_payloads import build_text_message_payload
 from tests.storage.conftest import PHONE_ID
 
 ROOT = Path(__file__).resolve().parents[2]

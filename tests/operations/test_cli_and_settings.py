@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
 from parley.campaign.registry import install_campaign
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.cli import app
@@ -18,7 +19,6 @@ from parley.conversation import inbox
 from parley.db import Database
 from parley.errors import ConfigurationError
 from parley.settings import Settings, get_settings
-from parley.testing.whatsapp_payloads import build_text_message_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

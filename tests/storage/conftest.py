@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_text_message_payload
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.channels.whatsapp.wire import parse_webhook
@@ -18,9 +21,6 @@ from parley.conversation import operator_views as views
 from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.runtime import Runtime
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_text_message_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 PHONE_ID = "100000000000001"

@@ -9,10 +9,11 @@ import socket
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload, status_error
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import step_ref
 from parley.db import Database, queries
 from parley.inbox_signal import (
     DatagramSignal,
@@ -21,8 +22,7 @@ from parley.inbox_signal import (
     datagram_directory,
 )
 from parley.runtime import Runtime
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_status_payload, status_error
+from parley.vocabulary import step_ref
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 

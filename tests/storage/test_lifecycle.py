@@ -12,19 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.whatsapp.channel import WhatsAppChannel, WhatsAppConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, handshake, inbox, lifecycle
 from parley.conversation import operator_views as views
 from parley.conversation.http_action import post_json
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.db.models import Conversation, NodeVisit
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.runtime import Runtime
 from parley.settings import Settings
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import Status, WaitKind
 from prefect_adapter.repairs import claim_work
 from tests.storage.conftest import PHONE_ID, ROOT, USER, make_batch
 

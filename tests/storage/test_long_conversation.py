@@ -31,14 +31,15 @@ import cloudpickle
 import pytest
 from sqlalchemy import event
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from parley.campaign import parse_campaign
 from parley.campaign.registry import install_campaign
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import Cursor, Status, WaitKind
+from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.runtime import Runtime
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
+from parley.vocabulary import Status, WaitKind
 from prefect_adapter.resume_form import ResumeInput
 from tests.storage.conftest import USER, make_batch
 

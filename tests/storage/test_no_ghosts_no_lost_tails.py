@@ -8,14 +8,14 @@ import json
 
 import pytest
 
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, handshake, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import TRIGGER_STEP, Status, step_ref
 from parley.db import Database, queries
 from parley.runtime import Runtime
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_status_payload
+from parley.vocabulary import TRIGGER_STEP, Status, step_ref
 from tests.storage.conftest import PHONE_ID, USER, make_batch, start_conversation
 
 
@@ -114,7 +114,7 @@ async def test_cancelling_a_conversation_drops_what_it_had_not_sent(
     cursor = await executor.advance(runtime, cid, 0)  # greets, then waits for the name
     await inbox.store_batch(db, make_batch("Ana"), campaign_name)
     assert await handshake.wait_hot(runtime, cid, cursor.step, 0.1)
-    await executor.cancel(runtime, cid, "cancelled by an operator")
+    await executor.mark_cancelled(runtime, cid, "cancelled by an operator")
     after = await executor.advance(runtime, cid, cursor.step)
     assert after.status is Status.CANCELLED
     assert fake.texts_to(USER) == ["Hi, welcome aboard! What's your name?"]

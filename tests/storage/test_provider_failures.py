@@ -8,17 +8,17 @@ import json
 
 import pytest
 
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.fakes.whatsapp_payloads import build_status_payload
 from parley.channels.whatsapp.wire import parse_webhook
 from parley.conversation import executor, inbox
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import step_ref
 from parley.db import Database, queries
 from parley.errors import RateLimited, TransientChannelError
 from parley.retry import RetryPolicy
 from parley.runtime import Runtime
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
-from parley.testing.whatsapp_payloads import build_status_payload
+from parley.vocabulary import step_ref
 from tests.storage.conftest import PHONE_ID, USER, start_conversation
 
 

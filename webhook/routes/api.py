@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from parley.conversation import lifecycle, operator_views
 from parley.conversation.lifecycle import CampaignChange, Change
-from parley.conversation.state_machine import Status
+from parley.vocabulary import Status
 from prefect_adapter.runs import carry_out
 from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 

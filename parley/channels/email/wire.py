@@ -14,7 +14,7 @@ so every provider adapter speaks the same thing:
 
 Every POST carries ``X-Parley-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">``.
 Pure functions over bytes and dicts; writing the format is test tooling
-(``parley.testing.email_payloads``), except ``sign``, which provider relays need too.
+(``devkit.fakes.email_payloads``), except ``sign``, which provider relays need too.
 """
 
 from __future__ import annotations
@@ -32,15 +32,9 @@ from urllib.parse import quote, unquote
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
-from parley.channels.base import (
-    DeliveryStatus,
-    InboundBatch,
-    InboundMessage,
-    InboundRole,
-    JSONDict,
-    StatusUpdate,
-)
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
+from parley.vocabulary import DeliveryStatus
 
 CHANNEL: Final = "email"
 MESSAGE_TYPE: Final = "email"

@@ -2,7 +2,7 @@
 
 Pure functions over bytes and dicts, so the web layer, the loopback fake and the tests share one
 reading of the wire format and no web framework leaks into the core. Writing the format (the
-bodies Meta would send) is test tooling and lives in ``parley.testing.whatsapp_payloads``.
+bodies Meta would send) is test tooling and lives in ``devkit.fakes.whatsapp_payloads``.
 """
 
 from __future__ import annotations

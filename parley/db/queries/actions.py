@@ -1,5 +1,6 @@
 """The per-identity outreach action queue: enqueue, claim with SKIP LOCKED, finish, park,
-put off, and the send history the limits read."""
+put off, and the send history the limits read; and which queue an identity's action waits in,
+as its row says (both wings ask: the hand-off of a new action, the dispatcher's claim)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.action_signal import CHANNEL as ACTIONS_CHANNEL
-from parley.conversation.state_machine import step_ref
 from parley.db.models import Action, Identity, utcnow
+from parley.db.notifications import ACTIONS_CHANNEL
 from parley.db.queries._common import dialect_of, get_row, insert_ignoring_conflict, rowcount
 from parley.errors import NotFound
+from parley.vocabulary import CREDITS, PARKED_TYPES, step_ref
 
 
 async def enqueue_action(session: AsyncSession, values: dict[str, Any]) -> Action:
@@ -40,6 +41,36 @@ async def notify_action_ready(session: AsyncSession, identity_id: int) -> None:
     its next tick (parley.action_signal). Nothing to do on SQLite: the tick finds it."""
     if dialect_of(session) == "postgresql":
         await session.execute(select(func.pg_notify(ACTIONS_CHANNEL, str(identity_id))))
+
+
+def channel_queue(identity: Identity, channel: str) -> str:
+    """The queue a channel's actions wait in while the identity's account on it cannot work:
+    ``email-{mailbox}`` (a LinkedIn seat's fallback mailbox is ``settings.email.address``),
+    else the channel's name."""
+    if channel == "email":
+        nested = identity.settings.get("email")
+        mailbox = nested.get("address") if isinstance(nested, dict) else None
+        return f"email-{mailbox or identity.address}"
+    return channel
+
+
+def parked_queue_of(identity: Identity, channel: str, action_type: str) -> str | None:
+    """The parked queue an action of this type must wait in now, or None when it may be
+    tried: its channel's queue while that is parked (the session is known to be expired), else
+    ``credits`` for an InMail while credits are out."""
+    parked = identity.parked or {}
+    queue = channel_queue(identity, channel)
+    if queue in parked:
+        return queue
+    if action_type in PARKED_TYPES[CREDITS] and CREDITS in parked:
+        return CREDITS
+    return None
+
+
+def parked_reason(identity: Identity | None, queue: str) -> str:
+    entry = (identity.parked if identity is not None else {}).get(queue) or {}
+    why = entry.get("reason") if isinstance(entry, dict) else None
+    return f"parked: {queue!r} is parked ({why or 'no reason recorded'})"
 
 
 def _ready(now: datetime | BindParameter[Any], actions: Any = Action) -> Any:

@@ -47,7 +47,7 @@ async def get_campaign_version(session: AsyncSession, version_id: int) -> Campai
 
 
 async def campaign_held(session: AsyncSession, campaign_version_id: int) -> bool:
-    """Whether the campaign this version belongs to is paused (the runner's activeToll)."""
+    """Whether the campaign this version belongs to is paused (the runner's pause gate)."""
     stmt = select(
         exists().where(
             CampaignHold.name == CampaignVersion.name,

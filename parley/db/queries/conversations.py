@@ -10,20 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import ACTIVE, Status
 from parley.db.models import (
     Action,
     CampaignVersion,
     Contact,
     Conversation,
-    Direction,
     Identity,
     Message,
-    utcnow,
 )
 from parley.db.queries._common import get_row
 from parley.db.queries.identities import WHATSAPP, nested_whatsapp_number
 from parley.errors import NotFound
+from parley.vocabulary import ACTIVE, Direction, Status
 
 
 async def lock_conversation(session: AsyncSession, conversation_id: int) -> Conversation:
@@ -87,10 +85,6 @@ async def create_conversation(
             raise
         return found, False
     return row, True
-
-
-def touch(conversation: Conversation) -> None:
-    conversation.updated_at = utcnow()
 
 
 def _with_contact_and_campaign() -> Any:

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.channels.base import DELIVERY_RANK, DeliveryStatus
-from parley.db.models import Direction, InboundStatus, Message, utcnow
+from parley.db.models import Message, utcnow
+from parley.db.notifications import INBOX_CHANNEL
 from parley.db.queries._common import dialect_of, insert_ignoring_conflict, insert_row, rowcount
-from parley.inbox_signal import CHANNEL as INBOX_CHANNEL
+from parley.vocabulary import DELIVERY_RANK, DeliveryStatus, Direction, InboundStatus
 
 # Our own claim states: set on purpose by the outbox, never taken from a provider callback.
 _CLAIM_STATUSES = frozenset({DeliveryStatus.PENDING, DeliveryStatus.SENDING})
@@ -113,7 +113,7 @@ async def ensure_outbound_intent(
     text: str,
     payload: dict[str, Any],
 ) -> Message:
-    """Record what we are about to send before sending it (DESIGN rule 4)."""
+    """Record what we are about to send before sending it (docs/architecture.md, rule 4)."""
     await insert_ignoring_conflict(
         session,
         Message,

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import LIVE, TERMINAL, Status
 from parley.db.models import Conversation
 from parley.db.queries.messages import unconsumed
+from parley.vocabulary import LIVE, TERMINAL, Status
 
 
 def repair_due(now: datetime) -> Any:
@@ -119,8 +119,9 @@ async def claim_for_repair(
     session: AsyncSession, condition: Any, now: datetime, limit: int
 ) -> list[Conversation]:
     """Claim rows that need ``condition``'s repair: lock them (skipping rows another
-    transaction holds — a live run renewing its lease, another dispatcher), re-check, and stamp
-    ``handed_over_at`` so no other dispatcher takes them for a lease. Rows in backoff wait."""
+    transaction holds — a live run renewing its lease, another dispatcher) and re-check; the
+    caller stamps them (``row.claimed_for_repair``) so no other dispatcher takes them for a
+    lease. Rows in backoff wait."""
     stmt = (
         select(Conversation)
         .where(condition, repair_due(now))
@@ -136,7 +137,4 @@ async def claim_for_repair(
         .with_for_update(skip_locked=True)
         .execution_options(populate_existing=True)
     )
-    rows = list((await session.execute(stmt)).scalars())
-    for row in rows:
-        row.handed_over_at = now
-    return rows
+    return list((await session.execute(stmt)).scalars())

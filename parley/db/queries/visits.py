@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.conversation.state_machine import ACTIVE, Status
 from parley.db.models import Conversation, NodeVisit
+from parley.vocabulary import ACTIVE, Status
 
 
 async def open_visit(

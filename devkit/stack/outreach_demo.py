@@ -41,13 +41,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from devkit.stack.dev import OutreachFakes, RunningStack, bring_up, prefect_port
+from devkit.stack.processes import StackError, api_is_healthy
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.clock import clock_from
 from parley.conversation import inbox, operator_views
 from parley.db import Database
 from parley.db.models import Action, utcnow
-from parley.local.dev import OutreachFakes, RunningStack, bring_up, prefect_port
-from parley.local.processes import StackError, api_is_healthy
 from parley.outreach import identities
 from parley.settings import Settings, get_settings
 

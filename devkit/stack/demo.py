@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.whatsapp_user import WhatsAppUser
+from devkit.stack.dev import RunningStack, bring_up
 from parley.conversation import operator_views as views
-from parley.conversation.state_machine import Status
 from parley.db import Database
-from parley.local.dev import RunningStack, bring_up
 from parley.settings import Settings, get_settings
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.whatsapp_user import WhatsAppUser
+from parley.vocabulary import Status
 
 console = Console()
 DEMO_HOT_SECONDS = "3"

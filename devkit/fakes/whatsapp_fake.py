@@ -15,21 +15,19 @@ import logging
 import queue
 import re
 import secrets
-import signal
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
-from typing import Any, Final, Self, TypeGuard, cast
+from typing import Any, Final, TypeGuard, cast
 from urllib.parse import urlsplit
 
 import httpx
 
+from devkit.fakes.loopback import FakeHTTPServer, JSONHandler, LoopbackHTTP, serve_until_signalled
+from devkit.fakes.whatsapp_payloads import build_status_payload, new_wamid
 from parley.channels.base import JSONDict
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
-from parley.testing.whatsapp_payloads import build_status_payload, new_wamid
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +79,11 @@ class _CallbackJob:
     done: threading.Event
 
 
-class FakeWhatsAppAPI:
+class FakeWhatsAppAPI(LoopbackHTTP):
     """Accepts sends like Meta would, records them, and reports their status to a webhook."""
+
+    what = "the fake WhatsApp API"
+    thread_name = "fake-whatsapp"
 
     def __init__(
         self,
@@ -95,6 +96,7 @@ class FakeWhatsAppAPI:
         app_secret: str | None = None,
         version: str = "v21.0",
     ) -> None:
+        super().__init__(host, port)
         self.access_token = access_token
         self.phone_number_id = phone_number_id
         # Every business number of the account, with the token that may send from it.
@@ -102,72 +104,36 @@ class FakeWhatsAppAPI:
         self.webhook_url = webhook_url
         self.app_secret = app_secret
         self.version = version
-        self._address = (host, port)
         self._lock = threading.Lock()
         self._received_changed = threading.Condition(self._lock)
         self._received: list[JSONDict] = []
         self._failures: deque[_Failure] = deque()
         self._hold_seconds = 0.0
         self._token_expired = False
-        self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
         self._callbacks: queue.Queue[_CallbackJob | None] = queue.Queue()
-        self._stopping = threading.Event()
         self._callbacks_flowing = threading.Event()
         self._callbacks_flowing.set()
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    # --- lifecycle (start, stop, ``with``: LoopbackHTTP) ------------------------------------
 
-    def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("the fake WhatsApp API is already running")
-        self._server = _Server(self._address, self)
-        self._stopping.clear()
+    def _make_server(self) -> _Server:
+        return _Server(self._address, _Handler, self)
+
+    def _open(self) -> None:
         self._callbacks = queue.Queue()
-        self._spawn("fake-whatsapp-http", self._server.serve_forever, 0.05)
+        super()._open()
         if self._delivers_callbacks:
-            self._spawn("fake-whatsapp-callbacks", self._deliver_callbacks, self._callbacks)
-        logger.info("fake WhatsApp Cloud API listening on %s", self.api_url)
+            self._spawn("callbacks", self._deliver_callbacks, self._callbacks)
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        self._stopping.set()
+    def _wake_workers(self) -> None:
         self._callbacks_flowing.set()
         self._callbacks.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads.clear()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _spawn(self, name: str, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     # --- what clients and tests use -----------------------------------------------------------
 
     @property
-    def base_url(self) -> str:
-        """Root of the server, where the ``/_fake/...`` control endpoints live."""
-        if self._server is None:
-            raise RuntimeError("the fake WhatsApp API is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def where(self) -> str:
+        return self.api_url
 
     @property
     def api_url(self) -> str:
@@ -532,15 +498,10 @@ def _visible_text(record: JSONDict) -> str | None:
 # --- HTTP plumbing ----------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], fake: FakeWhatsAppAPI) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
+_Server = FakeHTTPServer[FakeWhatsAppAPI]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     server_version = "FakeWhatsAppCloudAPI/1.0"
 
     @property
@@ -563,7 +524,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        raw = self._read_body()
+        raw = self.read_body()
         match = _MESSAGES_PATH.match(path)
         if match and match["version"] == self.fake.version:
             reply = self.fake._expired_token() or self.fake._handle_send(
@@ -576,13 +537,6 @@ class _Handler(BaseHTTPRequestHandler):
             reply = _not_found(path)
         self._write(reply)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
     def _hold(self, reply: _Reply) -> None:
         """Let the status callbacks land first: the caller must learn of the send only later."""
         if reply.hold_seconds <= 0:
@@ -593,18 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _write(self, reply: _Reply) -> None:
-        data = json.dumps(reply.body).encode()
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError as exc:
-            # The caller gave up (e.g. timed out during a hold); that is the point of a hold.
-            logger.info("client went away before the response was written: %r", exc)
+        self.write_json(reply.status, reply.body, reply.headers)
 
 
 def _not_found(path: str) -> _Reply:
@@ -683,14 +626,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     fake = FakeWhatsAppAPI(
         host=args.host,
         port=args.port,
@@ -700,10 +635,7 @@ def main(argv: list[str] | None = None) -> None:
         app_secret=args.app_secret,
         version=args.version,
     )
-    with fake:
-        while not stopping.wait(0.5):
-            pass
-    logger.info("fake WhatsApp Cloud API stopped")
+    serve_until_signalled(fake)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The demo and the tests send through the real client, real sockets and a real SMT
 without a mail provider. Failure injection makes refused logins, throttling, unknown recipients
 and the "accepted, but the connection dropped before the 250" case reproducible.
 
-Run standalone for ``parley dev``: ``python -m parley.testing.smtp_server --port 2525``.
+Run standalone for ``parley dev``: ``python -m devkit.fakes.smtp_server --port 2525``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import itertools
 import logging
-import signal
 import socket
 import threading
 from collections import deque
@@ -21,11 +20,12 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
-from types import FrameType, TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from devkit.fakes.loopback import LoopbackServer, serve_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,15 @@ class _Failure:
         return f"{self.code} {self.message}"
 
 
-class LoopbackSMTPServer:
+class LoopbackSMTPServer(LoopbackServer):
     """Accepts mail on ``host:port`` (port 0 picks a free one) in a background thread."""
+
+    what = "the loopback SMTP server"
 
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 0, hostname: str = DEFAULT_HOSTNAME
     ) -> None:
+        super().__init__()
         self._host = host
         self._port = port
         self._hostname = hostname
@@ -92,35 +95,24 @@ class LoopbackSMTPServer:
         self._queue_ids = itertools.count(1)
         self._controller: _Controller | None = None
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    # --- lifecycle (start, stop, ``with``: LoopbackServer) ----------------------------------
 
-    def start(self) -> None:
-        if self._controller is not None:
-            raise RuntimeError("the loopback SMTP server is already running")
+    def _open(self) -> None:
         controller = _Controller(self, self._host, self._port, self._hostname)
-        controller.start()
+        controller.start()  # its own thread, with an asyncio loop; returns once it answers
         self._port = controller.port
         with self._lock:
             self._connections = 0  # not the probe aiosmtpd makes to see the server is up
         self._controller = controller
-        logger.info("loopback SMTP server listening on %s:%d", self._host, self._port)
 
-    def stop(self) -> None:
+    def _close(self) -> None:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    @property
+    def where(self) -> str:
+        return f"{self._host}:{self._port}"
 
     # --- what clients and tests use -----------------------------------------------------------
 
@@ -369,23 +361,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     server = LoopbackSMTPServer(host=args.host, port=args.port)
     if args.username is not None:
         server.require_auth(args.username, args.password or "")
-    with server:
-        print(f"loopback SMTP server listening on {server.host}:{server.port}", flush=True)
-        while not stopping.wait(0.5):
-            pass
-    logger.info("loopback SMTP server stopped")
+    serve_until_signalled(server, announce=True)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
+from devkit.fakes.whatsapp_payloads import build_button_reply_payload, build_text_message_payload
 from parley.channels.base import JSONDict
 from parley.channels.whatsapp.wire import SIGNATURE_HEADER, sign
 from parley.settings import Settings
-from parley.testing.whatsapp_payloads import build_button_reply_payload, build_text_message_payload
 
 console = Console()
 QUIET_SECONDS = 1.5  # after the last answer, wait this long for more before prompting again

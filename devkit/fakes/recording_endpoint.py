@@ -8,31 +8,27 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from devkit.fakes.loopback import FakeHTTPServer, JSONHandler, LoopbackHTTP
 
-class RecordingEndpoint:
+
+class RecordingEndpoint(LoopbackHTTP):
+    what = "the recording endpoint"
+    thread_name = "recording-endpoint"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._failures: list[int] = []
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _make_server(self) -> FakeHTTPServer[RecordingEndpoint]:
+        return FakeHTTPServer(self._address, _handler_for(self), self)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> RecordingEndpoint:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self.base_url
 
     def fail_next(self, status: int, count: int = 1) -> None:
         with self._lock:
@@ -52,34 +48,23 @@ class RecordingEndpoint:
         return status
 
 
-def _handler_for(endpoint: RecordingEndpoint) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler_for(endpoint: RecordingEndpoint) -> type[JSONHandler]:
+    class Handler(JSONHandler):
         def do_GET(self) -> None:
             """``/_fake/requests``: what was posted, for a developer or another process."""
             if self.path != "/_fake/requests":
                 self.send_error(404)
                 return
-            answer = json.dumps(endpoint.requests).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.write_json(200, endpoint.requests)
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
+            raw = self.read_body()
             try:
                 body = json.loads(raw or b"null")
             except json.JSONDecodeError:
                 body = None
             status = endpoint._record(self.path, dict(self.headers.items()), body)
-            answer = json.dumps({"ok": status < 400, "id": len(endpoint.requests)}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
+            self.write_json(status, {"ok": status < 400, "id": len(endpoint.requests)})
 
         def log_message(self, format: str, *args: Any) -> None:
             return

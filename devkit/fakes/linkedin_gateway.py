@@ -8,7 +8,7 @@ sessions and "the gateway did it but the caller never heard back" reproducible o
 
 Run it alone for ``parley dev``::
 
-    python -m parley.testing.linkedin_gateway --port 8091 \\
+    python -m devkit.fakes.linkedin_gateway --port 8091 \\
         --webhook-url http://127.0.0.1:8000/webhooks/linkedin --webhook-secret s3cret
 """
 
@@ -21,20 +21,25 @@ import json
 import logging
 import queue
 import re
-import signal
 import socket
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
-from typing import Any, Final, Self, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from devkit.fakes.linkedin_payloads import (
+    build_invitation_accepted,
+    build_message_delivered,
+    build_message_received,
+    build_session_expired,
+    new_id,
+)
+from devkit.fakes.loopback import FakeHTTPServer, JSONHandler, LoopbackHTTP, serve_until_signalled
 from parley.channels.base import JSONDict, SenderIdentity
 from parley.channels.linkedin.client import (
     IDEMPOTENCY_HEADER,
@@ -43,13 +48,6 @@ from parley.channels.linkedin.client import (
     REPLAYED_HEADER,
 )
 from parley.channels.linkedin.wire import CHANNEL, SIGNATURE_HEADER, sign
-from parley.testing.linkedin_payloads import (
-    build_invitation_accepted,
-    build_message_delivered,
-    build_message_received,
-    build_session_expired,
-    new_id,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +158,11 @@ class _ActionRequest:
     raw: bytes
 
 
-class FakeLinkedInGateway:
+class FakeLinkedInGateway(LoopbackHTTP):
     """Performs actions like a gateway would, records them, and reports events to a webhook."""
+
+    what = "the fake LinkedIn gateway"
+    thread_name = "fake-linkedin"
 
     def __init__(
         self,
@@ -176,20 +177,17 @@ class FakeLinkedInGateway:
         require_connection: bool = True,
         auto_delivered: bool = True,
     ) -> None:
+        super().__init__(host, port)
         self.api_key = api_key
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.require_connection = require_connection
         self.auto_delivered = auto_delivered  # a message.delivered webhook after each message
-        self._address = (host, port)
         self._initial_accounts = tuple(accounts)
         self._initial_credits = inmail_credits
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
         self._deliveries: queue.Queue[WebhookDelivery | None] = queue.Queue()
-        self._stopping = threading.Event()
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -204,57 +202,25 @@ class FakeLinkedInGateway:
         self._hold_seconds = 0.0
         self._requests: Counter[str] = Counter()
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    # --- lifecycle (start, stop, ``with``: LoopbackHTTP) ------------------------------------
 
-    def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("the fake LinkedIn gateway is already running")
-        self._server = _Server(self._address, self)
-        self._stopping.clear()
+    def _make_server(self) -> _Server:
+        return _Server(self._address, self)
+
+    def _open(self) -> None:
         self._deliveries = queue.Queue()
-        self._spawn("fake-linkedin-http", self._server.serve_forever, 0.05)
-        self._spawn("fake-linkedin-webhooks", self._deliver_webhooks, self._deliveries)
-        logger.info("fake LinkedIn gateway listening on %s", self.gateway_url)
+        super()._open()
+        self._spawn("webhooks", self._deliver_webhooks, self._deliveries)
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        self._stopping.set()
+    def _wake_workers(self) -> None:
         self._deliveries.put(None)
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads.clear()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _spawn(self, name: str, target: Callable[..., object], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     # --- what clients and tests use -----------------------------------------------------------
 
     @property
     def gateway_url(self) -> str:
         """What a seat's ``gateway_url`` setting holds; ``/_fake/...`` control lives here too."""
-        if self._server is None:
-            raise RuntimeError("the fake LinkedIn gateway is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.base_url
 
     def sender(self, account_id: str = DEFAULT_ACCOUNT_ID) -> SenderIdentity:
         """A ``SenderIdentity`` for one of the fake's seats, settings filled in."""
@@ -608,16 +574,13 @@ def _failure_reply(failure: _Failure) -> _Reply:
 # --- HTTP plumbing ----------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(FakeHTTPServer[FakeLinkedInGateway]):
     """HTTP/1.1 with keep-alive, like a real gateway: a dispatcher's pooled client sends each
     action on a connection it already has. ``close_connections`` ends the open ones, so a
     stopped fake refuses everything at once."""
 
-    daemon_threads = True
-
     def __init__(self, address: tuple[str, int], fake: FakeLinkedInGateway) -> None:
-        super().__init__(address, _Handler)
-        self.fake = fake
+        super().__init__(address, _Handler, fake)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
 
@@ -639,7 +602,7 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     server_version = "FakeLinkedInGateway/1.0"
     protocol_version = "HTTP/1.1"  # every answer has a Content-Length; connections stay open
     # TCP_NODELAY, as every production HTTP server sets it: the answer goes out as two writes
@@ -673,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
-        raw = self._read_body()
+        raw = self.read_body()
         match = _ACTION_PATH.match(path)
         if match:
             reply = self.fake._handle_action(self._action_request(match, raw))
@@ -684,9 +647,6 @@ class _Handler(BaseHTTPRequestHandler):
             reply = gateway_error(404, "not_found", f"no route POST {path}")
         self._write(reply)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
     def _action_request(self, match: re.Match[str], raw: bytes) -> _ActionRequest:
         return _ActionRequest(
             account_id=unquote(match["account"]),
@@ -695,10 +655,6 @@ class _Handler(BaseHTTPRequestHandler):
             idempotency_key=self.headers.get(IDEMPOTENCY_HEADER),
             raw=raw,
         )
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
     def _hold(self, reply: _Reply) -> None:
         """Let the webhooks land first: the caller must learn of the action only later."""
@@ -710,18 +666,7 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(max(0.0, deadline - time.monotonic()))
 
     def _write(self, reply: _Reply) -> None:
-        data = json.dumps(reply.body).encode()
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError as exc:
-            # The caller gave up (e.g. timed out during a hold); that is the point of a hold.
-            logger.info("client went away before the response was written: %r", exc)
+        self.write_json(reply.status, reply.body, reply.headers)
 
 
 # --- control surface for other processes ------------------------------------------------------
@@ -833,14 +778,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     fake = FakeLinkedInGateway(
         host=args.host,
         port=args.port,
@@ -851,10 +788,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_secret=args.webhook_secret,
         require_connection=not args.no_connection_check,
     )
-    with fake:
-        while not stopping.wait(0.5):
-            pass
-    logger.info("fake LinkedIn gateway stopped")
+    serve_until_signalled(fake)
 
 
 if __name__ == "__main__":

@@ -33,17 +33,17 @@ from urllib.parse import urlsplit
 import httpx
 from rich.console import Console
 
+from devkit.fakes import linkedin_gateway
+from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
+from devkit.fakes.recording_endpoint import RecordingEndpoint
+from devkit.fakes.smtp_server import LoopbackSMTPServer
+from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
+from devkit.stack.processes import Stack, StackError, api_is_healthy, free_port
 from parley.campaign import load_campaign
 from parley.campaign.registry import install_campaign
 from parley.db import Database, migrate
 from parley.errors import ParleyError
-from parley.local.processes import Stack, StackError, api_is_healthy, free_port
 from parley.settings import Settings, is_loopback
-from parley.testing import linkedin_gateway
-from parley.testing.linkedin_gateway import FakeLinkedInGateway
-from parley.testing.recording_endpoint import RecordingEndpoint
-from parley.testing.smtp_server import LoopbackSMTPServer
-from parley.testing.whatsapp_fake import FakeWhatsAppAPI
 
 DEFAULT_PREFECT_PORT = 4200
 DEMO_LINKEDIN_WEBHOOK_SECRET = "parley-demo-linkedin-webhook-secret"
