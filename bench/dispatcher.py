@@ -6,7 +6,7 @@
 A fresh database (``dispatcher_bench``) gets N identities, each a LinkedIn seat at the loopback
 gateway with its own queue of actions, all due now, inside working hours, under limits that
 allow them (spacing 0). The dispatcher's own loop then drains them exactly as a dispatcher run
-does (``parley.outreach.drain`` per identity, ``--parallel`` identities at a time): claim
+does (``parley.outreach.dispatch.drain`` per identity, ``--parallel`` identities at a time): claim
 with SKIP LOCKED, the decision over the identity's history, the freshness check, the gateway
 call, the recorded outcome. What is *not* in the figure: Prefect's per-identity concurrency
 slots — run with ``--with-slots`` against a Prefect server (``PREFECT_API_URL``) to drain with

@@ -196,7 +196,7 @@ class SenderHealth:
 @runtime_checkable
 class HealthChecked(Protocol):
     """A provider that can tell whether a sender's account works again, so a parked queue
-    unparks by itself (``parley.parked``). Raises ``parley.errors`` kinds like ``perform``:
+    unparks by itself (``parley.outreach.parked``). Raises ``parley.errors`` kinds like ``perform``:
     ``IdentityExpired`` is an unhealthy answer, a ``TransientChannelError`` no answer."""
 
     async def check_sender(self, sender: SenderIdentity) -> SenderHealth:

@@ -1,6 +1,6 @@
 """``parley conversations``: look at conversations and act on them from outside their runs.
 
-Every command that changes a conversation goes through ``parley.lifecycle`` (the state
+Every command that changes a conversation goes through ``parley.conversation.lifecycle`` (the state
 machine's table, optimistic locking); a refusal — unknown id, a transition not allowed, an
 invalid task result — prints why and exits 1 with nothing changed. A run owed a resume gets it
 from the dispatcher within a tick.

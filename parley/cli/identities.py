@@ -2,8 +2,8 @@
 policies, reconnecting a parked channel, and why an identity's queue is not moving.
 
 Policies and provider settings come as a file (``--policy FILE``: YAML or JSON) or inline JSON
-(``--policy-json``); ``parley.identities`` checks them and names each bad key. A refusal (unknown
-id, a duplicate, an invalid policy) prints why and exits 1 with nothing changed.
+(``--policy-json``); ``parley.outreach.identities`` checks them and names each bad key. A refusal
+(unknown id, a duplicate, an invalid policy) prints why and exits 1 with nothing changed.
 """
 
 from __future__ import annotations

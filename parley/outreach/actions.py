@@ -8,8 +8,8 @@ Queues: ``ready``, or parked while a channel cannot work: ``linkedin`` (the sess
 ``whatsapp`` (the access token expired), ``email-{mailbox}`` (a disconnected mailbox),
 ``credits`` (InMail credits ran out: InMails only, the seat's other actions keep going). Parked
 actions keep their place (``not_before``, id) and go back in that order on reconnect, or when
-the dispatcher finds the account healthy again (``parley.parked``). An action queued while its
-queue is parked is parked at once behind the others: nothing is tried against an account
+the dispatcher finds the account healthy again (``parley.outreach.parked``). An action queued while
+its queue is parked is parked at once behind the others: nothing is tried against an account
 already known not to work.
 ``paused`` holds the actions the dispatcher found due while their conversation (or its
 campaign) was paused: not skipped — the conversation still waits for them — and back in

@@ -6,8 +6,8 @@ order:
 
 1. **claim** the identity's next due action (``SKIP LOCKED``: two dispatchers never take it);
 2. **decide** ``PROCEED`` or ``WAIT(reason, until)``: working hours, then daily, weekly and
-   rolling caps, spacing with jitter, provider blocks (``parley.limits.decide`` over what the
-   identity actually sent); a wait puts the action back with ``not_before = until``, marked
+   rolling caps, spacing with jitter, provider blocks (``parley.outreach.limits.decide`` over what
+   the identity actually sent); a wait puts the action back with ``not_before = until``, marked
    ``put_off`` so that an operator's policy change decides it again at once;
 3. the **pause gate** and the **freshness check**, under the conversation's row lock (the one
    the webhook stores messages under and operators' commands write): a conversation paused by

@@ -6,8 +6,8 @@ An identity's ``policy`` column holds ``{"working_hours": {...}, "limits": {...}
 wrote it (YAML or JSON, decoded), minus the timezone: the identity's ``timezone`` column is the
 one place that says which clock its windows and daily caps are read on, so moving a mailbox to
 another timezone is one change. ``IdentityPolicy.from_config`` turns the stored mapping into the
-``WorkingHours`` and ``LimitPolicy`` that ``parley.limits.decide`` takes; every part left out
-gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
+``WorkingHours`` and ``LimitPolicy`` that ``parley.outreach.limits.decide`` takes; every part left
+out gets the default outreach tools use (Mon-Fri 09:00-18:00 on the identity's clock,
 ``DEFAULT_POLICY``).
 
 WhatsApp numbers (``parley.conversation.whatsapp_numbers``): an identity's templates and

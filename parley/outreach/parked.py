@@ -1,8 +1,8 @@
 """Parked queues unpark themselves: the dispatcher asks the provider whether the account works
 again, and moves the queue's actions back in their order when it does.
 
-A queue is parked when its account cannot work (``parley.actions``): a LinkedIn session that
-expired, a mailbox whose login is refused, a WhatsApp token that expired, InMail credits used
+A queue is parked when its account cannot work (``parley.outreach.actions``): a LinkedIn session
+that expired, a mailbox whose login is refused, a WhatsApp token that expired, InMail credits used
 up. A human fixes the account at the provider — often without telling Parley — so the
 dispatcher looks itself, at most once per ``every`` per parked queue, without performing
 anything:

@@ -2,11 +2,11 @@
 (delivered, bounced, complained) about the emails we sent, POSTed by the provider's relay.
 
 Thin like the WhatsApp route: verify (401), read the whole body (400), store durably
-(``parley.inbox``), answer 200, and only then wake runs. A reply reaches the active conversation
-of its mailbox and sender, which is what stops an outreach sequence (the planner interrupts the
-wait, the dispatcher's freshness check skips queued actions). A reply from anyone without one is
-recorded as an ``unmatched_message`` webhook event: email outreach never starts a conversation
-on the default (WhatsApp onboarding) campaign.
+(``parley.conversation.inbox``), answer 200, and only then wake runs. A reply reaches the active
+conversation of its mailbox and sender, which is what stops an outreach sequence (the planner
+interrupts the wait, the dispatcher's freshness check skips queued actions). A reply from anyone
+without one is recorded as an ``unmatched_message`` webhook event: email outreach never starts a
+conversation on the default (WhatsApp onboarding) campaign.
 """
 
 from __future__ import annotations

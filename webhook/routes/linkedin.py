@@ -2,7 +2,8 @@
 message, an accepted connection request, a seat's expired session.
 
 Thin like the WhatsApp route: verify (401), read the whole body (400), store durably
-(``parley.inbox``), answer 200, and only then wake runs. Unlike WhatsApp, a lead only ever
+(``parley.conversation.inbox``), answer 200, and only then wake runs. Unlike WhatsApp, a lead only
+ever
 *answers* outreach we started: a message from a profile with no active conversation is recorded
 as an ``unmatched_message`` webhook event, never the start of a conversation on the default
 (WhatsApp onboarding) campaign. A message that does reach its conversation is what stops a
@@ -13,7 +14,7 @@ The two account events are recorded as webhook events too, and acted on in the r
 idempotent. An accepted connection is a ``field_changed`` signal (``linkedin_connected: true``)
 to the lead's active conversation, whose run is resumed only if its edges read that field. An
 expired session parks the seat's queued LinkedIn actions (other channels keep flowing) until the
-gateway reports the seat connected again (the dispatcher asks, ``parley.parked``) or an
+gateway reports the seat connected again (the dispatcher asks, ``parley.outreach.parked``) or an
 operator runs ``parley identity reconnect ID linkedin``.
 """
 

@@ -1,8 +1,8 @@
 """Meta's WhatsApp webhooks: the subscription check and the signed event POSTs.
 
-Thin on purpose: verify, parse, store durably (``parley.inbox``), answer 200, and only then try
-to wake the flow run (``prefect_adapter.runs.wake``); the dispatcher finishes any wake-up that
-failed.
+Thin on purpose: verify, parse, store durably (``parley.conversation.inbox``), answer 200, and only
+then try to wake the flow run (``prefect_adapter.runs.wake``); the dispatcher finishes any wake-up
+that failed.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ so the dispatcher decides park, wait, retry or give up from the type alone:
   When the connection is lost after the login, the message is *uncertain*: the server may have
   accepted it (e.g. it dropped after our final DATA dot but before its 250). SMTP has no way to
   ask, and not every receiving system drops a repeated ``Message-ID``, so the dispatcher does
-  not send it again: it waits for a delivery event carrying that Message-ID (``parley.outreach``).
+  not send it again: it waits for a delivery event carrying that Message-ID
+(``parley.outreach.dispatch``).
 * 550/551/553, or a 5xx with an enhanced status 5.1.x (bad address): ``Undeliverable``.
 * any other 4xx: ``TransientChannelError``; any other 5xx: ``PermanentChannelError``.
 

@@ -3,8 +3,8 @@
 One installation may have several business numbers: the configured one (the bot's) and those
 of its identities. An outreach action goes out from the number in its ``SenderIdentity``
 (``phone_number_id``, optionally with its own ``access_token``), because the lead's reply comes
-back to the number that wrote to them and is routed by it (``parley.inbox``); a sender that
-names no number uses the configured one.
+back to the number that wrote to them and is routed by it (``parley.conversation.inbox``); a sender
+that names no number uses the configured one.
 """
 
 from __future__ import annotations
