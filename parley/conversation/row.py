@@ -200,7 +200,7 @@ def complete_task(row: Conversation, var: str, result: dict[str, Any]) -> None:
 
 
 def pause(row: Conversation, by: PausedBy) -> None:
-    """Hold it at its next node (the activeToll). ``by`` says whose hold it is: a campaign's
+    """Hold it at its next node (the pause gate). ``by`` says whose hold it is: a campaign's
     resume releases only the campaign's; an operator's outlives it."""
     _become(row, Status.PAUSED)
     row.paused_by = by
