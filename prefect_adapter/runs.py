@@ -190,9 +190,9 @@ async def _still_suspended(db: Database, conversation_id: int) -> bool:
         ).status == Status.SUSPENDED
 
 
-async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
+async def wake(db: Database, settings: Settings, wakeup: WakeUp, reason: str = "message") -> None:
     """Right after the webhook answered 200: start or resume; whatever fails here the
-    dispatcher finishes (the message is already in the inbox)."""
+    dispatcher finishes (the message, or the action's outcome, is already committed)."""
     try:
         if wakeup.action == "start":
             await start_run(db, settings, wakeup.conversation_id)
@@ -202,11 +202,21 @@ async def wake(db: Database, settings: Settings, wakeup: WakeUp) -> None:
                 wakeup.conversation_id,
                 wakeup.flow_run_id,
                 give_up_after=settings.resume_retry_seconds,
+                reason=reason,
             )
     except PREFECT_UNAVAILABLE as exc:
         log.warning(
             "Prefect unavailable for conversation %s (%r); the dispatcher will retry",
             wakeup.conversation_id,
+            exc,
+        )
+    except ResumeRejected as exc:
+        # A run suspended by an older release may not know this resume reason: the
+        # dispatcher's repair resumes it with one it knows (the row asked for the wake).
+        log.warning(
+            "conversation %s: its run refused the %s resume (%s); the dispatcher will retry",
+            wakeup.conversation_id,
+            reason,
             exc,
         )
 

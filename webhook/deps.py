@@ -145,4 +145,6 @@ async def store_and_wake(
     announce_stored(datagram_directory(db.url), result.received)  # SQLite; PostgreSQL NOTIFYs
     for wakeup in result.wakeups:
         background.add_task(wake, db, settings, wakeup)
+    for wakeup in result.outcome_wakeups:  # an outreach action settled by its status callback
+        background.add_task(wake, db, settings, wakeup, "action")
     return result

@@ -39,10 +39,11 @@ from parley.db.models import CampaignVersion, Contact, Conversation, Identity, u
 from parley.errors import NotFound
 from parley.vocabulary import TRIGGER_STEP
 
-SettleAction = Callable[[AsyncSession, StatusUpdate, datetime], Awaitable[bool]]
+SettleAction = Callable[[AsyncSession, StatusUpdate, datetime, list[WakeUp]], Awaitable[bool]]
 """Settles an outreach action by a provider's status callback (its key came back as
-``client_ref``) in the caller's transaction; False when no action has that key. The outreach
-wing's ``parley.outreach.dispatch.reconcile_status``: the webhook passes it in."""
+``client_ref``) in the caller's transaction, adding the suspended run its outcome is owed to
+to the list; False when no action has that key. The outreach wing's
+``parley.outreach.dispatch.reconcile_status``: the webhook passes it in."""
 
 NOT_STARTED = "no active conversation with this contact; none is started on this channel"
 WHATSAPP = "whatsapp"
@@ -69,6 +70,9 @@ class StoreResult:
     ignored: int = 0
     unmatched: int = 0  # messages with no active conversation to go to (no campaign given)
     wakeups: list[WakeUp] = field(default_factory=list)
+    # Suspended runs an outreach action's outcome is owed to (a status callback settled an
+    # uncertain action they wait for): resumed like ``wakeups``, for the outcome's sake.
+    outcome_wakeups: list[WakeUp] = field(default_factory=list)
     # Every conversation that got a new message: on SQLite the webhook tells the workers, so a
     # live run waiting hot wakes at once instead of at its next poll.
     received: list[int] = field(default_factory=list)
@@ -109,7 +113,9 @@ async def store_batch(
         if wakeup is not None and wakeup not in result.wakeups:
             result.wakeups.append(wakeup)
     for status in batch.statuses:
-        result.statuses += int(await apply_status(db, status, settle_action))
+        result.statuses += int(
+            await apply_status(db, status, settle_action, result.outcome_wakeups)
+        )
     for item in batch.ignored:
         channel = str(item.get("channel", "unknown"))
         await record_event(db, channel, str(item.get("kind", "ignored")), item)
@@ -271,8 +277,13 @@ def _inbound_values(conversation: Conversation, message: InboundMessage) -> dict
 
 
 async def apply_status(
-    db: Database, status: StatusUpdate, settle_action: SettleAction | None = None
+    db: Database,
+    status: StatusUpdate,
+    settle_action: SettleAction | None = None,
+    owed: list[WakeUp] | None = None,
 ) -> bool:
+    """A delivery status for one of our messages, else for an outreach action (``owed`` gets
+    the run that action's outcome must wake once this commits)."""
     async with db.transaction() as session:
         message = await queries.messages.apply_delivery_status(
             session,
@@ -284,7 +295,10 @@ async def apply_status(
         if message is not None:
             return True
         # Not one of our messages: an outreach action's (its key came back as client_ref)?
-        if settle_action is not None and await settle_action(session, status, utcnow()):
+        owed_here: list[WakeUp] = []
+        if settle_action is not None and await settle_action(session, status, utcnow(), owed_here):
+            if owed is not None:
+                owed.extend(owed_here)
             return True
         await queries.webhook_events.record_webhook_event(
             session,

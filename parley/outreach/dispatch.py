@@ -717,10 +717,16 @@ async def _give_up_uncertain(
     return done
 
 
-async def reconcile_status(session: AsyncSession, update: StatusUpdate, now: datetime) -> bool:
+async def reconcile_status(
+    session: AsyncSession,
+    update: StatusUpdate,
+    now: datetime,
+    owed: list[WakeUp] | None = None,
+) -> bool:
     """A provider's status callback about an outreach action (its key came back as
     ``client_ref``): an uncertain action is settled by it, a running one keeps the provider's
-    id so that recovery knows it went out. False when no action has that key."""
+    id so that recovery knows it went out. False when no action has that key. ``owed`` gets
+    the suspended run the settled outcome is for, to resume once this commits."""
     if update.client_ref is None:
         return False
     action = await queries.actions.lock_action_by_key(session, update.client_ref)
@@ -729,11 +735,11 @@ async def reconcile_status(session: AsyncSession, update: StatusUpdate, now: dat
     if action.status == "running" and update.status in SENT_STATUSES:
         action.provider_id = action.provider_id or update.provider_message_id
     elif action.status == "uncertain" and update.status in SENT_STATUSES:
-        await _settle(session, action, ACTION_SENT, None, update.provider_message_id, now)
+        await _settle(session, action, ACTION_SENT, None, update.provider_message_id, now, owed)
         log.info("action %s reconciled from its status callback: sent", action.id)
     elif action.status == "uncertain" and update.status == DeliveryStatus.FAILED:
         reason = f"the provider reports it failed: {update.error_summary or 'no detail'}"
-        await _settle(session, action, ACTION_FAILED, reason, update.provider_message_id, now)
+        await _settle(session, action, ACTION_FAILED, reason, update.provider_message_id, now, owed)
     return True
 
 
