@@ -1,4 +1,5 @@
-"""``parley campaign``: check campaign files, pause and resume campaigns."""
+"""``parley campaign``: check and publish campaign files, list and show them, pause and resume
+campaigns."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from parley.cli import campaign_versions
+from parley.cli import campaign_catalog, campaign_versions
 from parley.cli.common import AsJson, console, err_console, print_json, run_with_db
 from parley.conversation import lifecycle
 from parley.conversation.lifecycle import CampaignChange
@@ -79,3 +80,6 @@ def campaign_resume(name: CampaignName, as_json: AsJson = False) -> None:
 
 campaign_app.command("funnel")(campaign_versions.campaign_funnel)
 campaign_app.command("migrate")(campaign_versions.campaign_migrate)
+campaign_app.command("publish")(campaign_catalog.campaign_publish)
+campaign_app.command("list")(campaign_catalog.campaign_list)
+campaign_app.command("show")(campaign_catalog.campaign_show)

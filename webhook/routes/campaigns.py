@@ -1,5 +1,6 @@
-"""The operators' REST API for campaign versions: the funnel, and migrating waiting
-conversations to another version. The same JSON as ``parley campaign funnel|migrate --json``.
+"""The operators' REST API for campaigns: publish a campaign, list and show them, read a
+version's exact text, the funnel, and migrating waiting conversations to another version. The
+same JSON as ``parley campaign publish|list|show|funnel|migrate --json``.
 
 Included before ``webhook.routes.api``: its ``POST /api/campaigns/{name}/{command}`` (pause,
 resume) would otherwise claim ``/migrate`` and answer 422.
@@ -9,16 +10,60 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
+from parley.campaign import publishing
 from parley.conversation import funnel, migration
 from parley.conversation.migration import MigrationRefused
-from parley.errors import InvalidInput, NotFound
+from parley.errors import CampaignInvalid, InvalidInput, NotFound
 from webhook.deps import ApiKey, DbDep
 
 router = APIRouter(prefix="/api", tags=["campaigns"], dependencies=[ApiKey])
+
+
+@router.post("/campaigns", response_model=None)
+async def publish_campaign(request: Request, db: DbDep) -> JSONResponse:
+    """The body is the campaign as YAML (or JSON, which is YAML too). 201 with name, version
+    and digest when stored as a new version; 200 when this content was published before; 422
+    with every problem by node id."""
+    try:
+        source = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(status_code=422, detail="the body is not UTF-8 text") from exc
+    try:
+        published = await publishing.publish(db, source, origin="the request body")
+    except CampaignInvalid as exc:
+        problems = [{"node": node, "message": message} for node, message in exc.problems]
+        return JSONResponse({"detail": "invalid campaign", "problems": problems}, 422)
+    return JSONResponse(published.as_dict(), status_code=201 if published.created else 200)
+
+
+@router.get("/campaigns")
+async def list_campaigns(db: DbDep) -> list[dict[str, Any]]:
+    return [c.as_dict() for c in await publishing.list_campaigns(db)]
+
+
+@router.get("/campaigns/{name}")
+async def show_campaign(
+    name: str, db: DbDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    """One version (default: the newest): its nodes and every version of the campaign."""
+    try:
+        return await publishing.show_campaign(db, name, version)
+    except NotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+
+@router.get("/campaigns/{name}/versions/{version}", response_class=PlainTextResponse)
+async def campaign_version_source(name: str, version: int, db: DbDep) -> PlainTextResponse:
+    """The exact text published as that version (``application/yaml``)."""
+    try:
+        source = await publishing.campaign_source(db, name, version)
+    except NotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return PlainTextResponse(source, media_type="application/yaml")
 
 
 @router.get("/campaigns/{name}/funnel")

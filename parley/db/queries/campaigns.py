@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,10 +16,7 @@ async def ensure_campaign_version(
     session: AsyncSession, name: str, digest: str, source: str
 ) -> CampaignVersion:
     """Store a campaign's source once per distinct content; a new digest is a new version."""
-    stmt = select(CampaignVersion).where(
-        CampaignVersion.name == name, CampaignVersion.digest == digest
-    )
-    found = (await session.execute(stmt)).scalar_one_or_none()
+    found = await campaign_version_with_digest(session, name, digest)
     if found is not None:
         return found
     latest = await session.scalar(
@@ -91,3 +90,33 @@ async def campaign_version_numbered(
         raise NotFound(f"campaign {name!r} does not exist")
     listed = ", ".join(str(v) for v in known)
     raise NotFound(f"campaign {name!r} has no version {version} (it has {listed})")
+
+
+async def campaign_version_with_digest(
+    session: AsyncSession, name: str, digest: str
+) -> CampaignVersion | None:
+    stmt = select(CampaignVersion).where(
+        CampaignVersion.name == name, CampaignVersion.digest == digest
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def campaign_summaries(session: AsyncSession) -> list[tuple[str, int, int, datetime]]:
+    """Per campaign name: its newest version number, how many versions it has, and when the
+    newest was published; by name."""
+    stmt = (
+        select(
+            CampaignVersion.name,
+            func.max(CampaignVersion.version),
+            func.count(CampaignVersion.id),
+            func.max(CampaignVersion.created_at),
+        )
+        .group_by(CampaignVersion.name)
+        .order_by(CampaignVersion.name)
+    )
+    return [(n, int(v), int(c), at) for n, v, c, at in (await session.execute(stmt)).all()]
+
+
+async def held_campaigns(session: AsyncSession) -> dict[str, CampaignHold]:
+    """The paused campaigns, by name."""
+    return {hold.name: hold for hold in (await session.execute(select(CampaignHold))).scalars()}
