@@ -31,6 +31,7 @@ os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "5"
 from devkit.stack.processes import Stack  # noqa: E402
 from parley.db import Database  # noqa: E402
 from parley.db.migrate import upgrade  # noqa: E402
+from parley.settings import get_settings  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("PARLEY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -97,6 +98,15 @@ async def db(database_factory: object, backend: str) -> AsyncIterator[Database]:
     database = Database(url)
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    """``db`` as the ``parley`` command sees it (a CLI test invokes the app in-process)."""
+    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
+    get_settings.cache_clear()
+    yield db
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from parley.db import Database, queries
 from parley.db.migrate import alembic_config, upgrade
 from parley.outreach import dispatch
 from parley.runtime import Runtime
-from parley.settings import get_settings
 from parley.vocabulary import Status, WaitKind
 from tests.dispatching.test_outreach import (  # noqa: F401  (fixtures)
     _actions,
@@ -339,14 +337,6 @@ async def test_migrating_a_conversation_waiting_at_a_renamed_send_node_keeps_its
     assert version.version == 2
     assert await dispatch.perform_next(rt, identity_id, _seeded()) == "idle"
     assert len(gateway.performed) == 1
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 async def test_migrating_a_waiting_action_to_another_kind_of_node_is_refused_with_the_reason(

@@ -446,14 +446,6 @@ async def test_explaining_an_unknown_identity_is_not_found(db: Database) -> None
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
-
-
 async def cli(*arguments: str) -> Any:
     return await asyncio.to_thread(runner.invoke, app, list(arguments))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from parley.db import Database
 from parley.db.models import Identity
 from parley.errors import InvalidInput
 from parley.outreach import identities
-from parley.settings import get_settings
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
 
@@ -56,14 +54,6 @@ async def _stored(db: Database, identity_id: int) -> dict[str, Any]:
         identity = await session.get(Identity, identity_id)
         assert identity is not None
         return dict(identity.settings)
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 async def _patch(db: Database, identity_id: int, settings: dict[str, Any]) -> tuple[int, Any]:

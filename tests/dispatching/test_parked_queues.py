@@ -41,7 +41,6 @@ from parley.db.models import Action, Identity
 from parley.errors import InvalidInput
 from parley.outreach import actions, dispatch, identities
 from parley.runtime import Runtime
-from parley.settings import get_settings
 from tests.dispatching.test_outreach import _until_waiting
 from tests.operator_api import operator_api
 from webhook.routes import identities as identity_routes
@@ -116,14 +115,6 @@ async def rt(db: Database, clock: DrivenClock, whatsapp: FakeWhatsAppAPI) -> Asy
     yield runtime
     for provider in runtime.outreach.values():
         await provider.aclose()
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 def _seeded() -> random.Random:

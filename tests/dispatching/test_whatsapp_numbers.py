@@ -37,7 +37,7 @@ from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.vocabulary import Status
-from tests.dispatching.test_identities import cli, cli_db  # noqa: F401  (fixture)
+from tests.dispatching.test_identities import cli
 from tests.dispatching.test_outreach import _look_again, _seeded, _suspend, _until_waiting
 from tests.operator_api import operator_api
 from webhook import deps
@@ -401,7 +401,7 @@ async def test_two_identities_cannot_claim_the_same_whatsapp_number(db: Database
 
 
 async def test_cli_refuses_a_whatsapp_number_another_identity_has(
-    cli_db: Database,  # noqa: F811  (the fixture)
+    cli_db: Database,
 ) -> None:
     first = await cli("identity", "add", "whatsapp", NUMBER_A)
     assert first.exit_code == 0, first.output

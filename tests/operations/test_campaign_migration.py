@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ from parley.conversation.migration import MigrationRefused, migrate
 from parley.db import Database, queries
 from parley.errors import NotFound
 from parley.runtime import Runtime
-from parley.settings import get_settings
 from tests.operations.driving import (
     ROOT,
     SetClock,
@@ -182,14 +180,6 @@ async def test_a_node_without_a_mapping_refuses_the_whole_migration_and_changes_
 
 
 # --- CLI and REST ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 async def test_cli_migrate_refuses_with_exit_2_then_moves_with_a_map(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,12 @@ from parley.cli import app
 from parley.conversation import lifecycle
 from parley.db import Database
 from parley.errors import CampaignInvalid, NotFound
-from parley.settings import get_settings
 from tests.operations.driving import ROOT
 from tests.operator_api import operator_api
 from webhook.routes import campaigns as campaign_routes
 
 FOLLOW_UP = ROOT / "examples/campaigns/follow_up.yaml"
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 def _edited(source: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,6 @@ from parley.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 def test_validate_accepts_the_onboarding_example() -> None:

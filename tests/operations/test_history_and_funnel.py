@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,6 @@ from parley.conversation.funnel import NodeFunnel, campaign_funnel, percentile
 from parley.db import Database
 from parley.errors import NotFound
 from parley.runtime import Runtime
-from parley.settings import get_settings
 from tests.operations.driving import SetClock, answer, on_clock, say, start, suspend
 from tests.operator_api import operator_api
 from tests.storage.conftest import (  # noqa: F401  (fixtures)
@@ -287,14 +285,6 @@ async def test_a_failing_artifact_only_warns_and_the_run_still_suspends(
 
 
 # --- CLI and REST ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_db(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("PARLEY_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    yield db
-    get_settings.cache_clear()
 
 
 async def test_cli_funnel_and_show(
