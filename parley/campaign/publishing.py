@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.campaign.loading import campaign_digest, parse_campaign
 from parley.campaign.registry import campaign_of
@@ -63,20 +64,21 @@ async def publish(db: Database, source: str, *, origin: str = "<published>") -> 
     the campaign's next version unless this content is stored already."""
     campaign = parse_campaign(source, source=origin)
     digest = campaign_digest(source)
-    for attempt in range(_PUBLISH_ATTEMPTS):
+    attempt = 1
+    while True:
         try:
             async with db.transaction() as session:
                 known = await queries.campaigns.campaign_version_with_digest(
                     session, campaign.name, digest
                 )
-                row = known or await queries.campaigns.ensure_campaign_version(
+                row = known or await queries.campaigns.add_campaign_version(
                     session, campaign.name, digest, source
                 )
                 return Published(row.name, row.version, row.digest, created=known is None)
         except IntegrityError:
-            if attempt == _PUBLISH_ATTEMPTS - 1:
+            if attempt == _PUBLISH_ATTEMPTS:
                 raise
-    raise AssertionError("unreachable")  # the loop returns or raises
+            attempt += 1
 
 
 async def list_campaigns(db: Database) -> list[CampaignSummary]:
@@ -120,7 +122,7 @@ async def campaign_source(db: Database, name: str, version: int | None = None) -
         return (await _version(session, name, version)).source
 
 
-async def _version(session: Any, name: str, version: int | None) -> CampaignVersion:
+async def _version(session: AsyncSession, name: str, version: int | None) -> CampaignVersion:
     if version is None:
         return await queries.campaigns.latest_campaign_version(session, name)
     return await queries.campaigns.campaign_version_numbered(session, name, version)

@@ -295,10 +295,8 @@ async def apply_status(
         if message is not None:
             return True
         # Not one of our messages: an outreach action's (its key came back as client_ref)?
-        owed_here: list[WakeUp] = []
-        if settle_action is not None and await settle_action(session, status, utcnow(), owed_here):
-            if owed is not None:
-                owed.extend(owed_here)
+        wakes = owed if owed is not None else []
+        if settle_action is not None and await settle_action(session, status, utcnow(), wakes):
             return True
         await queries.webhook_events.record_webhook_event(
             session,

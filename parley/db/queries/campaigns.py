@@ -17,8 +17,14 @@ async def ensure_campaign_version(
 ) -> CampaignVersion:
     """Store a campaign's source once per distinct content; a new digest is a new version."""
     found = await campaign_version_with_digest(session, name, digest)
-    if found is not None:
-        return found
+    return found or await add_campaign_version(session, name, digest, source)
+
+
+async def add_campaign_version(
+    session: AsyncSession, name: str, digest: str, source: str
+) -> CampaignVersion:
+    """The campaign's next version; two racing adds of one name: the unique (name, version)
+    refuses the second (IntegrityError)."""
     latest = await session.scalar(
         select(func.max(CampaignVersion.version)).where(CampaignVersion.name == name)
     )
