@@ -562,19 +562,17 @@ def _finishing(
     replied: bool = False,
     complete: bool = False,
 ) -> _Record:
-    async def record(session: AsyncSession) -> WakeUp | None:
-        return await _record_outcome(
-            session,
-            rt,
-            claimed,
-            outcome,
-            reason,
-            provider_id=provider_id,
-            replied=replied,
-            complete=complete,
-        )
-
-    return record
+    """The outcome, to be recorded in the transaction that claims the identity's next action."""
+    return partial(
+        _record_outcome,
+        rt=rt,
+        claimed=claimed,
+        outcome=outcome,
+        reason=reason,
+        provider_id=provider_id,
+        replied=replied,
+        complete=complete,
+    )
 
 
 async def _record_outcome(
