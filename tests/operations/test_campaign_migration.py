@@ -238,3 +238,30 @@ async def test_rest_migrate(
         moved = await api.post(url, json={"to": 2, "map": {"ask_email": "ask_work_email"}})
         assert moved.status_code == 200, moved.text
         assert moved.json()["moved"][0]["to_node"] == "ask_work_email"
+
+
+async def test_an_operator_publishes_v2_over_rest_migrates_and_the_conversation_finishes_on_it(
+    db: Database,
+    rt: Runtime,
+    campaign_name: str,  # noqa: F811
+) -> None:
+    """The whole operator's move, as published resources: publish the edited file, read it
+    back, migrate the waiting conversation, and its next answer walks the new graph."""
+    ana = await _ana_waits_for_her_email(db, rt, campaign_name)
+    async with _api(db) as api:
+        published = await api.post("/api/campaigns", content=V2.read_text())
+        shown = await api.get(f"/api/campaigns/{campaign_name}")
+        moved = await api.post(
+            f"/api/campaigns/{campaign_name}/migrate",
+            json={"to": published.json()["version"], "map": {"ask_email": "ask_work_email"}},
+        )
+    assert (published.status_code, published.json()["version"]) == (201, 2)
+    assert [v["version"] for v in shown.json()["versions"]] == [1, 2]
+    assert moved.status_code == 200, moved.text
+
+    await resume(rt, ana, "run-after-publishing")
+    at_plan = await answer(db, rt, campaign_name, ANA, "ana@example.com")
+    assert at_plan.node == "ask_plan"
+    done = await answer(db, rt, campaign_name, ANA, "Pro")
+    assert done.status.value == "completed"
+    assert (await views.show_conversation(db, ana))["campaign_version"] == 2
