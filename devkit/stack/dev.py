@@ -93,7 +93,9 @@ class RunningStack:
         return self.stack.api_url.removesuffix("/api")
 
     def stop(self) -> None:
-        self.stack.stop()
+        """The fakes go first: stopped after the webhook, they would spend their retries on
+        status callbacks nobody can receive and warn that they gave up (a provider's callbacks
+        outliving our service is what a restart is for, not what a clean stop should report)."""
         if self.fake_whatsapp is not None:
             self.fake_whatsapp.stop()
         for endpoint in self.endpoints.values():
@@ -102,6 +104,7 @@ class RunningStack:
             self.fake_linkedin.stop()
         if self.smtp is not None:
             self.smtp.stop()
+        self.stack.stop()
         if self.outreach is not None:
             with contextlib.suppress(OSError):
                 (self.stack.data_dir / OUTREACH_FILE).unlink()
