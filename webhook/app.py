@@ -112,6 +112,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await opening
         await channels.aclose()
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            await runtime.aclose()
         if app.state.db is not None:
             await app.state.db.dispose()
         await close_prefect_api()

@@ -29,7 +29,9 @@ from parley.errors import (
 )
 from parley.inbox_signal import announce_stored, datagram_directory
 from parley.outreach import dispatch
+from parley.runtime import Runtime
 from parley.settings import Settings
+from prefect_adapter.composition import build_runtime
 from prefect_adapter.runs import wake
 
 T = TypeVar("T")
@@ -58,6 +60,19 @@ def _campaign_name(request: Request, db: Annotated[Database, Depends(_db)]) -> s
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DbDep = Annotated[Database, Depends(_db)]
 CampaignNameDep = Annotated[str, Depends(_campaign_name)]
+
+
+def _runtime(request: Request, db: DbDep, settings: SettingsDep) -> Runtime:
+    """What a manual send needs (the outreach channels, the clock), on the app's own database:
+    built on first use and closed with the app. There is no await between the look and the
+    store, so two first requests cannot build two."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        runtime = request.app.state.runtime = build_runtime(settings, db)
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 def _whatsapp(request: Request) -> Channel:

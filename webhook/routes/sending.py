@@ -3,16 +3,12 @@ decision (the same as ``parley send``): 200 with ``sent: true``, or 409 with the
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from parley.errors import InvalidInput, NotFound, TransitionNotAllowed
 from parley.outreach import dispatch
-from parley.runtime import Runtime
-from prefect_adapter.composition import get_runtime
-from webhook.deps import ApiKey
+from webhook.deps import ApiKey, RuntimeDep
 
 router = APIRouter(prefix="/api", tags=["operators"], dependencies=[ApiKey])
 
@@ -29,15 +25,11 @@ class ManualSendOut(BaseModel):
     action_id: int | None
 
 
-async def _runtime(request: Request) -> Runtime:
-    return await get_runtime()
-
-
 @router.post("/conversations/{conversation_id}/send")
 async def manual_send(
     conversation_id: int,
     body: ManualSendIn,
-    rt: Annotated[Runtime, Depends(_runtime)],
+    rt: RuntimeDep,
 ) -> ManualSendOut:
     try:
         result = await dispatch.manual_send(
