@@ -13,17 +13,20 @@ asks again before each action goes (an action queued before the suppression neve
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Iterable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 from urllib.parse import unquote
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.db import queries
+from parley.db import Database, queries
 from parley.db.models import Contact, Identity, Suppression
-from parley.errors import InvalidInput, NotFound
+from parley.errors import InvalidInput, NotFound, ParleyError
 from parley.vocabulary import (
     ADDRESS_KINDS,
     SUPPRESSION_REASONS,
@@ -219,3 +222,112 @@ async def suppression_of(
     """The entry that forbids this identity to contact the lead, if any."""
     found = await suppressed_among(session, identity_id, lead_addresses(contact))
     return next(iter(found.values()), None)
+
+
+# --- what operators call (CLI and REST) --------------------------------------------------------
+
+
+def view(entry: Suppression) -> dict[str, Any]:
+    """An entry as the CLI's ``--json`` and the REST API show it."""
+    return {
+        "id": entry.id,
+        "address": entry.address,
+        "kind": entry.kind,
+        "identity_id": entry.identity_id,
+        "reason": entry.reason,
+        "note": entry.note,
+        "created_by": entry.created_by,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+async def suppress(
+    db: Database,
+    address: str,
+    reason: str,
+    *,
+    identity_id: int | None = None,
+    note: str | None = None,
+    by: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """``add`` in a transaction of its own: the entry, and whether it is new. Conversations of
+    the lead already under way end when their next action comes up (the dispatcher's check)."""
+    async with db.transaction() as session:
+        entry, created = await add(
+            session, address, reason, identity_id=identity_id, note=note, by=by
+        )
+        return view(entry), created
+
+
+async def unsuppress(db: Database, address: str, *, identity_id: int | None = None) -> Address:
+    async with db.transaction() as session:
+        return await remove(session, address, identity_id=identity_id)
+
+
+async def listing(db: Database, identity_id: int | None = None) -> list[dict[str, Any]]:
+    async with db.read() as session:
+        return [view(e) for e in await list_suppressions(session, identity_id)]
+
+
+ADDED: Final = "added"
+ALREADY: Final = "already suppressed"
+IMPORT_COLUMNS: Final = ("address", "reason", "identity", "note")
+
+
+@dataclass(frozen=True)
+class ImportedRow:
+    """One CSV row's fate: ``added``, ``already suppressed`` or ``invalid: why``."""
+
+    line: int
+    address: str
+    result: str
+
+    @property
+    def invalid(self) -> bool:
+        return self.result.startswith("invalid")
+
+
+async def import_csv(db: Database, text: str, *, by: str = "import") -> list[ImportedRow]:
+    """Suppress every row of a CSV (columns ``address,reason,identity,note``; ``reason``
+    defaults to ``manual``, an empty ``identity`` means installation-wide). Each row stands
+    alone: a bad one is reported and the others are stored; importing the file again adds
+    nothing (each row is then ``already suppressed``)."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    columns = [c.strip().lower() for c in reader.fieldnames or []]
+    if "address" not in columns:
+        raise InvalidInput(
+            f"the CSV needs a header with an address column: {', '.join(IMPORT_COLUMNS)}"
+        )
+    unknown = [c for c in columns if c not in IMPORT_COLUMNS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown CSV column(s) {', '.join(unknown)}: use {', '.join(IMPORT_COLUMNS)}"
+        )
+    reader.fieldnames = columns
+    report: list[ImportedRow] = []
+    async with db.transaction() as session:
+        for values in reader:
+            report.append(await _import_row(session, reader.line_num, values, by))
+    return report
+
+
+async def _import_row(
+    session: AsyncSession, line: int, values: dict[str, Any], by: str
+) -> ImportedRow:
+    """Every check comes before the row's one insert, so a refused row writes nothing."""
+    address = (values.get("address") or "").strip()
+    try:
+        identity = (values.get("identity") or "").strip()
+        if identity and not identity.isdigit():
+            raise InvalidInput(f"identity {identity!r} is not an identity id")
+        _, created = await add(
+            session,
+            address,
+            (values.get("reason") or "").strip() or "manual",
+            identity_id=int(identity) if identity else None,
+            note=(values.get("note") or "").strip() or None,
+            by=by,
+        )
+    except ParleyError as exc:
+        return ImportedRow(line, address, f"invalid: {exc}")
+    return ImportedRow(line, address, ADDED if created else ALREADY)

@@ -166,5 +166,8 @@ AddressKind = Literal["email", "phone", "linkedin"]
 """What kind of address a suppression holds: each is normalised its own way."""
 ADDRESS_KINDS: Final[tuple[AddressKind, ...]] = get_args(AddressKind)
 
+SUPPRESSED: Final = "suppressed"
+"""How the reason starts of an action skipped (and a conversation ended) because its lead's
+address is on the do-not-contact list."""
 SKIPPED_SUPPRESSED: Final = "skipped: suppressed"
-"""The reason of an action (and of an import row) refused because its address is suppressed."""
+"""An import row not started because its lead's address is on the do-not-contact list."""
