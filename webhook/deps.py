@@ -7,6 +7,7 @@ Everything lives on ``app.state`` (built once in the lifespan) and reaches route
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, TypeVar
 
@@ -14,7 +15,7 @@ from fastapi import BackgroundTasks, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from parley.channels.base import Channel, InboundBatch
-from parley.conversation import inbox
+from parley.conversation import inbox, opt_out
 from parley.db import Database
 from parley.errors import (
     AlreadyExists,
@@ -30,9 +31,11 @@ from parley.errors import (
 from parley.inbox_signal import announce_stored, datagram_directory
 from parley.outreach import dispatch
 from parley.settings import Settings
+from prefect_adapter.composition import get_runtime
 from prefect_adapter.runs import wake
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _settings(request: Request) -> Settings:
@@ -147,4 +150,15 @@ async def store_and_wake(
         background.add_task(wake, db, settings, wakeup)
     for wakeup in result.outcome_wakeups:  # an outreach action settled by its status callback
         background.add_task(wake, db, settings, wakeup, "action")
+    for conversation_id in result.confirmations:  # a "STOP" answered where the channel must
+        background.add_task(_confirm_stop, conversation_id)
     return result
+
+
+async def _confirm_stop(conversation_id: int) -> None:
+    """After the 200: a failure is logged; the conversation has ended and the address is
+    suppressed either way (the confirmation is a courtesy the channel asks for)."""
+    try:
+        await opt_out.send_confirmation(await get_runtime(), conversation_id)
+    except Exception:
+        log.exception("stop confirmation of conversation %s not sent", conversation_id)
