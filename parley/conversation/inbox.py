@@ -160,9 +160,8 @@ async def _stop_if_asked(
     the end at its next boundary). True when a confirmation was recorded."""
     row = await queries.conversations.lock_conversation(session, conversation_id)
     contact = await queries.contacts.get_contact(session, row.contact_id)
-    if not await opt_out.honour_stop(session, row, contact, message, utcnow()):
-        return False
-    return message.channel in opt_out.CONFIRMS_ON
+    stopped = await opt_out.honour_stop(session, row, contact, message, utcnow())
+    return stopped is not None and stopped.confirm
 
 
 async def _store_in(

@@ -22,6 +22,7 @@ message or status finds the address listed and the conversation ended, and chang
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -74,27 +75,35 @@ async def honour_stop(
     contact: Contact,
     message: InboundMessage,
     now: datetime,
-) -> bool:
+) -> Stopped | None:
     """If the (just stored) message is a stop keyword of the conversation's campaign: suppress
     its sender's address, end the conversation, record the confirmation where the channel takes
-    one. True when it was a stop."""
+    one. None when it was no stop."""
     if message.role is not InboundRole.ANSWER or row.status in TERMINAL:
-        return False
+        return None
     version = await queries.campaigns.get_campaign_version(session, row.campaign_version_id)
     campaign = campaign_of(version)
     if not campaign.is_stop(message.text):
-        return False
+        return None
     address = await _suppress_sender(session, contact, message)
     await end_suppressed(session, row, f"{SUPPRESSED}: {address} wrote {message.text!r}", now)
-    if message.channel in CONFIRMS_ON and campaign.stop_confirmation:
-        await outbox.record_intent(
-            session,
-            row.id,
-            row.step,
-            confirmation_ref(row.id),
-            OutboundMessage(campaign.stop_confirmation),
-        )
-    return True
+    if message.channel not in CONFIRMS_ON or not campaign.stop_confirmation:
+        return Stopped(confirm=False)
+    await outbox.record_intent(
+        session,
+        row.id,
+        row.step,
+        confirmation_ref(row.id),
+        OutboundMessage(campaign.stop_confirmation),
+    )
+    return Stopped(confirm=True)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A stop was honoured; ``confirm``: its confirmation waits to be sent."""
+
+    confirm: bool
 
 
 async def _suppress_sender(session: AsyncSession, contact: Contact, message: InboundMessage) -> str:

@@ -10,11 +10,12 @@ from uuid import uuid4
 
 from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley import suppression
+from parley.channels.base import InboundBatch, InboundMessage, InboundRole
 from parley.clock import DrivenClock
-from parley.conversation import executor, handshake
+from parley.conversation import executor, handshake, inbox
 from parley.conversation.handshake import WakeUp
 from parley.db import Database, queries
-from parley.db.models import Identity
+from parley.db.models import Identity, utcnow
 from parley.outreach import dispatch
 from parley.runtime import Runtime
 from parley.vocabulary import Status, WaitKind
@@ -129,4 +130,38 @@ async def test_a_manual_send_to_a_suppressed_lead_is_refused(
     await _suppress(db, "lead1@example.com")
     sent = await dispatch.manual_send(rt, cid, "hello?")
     assert not sent.sent and sent.reason.startswith("suppressed")
+    assert gateway.performed == []
+
+
+async def test_stop_arriving_while_an_action_is_queued_keeps_the_action_from_going(
+    db: Database, rt: Runtime, campaign: str, gateway: FakeLinkedInGateway, clock: DrivenClock
+) -> None:
+    identity_id = await _identity(db, gateway)
+    cid = await _asleep_waiting_for_its_visit(db, rt, campaign, identity_id)
+    stop = InboundMessage(
+        channel="linkedin",
+        provider_message_id="li-stop-1",
+        identity_address="seat-1",
+        contact_address="https://linkedin.example/in/lead-1",
+        contact_name=None,
+        type="text",
+        role=InboundRole.ANSWER,
+        text="Unsubscribe.",
+        reply_id=None,
+        context_message_id=None,
+        timestamp=utcnow(),
+        raw={},
+    )
+    result = await inbox.store_batch(db, InboundBatch(messages=[stop]), None)
+    assert result.confirmations == []  # LinkedIn: no confirmation, one message too many
+    assert result.wakeups == [WakeUp(cid, "resume", FLOW_RUN)]
+    row = await _row(db, cid)
+    assert row.status is Status.COMPLETED  # type: ignore[attr-defined]
+    async with db.read() as session:
+        # A LinkedIn member URL that is no profile address: the lead's email is listed.
+        listed = [(s.address, s.reason) for s in await suppression.list_suppressions(session)]
+    assert listed == [("lead1@example.com", "unsubscribed")]
+    assert await dispatch.perform_next(rt, identity_id, _seeded()) == "skipped"
+    [visit] = await _actions(db, identity_id)
+    assert visit.reason is not None and visit.reason.startswith("suppressed")
     assert gateway.performed == []
