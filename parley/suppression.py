@@ -193,7 +193,8 @@ async def suppressed_among(
 ) -> dict[str, Suppression]:
     """Which of a lead's raw addresses (email, phone, LinkedIn URL, in any spelling) may not be
     contacted by this identity: raw address -> the entry that covers it (installation-wide
-    first). What is not an address at all is simply not suppressed."""
+    first). What is not an address at all is simply not suppressed. A whole batch of leads
+    may be asked in one call (all their addresses): the look-up is chunked by address."""
     normalised = {raw: a for raw in addresses if raw and (a := try_normalise(raw)) is not None}
     if not normalised:
         return {}

@@ -163,3 +163,17 @@ async def test_bad_input_is_refused_and_nothing_is_stored(db: Database) -> None:
             await suppression.add(session, "ana@example.com", "manual", identity_id=999)
     async with db.transaction() as session:
         assert await suppression.list_suppressions(session) == []
+
+
+async def test_a_whole_import_batch_is_looked_up_in_one_call(db: Database) -> None:
+    one, _ = await _identities(db)
+    async with db.transaction() as session:
+        await suppression.add(session, "lead7@example.com", "manual")
+        await suppression.add(session, "lead1199@example.com", "bounced", identity_id=one)
+    batch = [f"Lead{n}@example.com" for n in range(1200)]  # more than one chunk
+    async with db.transaction() as session:
+        found = await suppression.suppressed_among(session, one, batch)
+    assert {raw: e.reason for raw, e in found.items()} == {
+        "Lead7@example.com": "manual",
+        "Lead1199@example.com": "bounced",
+    }
