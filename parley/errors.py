@@ -29,6 +29,11 @@ class TransitionNotAllowed(ParleyError):
     conversation, retry one that did not fail): nothing was changed."""
 
 
+class Suppressed(TransitionNotAllowed):
+    """The lead is on the do-not-contact list (for this identity or installation-wide): it is
+    not started, nothing is sent to it."""
+
+
 class InvalidInput(ParleyError):
     """An operator's input that cannot be applied: a task result that fails the node's model,
     a signal of an unknown kind, a migration without a mapping for a current node."""

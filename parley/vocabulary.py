@@ -152,3 +152,22 @@ def channel_of_queue(queue: str) -> str:
     if queue.startswith("email-"):
         return "email"
     return "linkedin" if queue == CREDITS else queue
+
+
+# --- do not contact ------------------------------------------------------------------------------
+
+SuppressionReason = Literal[
+    "unsubscribed", "bounced", "complained", "manual", "replied: not interested"
+]
+"""Why an address is on the do-not-contact list (``parley.suppression``)."""
+SUPPRESSION_REASONS: Final[tuple[SuppressionReason, ...]] = get_args(SuppressionReason)
+
+AddressKind = Literal["email", "phone", "linkedin"]
+"""What kind of address a suppression holds: each is normalised its own way."""
+ADDRESS_KINDS: Final[tuple[AddressKind, ...]] = get_args(AddressKind)
+
+SUPPRESSED: Final = "suppressed"
+"""How the reason starts of an action skipped (and a conversation ended) because its lead's
+address is on the do-not-contact list."""
+SKIPPED_SUPPRESSED: Final = "skipped: suppressed"
+"""An import row not started because its lead's address is on the do-not-contact list."""

@@ -33,7 +33,16 @@ from prefect_adapter.composition import (
     webhook_channels,
 )
 from webhook.deps import StorageNotReady
-from webhook.routes import api, campaigns, email, identities, linkedin, sending, whatsapp
+from webhook.routes import (
+    api,
+    campaigns,
+    email,
+    identities,
+    linkedin,
+    sending,
+    suppressions,
+    whatsapp,
+)
 
 log = logging.getLogger("parley.webhook")
 
@@ -180,6 +189,7 @@ def create_app() -> FastAPI:
     application.include_router(sending.router)  # before api: /conversations/{id}/{command}
     application.include_router(api.router)
     application.include_router(identities.router)
+    application.include_router(suppressions.router)
 
     @application.get("/healthz", tags=["health"])
     async def healthz(request: Request) -> dict[str, str]:

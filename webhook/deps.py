@@ -7,6 +7,7 @@ Everything lives on ``app.state`` (built once in the lifespan) and reaches route
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, TypeVar
 
@@ -14,7 +15,7 @@ from fastapi import BackgroundTasks, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from parley.channels.base import Channel, InboundBatch
-from parley.conversation import inbox
+from parley.conversation import inbox, opt_out
 from parley.db import Database
 from parley.errors import (
     AlreadyExists,
@@ -35,6 +36,7 @@ from prefect_adapter.composition import build_runtime
 from prefect_adapter.runs import wake
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _settings(request: Request) -> Settings:
@@ -67,7 +69,7 @@ def _runtime(request: Request, db: DbDep, settings: SettingsDep) -> Runtime:
     built on first use and closed with the app. There is no await between the look and the
     store, so two first requests cannot build two."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None:
+    if runtime is None or runtime.db is not db:
         runtime = request.app.state.runtime = build_runtime(settings, db)
     return runtime
 
@@ -142,7 +144,7 @@ def read_signed(
 
 
 async def store_and_wake(
-    db: Database,
+    rt: Runtime,
     settings: Settings,
     background: BackgroundTasks,
     batch: InboundBatch,
@@ -150,6 +152,7 @@ async def store_and_wake(
 ) -> inbox.StoreResult:
     """Store every message once, then — after the 200 has gone out — start or resume the runs
     that are owed it (the dispatcher does whatever that does not finish)."""
+    db = rt.db
     result = await inbox.store_batch(
         db,
         batch,
@@ -162,4 +165,15 @@ async def store_and_wake(
         background.add_task(wake, db, settings, wakeup)
     for wakeup in result.outcome_wakeups:  # an outreach action settled by its status callback
         background.add_task(wake, db, settings, wakeup, "action")
+    for conversation_id in result.confirmations:  # a "STOP" answered where the channel must
+        background.add_task(_confirm_stop, rt, conversation_id)
     return result
+
+
+async def _confirm_stop(rt: Runtime, conversation_id: int) -> None:
+    """After the 200: a failure is logged; the conversation has ended and the address is
+    suppressed either way (the confirmation is a courtesy the channel asks for)."""
+    try:
+        await opt_out.send_confirmation(rt, conversation_id)
+    except Exception:
+        log.exception("stop confirmation of conversation %s not sent", conversation_id)

@@ -58,10 +58,12 @@ def build_bounce(
     recipient: str,
     reason: str | None = "550 5.1.1 The email account that you tried to reach does not exist",
     code: int | None = 550,
+    bounce: str | None = None,
     timestamp: int | None = None,
 ) -> JSONDict:
-    """A hard bounce of our message ``message_id``, sent from ``sender`` (our mailbox)."""
-    return build_delivery_event(
+    """A bounce of our message ``message_id``, sent from ``sender`` (our mailbox): hard unless
+    ``bounce="soft"`` or a 4xx ``code`` says otherwise."""
+    event = build_delivery_event(
         "bounced",
         message_id=message_id,
         sender=sender,
@@ -70,6 +72,7 @@ def build_bounce(
         code=code,
         timestamp=timestamp,
     )
+    return event if bounce is None else {**event, "bounce": bounce}
 
 
 def build_delivery_event(

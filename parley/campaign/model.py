@@ -148,6 +148,16 @@ class InactivityTimeout(_Strict):
     text: str = Field(min_length=1)
 
 
+DEFAULT_STOP_KEYWORDS: Final = ("STOP", "unsubscribe", "baja", "abmelden")
+DEFAULT_STOP_CONFIRMATION: Final = "Done: you will not receive any more messages from us."
+
+
+def stop_word(text: str) -> str:
+    """A text as stop keywords are compared: case-folded, punctuation dropped, spaces single."""
+    kept = "".join(ch if ch.isalnum() else " " for ch in text.casefold())
+    return " ".join(kept.split())
+
+
 class Campaign(_Strict):
     """A campaign graph. Use ``parse_campaign``/``load_campaign``: they also check the graph."""
 
@@ -163,6 +173,11 @@ class Campaign(_Strict):
     # ``company``), given when it is started (``parley conversations start --var``).
     inputs: list[VariableName] = Field(default_factory=list)
     inactivity_timeout: InactivityTimeout | None = None
+    # Inbound texts that mean "stop contacting me", compared without case, spacing or
+    # punctuation: the contact's address is suppressed and the conversation ends, with
+    # ``stop_confirmation`` sent back where the channel allows it (WhatsApp; "" sends none).
+    stop_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP_KEYWORDS))
+    stop_confirmation: str = Field(default=DEFAULT_STOP_CONFIRMATION, max_length=1024)
     start: str
     nodes: list[Node]
     edges: list[Edge]
@@ -175,6 +190,19 @@ class Campaign(_Strict):
     def _known_timezone(cls, timezone: str) -> str:
         parse_zone(timezone)
         return timezone
+
+    @field_validator("stop_keywords")
+    @classmethod
+    def _usable_stop_keywords(cls, keywords: list[str]) -> list[str]:
+        for keyword in keywords:
+            if not stop_word(keyword):
+                raise ValueError(f"stop keyword {keyword!r} has no letter or digit")
+        return keywords
+
+    def is_stop(self, text: str | None) -> bool:
+        """Whether an inbound text is one of the campaign's stop keywords, as a whole."""
+        said = stop_word(text or "")
+        return bool(said) and said in {stop_word(k) for k in self.stop_keywords}
 
     def model_post_init(self, context: Any, /) -> None:
         self._nodes_by_id = {node.id: node for node in self.nodes}

@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from parley.vocabulary import SuppressionReason
+
 JSONDict = dict[str, Any]
 """A decoded JSON object, as providers send it and as we store payloads."""
 
@@ -67,6 +69,10 @@ class StatusUpdate:
     timestamp: datetime
     client_ref: str | None
     errors: list[JSONDict] = field(default_factory=list, hash=False, compare=False)
+    # What the status means for the do-not-contact list: ``bounced`` (a hard bounce: the
+    # address does not exist) or ``complained`` (the recipient reported it as spam); the
+    # recipient is suppressed and its sequence ends. None: nothing (a soft bounce, a delivery).
+    suppresses: SuppressionReason | None = None
 
     @property
     def error_summary(self) -> str | None:

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
-from parley.conversation import whatsapp_numbers
+from parley.conversation import opt_out, whatsapp_numbers
 from parley.conversation.handshake import WakeUp, wakeup_for
 from parley.db import Database, queries
 from parley.db.models import CampaignVersion, Contact, Conversation, Identity, utcnow
@@ -76,6 +76,9 @@ class StoreResult:
     # Every conversation that got a new message: on SQLite the webhook tells the workers, so a
     # live run waiting hot wakes at once instead of at its next poll.
     received: list[int] = field(default_factory=list)
+    # Conversations a stop keyword ended whose confirmation is recorded: the webhook delivers
+    # it after the commit (``opt_out.send_confirmation``).
+    confirmations: list[int] = field(default_factory=list)
 
 
 async def store_batch(
@@ -99,7 +102,7 @@ async def store_batch(
             continue
         try:
             wakeup, inserted, conversation_id = await store_message(
-                db, message, campaign_name, own_number=own_number
+                db, message, campaign_name, own_number=own_number, stopped=result.confirmations
             )
         except NoActiveConversation as exc:
             unmatched = _unmatched(message, exc.reason)
@@ -129,15 +132,36 @@ async def store_message(
     campaign_name: str | None,
     *,
     own_number: str | None = None,
+    stopped: list[int] | None = None,
 ) -> tuple[WakeUp | None, bool, int | None]:
     """Store one message; ``(wake-up or None, inserted, its conversation)``. A re-delivery
     changes nothing. Raises ``NoActiveConversation`` when none is active and none may be
-    started (``campaign_name`` None, or a WhatsApp number that starts none)."""
+    started (``campaign_name`` None, or a WhatsApp number that starts none). A stop keyword
+    ends its conversation in the same transaction; ``stopped`` gets the conversation when a
+    confirmation waits to be sent."""
     try:
         async with db.transaction() as session:
-            return await _store_in(session, message, campaign_name, own_number)
+            stored = await _store_in(session, message, campaign_name, own_number)
+            _, inserted, conversation_id = stored
+            if inserted and conversation_id is not None:
+                confirm = await _stop_if_asked(session, conversation_id, message)
+                if confirm and stopped is not None and conversation_id not in stopped:
+                    stopped.append(conversation_id)
+            return stored
     except _Duplicate:
         return None, False, None
+
+
+async def _stop_if_asked(
+    session: AsyncSession, conversation_id: int, message: InboundMessage
+) -> bool:
+    """The message is stored under the conversation's row lock: if it says "stop", the lead is
+    suppressed and the conversation ended before anyone reads it (a live run mid-step finds
+    the end at its next boundary). True when a confirmation was recorded."""
+    row = await queries.conversations.lock_conversation(session, conversation_id)
+    contact = await queries.contacts.get_contact(session, row.contact_id)
+    stopped = await opt_out.honour_stop(session, row, contact, message, utcnow())
+    return stopped is not None and stopped.confirm
 
 
 async def _store_in(
@@ -292,12 +316,16 @@ async def apply_status(
             status=status.status,
             error=status.error_summary,
         )
+        wakes = owed if owed is not None else []
         if message is not None:
+            await opt_out.after_status(session, status, message, utcnow(), wakes)
             return True
         # Not one of our messages: an outreach action's (its key came back as client_ref)?
-        wakes = owed if owed is not None else []
         if settle_action is not None and await settle_action(session, status, utcnow(), wakes):
+            await opt_out.after_status(session, status, None, utcnow(), wakes)
             return True
+        # A hard bounce of an email we cannot place still says the address is unusable.
+        await opt_out.after_status(session, status, None, utcnow(), wakes)
         await queries.webhook_events.record_webhook_event(
             session,
             status.channel,

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from parley import suppression
 from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
@@ -31,8 +32,14 @@ from parley.conversation import handoff
 from parley.conversation import row as conversation_row
 from parley.conversation.executor import end_from_outside
 from parley.db import Database, queries
-from parley.db.models import Conversation, Identity
-from parley.errors import ConcurrentUpdate, InvalidInput, NotFound, TransitionNotAllowed
+from parley.db.models import Contact, Conversation, Identity
+from parley.errors import (
+    ConcurrentUpdate,
+    InvalidInput,
+    NotFound,
+    Suppressed,
+    TransitionNotAllowed,
+)
 from parley.vocabulary import TERMINAL, Status
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
@@ -106,6 +113,7 @@ async def start(
         contact = await queries.contacts.ensure_contact(session, channel, address, name)
         if fields:
             contact.fields = {**contact.fields, **fields}
+        await _refuse_suppressed(session, identity.id, contact)
         active = await queries.conversations.lock_active_conversation(
             session, identity.id, contact.id
         )
@@ -119,6 +127,20 @@ async def start(
         conversation_row.give_inputs(row, variables or {})
         conversation_row.request_wake(row)
         return Change(row.id, Status(row.status), "start", None, f"started on {campaign_name}")
+
+
+async def _refuse_suppressed(session: AsyncSession, identity_id: int, contact: Contact) -> None:
+    """A lead on the do-not-contact list is never started: any of its addresses (the one it is
+    started on, its email, phone and LinkedIn fields) suppressed for the identity or
+    installation-wide refuses the start, and the transaction (the contact's new fields with it)
+    is rolled back."""
+    entry = await suppression.suppression_of(session, identity_id, contact)
+    if entry is not None:
+        scope = "installation-wide" if entry.identity_id is None else f"for identity {identity_id}"
+        raise Suppressed(
+            f"{entry.address} is on the do-not-contact list {scope} ({entry.reason}): "
+            "the lead is not started"
+        )
 
 
 async def pause(db: Database, conversation_id: int) -> Change:

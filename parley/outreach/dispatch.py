@@ -58,11 +58,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import uuid4
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley import suppression
 from parley.channels.base import OutreachAction, SenderIdentity, StatusUpdate
 from parley.conversation import handoff, lifecycle, whatsapp_numbers
 from parley.conversation import row as conversation_row
@@ -70,7 +71,7 @@ from parley.conversation.executor import end_from_outside
 from parley.conversation.handshake import WakeUp, wakeup_for
 from parley.db import queries
 from parley.db.engine import PinnedConnection
-from parley.db.models import Action, Conversation, Identity, utcnow
+from parley.db.models import Action, Contact, Conversation, Identity, utcnow
 from parley.errors import (
     ChannelError,
     CreditsExhausted,
@@ -94,6 +95,7 @@ from parley.vocabulary import (
     PAUSED,
     READY,
     SENT_STATUSES,
+    SUPPRESSED,
     TERMINAL,
     DeliveryStatus,
     Status,
@@ -282,8 +284,18 @@ async def _claim(
     stale = await _stale(session, row, claimed)
     if stale is None:
         return replace(claimed, fresh=True)
-    reason, replied = stale
-    _add(owed, await _record_outcome(session, rt, claimed, ACTION_SKIPPED, reason, replied=replied))
+    _add(
+        owed,
+        await _record_outcome(
+            session,
+            rt,
+            claimed,
+            ACTION_SKIPPED,
+            stale.reason,
+            replied=stale.replied,
+            complete=stale.ends,
+        ),
+    )
     return "skipped"
 
 
@@ -330,23 +342,47 @@ def sender_for(identity: Identity, channel: str) -> SenderIdentity:
     return SenderIdentity(channel, identity.address, {})
 
 
-async def _stale(
-    session: AsyncSession, row: Conversation, claimed: _Claimed
-) -> tuple[str, bool] | None:
-    """Why the action must not go out any more (and whether it is because the contact wrote),
-    or None. ``row`` is locked: the webhook stores messages under the same lock, so a message
-    stored before this check is seen by it — also one stored before the action was queued that
-    the conversation has not read yet (it was busy with its step, or waiting hot): the action
-    was decided without it."""
+class _Stale(NamedTuple):
+    """Why an action must not go out any more: whether because the contact wrote (a reply
+    interrupts the sequence), and whether the conversation ends with it (a suppressed lead)."""
+
+    reason: str
+    replied: bool = False
+    ends: bool = False
+
+
+async def _stale(session: AsyncSession, row: Conversation, claimed: _Claimed) -> _Stale | None:
+    """Why the action must not go out any more, or None. ``row`` is locked: the webhook stores
+    messages under the same lock, so a message stored before this check is seen by it — also
+    one stored before the action was queued that the conversation has not read yet (it was
+    busy with its step, or waiting hot): the action was decided without it. The do-not-contact
+    list is read here, at the last moment, so an action queued before its lead was suppressed
+    never goes; the conversation ends with it (the sequence must not try another channel)."""
+    suppressed = await _suppressed(session, row, claimed)
+    if suppressed is not None:
+        return _Stale(suppressed, ends=row.status not in TERMINAL)
     if row.status in TERMINAL:
-        return f"the conversation is {row.status.value}", False
+        return _Stale(f"the conversation is {row.status.value}")
     if await queries.messages.inbound_after(session, row.id, claimed.seen_inbound_id):
-        return "the contact wrote after it was queued", True
+        return _Stale("the contact wrote after it was queued", replied=True)
     if await queries.messages.has_unconsumed_inbound(session, row.id):
-        return "the contact wrote and the conversation has not read it yet", True
+        return _Stale("the contact wrote and the conversation has not read it yet", replied=True)
     if not _awaits(row, claimed.payload):
-        return "the conversation moved on", False
+        return _Stale("the conversation moved on")
     return None
+
+
+async def _suppressed(session: AsyncSession, row: Conversation, claimed: _Claimed) -> str | None:
+    """The skip reason when the action's recipient or any address of the conversation's lead
+    is on the do-not-contact list for its identity (or installation-wide)."""
+    contact = await queries.contacts.get_contact(session, row.contact_id)
+    to = claimed.payload.get("to")
+    addresses = [to if isinstance(to, str) else None, *suppression.lead_addresses(contact)]
+    found = await suppression.suppressed_among(session, claimed.identity_id, addresses)
+    if not found:
+        return None
+    entry = next(iter(found.values()))
+    return f"{SUPPRESSED}: {entry.address} is on the do-not-contact list ({entry.reason})"
 
 
 def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
@@ -387,8 +423,14 @@ async def _fresh_then_performed(rt: Runtime, claimed: _Claimed) -> tuple[Done, _
                 return "held", _nothing
             stale = await _stale(session, row, claimed)
         if stale is not None:
-            reason, replied = stale
-            return "skipped", _finishing(rt, claimed, ACTION_SKIPPED, reason, replied=replied)
+            return "skipped", _finishing(
+                rt,
+                claimed,
+                ACTION_SKIPPED,
+                stale.reason,
+                replied=stale.replied,
+                complete=stale.ends,
+            )
     return await _perform(rt, claimed)
 
 
@@ -833,6 +875,10 @@ async def _claim_manual(
         if kind is None or kind not in CHANNEL_OF:
             raise InvalidInput(f"no manual action type for a {identity.channel} identity: pass one")
         channel = CHANNEL_OF[kind]  # type: ignore[index]
+        contact = await queries.contacts.get_contact(session, row.contact_id)
+        refused = await _manual_to_suppressed(session, identity.id, contact)
+        if refused is not None:
+            return refused
         parked = queries.actions.parked_queue_of(identity, channel, kind)
         if parked is not None:
             return ManualSend(False, f"{parked} is parked: {identity.parked[parked]}")
@@ -843,7 +889,6 @@ async def _claim_manual(
         # dispatcher must not send the automated one beside it (``_take_over`` skips them, a
         # manual send that fails gives them back).
         await queries.actions.hold_ready_actions(session, row.id, PAUSED, HAND_SENDING)
-        contact = await queries.contacts.get_contact(session, row.contact_id)
         action = Action(
             identity_id=identity.id,
             conversation_id=row.id,
@@ -878,6 +923,18 @@ async def _claim_manual(
             action.idempotency_key,
             claim=action.claim,
         )
+
+
+async def _manual_to_suppressed(
+    session: AsyncSession, identity_id: int, contact: Contact
+) -> ManualSend | None:
+    """A person's message is no exception to the do-not-contact list."""
+    entry = await suppression.suppression_of(session, identity_id, contact)
+    if entry is None:
+        return None
+    return ManualSend(
+        False, f"{SUPPRESSED}: {entry.address} is on the do-not-contact list ({entry.reason})"
+    )
 
 
 TAKEN_OVER_REASON = "a person took over with a manual message"

@@ -17,7 +17,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
 
 from parley.channels.email.channel import EmailChannel
 from parley.errors import ConfigurationError
-from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake
+from webhook.deps import RuntimeDep, SettingsDep, read_signed, store_and_wake
 
 router = APIRouter(prefix="/webhooks/email", tags=["email"])
 
@@ -34,7 +34,7 @@ async def receive(
     request: Request,
     background: BackgroundTasks,
     settings: SettingsDep,
-    db: DbDep,
+    rt: RuntimeDep,
     channel: EmailDep,
 ) -> dict[str, Any]:
     try:
@@ -44,7 +44,7 @@ async def receive(
         detail = f"{exc}; set PARLEY_EMAIL_WEBHOOK_SECRET"
         raise HTTPException(status_code=503, detail=detail) from exc
     # No campaign: replies reach active conversations only (see the module doc).
-    result = await store_and_wake(db, settings, background, batch, None)
+    result = await store_and_wake(rt, settings, background, batch, None)
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,

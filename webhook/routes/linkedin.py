@@ -38,7 +38,7 @@ from parley.errors import (
 from parley.outreach import actions
 from parley.settings import Settings
 from prefect_adapter.runs import carry_out
-from webhook.deps import DbDep, SettingsDep, read_signed, store_and_wake
+from webhook.deps import DbDep, RuntimeDep, SettingsDep, read_signed, store_and_wake
 
 CONNECTED_FIELD: Final = "linkedin_connected"
 
@@ -58,6 +58,7 @@ async def receive(
     background: BackgroundTasks,
     settings: SettingsDep,
     db: DbDep,
+    rt: RuntimeDep,
     channel: LinkedInDep,
 ) -> dict[str, Any]:
     batch, events = read_signed(
@@ -67,7 +68,7 @@ async def receive(
         lambda raw: (channel.parse(raw), channel.events(raw)),
     )
     # No campaign: messages reach active conversations only (see the module doc).
-    result = await store_and_wake(db, settings, background, batch, None)
+    result = await store_and_wake(rt, settings, background, batch, None)
     signalled = parked = 0
     for event in events:
         if event.kind is GatewayEventKind.CONNECTION_ACCEPTED:

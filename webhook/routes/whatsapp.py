@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse
 
 from webhook.deps import (
     CampaignNameDep,
-    DbDep,
+    RuntimeDep,
     SettingsDep,
     WhatsAppDep,
     read_signed,
@@ -43,12 +43,12 @@ async def receive(
     request: Request,
     background: BackgroundTasks,
     settings: SettingsDep,
-    db: DbDep,
+    rt: RuntimeDep,
     channel: WhatsAppDep,
     campaign_name: CampaignNameDep,
 ) -> dict[str, Any]:
     batch = read_signed(await request.body(), request.headers, channel.verify, channel.parse)
-    result = await store_and_wake(db, settings, background, batch, campaign_name)
+    result = await store_and_wake(rt, settings, background, batch, campaign_name)
     return {
         "stored": result.stored,
         "duplicates": result.duplicates,

@@ -10,7 +10,11 @@ so every provider adapter speaks the same thing:
   "timestamp": <unix seconds>}``
 * a delivery event about a message we sent: ``{"event": "bounced" | "delivered" |
   "complained", "message_id": "<our Message-ID>", "sender": <our mailbox>, "recipient": <lead
-  address>, "reason": str | null, "code": <SMTP code> | null, "timestamp": <unix seconds>}``
+  address>, "reason": str | null, "code": <SMTP code> | null, "bounce": "hard" | "soft" |
+  null, "timestamp": <unix seconds>}``. A bounce is hard (the address is suppressed and its
+  sequence ends) when ``bounce`` says so, else when ``code`` is a 5xx, else when neither says
+  (providers' "bounced" events are permanent failures); ``"soft"`` or a 4xx code is a soft
+  bounce (the message failed, the address stays). A complaint always suppresses.
 
 Every POST carries ``X-Parley-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">``.
 Pure functions over bytes and dicts; writing the format is test tooling
@@ -34,7 +38,7 @@ from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.errors import ConfigurationError, InvalidSignature, MalformedPayload
-from parley.vocabulary import DeliveryStatus
+from parley.vocabulary import DeliveryStatus, SuppressionReason
 
 CHANNEL: Final = "email"
 MESSAGE_TYPE: Final = "email"
@@ -222,7 +226,24 @@ def _status(document: JSONDict, status: DeliveryStatus) -> StatusUpdate:
         timestamp=_timestamp(document.get("timestamp")),
         client_ref=client_ref_of(message_id, mailbox_domain(mailbox)),
         errors=errors,
+        suppresses=_suppresses(document),
     )
+
+
+def _suppresses(document: JSONDict) -> SuppressionReason | None:
+    """What the event means for the do-not-contact list (see the module doc)."""
+    event = document["event"]
+    if event == "complained":
+        return "complained"
+    if event != "bounced":
+        return None
+    kind = _optional_str(document, "bounce")
+    if kind not in (None, "hard", "soft"):
+        raise MalformedPayload(f"'bounce' must be 'hard', 'soft' or null, not {kind!r}")
+    code = document.get("code")
+    if kind is None and isinstance(code, int) and not isinstance(code, bool):
+        kind = "soft" if 400 <= code < 500 else "hard"
+    return None if kind == "soft" else "bounced"
 
 
 def _message_id(document: JSONDict) -> str:

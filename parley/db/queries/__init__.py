@@ -14,6 +14,7 @@ from parley.db.queries import (
     identities,
     messages,
     repairs,
+    suppressions,
     visits,
     webhook_events,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "identities",
     "messages",
     "repairs",
+    "suppressions",
     "visits",
     "webhook_events",
 ]
