@@ -1,5 +1,5 @@
-"""``parley campaign``: check and publish campaign files, list and show them, pause and resume
-campaigns."""
+"""``parley campaign``: check and publish campaign files, list and show them; activate, pause,
+resume and archive campaigns (their status: ``parley.campaign.status``)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def _report(change: CampaignChange, as_json: bool) -> None:
         print_json(
             {
                 "name": change.name,
+                "status": change.status.value,
                 "paused": change.paused,
                 "conversations": [
                     {"id": c.conversation_id, "status": c.status.value, "detail": c.detail}
@@ -55,9 +56,8 @@ def _report(change: CampaignChange, as_json: bool) -> None:
             }
         )
         return
-    state = "paused" if change.paused else "resumed"
     console.print(
-        f"campaign {change.name}: [cyan]{state}[/] ({len(change.changes)} waiting "
+        f"campaign {change.name}: [cyan]{change.status.value}[/] ({len(change.changes)} waiting "
         "conversations changed now; running ones stop or go on at their next node)"
     )
 
@@ -76,6 +76,23 @@ def campaign_pause(
 def campaign_resume(name: CampaignName, as_json: AsJson = False) -> None:
     """Release the conversations the campaign's pause held (operators' own pauses stand)."""
     _report(run_with_db(lambda db: lifecycle.resume_campaign(db, name)), as_json)
+
+
+@campaign_app.command("activate")
+def campaign_activate(name: CampaignName, as_json: AsJson = False) -> None:
+    """Let a draft (or paused, or archived) campaign go: the conversations waiting at its gate
+    are released and new ones start at once."""
+    _report(run_with_db(lambda db: lifecycle.activate_campaign(db, name)), as_json)
+
+
+@campaign_app.command("archive")
+def campaign_archive(
+    name: CampaignName,
+    reason: Annotated[str | None, typer.Option(help="Why, for the other operators.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """No new conversations from now on (starts are refused); the running ones finish."""
+    _report(run_with_db(lambda db: lifecycle.archive_campaign(db, name, reason)), as_json)
 
 
 campaign_app.command("funnel")(campaign_versions.campaign_funnel)
