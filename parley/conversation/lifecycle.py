@@ -311,7 +311,8 @@ async def _move_campaign(
     await _known_campaign(session, name)
     before = campaign_status.status_of(await queries.campaigns.lock_campaign_state(session, name))
     after = campaign_status.next_status(name, before, move)
-    await queries.campaigns.set_campaign_status(session, name, after, reason)
+    if after is not before:  # a repeated move keeps the first one's time and reason
+        await queries.campaigns.set_campaign_status(session, name, after, reason)
     return before, after
 
 
