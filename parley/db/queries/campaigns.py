@@ -88,11 +88,11 @@ async def campaign_state(session: AsyncSession, name: str) -> CampaignState | No
 async def set_campaign_status(
     session: AsyncSession, name: str, status: CampaignStatus, reason: str | None
 ) -> None:
-    row = await lock_campaign_state(session, name)
-    if row is None:
+    state = await lock_campaign_state(session, name)
+    if state is None:
         session.add(CampaignState(name=name, status=status.value, reason=reason))
     else:
-        row.status, row.reason, row.changed_at = status.value, reason, utcnow()
+        state.status, state.reason, state.changed_at = status.value, reason, utcnow()
     await session.flush()
 
 
