@@ -13,7 +13,8 @@ import pytest
 from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign import publishing
 from parley.campaign.status import check_accepts_new_conversations
-from parley.conversation import executor, handshake, lifecycle
+from parley.conversation import executor, handshake, inbox, lifecycle
+from parley.conversation import operator_views as views
 from parley.conversation.state_machine import Cursor
 from parley.db import Database, queries
 from parley.errors import NotFound, TransitionNotAllowed
@@ -33,8 +34,9 @@ from tests.dispatching.test_outreach import (  # the outreach scenarios' fixture
     gateway,
     rt,
 )
+from tests.storage.conftest import campaign_name, make_batch
 
-__all__ = ["campaign", "clock", "gateway", "rt"]  # fixtures, used by name
+__all__ = ["campaign", "campaign_name", "clock", "gateway", "rt"]  # fixtures, used by name
 
 
 async def _row(db: Database, conversation_id: int) -> object:
@@ -174,3 +176,17 @@ async def test_publishing_a_new_version_keeps_the_status_and_new_leads_get_the_n
         )
         await check_accepts_new_conversations(session, campaign)  # paused: accepted
     assert version.version == 2
+
+
+async def test_a_new_contacts_message_to_an_archived_default_campaign_starts_nothing(
+    db: Database, campaign_name: str
+) -> None:
+    """Inbound WhatsApp: the message is recorded as unmatched, no conversation is opened."""
+    await lifecycle.archive_campaign(db, campaign_name)
+
+    result = await inbox.store_batch(db, make_batch("hi"), campaign_name)
+
+    assert (result.stored, result.wakeups) == (0, [])
+    assert await views.list_conversations(db) == []
+    await lifecycle.activate_campaign(db, campaign_name)
+    assert (await inbox.store_batch(db, make_batch("hi again"), campaign_name)).stored == 1
