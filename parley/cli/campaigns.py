@@ -13,6 +13,7 @@ from parley.cli.common import AsJson, console, err_console, print_json, run_with
 from parley.conversation import lifecycle
 from parley.conversation.lifecycle import CampaignChange
 from parley.errors import CampaignInvalid, NotFound
+from parley.vocabulary import CampaignStatus
 
 campaign_app = typer.Typer(help="Campaign graphs.", no_args_is_help=True)
 
@@ -57,9 +58,18 @@ def _report(change: CampaignChange, as_json: bool) -> None:
         )
         return
     console.print(
-        f"campaign {change.name}: [cyan]{change.status.value}[/] ({len(change.changes)} waiting "
-        "conversations changed now; running ones stop or go on at their next node)"
+        f"campaign {change.name}: [cyan]{change.status.value}[/] "
+        + _WHAT_IT_MEANS[change.status].format(n=len(change.changes))
     )
+
+
+_WHAT_IT_MEANS = {
+    CampaignStatus.PAUSED: "({n} waiting conversations held now; running ones stop at their "
+    "next node)",
+    CampaignStatus.ACTIVE: "({n} conversations released; running ones go on)",
+    CampaignStatus.ARCHIVED: "(new conversations are refused; running ones finish)",
+    CampaignStatus.DRAFT: "(its conversations wait until it is activated)",
+}
 
 
 @campaign_app.command("pause")
