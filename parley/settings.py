@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -23,6 +23,7 @@ from parley.errors import ConfigurationError
 DEMO_SECRET_PREFIX = "parley-demo-"
 DEFAULT_DATA_DIR = Path(".parley")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+CAMPAIGN_FILE_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
 _SECRETS = ("whatsapp_access_token", "whatsapp_app_secret", "whatsapp_verify_token", "api_keys")
 
 
@@ -91,7 +92,12 @@ class Settings(BaseSettings):
         "the new key beside the old one).",
     )
 
-    default_campaign: Path = Path("examples/campaigns/onboarding.yaml")
+    default_campaign: str = Field(
+        default="examples/campaigns/onboarding.yaml",
+        description="The campaign new inbound WhatsApp contacts get: the name of a published "
+        "campaign, or a campaign file (.yaml/.yml/.json, or any existing file) that the webhook "
+        "publishes and activates at startup (the embedded demo).",
+    )
     conversation_deployment: str = Field(
         default="conversation/conversation",
         description="flow-name/deployment-name that runs one conversation.",
@@ -201,6 +207,19 @@ class Settings(BaseSettings):
         "status callback before it ends failed with an 'uncertain:' reason; never resent.",
     )
     http_timeout_seconds: float = 10.0
+
+    @field_validator("default_campaign", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @property
+    def default_campaign_file(self) -> Path | None:
+        """The default campaign's file when the setting names one; None: a published name."""
+        path = Path(self.default_campaign)
+        if path.suffix.lower() in CAMPAIGN_FILE_SUFFIXES or path.is_file():
+            return path
+        return None
 
     @model_validator(mode="after")
     def _refuse_unsafe_values(self) -> Settings:

@@ -13,6 +13,25 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final, Literal, get_args
 
+# --- campaigns -----------------------------------------------------------------------------------
+
+
+class CampaignStatus(StrEnum):
+    """Whether a campaign (all its versions, by name) lets its conversations go on; stored in
+    ``campaigns.status``. Transitions: ``parley.campaign.status``."""
+
+    DRAFT = "draft"  # published, nothing goes out: its conversations wait at the pause gate
+    ACTIVE = "active"
+    PAUSED = "paused"  # its conversations stop at their next node until it is resumed
+    ARCHIVED = "archived"  # no new conversations; the running ones finish
+
+
+HELD_BY_CAMPAIGN: frozenset[CampaignStatus] = frozenset(
+    {CampaignStatus.DRAFT, CampaignStatus.PAUSED}
+)
+"""A campaign in one of these holds its conversations at the pause gate."""
+
+
 # --- conversations -------------------------------------------------------------------------------
 
 

@@ -11,7 +11,10 @@ the dispatcher (``flows.dispatcher``, run by the worker) and the webhook (``webh
 * ``get_runtime()`` — this process's ``Runtime``, built lazily once (the worker's runs, the
   dispatcher, the webhook's manual sends);
 * ``webhook_channels(settings)`` — the webhook's channels: the senders and the outreach
-  channels' inbound halves (it only verifies and parses with those).
+  channels' inbound halves (it only verifies and parses with those);
+* ``publish_installation(settings)`` — what ``parley campaign publish`` and
+  ``POST /api/campaigns`` check a campaign against: the configured channels and Prefect's
+  Secret blocks.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from parley.campaign.installation import Installation, configured_channels
 from parley.campaign.registry import CampaignCache
 from parley.channels.base import Channel
 from parley.channels.catalog import build_channels, build_outreach
@@ -48,6 +52,7 @@ from parley.runtime import Runtime
 from parley.settings import Settings
 from parley.settings import get_settings as get_settings  # the settings of every process
 from prefect_adapter.client import unreachable
+from prefect_adapter.secret_names import PrefectSecretNames
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +248,10 @@ def webhook_channels(settings: Settings) -> WebhookChannels:
             EmailConfig(webhook_secret=settings.email_webhook_secret.get_secret_value())
         ),
     )
+
+
+def publish_installation(settings: Settings) -> Installation:
+    return Installation(configured_channels(settings), secrets=PrefectSecretNames())
 
 
 def _inbox_signal(url: str, poll_seconds: float) -> InboxSignal | None:

@@ -21,9 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.campaign.registry import install_campaign
+from parley.db import queries
+from parley.errors import ConfigurationError, NotFound
 from parley.settings import Settings
 from prefect_adapter.client import close_prefect_api
 from prefect_adapter.composition import (
@@ -64,12 +67,32 @@ async def _open_storage(app: FastAPI, settings: Settings) -> None:
     db = await open_database(settings)
     try:
         async with db.transaction() as session:
-            version = await install_campaign(session, settings.default_campaign)
+            name = await default_campaign_name(session, settings)
     except BaseException:
         await db.dispose()
         raise
-    app.state.campaign_name = version.name
+    app.state.campaign_name = name
     app.state.db = db
+
+
+async def default_campaign_name(session: AsyncSession, settings: Settings) -> str:
+    """The campaign new inbound contacts get: a file (the embedded demo) is published and
+    activated here, as it always was; a name must be published already (``parley campaign
+    publish``), else ``ConfigurationError`` says so at startup, not at the first message."""
+    path = settings.default_campaign_file
+    if path is not None:
+        return (await install_campaign(session, path)).name
+    try:
+        version = await queries.campaigns.latest_campaign_version(
+            session, settings.default_campaign
+        )
+    except NotFound:
+        raise ConfigurationError(
+            f"PARLEY_DEFAULT_CAMPAIGN={settings.default_campaign!r} is not a published campaign "
+            "(nor a campaign file): publish it first with `parley campaign publish FILE "
+            "--activate`, or point the setting at a .yaml file"
+        ) from None
+    return version.name
 
 
 async def _keep_opening(app: FastAPI, settings: Settings) -> None:

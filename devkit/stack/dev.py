@@ -159,8 +159,11 @@ def _start_fake_whatsapp(settings: Settings) -> FakeWhatsAppAPI:
 
 
 def _campaign_endpoints(settings: Settings, fake_providers: bool | None) -> dict[str, str]:
-    """The default campaign's ``env:`` URLs that a loopback stand-in should serve."""
-    campaign = load_campaign(settings.default_campaign)
+    """The default campaign's ``env:`` URLs that a loopback stand-in should serve (a campaign
+    named by a published name brings its own endpoints)."""
+    if settings.default_campaign_file is None:
+        return {}
+    campaign = load_campaign(settings.default_campaign_file)
     urls = {name: os.environ.get(name, default) for name, default in campaign.env.items()}
     return {
         name: url
@@ -317,7 +320,8 @@ def bring_up(settings: Settings, *, fake_providers: bool | None = None) -> Runni
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     _refuse_busy(settings.webhook_port, settings.webhook_host, "set PARLEY_WEBHOOK_PORT")
-    _refuse_missing_campaign(settings.default_campaign)
+    if settings.default_campaign_file is not None:  # a published name: the webhook checks it
+        _refuse_missing_campaign(settings.default_campaign_file)
     console.print(f"[dim]database: {settings.printable_database_url}[/]")
     migrate.upgrade(settings.resolved_database_url)
     installed = _install_outreach_campaign(settings.resolved_database_url)

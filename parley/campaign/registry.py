@@ -14,15 +14,20 @@ from parley.campaign.loading import campaign_digest, parse_campaign
 from parley.campaign.model import Campaign
 from parley.db import queries
 from parley.db.models import CampaignVersion
+from parley.vocabulary import CampaignStatus
 
 
 async def install_campaign(session: AsyncSession, path: Path) -> CampaignVersion:
-    """Validate ``path`` and store it as the newest version unless its content is known."""
+    """Validate ``path`` and store it as the newest version unless its content is known. A
+    campaign installed from a file (the embedded demo's default, ``parley dev``'s example) is
+    active at once; a status it has already (an operator's pause or archive) stands."""
     source = path.read_text(encoding="utf-8")
     campaign = parse_campaign(source, source=str(path))
-    return await queries.campaigns.ensure_campaign_version(
+    version = await queries.campaigns.ensure_campaign_version(
         session, campaign.name, campaign_digest(source), source
     )
+    await queries.campaigns.ensure_campaign_state(session, campaign.name, CampaignStatus.ACTIVE)
+    return version
 
 
 _PARSED: dict[str, Campaign] = {}

@@ -1,5 +1,5 @@
-"""``parley campaign``: check and publish campaign files, list and show them, pause and resume
-campaigns."""
+"""``parley campaign``: check and publish campaign files, list and show them; activate, pause,
+resume and archive campaigns (their status: ``parley.campaign.status``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from parley.cli.common import AsJson, console, err_console, print_json, run_with
 from parley.conversation import lifecycle
 from parley.conversation.lifecycle import CampaignChange
 from parley.errors import CampaignInvalid, NotFound
+from parley.vocabulary import CampaignStatus
 
 campaign_app = typer.Typer(help="Campaign graphs.", no_args_is_help=True)
 
@@ -47,6 +48,7 @@ def _report(change: CampaignChange, as_json: bool) -> None:
         print_json(
             {
                 "name": change.name,
+                "status": change.status.value,
                 "paused": change.paused,
                 "conversations": [
                     {"id": c.conversation_id, "status": c.status.value, "detail": c.detail}
@@ -55,11 +57,19 @@ def _report(change: CampaignChange, as_json: bool) -> None:
             }
         )
         return
-    state = "paused" if change.paused else "resumed"
     console.print(
-        f"campaign {change.name}: [cyan]{state}[/] ({len(change.changes)} waiting "
-        "conversations changed now; running ones stop or go on at their next node)"
+        f"campaign {change.name}: [cyan]{change.status.value}[/] "
+        + _WHAT_IT_MEANS[change.status].format(n=len(change.changes))
     )
+
+
+_WHAT_IT_MEANS = {
+    CampaignStatus.PAUSED: "({n} waiting conversations held now; running ones stop at their "
+    "next node)",
+    CampaignStatus.ACTIVE: "({n} conversations released; running ones go on)",
+    CampaignStatus.ARCHIVED: "(new conversations are refused; running ones finish)",
+    CampaignStatus.DRAFT: "(its conversations wait until it is activated)",
+}
 
 
 @campaign_app.command("pause")
@@ -76,6 +86,23 @@ def campaign_pause(
 def campaign_resume(name: CampaignName, as_json: AsJson = False) -> None:
     """Release the conversations the campaign's pause held (operators' own pauses stand)."""
     _report(run_with_db(lambda db: lifecycle.resume_campaign(db, name)), as_json)
+
+
+@campaign_app.command("activate")
+def campaign_activate(name: CampaignName, as_json: AsJson = False) -> None:
+    """Let a draft (or paused, or archived) campaign go: the conversations waiting at its gate
+    are released and new ones start at once."""
+    _report(run_with_db(lambda db: lifecycle.activate_campaign(db, name)), as_json)
+
+
+@campaign_app.command("archive")
+def campaign_archive(
+    name: CampaignName,
+    reason: Annotated[str | None, typer.Option(help="Why, for the other operators.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """No new conversations from now on (starts are refused); the running ones finish."""
+    _report(run_with_db(lambda db: lifecycle.archive_campaign(db, name, reason)), as_json)
 
 
 campaign_app.command("funnel")(campaign_versions.campaign_funnel)

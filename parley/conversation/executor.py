@@ -217,8 +217,9 @@ def _unchanged(s: Snapshot) -> Transition:
 
 
 async def _campaign_paused(session: AsyncSession, row: Conversation) -> bool:
-    """The pause gate's second half: a paused campaign holds each conversation at its next
-    node; ``paused_by`` says the campaign's resume may release it (an operator's may not)."""
+    """The pause gate's second half: a paused or draft campaign holds each conversation at
+    its next node (a draft's from its first); ``paused_by`` says the campaign's resume may
+    release it (an operator's may not)."""
     if not await queries.campaigns.campaign_held(session, row.campaign_version_id):
         return False
     conversation_row.pause(row, by="campaign")

@@ -30,6 +30,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley.campaign import status as campaign_status
 from parley.campaign.registry import start_node_of
 from parley.channels.base import InboundBatch, InboundMessage, InboundRole, JSONDict, StatusUpdate
 from parley.conversation import opt_out, whatsapp_numbers
@@ -190,6 +191,8 @@ async def _store_in(
         if message.channel == WHATSAPP and not _starts_here(identity, message, own_number):
             raise NoActiveConversation(message.provider_message_id, _NOT_STARTED_ON_NUMBER)
         campaign = await _campaign_for_new(session, campaign_name)
+        if not await _accepts_new(session, campaign_name):
+            raise NoActiveConversation(message.provider_message_id, _ARCHIVED)
         conversation, created = await queries.conversations.create_conversation(
             session, identity.id, contact.id, campaign, start_node_of(campaign)
         )
@@ -267,6 +270,16 @@ def _starts_here(identity: Identity, message: InboundMessage, own_number: str | 
     if own_number is None or message.identity_address == own_number:
         return True
     return whatsapp_numbers.starts_conversations(identity)
+
+
+_ARCHIVED = "no active conversation with this contact; the default campaign is archived"
+
+
+async def _accepts_new(session: AsyncSession, name: str) -> bool:
+    """An archived default campaign starts no conversation for a new contact: the message is
+    recorded as unmatched, like one on a channel that starts none."""
+    state = await queries.campaigns.campaign_state(session, name)
+    return campaign_status.accepts_new_conversations(campaign_status.status_of(state))
 
 
 async def _campaign_for_new(session: AsyncSession, name: str) -> CampaignVersion:

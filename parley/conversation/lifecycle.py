@@ -1,6 +1,7 @@
 """What operators do to conversations and campaigns from outside their runs.
 
-Pause, resume, cancel, complete, retry, complete a task, signal; pause and resume a campaign.
+Pause, resume, cancel, complete, retry, complete a task, signal; pause, resume, activate and
+archive a campaign (its status: ``parley.campaign.status``).
 Each is one status change checked against the state machine's table, written with optimistic
 locking: the row is read without a lock and updated only if its ``version`` is still the one
 read, so a command racing a live run's step retries on the fresh row and never overwrites the
@@ -25,8 +26,10 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from parley import suppression
 from parley.campaign import Campaign, TaskNode, WaitNode
+from parley.campaign import status as campaign_status
 from parley.campaign.conditions import Comparison
 from parley.campaign.registry import campaign_of, start_node_of
+from parley.campaign.status import Move
 from parley.clock import Clock, SystemClock
 from parley.conversation import handoff
 from parley.conversation import row as conversation_row
@@ -40,7 +43,7 @@ from parley.errors import (
     Suppressed,
     TransitionNotAllowed,
 )
-from parley.vocabulary import TERMINAL, Status
+from parley.vocabulary import ACTIVE, HELD_BY_CAMPAIGN, TERMINAL, CampaignStatus, Status
 
 SignalKind = Literal["task_completed", "field_changed", "variables_changed"]
 SIGNAL_KINDS: tuple[SignalKind, ...] = ("task_completed", "field_changed", "variables_changed")
@@ -107,6 +110,7 @@ async def start(
         if identity is None:
             raise NotFound(f"identity {identity_id} does not exist")
         version = await queries.campaigns.latest_campaign_version(session, campaign_name)
+        await campaign_status.check_accepts_new_conversations(session, campaign_name)
         missing = [n for n in campaign_of(version).inputs if n not in (variables or {})]
         if missing:
             raise InvalidInput(f"campaign {campaign_name!r} needs its inputs: {', '.join(missing)}")
@@ -314,21 +318,36 @@ def _reads(
 @dataclass(frozen=True)
 class CampaignChange:
     name: str
-    paused: bool
+    status: CampaignStatus
     changes: tuple[Change, ...]
+
+    @property
+    def paused(self) -> bool:
+        return self.status is CampaignStatus.PAUSED
+
+
+async def _move_campaign(
+    session: AsyncSession, name: str, move: Move, reason: str | None = None
+) -> tuple[CampaignStatus, CampaignStatus]:
+    """The campaign's status before and after ``move``, checked and written under its lock."""
+    await _known_campaign(session, name)
+    before = campaign_status.status_of(await queries.campaigns.lock_campaign_state(session, name))
+    after = campaign_status.next_status(name, before, move)
+    if after is not before:  # a repeated move keeps the first one's time and reason
+        await queries.campaigns.set_campaign_status(session, name, after, reason)
+    return before, after
 
 
 async def pause_campaign(db: Database, name: str, reason: str | None = None) -> CampaignChange:
     """Every conversation of the campaign stops at its next node: suspended ones are held at
     once (so neither a timer nor a message wakes them), live ones at their next step."""
     async with db.transaction() as session:
-        await _known_campaign(session, name)
-        await queries.campaigns.hold_campaign(session, name, reason)
+        await _move_campaign(session, name, "pause", reason)
         ids = await queries.conversations.conversation_ids_of_campaign(
             session, name, [Status.SUSPENDED, Status.PENDING]
         )
     changes = [await _change(db, cid, _hold_by_campaign) for cid in ids]
-    return CampaignChange(name, True, tuple(changes))
+    return CampaignChange(name, CampaignStatus.PAUSED, tuple(changes))
 
 
 async def _hold_by_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:
@@ -340,16 +359,43 @@ async def _hold_by_campaign(session: AsyncSession, row: Conversation) -> tuple[R
 
 async def resume_campaign(db: Database, name: str) -> CampaignChange:
     """Release the conversations the campaign's pause held; an operator's own pause stands."""
+    return await _let_go(db, name, "resume")
+
+
+async def activate_campaign(db: Database, name: str) -> CampaignChange:
+    """A draft (or paused, or archived) campaign goes on: the conversations its gate held are
+    released as a resume releases them. An active campaign: nothing changes."""
+    return await _let_go(db, name, "activate")
+
+
+async def _let_go(db: Database, name: str, move: Move) -> CampaignChange:
     async with db.transaction() as session:
-        await _known_campaign(session, name)
-        released = await queries.campaigns.release_campaign(session, name)
-        ids = await queries.conversations.conversation_ids_of_campaign(
-            session, name, [Status.PAUSED]
+        before, after = await _move_campaign(session, name, move)
+        ids = (
+            await queries.conversations.conversation_ids_of_campaign(session, name, [Status.PAUSED])
+            if before in HELD_BY_CAMPAIGN
+            else []
         )
-    if not released:
-        raise TransitionNotAllowed(f"campaign {name!r} is not paused")
     changes = [await _change(db, cid, _release_from_campaign) for cid in ids]
-    return CampaignChange(name, False, tuple(changes))
+    return CampaignChange(name, after, tuple(changes))
+
+
+async def archive_campaign(db: Database, name: str, reason: str | None = None) -> CampaignChange:
+    """No new conversations from now on; the running ones finish. A draft or paused campaign
+    holds its conversations at the gate and an archive would never release them: refused
+    while it has any (activate it, or cancel them, first)."""
+    async with db.transaction() as session:
+        before, after = await _move_campaign(session, name, "archive", reason)
+        if before in HELD_BY_CAMPAIGN:
+            waiting = await queries.conversations.conversation_ids_of_campaign(
+                session, name, sorted(ACTIVE)
+            )
+            if waiting:
+                raise TransitionNotAllowed(
+                    f"campaign {name!r} is {before.value} and holds {len(waiting)} "
+                    "conversation(s) at its gate: activate it or cancel them before archiving"
+                )
+    return CampaignChange(name, after, ())
 
 
 async def _release_from_campaign(session: AsyncSession, row: Conversation) -> tuple[RunAction, str]:

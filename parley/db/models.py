@@ -265,13 +265,16 @@ class NodeVisit(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class CampaignHold(Base):
-    """A paused campaign: its conversations stop at their next node until it is resumed."""
+class CampaignState(Base):
+    """A campaign's status, one row per campaign name (every version shares it): whether its
+    conversations go on (``active``), wait at the pause gate (``draft``, ``paused``), or no new
+    ones are accepted (``archived``). ``reason`` says why, for the other operators."""
 
-    __tablename__ = "campaign_holds"
+    __tablename__ = "campaigns"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     reason: Mapped[str | None] = mapped_column(Text)
 
 

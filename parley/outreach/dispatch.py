@@ -397,10 +397,11 @@ def _awaits(row: Conversation, payload: dict[str, Any]) -> bool:
 async def _held_at_the_gate(session: AsyncSession, row: Conversation, claimed: _Claimed) -> bool:
     """The pause gate, on the dispatcher's side: a paused conversation's action is not skipped
     (its conversation would take the node's edge as if it had gone out) but held, with its key,
-    until the conversation is released (``handoff.release_held``). A campaign's pause holds the
-    conversation here as its run's next step would (``paused_by: campaign``), so the campaign's
-    resume releases both. ``row`` is locked: a pause committed after this check finds the
-    action on its way, and its outcome is handed to the conversation like any other."""
+    until the conversation is released (``handoff.release_held``). A campaign's pause (or its
+    draft status) holds the conversation here as its run's next step would (``paused_by:
+    campaign``), so the campaign's resume (or activation) releases both. ``row`` is locked: a
+    pause committed after this check finds the action on its way, and its outcome is handed
+    to the conversation like any other."""
     if row.status in TERMINAL:
         return False
     if row.status is Status.PAUSED:

@@ -85,6 +85,7 @@ async def test_list_and_show_say_what_is_published_and_which_campaign_is_paused(
     source = FOLLOW_UP.read_text()
     name = (await publishing.publish(db, source)).name
     await publishing.publish(db, _edited(source))
+    await lifecycle.activate_campaign(db, name)  # a new campaign is a draft
     await lifecycle.pause_campaign(db, name, "holiday")
 
     [summary] = await publishing.list_campaigns(db)
@@ -92,8 +93,9 @@ async def test_list_and_show_say_what_is_published_and_which_campaign_is_paused(
     first = await publishing.show_campaign(db, name, 1)
 
     assert (summary.name, summary.latest_version, summary.versions) == (name, 2, 2)
-    assert summary.paused
-    assert (shown["version"], shown["paused"]) == (2, True)
+    assert summary.paused and summary.status == "paused"
+    assert (shown["version"], shown["paused"], shown["status"]) == (2, True, "paused")
+    assert shown["status_reason"] == "holiday"
     assert [v["version"] for v in shown["versions"]] == [1, 2]
     assert shown["nodes"] and all({"id", "type"} <= set(n) for n in shown["nodes"])
     assert first["digest"] != shown["digest"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
@@ -174,6 +174,7 @@ async def change_conversation(
 
 class CampaignChangeOut(BaseModel):
     name: str
+    status: str
     paused: bool
     conversations: list[ChangeOut]
 
@@ -181,17 +182,23 @@ class CampaignChangeOut(BaseModel):
 @router.post("/campaigns/{name}/{command}")
 async def change_campaign(
     name: str,
-    command: Literal["pause", "resume"],
+    command: Literal["pause", "resume", "activate", "archive"],
     db: DbDep,
     settings: SettingsDep,
     body: Annotated[ReasonIn | None, Body()] = None,
 ) -> CampaignChangeOut:
-    """Pause (every conversation stops at its next node) or resume a campaign."""
-    action: Awaitable[CampaignChange] = (
-        lifecycle.pause_campaign(db, name, body.reason if body else None)
-        if command == "pause"
-        else lifecycle.resume_campaign(db, name)
-    )
-    change = await refusing(action)
+    """Pause (every conversation stops at its next node), resume, activate (a draft's
+    conversations waiting at its gate go) or archive (no new conversations; running ones
+    finish) a campaign. 409 when its status does not allow the move."""
+    reason = body.reason if body else None
+    actions: dict[str, Callable[[], Awaitable[CampaignChange]]] = {
+        "pause": lambda: lifecycle.pause_campaign(db, name, reason),
+        "resume": lambda: lifecycle.resume_campaign(db, name),
+        "activate": lambda: lifecycle.activate_campaign(db, name),
+        "archive": lambda: lifecycle.archive_campaign(db, name, reason),
+    }
+    change = await refusing(actions[command]())
     outs = [await _applied(c, db, settings) for c in change.changes]
-    return CampaignChangeOut(name=change.name, paused=change.paused, conversations=outs)
+    return CampaignChangeOut(
+        name=change.name, status=change.status.value, paused=change.paused, conversations=outs
+    )

@@ -3,11 +3,12 @@ version's exact text, the funnel, and migrating waiting conversations to another
 same JSON as ``parley campaign publish|list|show|funnel|migrate --json``.
 
 Included before ``webhook.routes.api``: its ``POST /api/campaigns/{name}/{command}`` (pause,
-resume) would otherwise claim ``/migrate`` and answer 422.
+resume, activate, archive) would otherwise claim ``/migrate`` and answer 422.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -15,28 +16,41 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from parley.campaign import publishing
-from parley.conversation import funnel, migration
+from parley.conversation import funnel, lifecycle, migration
 from parley.conversation.migration import MigrationRefused
 from parley.errors import CampaignInvalid, InvalidInput, NotFound
-from webhook.deps import ApiKey, DbDep
+from prefect_adapter.composition import publish_installation
+from webhook.deps import ApiKey, DbDep, SettingsDep, refusing
 
 router = APIRouter(prefix="/api", tags=["campaigns"], dependencies=[ApiKey])
 
 
 @router.post("/campaigns", response_model=None)
-async def publish_campaign(request: Request, db: DbDep) -> JSONResponse:
-    """The body is the campaign as YAML (or JSON, which is YAML too). 201 with name, version
-    and digest when stored as a new version; 200 when this content was published before; 422
-    with every problem by node id."""
+async def publish_campaign(
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    activate: Annotated[bool, Query(description="Activate it at once (else: a draft).")] = False,
+) -> JSONResponse:
+    """The body is the campaign as YAML (or JSON, which is YAML too). 201 with name, version,
+    digest, status and warnings when stored as a new version; 200 when this content was
+    published before; 422 with every problem by node id (the graph's own, and what this
+    installation lacks: a channel for an action, a Prefect Secret block). A new campaign is a
+    draft unless ``?activate=true``."""
     try:
         source = (await request.body()).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HTTPException(status_code=422, detail="the body is not UTF-8 text") from exc
     try:
-        published = await publishing.publish(db, source, origin="the request body")
+        published = await publishing.publish(
+            db, source, origin="the request body", installation=publish_installation(settings)
+        )
     except CampaignInvalid as exc:
         problems = [{"node": node, "message": message} for node, message in exc.problems]
         return JSONResponse({"detail": "invalid campaign", "problems": problems}, 422)
+    if activate:
+        change = await refusing(lifecycle.activate_campaign(db, published.name))
+        published = dataclasses.replace(published, status=change.status)
     return JSONResponse(published.as_dict(), status_code=201 if published.created else 200)
 
 

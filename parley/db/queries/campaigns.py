@@ -1,4 +1,4 @@
-"""Queries of campaign versions and their pause holds."""
+"""Queries of campaign versions and of campaigns' statuses (one row per campaign name)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from datetime import datetime
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.db.models import CampaignHold, CampaignVersion, utcnow
+from parley.db.models import CampaignState, CampaignVersion, utcnow
 from parley.db.queries._common import get_row, insert_ignoring_conflict
 from parley.errors import NotFound
+from parley.vocabulary import HELD_BY_CAMPAIGN, CampaignStatus
 
 
 async def ensure_campaign_version(
@@ -52,28 +53,47 @@ async def get_campaign_version(session: AsyncSession, version_id: int) -> Campai
 
 
 async def campaign_held(session: AsyncSession, campaign_version_id: int) -> bool:
-    """Whether the campaign this version belongs to is paused (the runner's pause gate)."""
+    """Whether the campaign this version belongs to holds its conversations (a draft or a
+    paused campaign: the runner's and the dispatcher's pause gate)."""
     stmt = select(
         exists().where(
-            CampaignHold.name == CampaignVersion.name,
+            CampaignState.name == CampaignVersion.name,
             CampaignVersion.id == campaign_version_id,
+            CampaignState.status.in_([s.value for s in HELD_BY_CAMPAIGN]),
         )
     )
     return bool(await session.scalar(stmt))
 
 
-async def hold_campaign(session: AsyncSession, name: str, reason: str | None) -> None:
+async def ensure_campaign_state(session: AsyncSession, name: str, status: CampaignStatus) -> None:
+    """A campaign's first status; one it has already (an operator's pause, say) stands."""
     await insert_ignoring_conflict(
-        session, CampaignHold, {"name": name, "paused_at": utcnow(), "reason": reason}, ("name",)
+        session,
+        CampaignState,
+        {"name": name, "status": status.value, "changed_at": utcnow()},
+        ("name",),
     )
 
 
-async def release_campaign(session: AsyncSession, name: str) -> bool:
-    hold = await session.get(CampaignHold, name)
-    if hold is None:
-        return False
-    await session.delete(hold)
-    return True
+async def lock_campaign_state(session: AsyncSession, name: str) -> CampaignState | None:
+    """The campaign's status row, locked (PostgreSQL) so two operators' changes queue."""
+    stmt = select(CampaignState).where(CampaignState.name == name).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def campaign_state(session: AsyncSession, name: str) -> CampaignState | None:
+    return await session.get(CampaignState, name)
+
+
+async def set_campaign_status(
+    session: AsyncSession, name: str, status: CampaignStatus, reason: str | None
+) -> None:
+    state = await lock_campaign_state(session, name)
+    if state is None:
+        session.add(CampaignState(name=name, status=status.value, reason=reason))
+    else:
+        state.status, state.reason, state.changed_at = status.value, reason, utcnow()
+    await session.flush()
 
 
 async def campaign_versions_named(session: AsyncSession, name: str) -> list[CampaignVersion]:
@@ -123,6 +143,6 @@ async def campaign_summaries(session: AsyncSession) -> list[tuple[str, int, int,
     return [(n, int(v), int(c), at) for n, v, c, at in (await session.execute(stmt)).all()]
 
 
-async def held_campaigns(session: AsyncSession) -> dict[str, CampaignHold]:
-    """The paused campaigns, by name."""
-    return {hold.name: hold for hold in (await session.execute(select(CampaignHold))).scalars()}
+async def campaign_states(session: AsyncSession) -> dict[str, CampaignState]:
+    """Every campaign's status row, by name."""
+    return {row.name: row for row in (await session.execute(select(CampaignState))).scalars()}
