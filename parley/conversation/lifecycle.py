@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from parley.campaign import Campaign, TaskNode, WaitNode
-from parley.campaign.conditions import Comparison
+from parley.campaign.conditions import Comparison, fields_read
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.clock import Clock, SystemClock
 from parley.conversation import handoff
@@ -277,6 +277,8 @@ def _reads(
     if fields and "timezone" in fields and isinstance(node, WaitNode) and node.until:
         return True
     for edge in campaign.edges_from(node_id):
+        if fields and fields_read(edge.when) & fields:
+            return True  # a lead condition (connection_accepted, has_email, ...)
         if isinstance(edge.when, Comparison):
             source, name = edge.when.subject
             if (source == "field" and name in (fields or ())) or (

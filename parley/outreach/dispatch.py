@@ -405,6 +405,8 @@ async def _perform(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
         text=claimed.payload.get("text") or None,
         subject=claimed.payload.get("subject"),
         template=claimed.payload.get("template"),
+        file=claimed.payload.get("file"),
+        post=claimed.payload.get("post"),
     )
     try:
         result = await rt.outreach_channel(claimed.channel).perform(request, claimed.sender)

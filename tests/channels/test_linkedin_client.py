@@ -173,7 +173,7 @@ async def test_profile_visit_posts_only_the_recipient(
     assert result.provider_id == performed.id
 
 
-async def test_the_channel_names_exactly_the_four_action_types() -> None:
+async def test_the_channel_names_exactly_the_seven_action_types() -> None:
     channel = LinkedInChannel(LinkedInConfig())
 
     assert channel.name == "linkedin"
@@ -185,6 +185,9 @@ async def test_the_channel_names_exactly_the_four_action_types() -> None:
             "linkedin_connection",
             "linkedin_inmail",
             "linkedin_profile_visit",
+            "linkedin_attachment",
+            "linkedin_voice",
+            "linkedin_like_post",
         }
     )
     assert (CAPABILITIES.max_buttons, CAPABILITIES.max_text_length) == (0, 8000)
