@@ -445,6 +445,13 @@ def fields_read(condition: object) -> frozenset[str]:
     return condition.fields_read if isinstance(condition, _LeadCondition) else frozenset()
 
 
+def lead_condition_answers(whens: object) -> set[tuple[str, bool]]:
+    """``(word, expected)`` of the lead conditions among ``whens``: ``has_email`` and
+    ``{has_email: false}`` on one node cover every case between them."""
+    conditions = whens if isinstance(whens, list | tuple) else []
+    return {(c.word, c.expected) for c in conditions if isinstance(c, _LeadCondition)}
+
+
 LEAD_WORDS: Final = frozenset({"has_email", "has_phone", "has_whatsapp", "connection_accepted"})
 
 
