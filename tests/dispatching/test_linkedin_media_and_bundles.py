@@ -24,7 +24,7 @@ from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
-from parley.conversation import executor, lifecycle
+from parley.conversation import executor, funnel, lifecycle
 from parley.conversation.http_action import post_json
 from parley.db import Database, queries
 from parley.db.models import Action, Identity
@@ -403,3 +403,20 @@ async def test_a_bundle_whose_action_fails_takes_its_error_edge_and_performs_no_
     assert await _conversation(db, cid) == ("failed", Status.COMPLETED)
     assert [a.type for a in await _actions(db, seat)] == ["linkedin_profile_visit"]
     assert gateway.performed == []
+
+
+async def test_the_funnel_names_each_node_s_actions_and_counts_a_bundle_once(
+    db: Database, rt: Runtime, gateway: FakeLinkedInGateway, tmp_path: Path
+) -> None:
+    seat = await _seat(db, gateway)
+    cid = await _start(db, rt, tmp_path, BUNDLE, seat, 1)
+    assert await _walk(rt, seat, cid, 2) == ["sent", "sent"]
+    shown = await funnel.campaign_funnel(db, "li-bundle")
+    touch = next(node for node in shown.nodes if node.node == "touch")
+    assert (touch.type, touch.actions) == (
+        "bundle",
+        ("linkedin_profile_visit", "linkedin_connection"),
+    )
+    assert (touch.reached, touch.completed, touch.waiting_now) == (1, 1, 0)
+    done = next(node for node in shown.as_dict()["nodes"] if node["node"] == "done")
+    assert done["actions"] == ()
