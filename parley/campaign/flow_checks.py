@@ -181,6 +181,12 @@ def _placement(edge: Edge, node: Node) -> str | None:
         )
     if isinstance(when, TaskResultCondition):
         return _task_result_placement(when, node)
+    if isinstance(when, ConnectionAcceptedCondition) and isinstance(node, WaitForReplyNode):
+        return (
+            f"'when: connection_accepted' on wait_for_reply node {node.id!r} is only judged "
+            "once a reply came: wait for an acceptance on a branch node instead, with a "
+            "'time_passed' edge as its timeout (a reply there takes the campaign's on_reply)"
+        )
     if when == WHEN_TAKEN_OVER and not queues_actions(node):
         return (
             f"'when: {WHEN_TAKEN_OVER}' only applies to edges leaving a send node with an "

@@ -232,3 +232,23 @@ def test_only_a_campaign_that_asks_not_already_contacted_looks_the_history_up() 
     assert not parse_campaign(ROUTING).asks_contact_history
     asking = ROUTING.replace("when: has_email", "when: {not_already_contacted: {within: 30d}}")
     assert parse_campaign(asking).asks_contact_history
+
+
+def test_connection_accepted_on_a_wait_for_reply_is_refused_with_what_to_write() -> None:
+    text = """
+name: waits
+channel: linkedin
+start: listen
+nodes:
+  - {id: listen, type: wait_for_reply, timeout: 3d}
+  - {id: done, type: end}
+edges:
+  - {from: listen, to: done, when: connection_accepted}
+  - {from: listen, to: done, when: replied}
+  - {from: listen, to: done, when: no_reply}
+"""
+    problems = _problems(text)
+    assert any(
+        node == "listen" and "edges[0]" in m and "wait for an acceptance on a branch node" in m
+        for node, m in problems
+    ), problems
