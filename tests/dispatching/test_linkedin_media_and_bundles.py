@@ -22,12 +22,13 @@ import pytest
 
 from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.campaign.registry import CampaignCache, install_campaign
+from parley.channels.base import OutreachAction
 from parley.channels.linkedin.channel import LinkedInChannel, LinkedInConfig
 from parley.clock import DrivenClock
 from parley.conversation import executor, funnel, lifecycle
 from parley.conversation.http_action import post_json
 from parley.db import Database, queries
-from parley.db.models import Action, Identity
+from parley.db.models import Action, Identity, utcnow
 from parley.outreach import dispatch, identities
 from parley.runtime import Runtime
 from parley.vocabulary import Status, WaitKind
@@ -390,6 +391,45 @@ async def test_a_bundle_whose_second_action_is_capped_waits_for_it_and_then_comp
     await _look_again(rt, cid)
     assert await _conversation(db, cid) == ("done", Status.COMPLETED)
     assert [a.kind for a in gateway.performed] == ["profile_visit", "invitation"]
+
+
+async def test_a_bundle_action_whose_dispatcher_died_mid_call_is_performed_once(
+    db: Database, rt: Runtime, gateway: FakeLinkedInGateway, tmp_path: Path
+) -> None:
+    """The second action's claim died after the gateway did it: recovery queues it again with
+    the same key, the gateway answers with the first result, and LinkedIn got one invitation."""
+    from prefect_adapter.outreach_tick import recover_abandoned_actions
+
+    seat = await _seat(db, gateway)
+    cid = await _start(db, rt, tmp_path, BUNDLE, seat, 1)
+    assert await _walk(rt, seat, cid, 1) == ["sent"]
+    connect = (await _actions(db, seat))[-1]
+    async with db.transaction() as session:  # claimed; the call went out; the process died
+        row = await queries.actions.lock_action(session, connect.id)
+        row.status, row.claimed_at = "running", utcnow() - timedelta(minutes=10)
+    await gateway_performs(gateway, connect)
+    assert await recover_abandoned_actions(rt, timedelta(minutes=5)) == 1
+    assert await dispatch.perform_next(rt, seat, _seeded()) == "sent"
+    await _look_again(rt, cid)
+    assert [a.kind for a in gateway.performed] == ["profile_visit", "invitation"]
+    assert await _conversation(db, cid) == ("done", Status.COMPLETED)
+
+
+async def gateway_performs(gateway: FakeLinkedInGateway, action: Action) -> None:
+    """What the dead dispatcher's call did at the gateway: the invitation, under its key."""
+    channel = LinkedInChannel(LinkedInConfig())
+    try:
+        await channel.perform(
+            OutreachAction(
+                type=action.type,
+                to=str(action.payload["to"]),
+                client_ref=action.idempotency_key,
+                text=action.payload["text"],
+            ),
+            gateway.sender(),
+        )
+    finally:
+        await channel.aclose()
 
 
 async def test_a_bundle_whose_action_fails_takes_its_error_edge_and_performs_no_more(
