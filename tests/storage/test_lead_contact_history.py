@@ -168,3 +168,14 @@ async def test_it_is_judged_when_the_edge_is_taken_not_when_the_lead_was_started
     elsewhere = await _conversation(db, other_seat, "linkedin", LINKEDIN)
     await _action_sent(db, other_seat, elsewhere, rt.clock.now() + timedelta(hours=2))
     assert await _decided(rt, lead) == "skip"
+
+
+async def test_a_phone_written_with_spaces_is_the_whatsapp_number_it_names(
+    db: Database, rt: Runtime
+) -> None:
+    seat = await _identity(db, "linkedin", "seat-a")
+    number = await _identity(db, "whatsapp", "100000000000321")
+    earlier = await _conversation(db, number, "whatsapp", "34600999888")
+    await _message(db, earlier, rt.clock.now() - timedelta(days=2), "out", "read")
+    lead = await _conversation(db, seat, "linkedin", LINKEDIN, {"phone": "+34 600 999 888"})
+    assert await _decided(rt, lead) == "skip"

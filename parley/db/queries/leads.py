@@ -29,16 +29,25 @@ ADDRESS_FIELDS = {
 
 
 def lead_addresses(contact: Contact) -> set[tuple[str, str]]:
-    """Every (channel, address) the contact is known by; emails compared lowercased, as the
-    email channel stores them."""
+    """Every (channel, address) the contact is known by: emails lowercased, as the email
+    channel stores them; phones also as digits only, as WhatsApp ids are stored."""
     pairs = {(contact.channel, contact.address)}
     for name, channel in ADDRESS_FIELDS.items():
         value = contact.fields.get(name)
         if isinstance(value, str) and value.strip():
             pairs.add((channel, value.strip()))
-    return {
-        (channel, address.lower() if channel == "email" else address) for channel, address in pairs
-    }
+    known: set[tuple[str, str]] = set()
+    for channel, address in pairs:
+        if channel == "email":
+            address = address.lower()
+        known.add((channel, address))
+        if channel == "whatsapp" and _digits(address):
+            known.add((channel, _digits(address)))
+    return known
+
+
+def _digits(phone: str) -> str:
+    return "".join(character for character in phone if character.isdigit())
 
 
 async def lead_contact_ids(session: AsyncSession, contact: Contact) -> set[int]:
