@@ -3,7 +3,9 @@ object (``GET /{version}/{phone-number-id}``), served over real HTTP.
 
 The demo and the tests exercise the real client, real sockets and signed status callbacks
 without a Meta account; failure injection makes rate limits, expired tokens and "provider
-accepted but the caller never heard back" reproducible on demand.
+accepted but the caller never heard back" reproducible on demand. Numbers designated with
+``not_on_whatsapp`` (or ``POST /_fake/not_on_whatsapp {"phones": [...]}``) are answered as Meta
+answers a number with no WhatsApp account: HTTP 400, error code 131026.
 """
 
 from __future__ import annotations

@@ -584,6 +584,7 @@ Node = Annotated[
 ]
 NODE_TYPES: Final = (
     "send",
+    "bundle",
     "ask",
     "http",
     "end",
@@ -592,7 +593,6 @@ NODE_TYPES: Final = (
     "branch",
     "set",
     "task",
-    "bundle",
 )
 """Every ``type`` a node may have, in the order the documentation lists them."""
 
