@@ -244,7 +244,7 @@ def _condition(draw: st.DrawFn, graph: _Draft, index: int) -> object:
         {draw(st.sampled_from(["has_email", "has_phone", "has_whatsapp"])): draw(st.booleans())},
         {"not_already_contacted": {"within": draw(DURATIONS)}},
     ]
-    if graph.invites():
+    if graph.invites() and node["type"] != "wait_for_reply":  # there: judged after a reply
         options.append("connection_accepted")
     if index > 0:  # the start node sleeps on no timer, so a reply there never jumps to on_reply
         options.append({"time_passed": draw(DURATIONS)})
