@@ -151,5 +151,11 @@ class CreditsExhausted(ChannelError):
     """LinkedIn InMail credits are used up: park InMails until the account has credits again."""
 
 
+class NotOnWhatsApp(PermanentChannelError):
+    """WhatsApp 131026: the number is no WhatsApp account (or cannot get this message). Not
+    ``Undeliverable``: the conversation takes its ``when: error`` edge (another channel), and
+    the lead counts as having no WhatsApp from then on."""
+
+
 class Undeliverable(PermanentChannelError):
     """Bounced, blocked or unknown recipient: the conversation ends with this reason."""

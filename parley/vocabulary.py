@@ -132,6 +132,9 @@ ActionType = Literal[
     "linkedin_connection",
     "linkedin_inmail",
     "linkedin_profile_visit",
+    "linkedin_attachment",
+    "linkedin_voice",
+    "linkedin_like_post",
     "whatsapp_template",
 ]
 """The action types an identity's dispatcher performs (a ``send`` node's ``action``)."""
@@ -144,9 +147,24 @@ CHANNEL_OF: Final[Mapping[ActionType, ChannelName]] = {
     "linkedin_connection": "linkedin",
     "linkedin_inmail": "linkedin",
     "linkedin_profile_visit": "linkedin",
+    "linkedin_attachment": "linkedin",
+    "linkedin_voice": "linkedin",
+    "linkedin_like_post": "linkedin",
     "whatsapp_template": "whatsapp",
 }
 """The channel each action type goes out on (an action row's ``channel``)."""
+
+# --- what is known of a lead (a contact's ``fields``) ------------------------------------------
+
+LINKEDIN_CONNECTED_FIELD: Final = "linkedin_connected"
+"""Set to true by the gateway's ``invitation.accepted`` webhook; ``when: connection_accepted``
+reads it."""
+WHATSAPP_ACCOUNT_FIELD: Final = "whatsapp_account"
+"""Set to false when WhatsApp answered a send to the lead's phone with 131026 (not a WhatsApp
+user); ``when: has_whatsapp`` is false from then on."""
+PHONE_FIELDS: Final = ("phone", "whatsapp")
+"""The contact fields that may hold a lead's phone number (besides a WhatsApp contact's own
+address), in the order they are read."""
 
 ACTION_SENT: Final = "sent"
 ACTION_SKIPPED: Final = "skipped"

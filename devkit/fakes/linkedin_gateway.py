@@ -1,6 +1,6 @@
 """A loopback fake of the LinkedIn outreach gateway, served over real HTTP.
 
-It speaks the contract documented in ``parley.channels.linkedin.client``: the four action
+It speaks the contract documented in ``parley.channels.linkedin.client``: the seven action
 endpoints (idempotent by ``Idempotency-Key``), the account status, the error bodies, and signed
 webhooks to Parley. Per-seat state (session, InMail credits, connections) makes LinkedIn's
 refusals happen for the right reasons, and failure injection makes rate limits, expired
@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from devkit.fakes.linkedin_media import MEDIA_ENDPOINTS, like_problem, media_problem
 from devkit.fakes.linkedin_payloads import (
     build_invitation_accepted,
     build_message_delivered,
@@ -43,6 +44,7 @@ from devkit.fakes.loopback import FakeHTTPServer, JSONHandler, LoopbackHTTP, ser
 from parley.channels.base import JSONDict, SenderIdentity
 from parley.channels.linkedin.client import (
     IDEMPOTENCY_HEADER,
+    MAX_ATTACHMENT_BYTES,
     MAX_NOTE_LENGTH,
     MAX_TEXT_LENGTH,
     REPLAYED_HEADER,
@@ -67,10 +69,14 @@ ENDPOINT_KINDS: Final = {
     "invitations": ("invitation", "inv"),
     "inmails": ("inmail", "inm"),
     "profile-visits": ("profile_visit", "vis"),
+    "attachments": ("attachment", "att"),
+    "voice-messages": ("voice", "voi"),
+    "post-likes": ("like", "lik"),
 }
 
 _ACTION_PATH: Final = re.compile(
-    r"^/v1/accounts/(?P<account>[^/]+)/(?P<endpoint>messages|invitations|inmails|profile-visits)$"
+    r"^/v1/accounts/(?P<account>[^/]+)/"
+    r"(?P<endpoint>messages|invitations|inmails|profile-visits|attachments|voice-messages|post-likes)$"
 )
 _ACCOUNT_PATH: Final = re.compile(r"^/v1/accounts/(?P<account>[^/]+)$")
 
@@ -81,7 +87,7 @@ class PerformedAction:
 
     id: str
     account_id: str
-    kind: str  # message, invitation, inmail, profile_visit
+    kind: str  # message, invitation, inmail, profile_visit, attachment, voice, like
     to: str
     body: JSONDict
     idempotency_key: str
@@ -176,6 +182,7 @@ class FakeLinkedInGateway(LoopbackHTTP):
         webhook_secret: str | None = None,
         require_connection: bool = True,
         auto_delivered: bool = True,
+        max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
     ) -> None:
         super().__init__(host, port)
         self.api_key = api_key
@@ -183,6 +190,7 @@ class FakeLinkedInGateway(LoopbackHTTP):
         self.webhook_secret = webhook_secret
         self.require_connection = require_connection
         self.auto_delivered = auto_delivered  # a message.delivered webhook after each message
+        self.max_attachment_bytes = max_attachment_bytes  # LinkedIn's 20 MB; tests lower it
         self._initial_accounts = tuple(accounts)
         self._initial_credits = inmail_credits
         self._lock = threading.Lock()
@@ -426,7 +434,7 @@ class FakeLinkedInGateway(LoopbackHTTP):
 
     def requests(self, kind: str) -> int:
         """How many calls of ``kind`` reached the gateway, refused ones included: ``action``
-        (any of the four POSTs) or ``status`` (``GET /v1/accounts/{id}``)."""
+        (any of the action POSTs) or ``status`` (``GET /v1/accounts/{id}``)."""
         with self._lock:
             return self._requests[kind]
 
@@ -455,21 +463,38 @@ class FakeLinkedInGateway(LoopbackHTTP):
             replayed = self._results.get((account.account_id, key))
             if replayed is not None:
                 return _Reply(201, replayed, headers={REPLAYED_HEADER: "true"})
-            refusal = self._refusal(account, request.endpoint, body["to"])
+            refusal = self._refusal(account, request.endpoint, body)
             if refusal is not None:
                 return refusal
+            if request.endpoint not in MEDIA_ENDPOINTS:
+                action, result = self._record(account, request.endpoint, body, key)
+                return _Reply(201, result, webhooks=self._after(action))
+        # A file is downloaded without the lock (it may take a while), then recorded once.
+        rejected = media_problem(request.endpoint, body, self.max_attachment_bytes)
+        if rejected is not None:
+            return gateway_error(rejected.status, rejected.type, rejected.message)
+        with self._changed:
+            replayed = self._results.get((account.account_id, key))
+            if replayed is not None:
+                return _Reply(201, replayed, headers={REPLAYED_HEADER: "true"})
             action, result = self._record(account, request.endpoint, body, key)
         return _Reply(201, result, webhooks=self._after(action))
 
-    def _refusal(self, account: AccountState, endpoint: str, to: str) -> _Reply | None:
-        """Why LinkedIn would refuse this action now, in the order LinkedIn would find out."""
+    def _refusal(self, account: AccountState, endpoint: str, body: JSONDict) -> _Reply | None:
+        """Why LinkedIn would refuse this action now, in the order LinkedIn would find out
+        (a file's content is checked after these: ``linkedin_media``)."""
+        to = body["to"]
         if account.session_expired:
             return gateway_error(401, "session_expired", "the LinkedIn session has expired")
         if to in self._unavailable:
             return gateway_error(410, "recipient_unavailable", f"profile {to} is unavailable")
         connected = to in account.connections or not self.require_connection
-        if endpoint == "messages" and not connected:
+        if endpoint in ("messages", *MEDIA_ENDPOINTS) and not connected:
             return gateway_error(409, "not_connected", f"{to} is not a 1st-degree connection")
+        if endpoint == "post-likes":
+            problem = like_problem(body)
+            if problem is not None:
+                return gateway_error(problem.status, problem.type, problem.message)
         if endpoint == "inmails" and account.inmail_credits <= 0:
             return gateway_error(402, "no_credits", "no InMail credits left")
         return None
@@ -531,7 +556,13 @@ def action_problem(endpoint: str, body: Any) -> str | None:
         return "the body must be a JSON object"
     if not _is_filled_str(body.get("to")):
         return "'to' must be a profile URN or public id"
-    required = {"messages": ("text",), "inmails": ("subject", "text")}.get(endpoint, ())
+    required = {
+        "messages": ("text",),
+        "inmails": ("subject", "text"),
+        "attachments": ("url",),
+        "voice-messages": ("url",),
+        "post-likes": ("post",),
+    }.get(endpoint, ())
     missing = [name for name in required if not _is_filled_str(body.get(name))]
     if missing:
         return f"{', '.join(missing)} required"

@@ -3,7 +3,9 @@ object (``GET /{version}/{phone-number-id}``), served over real HTTP.
 
 The demo and the tests exercise the real client, real sockets and signed status callbacks
 without a Meta account; failure injection makes rate limits, expired tokens and "provider
-accepted but the caller never heard back" reproducible on demand.
+accepted but the caller never heard back" reproducible on demand. Numbers designated with
+``not_on_whatsapp`` (or ``POST /_fake/not_on_whatsapp {"phones": [...]}``) are answered as Meta
+answers a number with no WhatsApp account: HTTP 400, error code 131026.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ ERROR_TITLES: Final[dict[int, str]] = {
     131000: "(#131000) Something went wrong",
     131047: "(#131047) Re-engagement message",
     131056: "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+    131026: "(#131026) Message Undeliverable.",
 }
+NOT_A_WHATSAPP_USER: Final = 131026
 
 _MESSAGES_PATH: Final = re.compile(r"^/(?P<version>[^/]+)/(?P<phone_number_id>[^/]+)/messages$")
 _PHONE_NUMBER_PATH: Final = re.compile(r"^/(?P<version>v[^/]+)/(?P<phone_number_id>\d+)$")
@@ -110,6 +114,7 @@ class FakeWhatsAppAPI(LoopbackHTTP):
         self._failures: deque[_Failure] = deque()
         self._hold_seconds = 0.0
         self._token_expired = False
+        self._not_on_whatsapp: set[str] = set()  # numbers that are no WhatsApp account
         self._callbacks: queue.Queue[_CallbackJob | None] = queue.Queue()
         self._callbacks_flowing = threading.Event()
         self._callbacks_flowing.set()
@@ -206,9 +211,16 @@ class FakeWhatsAppAPI(LoopbackHTTP):
     def resume_callbacks(self) -> None:
         self._callbacks_flowing.set()
 
+    def not_on_whatsapp(self, *phones: str) -> None:
+        """These numbers have no WhatsApp account: a send to one is answered 131026 (Message
+        Undeliverable), as Meta answers it (HTTP 400, the Graph error body)."""
+        with self._lock:
+            self._not_on_whatsapp.update(phone.lstrip("+") for phone in phones)
+
     def reset(self) -> None:
         self._callbacks_flowing.set()
         with self._lock:
+            self._not_on_whatsapp.clear()
             self._received.clear()
             self._failures.clear()
             self._hold_seconds = 0.0
@@ -281,6 +293,15 @@ class FakeWhatsAppAPI(LoopbackHTTP):
         problem = send_problem(body)
         if problem is not None:
             return _Reply(400, meta_error(100, ERROR_TITLES[100], details=problem))
+        with self._lock:
+            unknown = str(body["to"]).lstrip("+") in self._not_on_whatsapp
+        if unknown:
+            details = (
+                "Unable to deliver message. Reasons can include: the recipient phone number is "
+                "not a WhatsApp phone number; ..."
+            )
+            title = ERROR_TITLES[NOT_A_WHATSAPP_USER]
+            return _Reply(400, meta_error(NOT_A_WHATSAPP_USER, title, details=details))
         record = self._record(body, phone_number_id)
         success = {
             "messaging_product": "whatsapp",
@@ -580,6 +601,10 @@ def _control_fail(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
     )
 
 
+def _control_not_on_whatsapp(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
+    fake.not_on_whatsapp(*(str(phone) for phone in body["phones"]))
+
+
 def _control_hold(fake: FakeWhatsAppAPI, body: JSONDict) -> None:
     fake.hold_next(float(body["seconds"]))
 
@@ -606,6 +631,7 @@ _CONTROL_ROUTES: Final = {
     "/_fake/reset": _control_reset,
     "/_fake/number": _control_number,
     "/_fake/token": _control_token,
+    "/_fake/not_on_whatsapp": _control_not_on_whatsapp,
 }
 
 

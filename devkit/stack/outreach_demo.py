@@ -324,7 +324,7 @@ async def _accepted(
 ) -> None:
     """A lead accepts the invitation: its three-day wait ends at once with the LinkedIn
     message (the gateway's signed webhook sets ``linkedin_connected``, which the wait's edge
-    reads), while the other invited leads keep waiting."""
+    asks: ``when: connection_accepted``), while the other invited leads keep waiting."""
     invited = [
         a.conversation_id
         for a in await _actions(db, identity_id)

@@ -19,6 +19,7 @@ from parley.campaign.flow_checks import (
     missing_default_edges,
     on_reply_target,
     spinning_cycles,
+    unreachable_connections,
 )
 from parley.campaign.graph import FlowGraph
 from parley.campaign.model import EndNode, HttpNode
@@ -258,6 +259,7 @@ _CHECKS: tuple[Callable[[Draft], Iterator[Problem]], ...] = (
     _end_nodes_with_edges,
     _misplaced_invalid,
     misplaced_conditions,
+    unreachable_connections,
     on_reply_target,
     _shadowed_edges,
     spinning_cycles,

@@ -4,7 +4,10 @@ Text comparisons ignore case and surrounding whitespace: the values come from pe
 phones, and "pro", "Pro " and "PRO" are the same answer. ``lt``/``gt`` compare numbers, and an
 answer typed as "42" counts as the number 42.
 
-Most conditions are judged from the context alone (``condition.matches(ctx)``). Five are plain
+Most conditions are judged from the context alone (``condition.matches(ctx)``), among them the
+lead conditions (``has_email``, ``has_phone``, ``has_whatsapp``, ``connection_accepted``,
+``not_already_contacted``): they read the contact's fields and what the runner looked up about
+the lead before the step (``LeadFacts``), so judging them stays pure. Five are plain
 words whose meaning depends on the node the edge leaves, so ``Edge.matches`` judges them:
 ``invalid``, ``error`` and ``taken_over`` (how the node ended), ``replied`` and ``no_reply``
 (whether the contact wrote back, and for ``no_reply`` whether the node's timeout has passed).
@@ -17,8 +20,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,6 +35,7 @@ from pydantic import (
 
 from parley.campaign.durations import Duration, format_duration
 from parley.campaign.names import VariableName
+from parley.vocabulary import LINKEDIN_CONNECTED_FIELD, PHONE_FIELDS, WHATSAPP_ACCOUNT_FIELD
 
 Outcome = Literal["ok", "invalid", "error", "taken_over"]
 """How a node ended: normally, out of attempts (``when: invalid``), failed (``when: error``), or
@@ -62,6 +67,19 @@ WORD_WHENS: Final = OUTCOME_WHENS | REPLY_WHENS
 
 
 @dataclass(frozen=True)
+class LeadFacts:
+    """What the runner knows of the lead beyond its fields, looked up before the step so the
+    conditions stay pure: the contact's own channel and address, and when another conversation
+    with this lead (by any identity of the installation, on any of the lead's addresses) last
+    exchanged a message or performed an action (``None``: never, or not looked up because no
+    edge of the campaign asks)."""
+
+    channel: str | None = None
+    address: str | None = None
+    last_contacted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class EdgeContext:
     """Everything an edge condition may look at when a conversation might leave a node.
 
@@ -80,6 +98,7 @@ class EdgeContext:
     replied: bool = False
     outcome: Outcome = "ok"
     task_result: Mapping[str, object] | None = None
+    lead: LeadFacts = field(default_factory=LeadFacts)
 
     def __post_init__(self) -> None:
         for name in ("entered_at", "now"):
@@ -264,6 +283,178 @@ class TaskResultCondition(BaseModel):
         return outcome is not None and _fold(outcome) == _fold(self.task_result)
 
 
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
+_PHONE_PUNCTUATION = re.compile(r"[\s().-]")
+
+
+def usable_email(value: object) -> bool:
+    """A syntactically deliverable address (no DNS look-up: conditions do no I/O)."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    try:
+        validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def usable_phone(value: object) -> bool:
+    """An E.164 number (``+`` then 7 to 15 digits, no leading 0), spaces, dots, dashes and
+    brackets ignored; WhatsApp ids without the ``+`` count too (the Cloud API drops it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return False
+    number = _PHONE_PUNCTUATION.sub("", value.strip())
+    return bool(_E164.fullmatch(number if number.startswith("+") else f"+{number}"))
+
+
+def lead_email(ctx: EdgeContext) -> object:
+    """An email contact's own address, else its ``email`` field."""
+    if ctx.lead.channel == "email" and ctx.lead.address:
+        return ctx.lead.address
+    return ctx.contact.get("email")
+
+
+def lead_phones(ctx: EdgeContext) -> list[object]:
+    """A WhatsApp contact's own number, then its ``phone`` and ``whatsapp`` fields."""
+    own = [ctx.lead.address] if ctx.lead.channel == "whatsapp" and ctx.lead.address else []
+    return own + [ctx.contact.get(name) for name in PHONE_FIELDS]
+
+
+class _LeadCondition(BaseModel):
+    """A condition on the lead, written as a word (``when: has_email``) or with the expected
+    answer (``when: {has_email: false}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    word: ClassVar[str]
+    fields_read: ClassVar[frozenset[str]]
+    """Contact fields the answer depends on: a ``field_changed`` signal setting one of them
+    makes a waiting run look again."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: object) -> object:
+        return {cls.word: True} if value == cls.word else value
+
+    @property
+    def expected(self) -> bool:
+        return bool(getattr(self, self.word))
+
+    def holds(self, ctx: EdgeContext) -> bool:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def matches(self, ctx: EdgeContext) -> bool:
+        return self.holds(ctx) == self.expected
+
+    def __str__(self) -> str:
+        return self.word if self.expected else f"{{{self.word}: false}}"
+
+
+class HasEmailCondition(_LeadCondition):
+    """``has_email``: the lead has a usable email address (its own, or its ``email`` field)."""
+
+    word: ClassVar[str] = "has_email"
+    fields_read: ClassVar[frozenset[str]] = frozenset({"email"})
+    has_email: bool = True
+
+    def holds(self, ctx: EdgeContext) -> bool:
+        return usable_email(lead_email(ctx))
+
+
+class HasPhoneCondition(_LeadCondition):
+    """``has_phone``: the lead has a usable E.164 phone number."""
+
+    word: ClassVar[str] = "has_phone"
+    fields_read: ClassVar[frozenset[str]] = frozenset(PHONE_FIELDS)
+    has_phone: bool = True
+
+    def holds(self, ctx: EdgeContext) -> bool:
+        return any(usable_phone(phone) for phone in lead_phones(ctx))
+
+
+class HasWhatsAppCondition(_LeadCondition):
+    """``has_whatsapp``: the lead's phone is (as far as anyone can tell) a WhatsApp account.
+
+    The WhatsApp Cloud API cannot say so before a send: until one is tried it means "has a
+    phone"; once WhatsApp answered a send with 131026 (not a WhatsApp user) the contact's
+    ``whatsapp_account`` field is false and so is this."""
+
+    word: ClassVar[str] = "has_whatsapp"
+    fields_read: ClassVar[frozenset[str]] = frozenset({*PHONE_FIELDS, WHATSAPP_ACCOUNT_FIELD})
+    has_whatsapp: bool = True
+
+    def holds(self, ctx: EdgeContext) -> bool:
+        if ctx.contact.get(WHATSAPP_ACCOUNT_FIELD) is False:
+            return False
+        return any(usable_phone(phone) for phone in lead_phones(ctx))
+
+
+class ConnectionAcceptedCondition(_LeadCondition):
+    """``connection_accepted``: the lead accepted the LinkedIn seat's invitation (the gateway's
+    ``invitation.accepted`` webhook set the contact's ``linkedin_connected`` field)."""
+
+    word: ClassVar[str] = "connection_accepted"
+    fields_read: ClassVar[frozenset[str]] = frozenset({LINKEDIN_CONNECTED_FIELD})
+    connection_accepted: bool = True
+
+    def holds(self, ctx: EdgeContext) -> bool:
+        value = ctx.contact.get(LINKEDIN_CONNECTED_FIELD)
+        return value is True or (isinstance(value, str) and _fold(value) == "true")
+
+
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    within: Duration
+
+
+class NotAlreadyContactedCondition(BaseModel):
+    """``{not_already_contacted: {within: 90d}}``: no other conversation with this lead, by any
+    identity of the installation, exchanged a message or performed an action within the window
+    (judged when the edge is, from ``LeadFacts.last_contacted_at``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    not_already_contacted: Window
+
+    @property
+    def within(self) -> timedelta:
+        return self.not_already_contacted.within
+
+    def matches(self, ctx: EdgeContext) -> bool:
+        last = ctx.lead.last_contacted_at
+        return last is None or ctx.now - last >= self.within
+
+    def __str__(self) -> str:
+        return f"not_already_contacted: {{within: {format_duration(self.within)}}}"
+
+
+LeadCondition = (
+    HasEmailCondition
+    | HasPhoneCondition
+    | HasWhatsAppCondition
+    | ConnectionAcceptedCondition
+    | NotAlreadyContactedCondition
+)
+
+
+def fields_read(condition: object) -> frozenset[str]:
+    """The contact fields a lead condition's answer depends on (none for other conditions)."""
+    return condition.fields_read if isinstance(condition, _LeadCondition) else frozenset()
+
+
+def lead_condition_answers(whens: object) -> set[tuple[str, bool]]:
+    """``(word, expected)`` of the lead conditions among ``whens``: ``has_email`` and
+    ``{has_email: false}`` on one node cover every case between them."""
+    conditions = whens if isinstance(whens, list | tuple) else []
+    return {(c.word, c.expected) for c in conditions if isinstance(c, _LeadCondition)}
+
+
+LEAD_WORDS: Final = frozenset({"has_email", "has_phone", "has_whatsapp", "connection_accepted"})
+
+
 ComparisonCondition = (
     EqualsCondition
     | NotEqualsCondition
@@ -274,7 +465,7 @@ ComparisonCondition = (
     | GreaterThanCondition
 )
 VariableCondition = ComparisonCondition  # the name used before contact fields existed
-ObjectCondition = ComparisonCondition | TimePassedCondition | TaskResultCondition
+ObjectCondition = ComparisonCondition | TimePassedCondition | TaskResultCondition | LeadCondition
 
 _OPERATOR_TAGS: Final = {
     "equals": "equals",
@@ -287,6 +478,11 @@ _OPERATOR_TAGS: Final = {
     "gt": "gt",
     "time_passed": "time_passed",
     "task_result": "task_result",
+    "has_email": "has_email",
+    "has_phone": "has_phone",
+    "has_whatsapp": "has_whatsapp",
+    "connection_accepted": "connection_accepted",
+    "not_already_contacted": "not_already_contacted",
 }
 _MODEL_TAGS: Final[dict[type[BaseModel], str]] = {
     EqualsCondition: "equals",
@@ -298,6 +494,11 @@ _MODEL_TAGS: Final[dict[type[BaseModel], str]] = {
     GreaterThanCondition: "gt",
     TimePassedCondition: "time_passed",
     TaskResultCondition: "task_result",
+    HasEmailCondition: "has_email",
+    HasPhoneCondition: "has_phone",
+    HasWhatsAppCondition: "has_whatsapp",
+    ConnectionAcceptedCondition: "connection_accepted",
+    NotAlreadyContactedCondition: "not_already_contacted",
 }
 CONDITION_TAGS: Final = frozenset({*WORD_WHENS, *_MODEL_TAGS.values()})
 
@@ -309,6 +510,8 @@ def _condition_tag(value: Any) -> str | None:
     if isinstance(value, Mapping):
         tags = {tag for key, tag in _OPERATOR_TAGS.items() if key in value}
         return tags.pop() if len(tags) == 1 else None
+    if isinstance(value, str) and value in LEAD_WORDS:
+        return value
     return value if isinstance(value, str) and value in WORD_WHENS else None
 
 
@@ -326,13 +529,19 @@ Condition = Annotated[
     | Annotated[LessThanCondition, Tag("lt")]
     | Annotated[GreaterThanCondition, Tag("gt")]
     | Annotated[TimePassedCondition, Tag("time_passed")]
-    | Annotated[TaskResultCondition, Tag("task_result")],
+    | Annotated[TaskResultCondition, Tag("task_result")]
+    | Annotated[HasEmailCondition, Tag("has_email")]
+    | Annotated[HasPhoneCondition, Tag("has_phone")]
+    | Annotated[HasWhatsAppCondition, Tag("has_whatsapp")]
+    | Annotated[ConnectionAcceptedCondition, Tag("connection_accepted")]
+    | Annotated[NotAlreadyContactedCondition, Tag("not_already_contacted")],
     Discriminator(
         _condition_tag,
         custom_error_type="invalid_condition",
         custom_error_message=(
             "expected 'invalid', 'error', 'replied', 'no_reply', 'taken_over', "
-            "{time_passed: 2d}, "
+            "'has_email', 'has_phone', 'has_whatsapp', 'connection_accepted' (or e.g. "
+            "{has_email: false}), {not_already_contacted: {within: 90d}}, {time_passed: 2d}, "
             "{task_result: <outcome>} or a mapping with 'var' or 'field' and exactly one of "
             "'equals', 'not_equals', 'in', 'contains', 'exists', 'lt' or 'gt'"
         ),

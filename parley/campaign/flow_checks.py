@@ -11,17 +11,20 @@ from parley.campaign.conditions import (
     WHEN_REPLIED,
     WHEN_TAKEN_OVER,
     Comparison,
+    ConnectionAcceptedCondition,
     EqualsCondition,
     ExistsCondition,
     NotEqualsCondition,
     TaskResultCondition,
     TimePassedCondition,
+    lead_condition_answers,
 )
 from parley.campaign.draft import Draft, Problem
 from parley.campaign.durations import format_duration
 from parley.campaign.graph import Arc, FlowGraph, cycle_through, reach
 from parley.campaign.model import (
     AskNode,
+    BundleNode,
     Edge,
     EndNode,
     Node,
@@ -29,6 +32,7 @@ from parley.campaign.model import (
     TaskNode,
     WaitForReplyNode,
     WaitNode,
+    queues_actions,
 )
 
 _DEFAULT_EDGE = (
@@ -127,6 +131,9 @@ def _task_uncovered(node: TaskNode, whens: Sequence[object]) -> str | None:
 def _complementary(whens: Sequence[object]) -> bool:
     """Two conditions that are each other's negation, so one of them always matches:
     ``exists: true``/``false``, or ``equals: X``/``not_equals: X``, on the same subject."""
+    answers = lead_condition_answers(whens)
+    if any((word, not expected) in answers for word, expected in answers):
+        return True  # has_email and {has_email: false}
     tests = [when for when in whens if isinstance(when, Comparison)]
     exists = {(t.subject, t.exists) for t in tests if isinstance(t, ExistsCondition)}
     if any((subject, not flag) in exists for subject, flag in exists):
@@ -174,13 +181,42 @@ def _placement(edge: Edge, node: Node) -> str | None:
         )
     if isinstance(when, TaskResultCondition):
         return _task_result_placement(when, node)
-    if when == WHEN_TAKEN_OVER and not (isinstance(node, SendNode) and node.action is not None):
+    if isinstance(when, ConnectionAcceptedCondition) and isinstance(node, WaitForReplyNode):
+        return (
+            f"'when: connection_accepted' on wait_for_reply node {node.id!r} is only judged "
+            "once a reply came: wait for an acceptance on a branch node instead, with a "
+            "'time_passed' edge as its timeout (a reply there takes the campaign's on_reply)"
+        )
+    if when == WHEN_TAKEN_OVER and not queues_actions(node):
         return (
             f"'when: {WHEN_TAKEN_OVER}' only applies to edges leaving a send node with an "
-            f"'action' (a manual send takes over the action it waits for), and {node.id!r} is "
-            f"a {node.type} node" + (" without one" if isinstance(node, SendNode) else "")
+            f"'action' or a bundle (a manual send takes over the action it waits for), and "
+            f"{node.id!r} is a {node.type} node"
+            + (" without one" if isinstance(node, SendNode) else "")
         )
     return None
+
+
+def unreachable_connections(draft: Draft) -> Iterator[Problem]:
+    """``connection_accepted`` only ever comes true for a lead of a LinkedIn seat who was sent
+    an invitation: on a campaign that neither talks on LinkedIn nor sends one, it waits for
+    nothing."""
+    nodes = draft.parsed()
+    if draft.channel == "linkedin" or any(_invites(node) for node in nodes.values()):
+        return
+    for index, edge in sorted(draft.edges.items()):
+        if isinstance(edge.when, ConnectionAcceptedCondition) and edge.when.expected:
+            yield (
+                edge.source,
+                f"edges[{index}]: 'when: connection_accepted' can never be true: the campaign's "
+                f"channel is {draft.channel} and no node sends a linkedin_connection",
+            )
+
+
+def _invites(node: Node) -> bool:
+    if isinstance(node, BundleNode):
+        return any(member.action == "linkedin_connection" for member in node.actions)
+    return isinstance(node, SendNode) and node.action == "linkedin_connection"
 
 
 def _hears_replies(node: Node) -> bool:

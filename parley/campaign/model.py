@@ -21,6 +21,7 @@ from parley.campaign.conditions import (
     WHEN_REPLIED,
     Condition,
     EdgeContext,
+    NotAlreadyContactedCondition,
     Outcome,
     TimePassedCondition,
 )
@@ -30,6 +31,7 @@ from parley.campaign.nodes import (
     DEFAULT_RETRY,
     AskNode,
     BranchNode,
+    BundleNode,
     Choice,
     EndNode,
     HttpNode,
@@ -48,6 +50,7 @@ __all__ = [  # the nodes are re-exported: callers import them from here as befor
     "DEFAULT_RETRY",
     "AskNode",
     "BranchNode",
+    "BundleNode",
     "Campaign",
     "Choice",
     "Edge",
@@ -63,6 +66,7 @@ __all__ = [  # the nodes are re-exported: callers import them from here as befor
     "Validation",
     "WaitForReplyNode",
     "WaitNode",
+    "queues_actions",
     "sleeps_on_timer",
 ]
 
@@ -209,6 +213,12 @@ class Campaign(_Strict):
         for edge in self.edges:
             self._edges_by_source.setdefault(edge.source, []).append(edge)
 
+    @property
+    def asks_contact_history(self) -> bool:
+        """Whether an edge asks ``not_already_contacted``: only then does the runner look up
+        the lead's other conversations before a step (``LeadFacts.last_contacted_at``)."""
+        return any(isinstance(edge.when, NotAlreadyContactedCondition) for edge in self.edges)
+
     def node(self, node_id: str) -> Node:
         try:
             return self._nodes_by_id[node_id]
@@ -350,10 +360,16 @@ def sleeps_on_timer(node: Node, edges: list[Edge]) -> bool:
     A wait_for_reply never does: any message is the reply it waits for, even during its delay."""
     if isinstance(node, WaitForReplyNode):
         return False
-    if isinstance(node, SendNode) and node.action is not None:
+    if queues_actions(node):
         return True
     if isinstance(node, WaitNode) or node.delay:
         return True
     if isinstance(node, AskNode | TaskNode):
         return False
     return any(isinstance(edge.when, TimePassedCondition) for edge in edges)
+
+
+def queues_actions(node: Node) -> bool:
+    """A node whose work is queued for the identity's dispatcher: a send node with an
+    ``action``, or a bundle; the conversation waits for each action's outcome."""
+    return isinstance(node, BundleNode) or (isinstance(node, SendNode) and node.action is not None)

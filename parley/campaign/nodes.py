@@ -96,33 +96,142 @@ class _NodeBase(_Strict):
         return self.ready_at(entered_at) if self.delay else None
 
 
-class SendNode(_NodeBase):
-    """Sends ``text``. With ``action`` (an outreach action type: ``email``, ``linkedin_message``,
-    ``linkedin_connection``, ``linkedin_inmail``, ``linkedin_profile_visit``,
-    ``whatsapp_template``) it is not sent by the conversation itself: it is queued for the
-    sender identity's dispatcher, which performs it within the identity's working hours and
-    limits, and the conversation waits for the outcome (``when: error`` if it failed for good)."""
+_NO_TEXT_ACTIONS: Final = frozenset(
+    {"linkedin_profile_visit", "linkedin_voice", "linkedin_like_post", "linkedin_attachment"}
+)
+"""Actions that need no ``text`` (an attachment's text is an optional message beside it)."""
+_FILE_ACTIONS: Final = frozenset({"linkedin_attachment", "linkedin_voice"})
+_TEXTLESS_ACTIONS: Final = frozenset(
+    {"linkedin_profile_visit", "linkedin_voice", "linkedin_like_post"}
+)
 
-    type: Literal["send"] = "send"
+
+def action_fields_problem(
+    action: str | None,
+    text: str,
+    template: str | None,
+    file: str | None,
+    post: str | None,
+) -> str | None:
+    """What an action's fields lack or have too much of (a send node's, a bundle member's)."""
+    if not text and action not in _NO_TEXT_ACTIONS:
+        return (
+            "a send node needs 'text' (only a linkedin_profile_visit, linkedin_attachment, "
+            "linkedin_voice or linkedin_like_post has none)"
+        )
+    if text and action in _TEXTLESS_ACTIONS:
+        return f"a {action} action sends no text: remove 'text'"
+    if action == "whatsapp_template" and not template:
+        return "a whatsapp_template action needs 'template' (its approved name)"
+    if action in _FILE_ACTIONS and not file:
+        return f"a {action} action needs 'file' (the URL the gateway downloads it from)"
+    if file is not None and action not in _FILE_ACTIONS:
+        return "'file' only goes with a linkedin_attachment or linkedin_voice action"
+    if action == "linkedin_like_post" and not post:
+        return "a linkedin_like_post action needs 'post' (the post's URL, e.g. '{last_post}')"
+    if post is not None and action != "linkedin_like_post":
+        return "'post' only goes with a linkedin_like_post action"
+    return None
+
+
+def _url_template(url: str | None) -> str | None:
+    """An http(s) URL, or a template whose placeholders decide it when it is rendered."""
+    if url is None or url.startswith("{") or "{" in urlsplit(url).netloc:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url
+
+
+class _ActionFields(_Strict):
+    """What an outreach action carries; rendered when its node queues it."""
+
     text: str = ""
-    action: ActionType | None = None
     subject: str | None = None  # an email's subject
     template: str | None = None  # a WhatsApp template's name; ``text`` fills its one parameter
+    file: str | None = None  # an attachment's or voice message's URL (the gateway fetches it)
+    post: str | None = None  # the URL of the post a linkedin_like_post likes
+
+    @field_validator("file")
+    @classmethod
+    def _file_is_a_url(cls, file: str | None) -> str | None:
+        return _url_template(file)
+
+    def action_templates(self, prefix: str = "") -> dict[str, str]:
+        fields = {
+            "text": self.text,
+            "subject": self.subject,
+            "file": self.file,
+            "post": self.post,
+        }
+        return {
+            f"{prefix}{name}": value
+            for name, value in fields.items()
+            if value is not None and (value or name == "text")
+        }
+
+
+class SendNode(_ActionFields, _NodeBase):
+    """Sends ``text``. With ``action`` (an outreach action type: ``email``, ``linkedin_message``,
+    ``linkedin_connection``, ``linkedin_inmail``, ``linkedin_profile_visit``,
+    ``linkedin_attachment``, ``linkedin_voice``, ``linkedin_like_post``, ``whatsapp_template``)
+    it is not sent by the conversation itself: it is queued for the sender identity's
+    dispatcher, which performs it within the identity's working hours and limits, and the
+    conversation waits for the outcome (``when: error`` if it failed for good)."""
+
+    type: Literal["send"] = "send"
+    action: ActionType | None = None
 
     @model_validator(mode="after")
-    def _text_unless_a_visit(self) -> SendNode:
-        if not self.text and self.action != "linkedin_profile_visit":
-            raise ValueError("a send node needs 'text' (only a linkedin_profile_visit has none)")
-        if self.action == "whatsapp_template" and not self.template:
-            raise ValueError("a whatsapp_template action needs 'template' (its approved name)")
+    def _fields_fit_the_action(self) -> SendNode:
+        problem = action_fields_problem(self.action, self.text, self.template, self.file, self.post)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     def templates(self) -> dict[str, str]:
-        texts = {"text": self.text}
-        return texts if self.subject is None else {**texts, "subject": self.subject}
+        return self.action_templates()
 
     def contact_templates(self) -> dict[str, str]:
         return {} if self.action is not None else self.templates()
+
+
+class BundleAction(_ActionFields):
+    """One action of a bundle: the fields of a send node with an ``action``."""
+
+    action: ActionType
+
+    @model_validator(mode="after")
+    def _fields_fit_the_action(self) -> BundleAction:
+        problem = action_fields_problem(self.action, self.text, self.template, self.file, self.post)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+class BundleNode(_NodeBase):
+    """Several outreach actions of the conversation's identity performed as one unit, in order
+    (e.g. a profile visit then a connection request).
+
+    Each is an ordinary action: queued when the one before it was sent, it has its own
+    idempotency key, counts against its own type's caps and spacing, and passes the
+    dispatcher's freshness check on its own. A capped one waits in the queue like any action;
+    the node is left when the last one is sent. One that fails for good takes the node's
+    ``when: error`` edge (the rest are not performed); a reply meanwhile interrupts it as it
+    would a send node's action. ``attempts`` on the row counts the actions already sent."""
+
+    type: Literal["bundle"] = "bundle"
+    actions: list[BundleAction] = Field(min_length=2)
+
+    def templates(self) -> dict[str, str]:
+        texts: dict[str, str] = {}
+        for index, member in enumerate(self.actions):
+            texts.update(member.action_templates(f"actions[{index}]."))
+        return texts
+
+    def contact_templates(self) -> dict[str, str]:
+        return {}
 
 
 class Choice(_Strict):
@@ -462,6 +571,7 @@ def _result_model(
 
 Node = Annotated[
     SendNode
+    | BundleNode
     | AskNode
     | HttpNode
     | EndNode
@@ -474,6 +584,7 @@ Node = Annotated[
 ]
 NODE_TYPES: Final = (
     "send",
+    "bundle",
     "ask",
     "http",
     "end",

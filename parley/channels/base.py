@@ -160,6 +160,8 @@ class OutreachAction:
     subject: str | None = None
     template: str | None = None  # WhatsApp template name
     parameters: tuple[str, ...] = ()  # template body parameters, in order
+    file: str | None = None  # LinkedIn attachment / voice message: the URL the gateway fetches
+    post: str | None = None  # LinkedIn like: the post's URL
 
 
 @dataclass(frozen=True, slots=True)

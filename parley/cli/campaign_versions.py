@@ -48,7 +48,7 @@ def campaign_funnel(
     for node in result.nodes:
         table.add_row(
             node.node,
-            node.type,
+            node.type + (f": {' + '.join(node.actions)}" if node.actions else ""),
             str(node.reached),
             str(node.waiting_now),
             str(node.dropped_off),

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.campaign import Campaign, render_secrets
+from parley.campaign.conditions import LeadFacts
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
 from parley.channels.base import OutboundMessage, SenderIdentity
@@ -153,7 +154,7 @@ async def plan(rt: Runtime, conversation_id: int, step: int) -> PlannedStep | Cu
         contact = await queries.contacts.get_contact(session, row.contact_id)
         for _ in range(QUIET_STEPS_PER_PLAN):
             now = rt.clock.now()
-            snapshot = await _snapshot(session, row, contact.fields, campaign, now)
+            snapshot = await _snapshot(session, row, contact, campaign, now)
             transition = plan_step(campaign, snapshot, await _next_reply(session, row), rt.environ)
             if not _quiet(transition):
                 break
@@ -234,7 +235,7 @@ async def current_cursor(rt: Runtime, conversation_id: int) -> Cursor:
 async def _snapshot(
     session: AsyncSession,
     row: Conversation,
-    contact_fields: dict[str, Any],
+    contact: Contact,
     campaign: Campaign,
     now: datetime,
 ) -> Snapshot:
@@ -253,9 +254,23 @@ async def _snapshot(
         now=now,
         follow_up=row.follow_up,
         task_result=row.task_result,
-        contact=contact_fields,
+        contact=contact.fields,
         last_heard_at=heard,
+        lead=await _lead_facts(session, row, contact, campaign),
     )
+
+
+async def _lead_facts(
+    session: AsyncSession, row: Conversation, contact: Contact, campaign: Campaign
+) -> LeadFacts:
+    """What the lead conditions need beyond the contact's fields; the look-up across the
+    installation's conversations only for a campaign that asks ``not_already_contacted``, at
+    every step, so the answer is as of the moment the edge is judged."""
+    last = None
+    if campaign.asks_contact_history:
+        same_lead = await queries.leads.lead_contact_ids(session, contact)
+        last = await queries.leads.last_contacted_at(session, same_lead, row.id)
+    return LeadFacts(contact.channel, contact.address, last)
 
 
 async def _next_reply(session: AsyncSession, row: Conversation) -> Reply | None:
@@ -422,7 +437,7 @@ async def give_up(rt: Runtime, conversation_id: int, step: int, reason: str) -> 
         if row.step == step and row.status not in TERMINAL:
             campaign = await rt.campaigns.get(session, row.campaign_version_id)
             contact = await queries.contacts.get_contact(session, row.contact_id)
-            snapshot = await _snapshot(session, row, contact.fields, campaign, rt.clock.now())
+            snapshot = await _snapshot(session, row, contact, campaign, rt.clock.now())
             transition = plan_failure(campaign, snapshot, reason, rt.environ)
             if transition.outbound is not None:
                 await outbox.record_intent(

@@ -12,7 +12,12 @@ The counts, per node, in graph file order:
 * ``completed``: visits that ended normally (left by an edge, or the conversation completed
   there). Visits, not conversations: a node walked twice by one conversation counts twice;
 * ``time_in_node``: p50/p95 seconds over closed visits, migrated ones included (the time was
-  spent there). ``None`` when no visit has closed yet.
+  spent there). ``None`` when no visit has closed yet;
+* ``actions``: the outreach action types the node performs (a send's ``action``, a bundle's
+  actions in order), so a funnel of outreach reads "like_post", "bundle of visit and
+  connection" rather than a row of "send". A bundle's visit counts once however many of its
+  actions went out; a bundle that failed part-way shows in ``dropped_off`` only when the
+  conversation ended there (its error edge usually leads on).
 
 A conversation migrated away keeps its visits on the version it left (outcome ``migrated``):
 it counts as reached there, neither completed nor dropped off.
@@ -25,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from parley.campaign import BundleNode, SendNode
+from parley.campaign.model import Node
 from parley.campaign.registry import campaign_of
 from parley.db import Database, queries
 from parley.errors import NotFound
@@ -40,6 +47,7 @@ class NodeFunnel:
     completed: int
     p50_seconds: float | None
     p95_seconds: float | None
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,19 @@ async def campaign_funnel(db: Database, name: str, version: int | None = None) -
                 completed=completed,
                 p50_seconds=percentile(seconds, 0.50),
                 p95_seconds=percentile(seconds, 0.95),
+                actions=actions_of(node),
             )
         )
     return Funnel(row.name, row.version, tuple(nodes))
+
+
+def actions_of(node: Node) -> tuple[str, ...]:
+    """The outreach action types a node performs, in order; empty for the others."""
+    if isinstance(node, BundleNode):
+        return tuple(member.action for member in node.actions)
+    if isinstance(node, SendNode) and node.action is not None:
+        return (node.action,)
+    return ()
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float | None:

@@ -62,6 +62,7 @@ async def enqueue(
         "node": row.current_node,
         "step": step,
     }
+    payload.update({name: value for name, value in _media(intent).items() if value is not None})
     action = await queries.actions.enqueue_action(
         session,
         {
@@ -108,6 +109,11 @@ async def skip_held(session: AsyncSession, conversation_id: int, reason: str) ->
         action.status, action.outcome = "done", ACTION_SKIPPED
         action.reason, action.updated_at = reason[:2000], utcnow()
     return len(held)
+
+
+def _media(intent: ActionIntent) -> dict[str, str | None]:
+    """What only some LinkedIn actions carry: kept out of the others' payloads."""
+    return {"file": intent.file, "post": intent.post}
 
 
 def _action_type(value: str) -> ActionType:

@@ -27,7 +27,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from parley import suppression
 from parley.campaign import Campaign, TaskNode, WaitNode
 from parley.campaign import status as campaign_status
-from parley.campaign.conditions import Comparison
+from parley.campaign.conditions import Comparison, fields_read
 from parley.campaign.registry import campaign_of, start_node_of
 from parley.campaign.status import Move
 from parley.clock import Clock, SystemClock
@@ -303,6 +303,8 @@ def _reads(
     if fields and "timezone" in fields and isinstance(node, WaitNode) and node.until:
         return True
     for edge in campaign.edges_from(node_id):
+        if fields and fields_read(edge.when) & fields:
+            return True  # a lead condition (connection_accepted, has_email, ...)
         if isinstance(edge.when, Comparison):
             source, name = edge.when.subject
             if (source == "field" and name in (fields or ())) or (

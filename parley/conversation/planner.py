@@ -25,6 +25,7 @@ from typing import Any
 
 from parley.campaign import (
     AskNode,
+    BundleNode,
     Campaign,
     Edge,
     EdgeContext,
@@ -40,7 +41,8 @@ from parley.campaign import (
     render,
     render_url,
 )
-from parley.campaign.model import Node
+from parley.campaign.model import Node, queues_actions
+from parley.campaign.nodes import BundleAction
 from parley.channels.base import OutboundMessage
 from parley.conversation.state_machine import (
     ActionIntent,
@@ -50,7 +52,14 @@ from parley.conversation.state_machine import (
     Transition,
     Wait,
 )
-from parley.vocabulary import ACTION_FAILED, ACTION_SKIPPED, ACTION_TAKEN_OVER, Status, WaitKind
+from parley.vocabulary import (
+    ACTION_FAILED,
+    ACTION_SENT,
+    ACTION_SKIPPED,
+    ACTION_TAKEN_OVER,
+    Status,
+    WaitKind,
+)
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -94,6 +103,7 @@ class _Step:
             replied=replied,
             outcome=outcome,
             task_result=self.snapshot.task_result,
+            lead=self.snapshot.lead,
         )
 
 
@@ -163,20 +173,19 @@ def after_http(
 
 def _talks(node: Node) -> bool:
     """Nodes whose work is a message to the contact."""
-    return isinstance(node, SendNode | AskNode) or (isinstance(node, EndNode) and bool(node.text))
+    if isinstance(node, SendNode | AskNode | BundleNode):
+        return True
+    return isinstance(node, EndNode) and bool(node.text)
 
 
 def _do_work(step: _Step) -> Transition:
     node, variables = step.node, dict(step.snapshot.variables)
     if isinstance(node, SendNode) and node.action is not None:
-        intent = ActionIntent(
-            node.action,
-            render(node.text, variables, step.env),
-            render(node.subject, variables, step.env) if node.subject is not None else None,
-            node.template,
-        )
         waiting = _stay(step, variables, done=True)
+        intent = _intent(step, node.action, node, variables)
         return replace(waiting, wait=Wait(WaitKind.ACTION), action=intent)
+    if isinstance(node, BundleNode):
+        return _bundle_member(step, node, 0, variables)
     if isinstance(node, SendNode):
         message = OutboundMessage(render(node.text, variables, step.env))
         return replace(_leave_or_wait(step, variables), outbound=message)
@@ -201,6 +210,40 @@ def _do_work(step: _Step) -> Transition:
     return _leave_or_wait(step, variables)  # wait, wait_for_reply, branch, task: no work
 
 
+def _intent(
+    step: _Step, action: str, fields: SendNode | BundleAction, variables: dict[str, Any]
+) -> ActionIntent:
+    def rendered(template: str | None) -> str | None:
+        return None if template is None else render(template, variables, step.env)
+
+    return ActionIntent(
+        action,
+        render(fields.text, variables, step.env),
+        rendered(fields.subject),
+        fields.template,
+        file=rendered(fields.file),
+        post=rendered(fields.post),
+    )
+
+
+def _bundle_member(
+    step: _Step, node: BundleNode, index: int, variables: dict[str, Any]
+) -> Transition:
+    """Queue the bundle's ``index``-th action and wait for it; ``attempts`` remembers which
+    one (a new step, so the action has a key of its own)."""
+    member = node.actions[index]
+    return Transition(
+        node.id,
+        variables,
+        index,
+        Wait(WaitKind.ACTION),
+        Status.RUNNING,
+        action=_intent(step, member.action, member, variables),
+        node_done=True,
+        follow_up=step.snapshot.follow_up,
+    )
+
+
 def _buttons(node: AskNode) -> tuple[tuple[str, str], ...]:
     if node.validation != "choices":
         return ()
@@ -212,7 +255,7 @@ def _buttons(node: AskNode) -> tuple[tuple[str, str], ...]:
 
 def _waiting(step: _Step, reply: Reply | None) -> Transition:
     node = step.node
-    if isinstance(node, SendNode) and node.action is not None:
+    if queues_actions(node):
         return _awaiting_action(step, reply)
     if reply is not None:
         if isinstance(node, AskNode):
@@ -320,6 +363,9 @@ def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
         return replace(failed, error=f"{step.snapshot.current_node}: {result.get('reason')}")
     if result.get("outcome") == ACTION_TAKEN_OVER:
         return _taken_over(step, variables)
+    following = _next_in_bundle(step, result)
+    if following is not None:
+        return following
     if result.get("outcome") == ACTION_SKIPPED and result.get("replied"):
         jump = step.campaign.on_reply
         for edge in step.campaign.edges_from(step.snapshot.current_node):
@@ -328,6 +374,17 @@ def _awaiting_action(step: _Step, reply: Reply | None) -> Transition:
         if jump is not None and jump != step.snapshot.current_node:
             return _to(step, jump, variables)
     return _leave_or_wait(step, variables)
+
+
+def _next_in_bundle(step: _Step, result: Mapping[str, Any]) -> Transition | None:
+    """A bundle's action was sent: queue the next one, if there is one."""
+    node = step.node
+    if result.get("outcome") != ACTION_SENT or not isinstance(node, BundleNode):
+        return None
+    following = step.snapshot.attempts + 1
+    if following >= len(node.actions):
+        return None
+    return _bundle_member(step, node, following, dict(step.snapshot.variables))
 
 
 def _taken_over(step: _Step, variables: dict[str, Any]) -> Transition:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from parley.campaign.conditions import LeadFacts
 from parley.channels.base import OutboundMessage
 from parley.errors import TransitionNotAllowed
 from parley.vocabulary import ACTIVE, Status, WaitKind
@@ -106,6 +107,7 @@ class Snapshot:
     task_result: Mapping[str, Any] | None = None
     contact: Mapping[str, Any] = field(default_factory=dict)
     last_heard_at: datetime | None = None
+    lead: LeadFacts = field(default_factory=LeadFacts)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class ActionIntent:
     text: str
     subject: str | None = None
     template: str | None = None
+    file: str | None = None  # an attachment's or voice message's URL
+    post: str | None = None  # the URL of the post to like
 
 
 @dataclass(frozen=True)

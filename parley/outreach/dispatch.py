@@ -77,6 +77,7 @@ from parley.errors import (
     CreditsExhausted,
     IdentityExpired,
     InvalidInput,
+    NotOnWhatsApp,
     PairRateLimited,
     ParleyError,
     RateLimited,
@@ -97,6 +98,7 @@ from parley.vocabulary import (
     SENT_STATUSES,
     SUPPRESSED,
     TERMINAL,
+    WHATSAPP_ACCOUNT_FIELD,
     DeliveryStatus,
     Status,
     WaitKind,
@@ -448,6 +450,8 @@ async def _perform(rt: Runtime, claimed: _Claimed) -> tuple[Done, _Record]:
         text=claimed.payload.get("text") or None,
         subject=claimed.payload.get("subject"),
         template=claimed.payload.get("template"),
+        file=claimed.payload.get("file"),
+        post=claimed.payload.get("post"),
     )
     try:
         result = await rt.outreach_channel(claimed.channel).perform(request, claimed.sender)
@@ -474,9 +478,26 @@ def _recover(rt: Runtime, claimed: _Claimed, exc: ChannelError) -> tuple[Done, _
         log.warning("action %s: %s; retrying", claimed.action_id, what)
         not_before = rt.clock.now() + RETRY_BACKOFF * 2 ** (claimed.attempts - 1)
         return "retrying", partial(_requeue, claimed=claimed, not_before=not_before)
+    if isinstance(exc, NotOnWhatsApp):
+        return "failed", partial(_not_on_whatsapp, rt=rt, claimed=claimed, what=what)
     if isinstance(exc, Undeliverable):
         return "failed", _finishing(rt, claimed, ACTION_FAILED, what, complete=True)
     return "failed", _finishing(rt, claimed, ACTION_FAILED, what)
+
+
+async def _not_on_whatsapp(
+    session: AsyncSession, *, rt: Runtime, claimed: _Claimed, what: str
+) -> WakeUp | None:
+    """131026: the number has no WhatsApp. The action failed (its node's ``when: error``
+    edge), and the lead is marked so that ``has_whatsapp`` is false from now on — the Cloud
+    API cannot tell before a send, so the first send is the answer."""
+    wakeup = await _record_outcome(session, rt, claimed, ACTION_FAILED, what)
+    if claimed.conversation_id is not None:
+        row = await queries.conversations.lock_conversation(session, claimed.conversation_id)
+        await queries.contacts.merge_fields(
+            session, row.contact_id, {WHATSAPP_ACCOUNT_FIELD: False}
+        )
+    return wakeup
 
 
 def _uncertain(claimed: _Claimed, exc: ChannelError) -> bool:

@@ -110,6 +110,9 @@ DEFAULT_LIMITS: Final[Mapping[ActionType, ActionLimits]] = {
     "linkedin_message": ActionLimits(daily=50),
     "linkedin_inmail": ActionLimits(daily=20),
     "linkedin_profile_visit": ActionLimits(daily=50),
+    "linkedin_attachment": ActionLimits(daily=30),
+    "linkedin_voice": ActionLimits(daily=20),
+    "linkedin_like_post": ActionLimits(daily=50),
     "email": ActionLimits(daily=40),
     # Meta paces per business/consumer pair (131056), not per number: templates to different
     # leads need no minute between them, or the daily cap could never be reached in office hours.

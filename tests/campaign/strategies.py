@@ -10,7 +10,11 @@ and condition; reuse it to check that "a graph that validates never crashes the 
 - every node after the start has a parent before it (so all are reachable), and edges only go
   forward except "back" edges that leave a node that waits, so every loop waits;
 - every non-end node ends its edge list with edges that cover every case (a default edge, or
-  ``replied`` + ``no_reply``, or one ``task_result`` per outcome), conditional edges go before.
+  ``replied`` + ``no_reply``, or one ``task_result`` per outcome), conditional edges go before;
+- outreach: a ``send`` may carry an ``action`` (every action type, with the fields it needs)
+  and a ``bundle`` queues two or three; conditions include the lead's (``has_email``,
+  ``has_phone``, ``has_whatsapp``, ``not_already_contacted``, and ``connection_accepted`` once
+  some node sends a LinkedIn invitation).
 
 ``yaml_documents()`` and ``mutated_documents()`` draw anything YAML can hold, the latter by
 breaking one spot of a valid campaign so the checks run deep on odd shapes.
@@ -25,7 +29,18 @@ import yaml
 from hypothesis import strategies as st
 
 BASE_VARIABLES = ("v0", "v1", "v2")
-NODE_TYPES = ("send", "ask", "http", "wait", "wait_for_reply", "branch", "set", "task")
+NODE_TYPES = ("send", "ask", "http", "wait", "wait_for_reply", "branch", "set", "task", "bundle")
+ACTIONS = (
+    "email",
+    "linkedin_message",
+    "linkedin_connection",
+    "linkedin_inmail",
+    "linkedin_profile_visit",
+    "linkedin_attachment",
+    "linkedin_voice",
+    "linkedin_like_post",
+    "whatsapp_template",
+)
 OUTCOMES = ("reached", "voicemail", "no_answer")
 WAITING = frozenset({"ask", "wait", "wait_for_reply", "task"})
 DURATIONS = st.sampled_from(["30s", "15m", "2h", "1d", "1d12h", "1w"])
@@ -46,6 +61,18 @@ class _Draft:
     def waits(self, index: int) -> bool:
         node = self.nodes[index]
         return node["type"] in WAITING or "delay" in node
+
+    def queues_actions(self, index: int) -> bool:
+        node = self.nodes[index]
+        return node["type"] == "bundle" or "action" in node
+
+    def invites(self) -> bool:
+        """Whether some node sends a LinkedIn invitation (so ``connection_accepted`` may hold)."""
+        for node in self.nodes:
+            actions = [node, *node.get("actions", [])]
+            if any(action.get("action") == "linkedin_connection" for action in actions):
+                return True
+        return False
 
     def hears_replies(self, index: int) -> bool:
         node = self.nodes[index]
@@ -95,8 +122,8 @@ def _node(draw: st.DrawFn, index: int) -> dict[str, Any]:
 
 @st.composite
 def _fields(draw: st.DrawFn, kind: str, index: int) -> dict[str, Any]:
-    if kind == "send":
-        return {"text": draw(_template())}
+    if kind in ("send", "bundle"):
+        return draw(_outreach_fields(kind))
     if kind == "ask":
         return draw(_ask_fields(index))
     if kind == "http":
@@ -120,6 +147,37 @@ def _fields(draw: st.DrawFn, kind: str, index: int) -> dict[str, Any]:
     if kind == "task":
         return draw(_task_fields(index))
     return {}
+
+
+@st.composite
+def _outreach_fields(draw: st.DrawFn, kind: str) -> dict[str, Any]:
+    """A send (a message, or an action queued for the identity) or a bundle of actions."""
+    if kind == "bundle":
+        return {"actions": draw(st.lists(_action_fields(), min_size=2, max_size=3))}
+    if draw(st.booleans()):
+        return draw(_action_fields())
+    return {"text": draw(_template())}
+
+
+@st.composite
+def _action_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """An outreach action with what its type needs (text, subject, template, file, post)."""
+    action = draw(st.sampled_from(ACTIONS))
+    fields: dict[str, Any] = {"action": action}
+    textless = action in ("linkedin_profile_visit", "linkedin_voice", "linkedin_like_post")
+    if not textless and (action != "linkedin_attachment" or draw(st.booleans())):
+        fields["text"] = draw(_template())
+    if action in ("email", "linkedin_inmail"):
+        fields["subject"] = draw(_template())
+    if action == "whatsapp_template":
+        fields["template"] = "winback_1"
+    if action in ("linkedin_attachment", "linkedin_voice"):
+        fields["file"] = draw(
+            st.sampled_from(["https://files.example/a.pdf", "{env.CRM_URL}/{v0}"])
+        )
+    if action == "linkedin_like_post":
+        fields["post"] = draw(st.sampled_from(["{v0}", "https://www.linkedin.com/posts/x_1"]))
+    return fields
 
 
 @st.composite
@@ -181,6 +239,13 @@ def _condition(draw: st.DrawFn, graph: _Draft, index: int) -> object:
         {**subject, "exists": draw(st.booleans())},
         {"var": draw(st.sampled_from(_assigned_anywhere(graph))), "exists": draw(st.booleans())},
     ]
+    options += [
+        draw(st.sampled_from(["has_email", "has_phone", "has_whatsapp"])),
+        {draw(st.sampled_from(["has_email", "has_phone", "has_whatsapp"])): draw(st.booleans())},
+        {"not_already_contacted": {"within": draw(DURATIONS)}},
+    ]
+    if graph.invites() and node["type"] != "wait_for_reply":  # there: judged after a reply
+        options.append("connection_accepted")
     if index > 0:  # the start node sleeps on no timer, so a reply there never jumps to on_reply
         options.append({"time_passed": draw(DURATIONS)})
     if node["type"] == "ask":
@@ -244,6 +309,8 @@ def _outcome_edges(draw: st.DrawFn, graph: _Draft, index: int) -> list[dict[str,
         edges.append({"from": source, "to": draw(later), "when": "invalid"})
     if index > 0 and draw(st.booleans()) and draw(st.booleans()):  # the start sets v0..v2
         edges.append({"from": source, "to": draw(later), "when": "error"})
+    if graph.queues_actions(index) and draw(st.booleans()):
+        edges.append({"from": source, "to": draw(later), "when": "taken_over"})
     return edges
 
 

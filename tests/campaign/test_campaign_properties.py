@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.campaign import Campaign, EdgeContext, parse_campaign
+from parley.campaign.conditions import LeadFacts
 from parley.campaign.schema import build_campaign
 from parley.errors import CampaignInvalid
 from tests.campaign.strategies import (
@@ -78,6 +79,11 @@ def _contexts(draw: st.DrawFn) -> dict[str, Any]:
                 optional={
                     "country": value,
                     "timezone": st.sampled_from(["Asia/Tokyo", "Nope", ""]),
+                    "email": value,
+                    "phone": value,
+                    "whatsapp": value,
+                    "whatsapp_account": value,
+                    "linkedin_connected": value,
                 },
             )
         ),
@@ -85,6 +91,11 @@ def _contexts(draw: st.DrawFn) -> dict[str, Any]:
         "outcome": draw(st.sampled_from(["ok", "ok", "invalid", "error"])),
         "task_result": draw(
             st.none() | st.fixed_dictionaries({"outcome": st.sampled_from(["reached", "busy"])})
+        ),
+        "lead": LeadFacts(
+            draw(st.sampled_from([None, "email", "whatsapp", "linkedin"])),
+            draw(st.none() | st.text(max_size=16)),
+            draw(st.none() | st.integers(-200, 40).map(lambda d: START + timedelta(days=d))),
         ),
     }
 

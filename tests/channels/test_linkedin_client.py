@@ -173,7 +173,7 @@ async def test_profile_visit_posts_only_the_recipient(
     assert result.provider_id == performed.id
 
 
-async def test_the_channel_names_exactly_the_four_action_types() -> None:
+async def test_the_channel_names_exactly_the_seven_action_types() -> None:
     channel = LinkedInChannel(LinkedInConfig())
 
     assert channel.name == "linkedin"
@@ -185,6 +185,9 @@ async def test_the_channel_names_exactly_the_four_action_types() -> None:
             "linkedin_connection",
             "linkedin_inmail",
             "linkedin_profile_visit",
+            "linkedin_attachment",
+            "linkedin_voice",
+            "linkedin_like_post",
         }
     )
     assert (CAPABILITIES.max_buttons, CAPABILITIES.max_text_length) == (0, 8000)
@@ -360,6 +363,10 @@ async def test_unavailable_profile_is_undeliverable(
         ("recipient_unavailable", 410, Undeliverable),
         ("invalid_request", 400, PermanentChannelError),
         ("invalid_request", 422, PermanentChannelError),
+        ("attachment_rejected", 413, PermanentChannelError),
+        ("attachment_rejected", 415, PermanentChannelError),
+        ("voice_rejected", 413, PermanentChannelError),
+        ("not_a_post", 422, PermanentChannelError),
         ("internal_error", 500, TransientChannelError),
         ("upstream_unavailable", 503, TransientChannelError),
         ("something_new", 429, RateLimited),
@@ -504,6 +511,10 @@ async def test_an_invitation_note_of_exactly_300_characters_is_sent(
         OutreachAction("linkedin_profile_visit", "  ", "r-5"),
         OutreachAction("linkedin_endorsement", LEAD, "r-6"),
         OutreachAction("linkedin_profile_visit", LEAD, ""),
+        OutreachAction("linkedin_attachment", LEAD, "r-7"),
+        OutreachAction("linkedin_attachment", LEAD, "r-8", file="ftp://files.example/a.pdf"),
+        OutreachAction("linkedin_voice", LEAD, "r-9", file="hello.wav"),
+        OutreachAction("linkedin_like_post", LEAD, "r-10", post="  "),
     ],
     ids=[
         "text-too-long",
@@ -513,6 +524,10 @@ async def test_an_invitation_note_of_exactly_300_characters_is_sent(
         "no-to",
         "unknown-type",
         "no-client-ref",
+        "attachment-no-file",
+        "attachment-not-http",
+        "voice-no-url",
+        "like-no-post",
     ],
 )
 async def test_actions_the_gateway_would_refuse_are_refused_locally(

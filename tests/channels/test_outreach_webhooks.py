@@ -77,6 +77,20 @@ edges:
   - {{from: wait_accept, to: quiet, when: no_reply}}
 """
 
+# The same wait as the example's: a branch, left when the invitation is accepted or in 3 days.
+ACCEPTANCE = """
+name: {name}
+channel: {channel}
+start: wait_accept
+nodes:
+  - {{id: wait_accept, type: branch}}
+  - {{id: connected, type: end}}
+  - {{id: quiet, type: end}}
+edges:
+  - {{from: wait_accept, to: connected, when: connection_accepted}}
+  - {{from: wait_accept, to: quiet, when: {{time_passed: 3d}}}}
+"""
+
 
 class Woken:
     """What the routes asked of Prefect after answering: wake-ups and carried-out changes."""
@@ -131,9 +145,9 @@ def rt(db: Database) -> Runtime:
     )
 
 
-async def _campaign(db: Database, tmp_path: Path, channel: str) -> str:
+async def _campaign(db: Database, tmp_path: Path, channel: str, source: str = CAMPAIGN) -> str:
     path = tmp_path / f"{channel}.yaml"
-    path.write_text(CAMPAIGN.format(name=f"{channel}-wait", channel=channel))
+    path.write_text(source.format(name=f"{channel}-wait", channel=channel))
     async with db.transaction() as session:
         return (await install_campaign(session, path)).name
 
@@ -147,10 +161,16 @@ async def _identity(db: Database, channel: str, address: str) -> int:
 
 
 async def _waiting_lead(
-    db: Database, rt: Runtime, tmp_path: Path, channel: str, seat: str, lead: str
+    db: Database,
+    rt: Runtime,
+    tmp_path: Path,
+    channel: str,
+    seat: str,
+    lead: str,
+    source: str = CAMPAIGN,
 ) -> tuple[int, int]:
     """(identity id, conversation id): the lead's conversation, suspended at ``wait_accept``."""
-    campaign = await _campaign(db, tmp_path, channel)
+    campaign = await _campaign(db, tmp_path, channel, source)
     identity_id = await _identity(db, channel, seat)
     change = await lifecycle.start(db, campaign, identity_id, channel=channel, address=lead)
     cursor = await executor.begin_run(rt, change.conversation_id, FLOW_RUN)
@@ -344,6 +364,23 @@ async def test_an_accepted_connection_is_recorded_and_signalled_to_the_leads_con
     [change] = woken.changes
     assert (change.conversation_id, change.run, change.flow_run_id) == (cid, "resume", FLOW_RUN)
     assert await _events(db, "connection_accepted") == 1
+
+
+async def test_an_accepted_connection_resumes_a_run_waiting_on_when_connection_accepted(
+    db: Database, rt: Runtime, tmp_path: Path, client: httpx.AsyncClient, woken: Woken
+) -> None:
+    _, cid = await _waiting_lead(db, rt, tmp_path, "linkedin", SEAT, LEAD, ACCEPTANCE)
+
+    response = await _post_linkedin(
+        client, build_invitation_accepted(account_id=SEAT, profile=LEAD)
+    )
+
+    assert response.status_code == 200 and response.json()["signalled"] == 1
+    [change] = woken.changes
+    assert (change.conversation_id, change.run) == (cid, "resume")
+    cursor = await executor.begin_run(rt, cid, FLOW_RUN)
+    cursor = await executor.run_step(rt, cid, cursor.step)
+    assert (cursor.node, cursor.status) == ("connected", Status.COMPLETED)
 
 
 async def test_an_accepted_connection_without_a_conversation_is_only_recorded(

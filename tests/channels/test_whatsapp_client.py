@@ -16,6 +16,7 @@ from parley.channels.whatsapp.client import WhatsAppClient
 from parley.errors import (
     ChannelError,
     IdentityExpired,
+    NotOnWhatsApp,
     OutsideCustomerWindow,
     PairRateLimited,
     PermanentChannelError,
@@ -188,7 +189,7 @@ async def test_twenty_character_titles_are_accepted(
         (131002, 503, TransientChannelError),
         (2, 500, TransientChannelError),
         (100, 400, PermanentChannelError),
-        (131026, 400, PermanentChannelError),
+        (131026, 400, NotOnWhatsApp),  # a PermanentChannelError: the node's error edge
     ],
 )
 async def test_meta_errors_map_to_the_parley_error_family(
@@ -208,6 +209,22 @@ async def test_meta_errors_map_to_the_parley_error_family(
     assert caught.value.http_status == http_status
     assert str(code) in str(caught.value)
     assert fake.received == []
+
+
+async def test_a_number_the_fake_knows_as_no_whatsapp_account_is_refused_131026(
+    client: WhatsAppClient, fake: FakeWhatsAppAPI
+) -> None:
+    fake.not_on_whatsapp(f"+{USER}")
+
+    with pytest.raises(NotOnWhatsApp) as caught:
+        await client.send_text(USER, "Hello")
+
+    assert isinstance(caught.value, PermanentChannelError) and not caught.value.retryable
+    assert (caught.value.code, caught.value.http_status) == (131026, 400)
+    assert "Message Undeliverable" in str(caught.value)
+    assert fake.received == []
+    fake.reset()  # forgotten with the rest of the fake's state
+    assert (await client.send_text(USER, "Hello")).startswith("wamid.")
 
 
 async def test_retry_after_header_is_passed_on(

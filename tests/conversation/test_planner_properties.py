@@ -9,7 +9,10 @@ occasional follow-up superseded by a message that arrived while it was being sen
 What must hold at every step: nothing raises but ``ExpressionError`` (the runner's error path,
 ``plan_failure``, takes over then), the conversation is always at a node of the graph, it never
 waits once it has ended, a wait ends in the future, only the message handed to the step is ever
-consumed (and an ask or wait_for_reply always reads the answer it waits for), a follow-up is never
+consumed (and an ask or wait_for_reply always reads the answer it waits for), an outreach node
+(a send with an action, a bundle) waits for each action's outcome the dispatcher hands it —
+sent, failed, skipped because the contact wrote — and never queues one beside another, a
+follow-up is never
 sent once the contact wrote, the runner never spins (within 3 x nodes + 5 steps that neither read
 a message nor let it sleep, it sleeps or ends; a wait with a message unread counts as running,
 since the flow refuses to suspend then), and what goes to sleep can be woken (a time, a message
@@ -33,6 +36,8 @@ from parley.campaign import (
     WaitForReplyNode,
     parse_campaign,
 )
+from parley.campaign.conditions import LeadFacts
+from parley.campaign.model import queues_actions
 from parley.campaign.schema import build_campaign
 from parley.conversation.planner import after_http, plan_failure, plan_step
 from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
@@ -47,7 +52,25 @@ CONTACTS = st.fixed_dictionaries(
     optional={
         "country": st.sampled_from(["ES", "pro", "42", "", None, 3]),
         "timezone": st.sampled_from(["Asia/Tokyo", "Europe/Madrid", "Nope", ""]),
+        "email": st.sampled_from(["ana@example.com", "ana@", "", None, 7]),
+        "phone": st.sampled_from(["+34 600 123 456", "600", "", None, 34600123456]),
+        "whatsapp_account": st.sampled_from([False, True, None]),
+        "linkedin_connected": st.sampled_from([True, False, "true", None]),
     },
+)
+LEADS = st.builds(
+    LeadFacts,
+    channel=st.sampled_from([None, "whatsapp", "email", "linkedin"]),
+    address=st.sampled_from([None, "34600123456", "ana@example.com", "ana-lovelace"]),
+    last_contacted_at=st.none() | st.integers(-200, 2).map(lambda d: START + timedelta(days=d)),
+)
+OUTCOMES = st.sampled_from(
+    [
+        {"outcome": "sent", "reason": None, "replied": False},
+        {"outcome": "failed", "reason": "PermanentChannelError: refused", "replied": False},
+        {"outcome": "skipped", "reason": "the contact wrote", "replied": True},
+        {"outcome": "taken_over", "reason": "a person took over", "replied": False},
+    ]
 )
 TEXTS = st.sampled_from(
     ["Hi", "stop", "pro", "Pro", "yes", "No", "later", "42", "ana@example.com", "", "  ", None]
@@ -199,6 +222,11 @@ class Run:
                 assert snapshot.now is not None and t.wait.until > snapshot.now, t
         if t.status in TERMINAL:
             assert t.http is None and not t.entered, t
+        if t.action is not None:  # queued with the step: the run waits for its outcome
+            assert queues_actions(self.campaign.node(t.current_node)), t
+            assert t.wait == Wait(WaitKind.ACTION) and t.task_result is None, t
+            awaiting = snapshot.wait is not None and snapshot.wait.kind is WaitKind.ACTION
+            assert not (awaiting and snapshot.task_result is None), t  # never two at once
         if t.http is not None:
             assert isinstance(t.http.body, dict) and t.outbound is None, t
 
@@ -250,6 +278,9 @@ class Run:
         node = self.campaign.node(t.current_node)
         if t.wait.kind is WaitKind.OPERATOR:
             assert isinstance(node, TaskNode) and t.node_done and t.task_result is None, t
+        elif t.wait.kind is WaitKind.ACTION:
+            # The dispatcher hands the outcome of the action the node queued.
+            assert queues_actions(node) and t.node_done and t.task_result is None, t
         elif t.wait.until is None:
             assert "reply" in self.campaign.departure_triggers(t.current_node), (
                 f"asleep at {t.current_node} for ever: nothing can wake it ({t})"
@@ -260,7 +291,10 @@ class Run:
         assert t.wait is not None
         node = self.campaign.node(t.current_node)
         open_task = isinstance(node, TaskNode) and t.node_done and t.task_result is None
+        awaited = t.wait.kind is WaitKind.ACTION and t.task_result is None
         choices = ["reply", "time"]
+        if awaited:
+            choices += ["outcome", "outcome"]
         if t.wait.until is not None:
             choices.append("until")
         if open_task:
@@ -269,6 +303,9 @@ class Run:
         if event == "until":
             assert t.wait.until is not None
             self.now = max(self.now, t.wait.until) + self.data.draw(SMALL_STEP)
+        elif event == "outcome":
+            self.now += self.data.draw(SMALL_STEP)
+            self.snapshot = replace(self.snapshot, task_result=self.data.draw(OUTCOMES))
         elif event == "task":
             assert isinstance(node, TaskNode)
             result = _task_result(self.data, node)
@@ -300,6 +337,7 @@ PROPERTY = settings(
     odd=st.none() | ODD_BASE,
     environ=ENVIRONS,
     contact=CONTACTS,
+    lead=LEADS,
     data=st.data(),
 )
 def test_a_graph_that_validates_never_crashes_the_runner(
@@ -307,13 +345,16 @@ def test_a_graph_that_validates_never_crashes_the_runner(
     odd: dict[str, Any] | None,
     environ: dict[str, str],
     contact: dict[str, Any],
+    lead: LeadFacts,
     data: Any,
 ) -> None:
     if odd:  # still valid: types are not checked, so an expression may fail when it runs
         document["nodes"][0]["set"].update(odd)
     campaign = build_campaign(document)
     now = START + timedelta(seconds=data.draw(st.integers(0, 7 * 86_400)))
-    first = Snapshot(campaign.start, {}, 0, None, entered_at=now, now=now, contact=contact)
+    first = Snapshot(
+        campaign.start, {}, 0, None, entered_at=now, now=now, contact=contact, lead=lead
+    )
     run = Run(campaign, environ, data, first, now)
     if data.draw(st.booleans()):
         run.inbox.last_heard_at = now  # the message that started it (its trigger, not unread)

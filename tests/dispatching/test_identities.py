@@ -387,6 +387,9 @@ async def test_a_daily_cap_waits_for_the_next_window_tomorrow(db: Database) -> N
         "linkedin_message",
         "linkedin_inmail",
         "linkedin_profile_visit",
+        "linkedin_attachment",
+        "linkedin_voice",
+        "linkedin_like_post",
     }
     # Other types are not capped: a message would go now.
     await add_action(db, seat["id"], "linkedin_message", not_before=start - timedelta(hours=1))

@@ -369,6 +369,9 @@ def test_defaults_are_the_outreach_tools_usual_limits() -> None:
         "linkedin_message": (50, None),
         "linkedin_inmail": (20, None),
         "linkedin_profile_visit": (50, None),
+        "linkedin_attachment": (30, None),
+        "linkedin_voice": (20, None),
+        "linkedin_like_post": (50, None),
         "email": (40, None),
         "whatsapp_template": (1000, None),
     }

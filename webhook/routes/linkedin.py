@@ -12,7 +12,8 @@ sequence: the planner interrupts the wait, the dispatcher's freshness check skip
 The two account events are recorded as webhook events too, and acted on in the request, so a
 200 means it was done and a failure (5xx) makes the gateway deliver again; both acts are
 idempotent. An accepted connection is a ``field_changed`` signal (``linkedin_connected: true``)
-to the lead's active conversation, whose run is resumed only if its edges read that field. An
+to the lead's active conversation, whose run is resumed only if its edges read that field
+(``when: connection_accepted``, or the older ``{field: linkedin_connected, ...}``). An
 expired session parks the seat's queued LinkedIn actions (other channels keep flowing) until the
 gateway reports the seat connected again (the dispatcher asks, ``parley.outreach.parked``) or an
 operator runs ``parley identity reconnect ID linkedin``.
@@ -37,10 +38,11 @@ from parley.errors import (
 )
 from parley.outreach import actions
 from parley.settings import Settings
+from parley.vocabulary import LINKEDIN_CONNECTED_FIELD
 from prefect_adapter.runs import carry_out
 from webhook.deps import DbDep, RuntimeDep, SettingsDep, read_signed, store_and_wake
 
-CONNECTED_FIELD: Final = "linkedin_connected"
+CONNECTED_FIELD: Final = LINKEDIN_CONNECTED_FIELD  # what `when: connection_accepted` reads
 
 router = APIRouter(prefix="/webhooks/linkedin", tags=["linkedin"])
 

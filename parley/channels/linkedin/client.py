@@ -22,6 +22,17 @@ Actions
     * ``linkedin_inmail``: ``/v1/accounts/{account_id}/inmails`` ``{"to", "subject", "text"}``,
       answered ``{"id", "inmail_credits"?}`` (credits left, optional)
     * ``linkedin_profile_visit``: ``/v1/accounts/{account_id}/profile-visits`` ``{"to"}``
+    * ``linkedin_attachment``: ``/v1/accounts/{account_id}/attachments``
+      ``{"to", "url", "filename", "text"?}``: the gateway downloads ``url`` and sends the file
+      (with ``text`` as a message beside it). LinkedIn takes files up to ``MAX_ATTACHMENT_BYTES``
+      (20 MB) of the types in ``ATTACHMENT_TYPES``; others are refused ``attachment_rejected``.
+      Needs a 1st-degree connection, like a message (``not_connected``).
+    * ``linkedin_voice``: ``/v1/accounts/{account_id}/voice-messages`` ``{"to", "url"}``: an
+      audio file of one of ``VOICE_TYPES``, at most ``MAX_VOICE_SECONDS`` (60 s) long, sent as
+      a voice message (``voice_rejected`` otherwise; ``not_connected`` as a message).
+    * ``linkedin_like_post``: ``/v1/accounts/{account_id}/post-likes`` ``{"to", "post"}``:
+      likes the lead's post at URL ``post`` (``https://www.linkedin.com/posts/...`` or
+      ``.../feed/update/urn:li:activity:<id>``); a URL that is not a post is ``not_a_post``.
 
     ``to`` is the lead's profile URN (``urn:li:fsd_profile:ACoAA...``) or public id
     (``ada-lovelace``). Every action carries ``Idempotency-Key: <action.client_ref>`` (required):
@@ -49,6 +60,11 @@ Errors
     ``no_credits``             402          ``CreditsExhausted`` (InMail credits used up)
     ``recipient_unavailable``  404 / 410    ``Undeliverable`` (profile gone, blocked, private)
     ``invalid_request``        400 / 422    ``PermanentChannelError``
+    ``attachment_rejected``    413 / 415    ``PermanentChannelError`` (too large, unsupported
+                               / 422        type, or the URL could not be downloaded)
+    ``voice_rejected``         413 / 415    ``PermanentChannelError`` (too long, unsupported
+                               / 422        type, or the URL could not be downloaded)
+    ``not_a_post``             422          ``PermanentChannelError`` (the URL is no post)
     (other / none)             5xx          ``TransientChannelError`` with ``http_status``
     (other / none)             401, 402,    ``IdentityExpired``, ``CreditsExhausted``,
                                429, 408     ``RateLimited``, ``TransientChannelError``
@@ -61,8 +77,10 @@ Errors
 Local refusals (``PermanentChannelError`` before any call)
     An unknown action type, an empty ``client_ref`` or ``to``, a message or InMail without text,
     an InMail without a subject, text over ``MAX_TEXT_LENGTH`` (8000) and invitation notes over
-    ``MAX_NOTE_LENGTH`` (300, LinkedIn's limit). A sender without a gateway ``account_id``, url
-    or api key is ``IdentityExpired``: a human must configure the seat, so park rather than fail.
+    ``MAX_NOTE_LENGTH`` (300, LinkedIn's limit), an attachment or voice message without an
+    http(s) ``file`` URL, a like without a ``post`` URL. A sender without a gateway
+    ``account_id``, url or api key is ``IdentityExpired``: a human must configure the seat, so
+    park rather than fail.
 
 Webhooks
     The gateway POSTs one signed event per request to Parley; the format and its signature
@@ -81,7 +99,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from types import TracebackType
 from typing import Any, Final, Self
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
@@ -118,9 +136,28 @@ LINKEDIN_MESSAGE: Final = "linkedin_message"
 LINKEDIN_CONNECTION: Final = "linkedin_connection"
 LINKEDIN_INMAIL: Final = "linkedin_inmail"
 LINKEDIN_PROFILE_VISIT: Final = "linkedin_profile_visit"
+LINKEDIN_ATTACHMENT: Final = "linkedin_attachment"
+LINKEDIN_VOICE: Final = "linkedin_voice"
+LINKEDIN_LIKE_POST: Final = "linkedin_like_post"
 ACTION_TYPES: Final = frozenset(
-    {LINKEDIN_MESSAGE, LINKEDIN_CONNECTION, LINKEDIN_INMAIL, LINKEDIN_PROFILE_VISIT}
+    {
+        LINKEDIN_MESSAGE,
+        LINKEDIN_CONNECTION,
+        LINKEDIN_INMAIL,
+        LINKEDIN_PROFILE_VISIT,
+        LINKEDIN_ATTACHMENT,
+        LINKEDIN_VOICE,
+        LINKEDIN_LIKE_POST,
+    }
 )
+
+MAX_ATTACHMENT_BYTES: Final = 20 * 1024 * 1024
+ATTACHMENT_TYPES: Final = frozenset(
+    {"pdf", "doc", "docx", "ppt", "pptx", "xls", "xlsx", "txt", "csv", "png", "jpg", "jpeg", "gif"}
+)
+"""File extensions LinkedIn messaging takes as attachments."""
+MAX_VOICE_SECONDS: Final = 60
+VOICE_TYPES: Final = frozenset({"wav", "m4a", "mp3", "aac", "ogg"})
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
@@ -313,6 +350,37 @@ def _visit_body(action: OutreachAction) -> JSONDict:
     return {"to": _recipient(action)}
 
 
+def _attachment_body(action: OutreachAction) -> JSONDict:
+    url = _file_url(action)
+    body: JSONDict = {"to": _recipient(action), "url": url, "filename": file_name(url)}
+    if action.text:
+        body["text"] = _text(action, "an attachment's message")
+    return body
+
+
+def _voice_body(action: OutreachAction) -> JSONDict:
+    return {"to": _recipient(action), "url": _file_url(action)}
+
+
+def _like_body(action: OutreachAction) -> JSONDict:
+    if not action.post or not action.post.strip():
+        raise PermanentChannelError("a LinkedIn like needs the post's URL ('post')")
+    return {"to": _recipient(action), "post": action.post.strip()}
+
+
+def _file_url(action: OutreachAction) -> str:
+    url = (action.file or "").strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PermanentChannelError(f"{action.type} needs an http(s) 'file' URL, got {url!r}")
+    return url
+
+
+def file_name(url: str) -> str:
+    """The last part of the URL's path: what the lead sees the file called."""
+    return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or "file"
+
+
 def _recipient(action: OutreachAction) -> str:
     if not action.to.strip():
         raise PermanentChannelError(f"{action.type} has no recipient profile")
@@ -334,6 +402,9 @@ _ROUTES: Final[dict[str, tuple[str, Callable[[OutreachAction], JSONDict]]]] = {
     LINKEDIN_CONNECTION: ("invitations", _invitation_body),
     LINKEDIN_INMAIL: ("inmails", _inmail_body),
     LINKEDIN_PROFILE_VISIT: ("profile-visits", _visit_body),
+    LINKEDIN_ATTACHMENT: ("attachments", _attachment_body),
+    LINKEDIN_VOICE: ("voice-messages", _voice_body),
+    LINKEDIN_LIKE_POST: ("post-likes", _like_body),
 }
 
 
@@ -408,6 +479,9 @@ _BY_TYPE: Final[dict[str, type[ChannelError]]] = {
     "no_credits": CreditsExhausted,
     "recipient_unavailable": Undeliverable,
     "invalid_request": PermanentChannelError,
+    "attachment_rejected": PermanentChannelError,
+    "voice_rejected": PermanentChannelError,
+    "not_a_post": PermanentChannelError,
 }
 
 _BY_STATUS: Final[dict[int, type[ChannelError]]] = {

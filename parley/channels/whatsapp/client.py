@@ -17,6 +17,7 @@ from parley.channels.base import Capabilities, JSONDict
 from parley.errors import (
     ChannelError,
     IdentityExpired,
+    NotOnWhatsApp,
     OutsideCustomerWindow,
     PairRateLimited,
     PermanentChannelError,
@@ -42,6 +43,7 @@ RATE_LIMIT_CODES: Final = frozenset({130429, 131056, 80007, 4})
 PAIR_RATE_LIMIT_CODE: Final = 131056  # too many from the business to one user: that pair only
 OUTSIDE_WINDOW_CODE: Final = 131047
 EXPIRED_TOKEN_CODE: Final = 190
+NOT_A_WHATSAPP_USER_CODE: Final = 131026  # "Message Undeliverable": no WhatsApp account
 
 
 class WhatsAppClient:
@@ -218,6 +220,8 @@ def error_from_response(response: httpx.Response) -> ChannelError:
         )
     if code == OUTSIDE_WINDOW_CODE:
         return OutsideCustomerWindow(message, code=code, http_status=status)
+    if code == NOT_A_WHATSAPP_USER_CODE:
+        return NotOnWhatsApp(message, code=code, http_status=status)
     if code == EXPIRED_TOKEN_CODE or status == 401:
         return IdentityExpired(message, code=code, http_status=status)
     if status >= 500:

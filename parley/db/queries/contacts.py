@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,3 +29,11 @@ async def ensure_contact(
 
 async def get_contact(session: AsyncSession, contact_id: int) -> Contact:
     return await get_row(session, Contact, contact_id, "contact")
+
+
+async def merge_fields(session: AsyncSession, contact_id: int, values: dict[str, Any]) -> Contact:
+    """Set some of the contact's fields, keeping the others (a new dict: JSON columns are
+    written when replaced, not when changed in place)."""
+    contact = await get_contact(session, contact_id)
+    contact.fields = {**contact.fields, **values}
+    return contact
