@@ -301,6 +301,7 @@ async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
     from parley.settings import Settings
     from tests.operator_api import API_KEY, operator_api
     from webhook.routes import api as api_routes
+    from webhook import deps
     from webhook.routes import sending as sending_routes
 
     identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)
@@ -314,7 +315,7 @@ async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
         sending_routes.router,
         api_routes.router,
         settings=settings,
-        overrides={sending_routes._runtime: runtime},
+        overrides={deps._runtime: runtime},
     ) as api:
         sent = await api.post(f"/api/conversations/{cid}/send", json={"text": "Hi from Ana"})
         assert sent.status_code == 200, sent.text
