@@ -27,12 +27,25 @@ def _has_unread() -> Any:
 
 
 def owed_a_start(now: datetime, grace: timedelta) -> Any:
-    """Stored, but no flow run was created: the webhook gets ``grace`` to do it first."""
+    """Stored, but no flow run was created: the webhook gets ``grace`` to do it first. Not a
+    lead import's: those wait for ``owed_a_paced_start``."""
     return (
         (Conversation.status == Status.PENDING)
         & Conversation.flow_run_id.is_(None)
+        & Conversation.import_id.is_(None)
         & (Conversation.created_at < now - grace)
         & _not_just_handed_over(now - grace)
+    )
+
+
+def owed_a_paced_start(now: datetime, lease: timedelta) -> Any:
+    """A lead import's conversation whose first run nobody creates but the dispatcher, at
+    the configured pace (oldest first: ``claim_for_repair`` orders by id)."""
+    return (
+        (Conversation.status == Status.PENDING)
+        & Conversation.flow_run_id.is_(None)
+        & Conversation.import_id.is_not(None)
+        & _not_just_handed_over(now - lease)
     )
 
 
