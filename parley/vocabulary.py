@@ -152,3 +152,19 @@ def channel_of_queue(queue: str) -> str:
     if queue.startswith("email-"):
         return "email"
     return "linkedin" if queue == CREDITS else queue
+
+
+# --- do not contact ------------------------------------------------------------------------------
+
+SuppressionReason = Literal[
+    "unsubscribed", "bounced", "complained", "manual", "replied: not interested"
+]
+"""Why an address is on the do-not-contact list (``parley.suppression``)."""
+SUPPRESSION_REASONS: Final[tuple[SuppressionReason, ...]] = get_args(SuppressionReason)
+
+AddressKind = Literal["email", "phone", "linkedin"]
+"""What kind of address a suppression holds: each is normalised its own way."""
+ADDRESS_KINDS: Final[tuple[AddressKind, ...]] = get_args(AddressKind)
+
+SKIPPED_SUPPRESSED: Final = "skipped: suppressed"
+"""The reason of an action (and of an import row) refused because its address is suppressed."""

@@ -398,3 +398,47 @@ class LeadImportRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
     conversation_id: Mapped[int | None] = mapped_column(Integer)
+
+
+_INSTALLATION_WIDE_SQL = "identity_id IS NULL"
+_PER_IDENTITY_SQL = "identity_id IS NOT NULL"
+
+
+class Suppression(Base):
+    """An address nobody (``identity_id`` NULL) or one identity may contact any more: the
+    do-not-contact list. ``address`` is normalised per ``kind`` (``parley.suppression``), so
+    ``Ana@Example.com`` and ``ana@example.com`` are one entry."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        # One entry per scope, kind and address. NULLs are distinct in a unique constraint, so
+        # the installation-wide scope has its own partial index.
+        Index(
+            "uq_suppressions_installation",
+            "kind",
+            "address",
+            unique=True,
+            sqlite_where=text(_INSTALLATION_WIDE_SQL),
+            postgresql_where=text(_INSTALLATION_WIDE_SQL),
+        ),
+        Index(
+            "uq_suppressions_identity",
+            "identity_id",
+            "kind",
+            "address",
+            unique=True,
+            sqlite_where=text(_PER_IDENTITY_SQL),
+            postgresql_where=text(_PER_IDENTITY_SQL),
+        ),
+        Index("ix_suppressions_address", "kind", "address"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int | None] = mapped_column(ForeignKey("identities.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # parley.vocabulary.AddressKind
+    address: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(32))  # parley.vocabulary.SuppressionReason
+    note: Mapped[str | None] = mapped_column(Text)
+    # Who or what put it there: "cli", "api", "import", "inbound: STOP", "email: bounced".
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

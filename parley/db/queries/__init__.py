@@ -15,6 +15,7 @@ from parley.db.queries import (
     lead_imports,
     messages,
     repairs,
+    suppressions,
     visits,
     webhook_events,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "lead_imports",
     "messages",
     "repairs",
+    "suppressions",
     "visits",
     "webhook_events",
 ]
