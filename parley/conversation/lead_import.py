@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley import suppression
 from parley.campaign import Campaign
 from parley.campaign.registry import campaign_of
 from parley.conversation import row as conversation_row
@@ -220,8 +221,27 @@ async def place_leads(
 async def _suppressed(
     session: AsyncSession, identity_id: int, leads: Sequence[tuple[int, Lead]]
 ) -> dict[int, Outcome]:
-    """Leads on the do-not-contact list (none until the suppression list exists)."""
-    return {}
+    """Leads on the do-not-contact list, by any address the row gives them (the one they would
+    be contacted on and their email, phone and LinkedIn fields), for everyone or this identity."""
+    addresses_of = {n: _addresses_of(lead) for n, lead in leads}
+    covered = await suppression.suppressed_among(
+        session, identity_id, [a for addresses in addresses_of.values() for a in addresses]
+    )
+    outcomes: dict[int, Outcome] = {}
+    for n, addresses in addresses_of.items():
+        entry = next((covered[a] for a in addresses if a in covered), None)
+        if entry is not None:
+            outcomes[n] = Outcome(SKIPPED, f"suppressed ({entry.reason})")
+    return outcomes
+
+
+def _addresses_of(lead: Lead) -> list[str]:
+    found = [lead.address]
+    for name in suppression.LEAD_ADDRESS_FIELDS:
+        value = lead.fields.get(name)
+        if isinstance(value, str) and value:
+            found.append(value)
+    return list(dict.fromkeys(found))
 
 
 async def _create(

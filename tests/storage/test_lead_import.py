@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from parley import suppression
 from parley.campaign.registry import install_campaign
 from parley.conversation import lead_import, lifecycle
 from parley.conversation.lead_rows import parse_text
@@ -236,3 +237,26 @@ async def test_an_unknown_campaign_or_identity_is_refused_and_stores_nothing(
 
     async with db.read() as session:
         assert await session.scalar(select(func.count()).select_from(LeadImport)) == 0
+
+
+async def test_a_suppressed_lead_is_skipped_by_any_of_its_addresses(
+    db: Database, campaign: str, identity: int
+) -> None:
+    async with db.transaction() as session:
+        await suppression.add(session, "LEAD1@example.com", "unsubscribed")  # everyone
+        await suppression.add(
+            session, "https://www.linkedin.com/in/lead-2/", "manual", identity_id=identity
+        )
+
+    prepared, counts = await lead_import.import_leads(
+        db, campaign, identity, _leads(3), source="three.csv"
+    )
+
+    view = await lead_import.progress(db, prepared.import_id)
+    assert _outcomes(view) == [
+        "started",
+        "skipped: suppressed (unsubscribed)",
+        "skipped: suppressed (manual)",
+    ]
+    assert counts == {"started": 1, "skipped": 2}
+    assert len(await _conversations(db)) == 1
