@@ -103,11 +103,7 @@ class _Ticks:
         )
         self.next_reconcile = 0.0
         self.parked = ParkedChecks(settings.parked_health_check_seconds)
-        self.pace = StartPace(
-            settings.run_starts_per_second,
-            settings.dispatcher_tick_seconds,
-            asyncio.get_running_loop().time(),
-        )
+        self.pace = StartPace(settings.run_starts_per_second, asyncio.get_running_loop().time())
 
     async def run(self) -> Counter[str]:
         runtime = await get_runtime()

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         description="How many flow runs of imported leads' conversations the dispatcher "
-        "creates per second (a tick's worth at once, at least one): a 10,000-lead import "
+        "creates per second on average (at most 5 s worth at once): a 10,000-lead import "
         "reaches the Prefect server at a pace it holds, not at once. Single starts are not "
         "paced. Measured with `make bench-import` (docs/performance.md).",
     )

@@ -85,13 +85,17 @@ class SweepWork:
 
 class StartPace:
     """A token bucket for the runs of imported conversations: ``per_second`` starts on
-    average, at most a tick's worth at once (at least one), so 10,000 imported leads reach the
-    Prefect server at a rate it holds while single starts (not paced) go on at once."""
+    average, at most ``BURST_SECONDS`` worth at once (at least one), so 10,000 imported leads
+    reach the Prefect server at a rate it holds while single starts (not paced) go on at once.
+    The burst absorbs a tick that took longer than its interval (a slow sweep): the pace is
+    kept on average instead of lost."""
 
-    def __init__(self, per_second: float, tick_seconds: float, now: float) -> None:
+    BURST_SECONDS = 5.0
+
+    def __init__(self, per_second: float, now: float) -> None:
         self.per_second = per_second
-        self.capacity = max(1.0, per_second * tick_seconds)
-        self.tokens = self.capacity
+        self.capacity = max(1.0, per_second * self.BURST_SECONDS)
+        self.tokens = 1.0  # a fresh dispatcher run starts gently, then at the pace
         self.refilled_at = now
 
     def budget(self, now: float) -> int:

@@ -21,6 +21,7 @@ from parley.campaign.draft import Draft, Problem
 from parley.campaign.durations import format_duration
 from parley.campaign.graph import Arc, FlowGraph, cycle_through, reach
 from parley.campaign.model import (
+    AddToCampaignNode,
     AskNode,
     Edge,
     EndNode,
@@ -90,7 +91,7 @@ def _uncovered(node: Node, edges: Sequence[Edge]) -> str | None:
         return None  # always matches, or will once the time has passed
     if isinstance(node, WaitForReplyNode):
         return _reply_uncovered(node, whens)
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | AddToCampaignNode):
         return _task_uncovered(node, whens)
     if _complementary(whens) or _answer_tested(node, whens):
         return None
@@ -111,7 +112,7 @@ def _reply_uncovered(node: WaitForReplyNode, whens: Sequence[object]) -> str | N
     return f"wait_for_reply node {node.id!r} needs {' and '.join(missing)}, or {_DEFAULT_EDGE}"
 
 
-def _task_uncovered(node: TaskNode, whens: Sequence[object]) -> str | None:
+def _task_uncovered(node: TaskNode | AddToCampaignNode, whens: Sequence[object]) -> str | None:
     handled = {
         when.task_result.casefold() for when in whens if isinstance(when, TaskResultCondition)
     }
@@ -119,7 +120,8 @@ def _task_uncovered(node: TaskNode, whens: Sequence[object]) -> str | None:
     if not missing or _complementary(whens):
         return None
     return (
-        f"task node {node.id!r} needs an edge for outcome {', '.join(map(repr, missing))} "
+        f"{node.type} node {node.id!r} needs an edge for outcome "
+        f"{', '.join(map(repr, missing))} "
         f"(when: {{task_result: {missing[0]}}}) or {_DEFAULT_EDGE}"
     )
 
@@ -190,15 +192,15 @@ def _hears_replies(node: Node) -> bool:
 
 
 def _task_result_placement(when: TaskResultCondition, node: Node) -> str | None:
-    if not isinstance(node, TaskNode):
+    if not isinstance(node, TaskNode | AddToCampaignNode):
         return (
-            f"'task_result' only applies to edges leaving a task node, and {node.id!r} is a "
-            f"{node.type} node"
+            f"'task_result' only applies to edges leaving a task or add_to_campaign node, and "
+            f"{node.id!r} is a {node.type} node"
         )
     if when.task_result.casefold() in {outcome.casefold() for outcome in node.outcomes}:
         return None
     return (
-        f"'task_result: {when.task_result}' is not an outcome of task {node.id!r}; its "
+        f"'task_result: {when.task_result}' is not an outcome of {node.type} {node.id!r}; its "
         f"outcomes are {', '.join(map(repr, node.outcomes))}"
     )
 

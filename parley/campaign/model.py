@@ -28,6 +28,7 @@ from parley.campaign.durations import Duration, parse_zone
 from parley.campaign.names import EnvName, NodeId, Slug, VariableName
 from parley.campaign.nodes import (
     DEFAULT_RETRY,
+    AddToCampaignNode,
     AskNode,
     BranchNode,
     Choice,
@@ -46,6 +47,7 @@ from parley.errors import NotFound
 
 __all__ = [  # the nodes are re-exported: callers import them from here as before
     "DEFAULT_RETRY",
+    "AddToCampaignNode",
     "AskNode",
     "BranchNode",
     "Campaign",

@@ -27,9 +27,11 @@ from parley.campaign import Campaign
 from parley.campaign.registry import campaign_of
 from parley.conversation import row as conversation_row
 from parley.conversation.lead_rows import CheckedRow, Lead, check_rows, content_digest
+from parley.conversation.state_machine import Placement
 from parley.db import Database, queries
-from parley.db.models import CampaignVersion, Identity, LeadImportRow, utcnow
+from parley.db.models import CampaignVersion, Conversation, Identity, LeadImportRow, utcnow
 from parley.errors import ConcurrentUpdate, NotFound
+from parley.vocabulary import Status
 
 BATCH_SIZE = 500
 """Leads per transaction: big enough that 10,000 leads are 20 commits, small enough that a
@@ -193,6 +195,8 @@ async def place_leads(
     identity_id: int,
     import_id: int,
     leads: Sequence[Lead],
+    *,
+    replacing: Conversation | None = None,
 ) -> list[Outcome]:
     """The checks every lead goes through, then its conversation, in the caller's transaction:
     the import's batches and the ``add_to_campaign`` node both come here."""
@@ -209,11 +213,9 @@ async def place_leads(
             outcomes[n] = Outcome(INVALID, f"missing campaign input(s): {', '.join(missing)}")
     todo = [n for n in range(len(leads)) if n not in outcomes]
     outcomes.update(await _suppressed(session, identity_id, [(n, leads[n]) for n in todo]))
-    todo = [n for n in todo if n not in outcomes]
+    todo_leads = [(n, leads[n]) for n in todo if n not in outcomes]
     outcomes.update(
-        await _create(
-            session, version, graph, identity_id, import_id, [(n, leads[n]) for n in todo]
-        )
+        await _create(session, version, graph, identity_id, import_id, todo_leads, replacing)
     )
     return [outcomes[n] for n in range(len(leads))]
 
@@ -251,13 +253,19 @@ async def _create(
     identity_id: int,
     import_id: int,
     leads: Sequence[tuple[int, Lead]],
+    replacing: Conversation | None = None,
 ) -> dict[int, Outcome]:
+    """``replacing``: the conversation of an ``add_to_campaign`` node moving its lead to
+    another campaign of the same identity (one active conversation per identity and lead): it
+    is not in the way, and it ends once the new one is created."""
     contacts = await queries.contacts.ensure_contacts(
         session, [(lead.channel, lead.address, lead.name) for _, lead in leads]
     )
     active = await queries.conversations.active_with_identity(
         session, identity_id, [contact.id for contact in contacts.values()]
     )
+    if replacing is not None and active.get(replacing.contact_id) == replacing.id:
+        del active[replacing.contact_id]
     outcomes: dict[int, Outcome] = {}
     created = []
     for n, lead in leads:
@@ -273,10 +281,54 @@ async def _create(
         conversation_row.give_inputs(conversation, lead.variables)
         active[contact.id] = -1  # a second lead for the same contact in this batch: skipped
         created.append((n, conversation))
+    if created and replacing is not None and replacing.identity_id == identity_id:
+        conversation_row.end(replacing, Status.COMPLETED, f"moved to campaign {version.name}")
+        await session.flush()  # its row leaves the active pair before the new one enters
     await session.flush()  # the pair's unique index refuses a conversation created meanwhile
     for n, conversation in created:
         outcomes[n] = Outcome(STARTED, None, conversation.id)
     return outcomes
+
+
+# --- the add_to_campaign node -------------------------------------------------------------------
+
+
+async def place_from_conversation(
+    session: AsyncSession, row: Conversation, placement: Placement, step: int
+) -> dict[str, Any]:
+    """Start the conversation's lead in another campaign, in the step's transaction, through
+    the import's checks: an import of one row (named by the conversation and step, so it is
+    found again, never repeated). The campaign's inputs come from the conversation's
+    variables of the same names. Returns the node's ``task_result``."""
+    identity_id = placement.identity_id or row.identity_id
+    try:
+        await _known_identity(session, identity_id)
+        version = await campaign_for_new_leads(session, placement.campaign)
+    except NotFound as exc:
+        return {"outcome": INVALID, "reason": str(exc), "conversation_id": None}
+    contact = await queries.contacts.get_contact(session, row.contact_id)
+    inputs = campaign_of(version).inputs
+    variables = {name: row.variables[name] for name in inputs if name in row.variables}
+    lead = Lead(contact.channel, contact.address, contact.name, {}, variables)
+    record = await queries.lead_imports.add_import(
+        session,
+        campaign=placement.campaign,
+        identity_id=identity_id,
+        source=f"add_to_campaign {row.current_node} of conversation {row.id}",
+        digest=content_digest([{"conversation": row.uid, "step": step}], version.name, identity_id),
+        rows=[_stored(CheckedRow(1, lead))],
+    )
+    [outcome] = await place_leads(
+        session, placement.campaign, identity_id, record.id, [lead], replacing=row
+    )
+    for item in await queries.lead_imports.claim_open_rows(session, record.id, 1):
+        _settle(item, outcome)
+    await queries.lead_imports.finish_import(session, record.id, utcnow())
+    return {
+        "outcome": outcome.outcome,
+        "reason": outcome.detail,
+        "conversation_id": outcome.conversation_id,
+    }
 
 
 # --- one call -----------------------------------------------------------------------------------
