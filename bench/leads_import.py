@@ -70,6 +70,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    pg = Server()
+    pg.check()
+    pg.recreate(DATABASE)
+    pg.recreate(PREFECT_DATABASE)
+    upgrade(pg.asyncpg_url(DATABASE))  # alembic runs an event loop of its own: before ours
     raise SystemExit(asyncio.run(_run(args)))
 
 
@@ -80,7 +85,6 @@ def _closed_today() -> dict[str, Any]:
 
 
 async def _prepare(url: str, workdir: Path) -> int:
-    await asyncio.to_thread(upgrade, url)  # alembic runs its own event loop
     db = Database(url)
     try:
         path = workdir / "campaign.yaml"
@@ -133,9 +137,6 @@ async def _counts(db: Database) -> tuple[int, int, int]:
 
 async def _run(args: argparse.Namespace) -> int:
     pg = Server()
-    pg.check()
-    pg.recreate(DATABASE)
-    pg.recreate(PREFECT_DATABASE)
     workdir = Path(tempfile.mkdtemp(prefix="parley-import-bench-"))
     url = pg.asyncpg_url(DATABASE)
     settings = {

@@ -64,8 +64,12 @@ def _calm(graph: FlowGraph, arc: Arc) -> bool:
     """An arc taken without waiting, between nodes that do not wait. Edges that can never be
     taken (from an end node, ``invalid`` off an ask) are reported elsewhere and form no loop."""
     edge = arc.edge
-    if edge is None or edge.interrupts or isinstance(edge.when, TaskResultCondition):
+    if edge is None or edge.interrupts:
         return False
+    if isinstance(edge.when, TaskResultCondition) and isinstance(
+        graph.nodes.get(arc.source), TaskNode
+    ):
+        return False  # a person completes the task: it waits (add_to_campaign's does not)
     if edge.when == WHEN_INVALID or graph.waits(arc.target):
         return False
     return not isinstance(graph.nodes.get(arc.source), EndNode)

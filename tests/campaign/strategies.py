@@ -25,7 +25,18 @@ import yaml
 from hypothesis import strategies as st
 
 BASE_VARIABLES = ("v0", "v1", "v2")
-NODE_TYPES = ("send", "ask", "http", "wait", "wait_for_reply", "branch", "set", "task")
+NODE_TYPES = (
+    "send",
+    "ask",
+    "http",
+    "wait",
+    "wait_for_reply",
+    "branch",
+    "set",
+    "task",
+    "add_to_campaign",
+)
+PLACEMENT_OUTCOMES = ("started", "skipped", "invalid")
 OUTCOMES = ("reached", "voicemail", "no_answer")
 WAITING = frozenset({"ask", "wait", "wait_for_reply", "task"})
 DURATIONS = st.sampled_from(["30s", "15m", "2h", "1d", "1d12h", "1w"])
@@ -119,6 +130,9 @@ def _fields(draw: st.DrawFn, kind: str, index: int) -> dict[str, Any]:
         return {"set": {f"s{index}": draw(value)}}
     if kind == "task":
         return draw(_task_fields(index))
+    if kind == "add_to_campaign":
+        fields = {"campaign": draw(st.sampled_from(["nurture", "upsell"]))}
+        return {**fields, **({"identity": draw(st.integers(1, 3))} if draw(st.booleans()) else {})}
     return {}
 
 
@@ -206,6 +220,8 @@ def _cover(graph: _Draft, index: int, targets: list[str]) -> list[dict[str, Any]
         whens: list[object] = ["replied", "no_reply"]
     elif node["type"] == "task":
         whens = [{"task_result": outcome} for outcome in node["outcomes"]]
+    elif node["type"] == "add_to_campaign":
+        whens = [{"task_result": outcome} for outcome in PLACEMENT_OUTCOMES]
     else:
         whens = [None]
     edges = []
