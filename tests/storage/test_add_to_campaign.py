@@ -231,3 +231,22 @@ def test_the_validator_names_the_node_whose_outcome_has_no_edge() -> None:
         "'task_result: maybe' is not an outcome of add_to_campaign 'move'" in message
         for _node, message in refused_bogus.value.problems
     ), refused_bogus.value.problems
+
+
+def test_a_loop_through_add_to_campaign_that_never_waits_is_refused() -> None:
+    """Its outcome is known at once: unlike a task's, its edges do not wait for anyone."""
+    source = """
+name: loopy
+start: move
+nodes:
+  - {id: move, type: add_to_campaign, campaign: nurture}
+  - {id: again, type: branch}
+edges:
+  - {from: move, to: again, when: {task_result: skipped}}
+  - {from: move, to: again}
+  - {from: again, to: move}
+"""
+    with pytest.raises(CampaignInvalid) as refused:
+        parse_campaign(source)
+
+    assert any("never waits" in message for _node, message in refused.value.problems)
