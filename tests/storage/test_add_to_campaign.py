@@ -18,7 +18,7 @@ from parley import suppression
 from parley.campaign import parse_campaign
 from parley.campaign.registry import CampaignCache, install_campaign
 from parley.clock import DrivenClock
-from parley.conversation import executor, lead_import, lifecycle
+from parley.conversation import executor, funnel, lead_import, lifecycle
 from parley.conversation.http_action import post_json
 from parley.db import Database
 from parley.db.models import Conversation, Identity, LeadImport
@@ -147,6 +147,8 @@ async def test_the_lead_is_started_in_the_other_campaign_as_another_identity(
     assert nurtured.variables == {"first_name": "Ana"}
     assert nurtured.status is Status.PENDING and nurtured.import_id is not None  # paced start
     assert await _placements(db) == [("started", nurtured.id)]
+    move = next(n for n in (await funnel.campaign_funnel(db, "mover")).nodes if n.node == "move")
+    assert (move.type, move.reached, move.waiting_now) == ("add_to_campaign", 1, 0)
 
 
 async def test_a_suppressed_lead_is_skipped_and_takes_the_other_edge(
