@@ -203,7 +203,7 @@ class Conversation(Base):
     ended_at: Mapped[datetime | None]
     # The lead import that created it: its first run is started by the dispatcher, paced
     # (``PARLEY_RUN_STARTS_PER_SECOND``), not at once by whoever created it.
-    import_id: Mapped[int | None] = mapped_column(ForeignKey("lead_imports.id"))
+    import_id: Mapped[int | None] = mapped_column(Integer)  # lead_imports.id (no FK: 0010)
 
     # Optimistic locking: every UPDATE checks and bumps ``version`` (StaleDataError on conflict).
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012

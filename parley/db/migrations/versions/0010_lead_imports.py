@@ -60,19 +60,16 @@ def upgrade() -> None:
         postgresql_where=sa.text(OPEN_ROW),
     )
     op.create_index("ix_lead_import_rows_lead", "lead_import_rows", ["lead_key", "outcome"])
-    with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("import_id", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(
-            "fk_conversations_import_id_lead_imports", "lead_imports", ["import_id"], ["id"]
-        )
-        batch_op.create_index("ix_conversations_import_id", ["import_id"])
+    # A plain ADD COLUMN, no batch: SQLite's batch mode copies and drops ``conversations``,
+    # which the rows of ``actions``, ``messages``... reference. No foreign key for the same
+    # reason (SQLite cannot add one to an existing table); the import id is only read.
+    op.add_column("conversations", sa.Column("import_id", sa.Integer(), nullable=True))
+    op.create_index("ix_conversations_import_id", "conversations", ["import_id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.drop_index("ix_conversations_import_id")
-        batch_op.drop_constraint("fk_conversations_import_id_lead_imports", type_="foreignkey")
-        batch_op.drop_column("import_id")
+    op.drop_index("ix_conversations_import_id", table_name="conversations")
+    op.drop_column("conversations", "import_id")  # SQLite >= 3.35 drops it in place, no batch
     op.drop_index("ix_lead_import_rows_lead", table_name="lead_import_rows")
     op.drop_index("ix_lead_import_rows_open", table_name="lead_import_rows")
     op.drop_table("lead_import_rows")
