@@ -37,6 +37,7 @@ from prefect_adapter.repairs import (
     anything_owed,
     claim_work,
     failed_runs_of_active_conversations,
+    paced_start_budget,
 )
 from prefect_adapter.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.dispatcher import sweep
@@ -137,7 +138,7 @@ class _Ticks:
         self.totals.update(await outreach_tick(runtime))  # per-identity slots, not the repair's
         trust = self._trusts_leases(now)
         failed, scanned_at = await self._failed_runs(now)
-        budget = self.pace.budget(now)
+        budget = await paced_start_budget(runtime, self.pace, now)
         if failed or await anything_owed(
             runtime, self.settings, trust_leases=trust, start_budget=budget
         ):
@@ -201,7 +202,9 @@ class _Ticks:
             self.settings,
             trust_leases=trust_leases,
             extra=failed,
-            start_budget=self.pace.budget(asyncio.get_running_loop().time()),
+            start_budget=await paced_start_budget(
+                runtime, self.pace, asyncio.get_running_loop().time()
+            ),
         )
         self.pace.spend(sum(repair.kind == "paced start" for repair in work.repairs))
         if not work:

@@ -134,9 +134,10 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         description="How many flow runs of imported leads' conversations the dispatcher "
-        "creates per second on average (at most 5 s worth at once): a 10,000-lead import "
-        "reaches the Prefect server at a pace it holds, not at once. Single starts are not "
-        "paced. Measured with `make bench-import` (docs/performance.md).",
+        "creates per second on average (at most 5 s worth at once, none while 10 s worth wait "
+        "for a worker): a 10,000-lead import reaches the Prefect server at a pace it holds, "
+        "not at once. Single starts are not paced. Measured with `make bench-import` "
+        "(docs/performance.md).",
     )
 
     parked_health_check_seconds: float = Field(

@@ -108,6 +108,25 @@ class StartPace:
     def spend(self, starts: int) -> None:
         self.tokens = max(0.0, self.tokens - starts)
 
+    @property
+    def in_flight_cap(self) -> int:
+        """Runs created but not yet taken over by a worker, at most: when the worker or the
+        server falls behind, no more are created until they catch up (never a pile of runs
+        that would be rescheduled as lost a lease later)."""
+        return max(5, int(self.per_second * self.IN_FLIGHT_SECONDS))
+
+    IN_FLIGHT_SECONDS = 10.0
+
+
+async def paced_start_budget(rt: Runtime, pace: StartPace, now: float) -> int:
+    """The pace's budget, less what the worker has not taken over yet."""
+    budget = pace.budget(now)
+    if budget <= 0:
+        return 0
+    async with rt.db.read() as session:
+        in_flight = await queries.repairs.paced_starts_in_flight(session)
+    return max(0, min(budget, pace.in_flight_cap - in_flight))
+
 
 def _conditions(
     settings: Settings,

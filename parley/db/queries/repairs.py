@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.db.models import Conversation
@@ -80,6 +80,17 @@ def owed_an_ending(now: datetime, lease: timedelta) -> Any:
         & Conversation.wake_requested_at.is_not(None)
         & _not_just_handed_over(now - lease)
     )
+
+
+async def paced_starts_in_flight(session: AsyncSession) -> int:
+    """Imported conversations whose run was created but has not taken them over yet: runs
+    Prefect and the worker still owe a start."""
+    stmt = select(func.count()).where(
+        (Conversation.status == Status.PENDING)
+        & Conversation.import_id.is_not(None)
+        & Conversation.flow_run_id.is_not(None)
+    )
+    return int(await session.scalar(stmt) or 0)
 
 
 def owed_a_wake(clock_now: datetime, now: datetime, lease: timedelta) -> Any:
