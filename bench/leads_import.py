@@ -209,8 +209,8 @@ async def _measure(
         "import_leads_per_second": round(args.leads / imported, 1),
         "runs_created_seconds": None if runs_at is None else round(runs_at, 1),
         "first_action_queued_seconds": None if queued_at is None else round(queued_at, 1),
-        "achieved_starts_per_second": (
-            None if queued_at is None else round(args.leads / (queued_at - imported), 2)
+        "achieved_starts_per_second": round(
+            queued / max(1e-9, (queued_at or window) - imported), 2
         ),
         "runs_created": with_run,
         "first_actions_queued": queued,
@@ -219,6 +219,7 @@ async def _measure(
         "prefect_server_cpu_share_of_a_core": round(server / window, 2),
         "worker_cpu_seconds": round(worker, 1),
         "window_seconds": round(window, 1),
+        "machine_load_average_1m_at_end": round(os.getloadavg()[0], 1),
         "complete": queued_at is not None and failed == 0,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
