@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export UV_PYTHON := 3.11
 
-.PHONY: bench-dispatcher setup demo dev test test-unit test-storage test-e2e lint typecheck contracts bench bench-quick clean
+.PHONY: bench-dispatcher bench-import setup demo dev test test-unit test-storage test-e2e lint typecheck contracts bench bench-quick clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -52,3 +52,6 @@ bench-quick: setup
 
 bench-dispatcher: setup
 	$(UV) run python -m bench.dispatcher $(BENCH_ARGS)
+
+bench-import: setup
+	$(UV) run python -m bench.leads_import $(BENCH_ARGS)

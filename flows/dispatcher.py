@@ -33,9 +33,11 @@ from prefect_adapter.outreach_tick import (
 )
 from prefect_adapter.repairs import (
     Repair,
+    StartPace,
     anything_owed,
     claim_work,
     failed_runs_of_active_conversations,
+    paced_start_budget,
 )
 from prefect_adapter.runs import crash_dead_dispatcher_runs, ensure_next_run, slot_taken
 from tasks.dispatcher import sweep
@@ -102,6 +104,7 @@ class _Ticks:
         )
         self.next_reconcile = 0.0
         self.parked = ParkedChecks(settings.parked_health_check_seconds)
+        self.pace = StartPace(settings.run_starts_per_second, asyncio.get_running_loop().time())
 
     async def run(self) -> Counter[str]:
         runtime = await get_runtime()
@@ -135,7 +138,10 @@ class _Ticks:
         self.totals.update(await outreach_tick(runtime))  # per-identity slots, not the repair's
         trust = self._trusts_leases(now)
         failed, scanned_at = await self._failed_runs(now)
-        if failed or await anything_owed(runtime, self.settings, trust_leases=trust):
+        budget = await paced_start_budget(runtime, self.pace, now)
+        if failed or await anything_owed(
+            runtime, self.settings, trust_leases=trust, start_budget=budget
+        ):
             self.totals.update(await self._repair_holding_the_slot(trust, failed))
         if scanned_at is not None:  # only once its finds were repaired: none is lost
             self.reconciled_until = scanned_at
@@ -191,7 +197,16 @@ class _Ticks:
         self, trust_leases: bool, failed: tuple[Repair, ...]
     ) -> Counter[str]:
         runtime = await get_runtime()
-        work = await claim_work(runtime, self.settings, trust_leases=trust_leases, extra=failed)
+        work = await claim_work(
+            runtime,
+            self.settings,
+            trust_leases=trust_leases,
+            extra=failed,
+            start_budget=await paced_start_budget(
+                runtime, self.pace, asyncio.get_running_loop().time()
+            ),
+        )
+        self.pace.spend(sum(repair.kind == "paced start" for repair in work.repairs))
         if not work:
             return Counter()
         get_run_logger().info("repairing: %s", work.summary)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Larger webhook bodies are refused with 413 (Meta's payloads are a few KB).",
     )
+    import_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="The largest lead import POST /api/conversations/bulk takes (10,000 "
+        "leads as CSV are about 1 MB); larger files: `parley leads import`.",
+    )
     api_keys: SecretStr = Field(
         default=SecretStr("parley-demo-api-key"),
         description="Bearer keys of the operator REST API, comma-separated (rotate by listing "
@@ -128,6 +134,16 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         description="How often a dispatcher run looks for work (starts, resumes, recoveries).",
+    )
+
+    run_starts_per_second: float = Field(
+        default=2.0,
+        gt=0,
+        description="How many flow runs of imported leads' conversations the dispatcher "
+        "creates per second on average (at most 5 s worth at once, none while 10 s worth wait "
+        "for a worker): a 10,000-lead import reaches the Prefect server at a pace it holds, "
+        "not at once. Single starts are not paced. Measured with `make bench-import` "
+        "(docs/performance.md).",
     )
 
     parked_health_check_seconds: float = Field(

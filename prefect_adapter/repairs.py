@@ -4,6 +4,8 @@ Requests try to start or resume runs right after storing a message; the dispatch
 repair what they could not, in four kinds:
 
 * **start** — stored, but no flow run was created (Prefect was down);
+* **paced start** — a lead import's conversation: its first run is created here, at
+  ``PARLEY_RUN_STARTS_PER_SECOND`` (``StartPace``), never all of an import at once;
 * **resume** — suspended while a message waits, or an operator asked for it (a resume gave up);
 * **wake** — suspended on a timer whose time has come (on the runtime's clock);
 * **look** — suspended, and an operator resumed it, completed its task or signalled it;
@@ -48,7 +50,7 @@ from prefect_adapter.runs import ResumeOutcome, create_run, resume_once, start_r
 
 log = logging.getLogger(__name__)
 
-RepairKind = Literal["start", "resume", "wake", "look", "end", "recover"]
+RepairKind = Literal["start", "paced start", "resume", "wake", "look", "end", "recover"]
 START_GRACE = timedelta(seconds=2)  # the webhook starts new conversations itself, first
 MAX_RECOVERIES = 5  # failures of its runs in a row (no step between) before it is failed
 BATCH = 200  # rows claimed per kind and tick; rows in backoff are skipped, never starving
@@ -81,8 +83,57 @@ class SweepWork:
         return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "nothing"
 
 
+class StartPace:
+    """A token bucket for the runs of imported conversations: ``per_second`` starts on
+    average, at most ``BURST_SECONDS`` worth at once (at least one), so 10,000 imported leads
+    reach the Prefect server at a rate it holds while single starts (not paced) go on at once.
+    The burst absorbs a tick that took longer than its interval (a slow sweep): the pace is
+    kept on average instead of lost."""
+
+    BURST_SECONDS = 5.0
+
+    def __init__(self, per_second: float, now: float) -> None:
+        self.per_second = per_second
+        self.capacity = max(1.0, per_second * self.BURST_SECONDS)
+        self.tokens = 1.0  # a fresh dispatcher run starts gently, then at the pace
+        self.refilled_at = now
+
+    def budget(self, now: float) -> int:
+        """Starts allowed right now."""
+        elapsed = max(0.0, now - self.refilled_at)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.per_second)
+        self.refilled_at = now
+        return int(self.tokens)
+
+    def spend(self, starts: int) -> None:
+        self.tokens = max(0.0, self.tokens - starts)
+
+    @property
+    def in_flight_cap(self) -> int:
+        """Runs created but not yet taken over by a worker, at most: when the worker or the
+        server falls behind, no more are created until they catch up (never a pile of runs
+        that would be rescheduled as lost a lease later)."""
+        return max(5, int(self.per_second * self.IN_FLIGHT_SECONDS))
+
+    IN_FLIGHT_SECONDS = 10.0
+
+
+async def paced_start_budget(rt: Runtime, pace: StartPace, now: float) -> int:
+    """The pace's budget, less what the worker has not taken over yet."""
+    budget = pace.budget(now)
+    if budget <= 0:
+        return 0
+    async with rt.db.read() as session:
+        in_flight = await queries.repairs.paced_starts_in_flight(session)
+    return max(0, min(budget, pace.in_flight_cap - in_flight))
+
+
 def _conditions(
-    settings: Settings, now: datetime, clock_now: datetime, trust_leases: bool
+    settings: Settings,
+    now: datetime,
+    clock_now: datetime,
+    trust_leases: bool,
+    start_budget: int = 0,
 ) -> dict[RepairKind, Any]:
     lease = timedelta(seconds=settings.lease_seconds)
     conditions: dict[RepairKind, Any] = {
@@ -92,16 +143,21 @@ def _conditions(
         "look": queries.repairs.owed_a_look(now, lease),
         "end": queries.repairs.owed_an_ending(now, lease),
     }
+    if start_budget > 0:
+        conditions["paced start"] = queries.repairs.owed_a_paced_start(now, lease)
     if trust_leases:
         conditions["recover"] = queries.repairs.lost_its_process(now, lease)
     return conditions
 
 
-async def anything_owed(rt: Runtime, settings: Settings, *, trust_leases: bool) -> bool:
+async def anything_owed(
+    rt: Runtime, settings: Settings, *, trust_leases: bool, start_budget: int = 0
+) -> bool:
     """One cheap read, no lock: an idle tick writes nothing and costs Prefect nothing."""
     now = utcnow()
+    conditions = _conditions(settings, now, rt.clock.now(), trust_leases, start_budget)
     async with rt.db.read() as session:
-        for condition in _conditions(settings, now, rt.clock.now(), trust_leases).values():
+        for condition in conditions.values():
             stmt = select(exists().where(condition, queries.repairs.repair_due(now)))
             if await session.scalar(stmt):
                 return True
@@ -109,15 +165,23 @@ async def anything_owed(rt: Runtime, settings: Settings, *, trust_leases: bool) 
 
 
 async def claim_work(
-    rt: Runtime, settings: Settings, *, trust_leases: bool, extra: tuple[Repair, ...] = ()
+    rt: Runtime,
+    settings: Settings,
+    *,
+    trust_leases: bool,
+    extra: tuple[Repair, ...] = (),
+    start_budget: int = 0,
 ) -> SweepWork:
     """``trust_leases``: the dispatcher itself reached the database for a whole lease, so an
-    expired lease means a dead process — not a database that was away for everyone."""
+    expired lease means a dead process — not a database that was away for everyone.
+    ``start_budget``: how many imported conversations' runs may be started (``StartPace``)."""
     now = utcnow()
     repairs: list[Repair] = list(extra)
+    conditions = _conditions(settings, now, rt.clock.now(), trust_leases, start_budget)
     async with rt.db.transaction() as session:
-        for kind, condition in _conditions(settings, now, rt.clock.now(), trust_leases).items():
-            rows = await queries.repairs.claim_for_repair(session, condition, now, BATCH)
+        for kind, condition in conditions.items():
+            limit = min(BATCH, start_budget) if kind == "paced start" else BATCH
+            rows = await queries.repairs.claim_for_repair(session, condition, now, limit)
             for row in rows:
                 conversation_row.claimed_for_repair(row, now)
             repairs += [Repair(kind, row.id, row.flow_run_id) for row in rows]
@@ -195,7 +259,7 @@ async def repair(rt: Runtime, settings: Settings, work: SweepWork) -> dict[str, 
 
 
 async def _repair_one(rt: Runtime, settings: Settings, item: Repair) -> str:
-    if item.kind == "start":
+    if item.kind in ("start", "paced start"):
         await start_run(rt.db, settings, item.conversation_id)
         return "started"
     assert item.flow_run_id is not None

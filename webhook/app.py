@@ -41,6 +41,7 @@ from webhook.routes import (
     campaigns,
     email,
     identities,
+    lead_imports,
     linkedin,
     sending,
     suppressions,
@@ -156,28 +157,31 @@ class BodySizeLimit:
     """Refuse bodies over ``limit`` bytes with 413 before they are read into memory: webhook
     URLs are public, and a provider's payloads are small."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
+        """``larger``: paths that take bigger bodies (a lead import's file), with their limit."""
         self.app = app
         self.limit = limit
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.limit)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
             return
-        await self.app(scope, self._counting(receive), send)
+        await self.app(scope, self._counting(receive, limit), send)
 
-    def _counting(self, receive: Receive) -> Receive:
+    def _counting(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise _BodyTooLarge
             return message
 
@@ -210,6 +214,7 @@ def create_app() -> FastAPI:
     application.include_router(email.router)
     application.include_router(campaigns.router)  # before api: /campaigns/{name}/{command}
     application.include_router(sending.router)  # before api: /conversations/{id}/{command}
+    application.include_router(lead_imports.router)  # before api: /conversations/{id}
     application.include_router(api.router)
     application.include_router(identities.router)
     application.include_router(suppressions.router)
@@ -228,7 +233,11 @@ def create_app() -> FastAPI:
 
     for unavailable in (*STORAGE_UNAVAILABLE, StorageNotReady):
         application.add_exception_handler(unavailable, _storage_unavailable)
-    application.add_middleware(BodySizeLimit, limit=get_settings().webhook_max_body_bytes)
+    application.add_middleware(
+        BodySizeLimit,
+        limit=get_settings().webhook_max_body_bytes,
+        larger={lead_imports.BULK_PATH: get_settings().import_max_body_bytes},
+    )
     return application
 
 

@@ -29,6 +29,7 @@ from parley.campaign.expressions import Expression, ExpressionError, parse_expre
 from parley.campaign.loading import campaign_digest, load_campaign, parse_campaign
 from parley.campaign.model import (
     DEFAULT_RETRY,
+    AddToCampaignNode,
     AskNode,
     BranchNode,
     BundleNode,
@@ -57,6 +58,7 @@ __all__ = [
     "WHEN_INVALID",
     "WHEN_NO_REPLY",
     "WHEN_REPLIED",
+    "AddToCampaignNode",
     "AnswerCheck",
     "AskNode",
     "BranchNode",

@@ -23,6 +23,7 @@ from parley.campaign.draft import Draft, Problem
 from parley.campaign.durations import format_duration
 from parley.campaign.graph import Arc, FlowGraph, cycle_through, reach
 from parley.campaign.model import (
+    AddToCampaignNode,
     AskNode,
     BundleNode,
     Edge,
@@ -67,8 +68,12 @@ def _calm(graph: FlowGraph, arc: Arc) -> bool:
     """An arc taken without waiting, between nodes that do not wait. Edges that can never be
     taken (from an end node, ``invalid`` off an ask) are reported elsewhere and form no loop."""
     edge = arc.edge
-    if edge is None or edge.interrupts or isinstance(edge.when, TaskResultCondition):
+    if edge is None or edge.interrupts:
         return False
+    if isinstance(edge.when, TaskResultCondition) and isinstance(
+        graph.nodes.get(arc.source), TaskNode
+    ):
+        return False  # a person completes the task: it waits (add_to_campaign's does not)
     if edge.when == WHEN_INVALID or graph.waits(arc.target):
         return False
     return not isinstance(graph.nodes.get(arc.source), EndNode)
@@ -94,7 +99,7 @@ def _uncovered(node: Node, edges: Sequence[Edge]) -> str | None:
         return None  # always matches, or will once the time has passed
     if isinstance(node, WaitForReplyNode):
         return _reply_uncovered(node, whens)
-    if isinstance(node, TaskNode):
+    if isinstance(node, TaskNode | AddToCampaignNode):
         return _task_uncovered(node, whens)
     if _complementary(whens) or _answer_tested(node, whens):
         return None
@@ -115,7 +120,7 @@ def _reply_uncovered(node: WaitForReplyNode, whens: Sequence[object]) -> str | N
     return f"wait_for_reply node {node.id!r} needs {' and '.join(missing)}, or {_DEFAULT_EDGE}"
 
 
-def _task_uncovered(node: TaskNode, whens: Sequence[object]) -> str | None:
+def _task_uncovered(node: TaskNode | AddToCampaignNode, whens: Sequence[object]) -> str | None:
     handled = {
         when.task_result.casefold() for when in whens if isinstance(when, TaskResultCondition)
     }
@@ -123,7 +128,8 @@ def _task_uncovered(node: TaskNode, whens: Sequence[object]) -> str | None:
     if not missing or _complementary(whens):
         return None
     return (
-        f"task node {node.id!r} needs an edge for outcome {', '.join(map(repr, missing))} "
+        f"{node.type} node {node.id!r} needs an edge for outcome "
+        f"{', '.join(map(repr, missing))} "
         f"(when: {{task_result: {missing[0]}}}) or {_DEFAULT_EDGE}"
     )
 
@@ -226,15 +232,15 @@ def _hears_replies(node: Node) -> bool:
 
 
 def _task_result_placement(when: TaskResultCondition, node: Node) -> str | None:
-    if not isinstance(node, TaskNode):
+    if not isinstance(node, TaskNode | AddToCampaignNode):
         return (
-            f"'task_result' only applies to edges leaving a task node, and {node.id!r} is a "
-            f"{node.type} node"
+            f"'task_result' only applies to edges leaving a task or add_to_campaign node, and "
+            f"{node.id!r} is a {node.type} node"
         )
     if when.task_result.casefold() in {outcome.casefold() for outcome in node.outcomes}:
         return None
     return (
-        f"'task_result: {when.task_result}' is not an outcome of task {node.id!r}; its "
+        f"'task_result: {when.task_result}' is not an outcome of {node.type} {node.id!r}; its "
         f"outcomes are {', '.join(map(repr, node.outcomes))}"
     )
 

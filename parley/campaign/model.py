@@ -29,6 +29,7 @@ from parley.campaign.durations import Duration, parse_zone
 from parley.campaign.names import EnvName, NodeId, Slug, VariableName
 from parley.campaign.nodes import (
     DEFAULT_RETRY,
+    AddToCampaignNode,
     AskNode,
     BranchNode,
     BundleNode,
@@ -48,6 +49,7 @@ from parley.errors import NotFound
 
 __all__ = [  # the nodes are re-exported: callers import them from here as before
     "DEFAULT_RETRY",
+    "AddToCampaignNode",
     "AskNode",
     "BranchNode",
     "BundleNode",

@@ -569,6 +569,25 @@ def _result_model(
     return model
 
 
+PLACEMENT_OUTCOMES: Final = ("started", "skipped", "invalid")
+"""What ``add_to_campaign`` made of the lead (``{task_result: <outcome>}`` edges)."""
+
+
+class AddToCampaignNode(_NodeBase):
+    """Start this lead in another campaign, as this conversation's identity or ``identity``,
+    through the lead import's path and checks (an active conversation with that identity, the
+    do-not-contact list, the campaign's inputs from this conversation's variables). Its
+    outcome (``started``, ``skipped``, ``invalid``) is the node's ``task_result``."""
+
+    type: Literal["add_to_campaign"] = "add_to_campaign"
+    campaign: Annotated[str, Field(min_length=1, max_length=100)]
+    identity: int | None = Field(default=None, ge=1)
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        return PLACEMENT_OUTCOMES
+
+
 Node = Annotated[
     SendNode
     | BundleNode
@@ -579,7 +598,8 @@ Node = Annotated[
     | WaitForReplyNode
     | BranchNode
     | SetNode
-    | TaskNode,
+    | TaskNode
+    | AddToCampaignNode,
     Field(discriminator="type"),
 ]
 NODE_TYPES: Final = (
@@ -593,6 +613,7 @@ NODE_TYPES: Final = (
     "branch",
     "set",
     "task",
+    "add_to_campaign",
 )
 """Every ``type`` a node may have, in the order the documentation lists them."""
 

@@ -11,6 +11,7 @@ from parley.cli.campaigns import campaign_app
 from parley.cli.common import console
 from parley.cli.conversations import conversations_app
 from parley.cli.identities import identities_app
+from parley.cli.leads import leads_app
 from parley.cli.sending import send
 from parley.cli.suppressions import suppress_app
 from parley.db import migrate as db_migrate
@@ -23,6 +24,7 @@ app.add_typer(campaign_app, name="campaign")
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(identities_app, name="identity")
 app.add_typer(suppress_app, name="suppress")
+app.add_typer(leads_app, name="leads")
 app.command("send")(send)
 
 

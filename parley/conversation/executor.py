@@ -24,7 +24,7 @@ from parley.campaign.conditions import LeadFacts
 from parley.campaign.registry import start_node_of
 from parley.campaign.templates import secret_names
 from parley.channels.base import OutboundMessage, SenderIdentity
-from parley.conversation import handoff, outbox, whatsapp_numbers
+from parley.conversation import handoff, lead_import, outbox, whatsapp_numbers
 from parley.conversation import row as conversation_row
 from parley.conversation.outbox import SendDropped, SendSuperseded
 from parley.conversation.planner import after_http, plan_failure, plan_step
@@ -349,6 +349,9 @@ async def _commit_locked(
         conversation_row.expect_action(row, step)
     await _record_visit(session, row, t, now)
     conversation_row.step_taken(row, step, t, lease_seconds, now)
+    if t.placement is not None:  # in the step's transaction: a replay finds it done
+        outcome = await lead_import.place_from_conversation(session, row, t.placement, step)
+        conversation_row.placed(row, outcome)
 
 
 async def _hand_over_unread(session: AsyncSession, row: Conversation) -> int | None:

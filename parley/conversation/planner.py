@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from parley.campaign import (
+    AddToCampaignNode,
     AskNode,
     BundleNode,
     Campaign,
@@ -47,6 +48,7 @@ from parley.channels.base import OutboundMessage
 from parley.conversation.state_machine import (
     ActionIntent,
     HttpCall,
+    Placement,
     Reply,
     Snapshot,
     Transition,
@@ -201,6 +203,9 @@ def _do_work(step: _Step) -> Transition:
             timeout_seconds=node.timeout_seconds,
         )
         return replace(_stay(step, variables, done=False), wait=None, http=call)
+    if isinstance(node, AddToCampaignNode):
+        placement = Placement(node.campaign, node.identity)
+        return replace(_stay(step, variables, done=True), wait=None, placement=placement)
     if isinstance(node, SetNode):
         variables.update(node.evaluate(variables, step.env))  # ExpressionError: the error edge
         return _leave_or_wait(step, variables)

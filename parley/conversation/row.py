@@ -174,6 +174,13 @@ def action_settled(
     touch(row)
 
 
+def placed(row: Conversation, outcome: Mapping[str, Any]) -> None:
+    """An ``add_to_campaign`` node started (or skipped) the lead elsewhere: its outcome is the
+    node's ``task_result``, which its edges read in the next step."""
+    row.task_result = dict(outcome)
+    touch(row)
+
+
 def action_taken_over(row: Conversation, reason: str) -> None:
     """A person's hand-sent message stands in for the action the conversation waits for; the
     conversation is paused next, so no wake is owed."""

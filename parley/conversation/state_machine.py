@@ -139,6 +139,15 @@ class ActionIntent:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """An ``add_to_campaign`` node's work: start the lead in ``campaign`` as ``identity_id``
+    (None: this conversation's identity), in the same transaction as the step."""
+
+    campaign: str
+    identity_id: int | None = None
+
+
+@dataclass(frozen=True)
 class Transition:
     """The new state after a step plus the one effect that step performs."""
 
@@ -151,6 +160,7 @@ class Transition:
     outbound: OutboundMessage | None = None
     http: HttpCall | None = None
     action: ActionIntent | None = None  # queued with the state change; the run waits for it
+    placement: Placement | None = None  # started with the state change; its outcome is next
     error: str | None = None  # why the conversation failed, or why it took an error edge
     entered: bool = False  # it moved to ``current_node``: a new visit, timers count from now
     node_done: bool = False

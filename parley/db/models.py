@@ -153,6 +153,7 @@ class Conversation(Base):
         ),
         Index("ix_conversations_status", "status"),
         Index("ix_conversations_wake_at", "wake_at"),
+        Index("ix_conversations_import_id", "import_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -200,6 +201,9 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
+    # The lead import that created it: its first run is started by the dispatcher, paced
+    # (``PARLEY_RUN_STARTS_PER_SECOND``), not at once by whoever created it.
+    import_id: Mapped[int | None] = mapped_column(Integer)  # lead_imports.id (no FK: 0010)
 
     # Optimistic locking: every UPDATE checks and bumps ``version`` (StaleDataError on conflict).
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
@@ -348,6 +352,55 @@ class WebhookEvent(Base):
     kind: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LeadImport(Base):
+    """One import of leads (a CSV or JSONL file, or a REST body) into a campaign for an identity.
+    Its rows are stored before any conversation is created, so an import interrupted between
+    batches is finished by importing the same content again (same ``digest``)."""
+
+    __tablename__ = "lead_imports"
+    __table_args__ = (Index("ix_lead_imports_digest", "digest", "campaign", "identity_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(100))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id"))
+    source: Mapped[str] = mapped_column(String(255))  # the file's name, "rest", a node
+    digest: Mapped[str] = mapped_column(String(64))  # of the rows, the campaign, the identity
+    status: Mapped[str] = mapped_column(String(16), default="importing")  # importing -> done
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+_OPEN_ROW_SQL = "outcome IS NULL"
+
+
+class LeadImportRow(Base):
+    """One lead of an import: what the file said (normalised), and what became of it:
+    ``started``, ``skipped`` or ``invalid`` with the reason; no outcome yet = not done."""
+
+    __tablename__ = "lead_import_rows"
+    __table_args__ = (
+        UniqueConstraint("import_id", "row_number"),
+        Index(
+            "ix_lead_import_rows_open",
+            "import_id",
+            "row_number",
+            sqlite_where=text(_OPEN_ROW_SQL),
+            postgresql_where=text(_OPEN_ROW_SQL),
+        ),
+        Index("ix_lead_import_rows_lead", "lead_key", "outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("lead_imports.id"))
+    row_number: Mapped[int] = mapped_column(Integer)  # 1 = the first lead (CSV: after the header)
+    lead_key: Mapped[str | None] = mapped_column(String(300))  # "channel:address"
+    lead: Mapped[dict[str, Any]] = mapped_column(default=dict)  # channel, address, name, ...
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    conversation_id: Mapped[int | None] = mapped_column(Integer)
 
 
 _INSTALLATION_WIDE_SQL = "identity_id IS NULL"

@@ -29,7 +29,19 @@ import yaml
 from hypothesis import strategies as st
 
 BASE_VARIABLES = ("v0", "v1", "v2")
-NODE_TYPES = ("send", "ask", "http", "wait", "wait_for_reply", "branch", "set", "task", "bundle")
+NODE_TYPES = (
+    "send",
+    "ask",
+    "http",
+    "wait",
+    "wait_for_reply",
+    "branch",
+    "set",
+    "task",
+    "bundle",
+    "add_to_campaign",
+)
+PLACEMENT_OUTCOMES = ("started", "skipped", "invalid")
 ACTIONS = (
     "email",
     "linkedin_message",
@@ -146,6 +158,9 @@ def _fields(draw: st.DrawFn, kind: str, index: int) -> dict[str, Any]:
         return {"set": {f"s{index}": draw(value)}}
     if kind == "task":
         return draw(_task_fields(index))
+    if kind == "add_to_campaign":
+        fields = {"campaign": draw(st.sampled_from(["nurture", "upsell"]))}
+        return {**fields, **({"identity": draw(st.integers(1, 3))} if draw(st.booleans()) else {})}
     return {}
 
 
@@ -271,6 +286,8 @@ def _cover(graph: _Draft, index: int, targets: list[str]) -> list[dict[str, Any]
         whens: list[object] = ["replied", "no_reply"]
     elif node["type"] == "task":
         whens = [{"task_result": outcome} for outcome in node["outcomes"]]
+    elif node["type"] == "add_to_campaign":
+        whens = [{"task_result": outcome} for outcome in PLACEMENT_OUTCOMES]
     else:
         whens = [None]
     edges = []

@@ -38,6 +38,7 @@ from parley.campaign import (
 )
 from parley.campaign.conditions import LeadFacts
 from parley.campaign.model import queues_actions
+from parley.campaign.nodes import PLACEMENT_OUTCOMES
 from parley.campaign.schema import build_campaign
 from parley.conversation.planner import after_http, plan_failure, plan_step
 from parley.conversation.state_machine import Reply, Snapshot, Transition, Wait
@@ -239,6 +240,9 @@ class Run:
                 return unchanged(snapshot)  # outbox.deliver drops a superseded follow-up
             if self.data.draw(st.integers(0, 19)) == 0:
                 return self.failed(snapshot, "PermanentChannelError: refused")
+        if t.placement is not None:  # executor: lead_import.place_from_conversation
+            outcome = self.data.draw(st.sampled_from(PLACEMENT_OUTCOMES))
+            t = replace(t, task_result={"outcome": outcome, "reason": None})
         if t.http is not None:
             self.now += self.data.draw(SMALL_STEP)
             if self.data.draw(st.integers(0, 9)) == 0:

@@ -300,8 +300,8 @@ async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
     """``POST /api/conversations/{id}/send`` then ``POST /api/conversations/{id}/resume``."""
     from parley.settings import Settings
     from tests.operator_api import API_KEY, operator_api
-    from webhook.routes import api as api_routes
     from webhook import deps
+    from webhook.routes import api as api_routes
     from webhook.routes import sending as sending_routes
 
     identity_id, cid = await _visit_queued(db, rt, campaign, gateway, clock)

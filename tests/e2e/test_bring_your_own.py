@@ -67,7 +67,7 @@ on_reply: stopped
 start: visit
 nodes:
   - {id: visit, type: send, action: linkedin_profile_visit}
-  - {id: connect, type: send, action: linkedin_connection, text: "Hi {first_name}, shall we connect?"}
+  - {id: connect, type: send, action: linkedin_connection, text: "Hi {first_name}, connect?"}
   - {id: wait_accept, type: branch}
   - {id: message, type: send, action: linkedin_message, text: "MESSAGE_TEXT"}
   - {id: wait_message, type: wait_for_reply, timeout: 4d}
@@ -324,8 +324,6 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
         for a in await _rows(stack, Action, Action.identity_id == seat)
         if a.type == "linkedin_connection" and a.outcome == "sent" and a.performed_at
     ]
-    assert sum(a.performed_at >= MONDAY_09 for a in monday if a.performed_at) == (
-        DAILY_CONNECTIONS
-    )
+    assert sum(a.performed_at >= MONDAY_09 for a in monday if a.performed_at) == (DAILY_CONNECTIONS)
     requests = sorted(a.performed_at for a in monday if a.performed_at)
     assert all(b - a >= timedelta(seconds=1) for a, b in itertools.pairwise(requests))

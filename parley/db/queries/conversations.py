@@ -235,3 +235,42 @@ async def active_ids_off_version(
         .order_by(Conversation.id)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def active_with_identity(
+    session: AsyncSession, identity_id: int, contact_ids: Sequence[int]
+) -> dict[int, int]:
+    """Contacts among ``contact_ids`` with an active conversation with the identity: contact id
+    -> conversation id (a batch's ``lock_active_conversation``; the unique index on the pair
+    refuses a racing creation at flush)."""
+    if not contact_ids:
+        return {}
+    stmt = select(Conversation.contact_id, Conversation.id).where(
+        Conversation.identity_id == identity_id,
+        Conversation.contact_id.in_(list(contact_ids)),
+        Conversation.status.in_(ACTIVE),
+    )
+    return {contact_id: cid for contact_id, cid in (await session.execute(stmt)).all()}
+
+
+def new_imported_conversation(
+    session: AsyncSession,
+    identity_id: int,
+    contact_id: int,
+    campaign: CampaignVersion,
+    start_node: str,
+    import_id: int,
+) -> Conversation:
+    """A pending conversation of a lead import, added to the session (flushed by the caller
+    with its batch): the dispatcher starts its run, paced."""
+    row = Conversation(
+        identity_id=identity_id,
+        contact_id=contact_id,
+        campaign_version_id=campaign.id,
+        status=Status.PENDING,
+        current_node=start_node,
+        variables={},
+        import_id=import_id,
+    )
+    session.add(row)
+    return row

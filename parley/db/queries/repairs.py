@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.db.models import Conversation
@@ -27,12 +27,25 @@ def _has_unread() -> Any:
 
 
 def owed_a_start(now: datetime, grace: timedelta) -> Any:
-    """Stored, but no flow run was created: the webhook gets ``grace`` to do it first."""
+    """Stored, but no flow run was created: the webhook gets ``grace`` to do it first. Not a
+    lead import's: those wait for ``owed_a_paced_start``."""
     return (
         (Conversation.status == Status.PENDING)
         & Conversation.flow_run_id.is_(None)
+        & Conversation.import_id.is_(None)
         & (Conversation.created_at < now - grace)
         & _not_just_handed_over(now - grace)
+    )
+
+
+def owed_a_paced_start(now: datetime, lease: timedelta) -> Any:
+    """A lead import's conversation whose first run nobody creates but the dispatcher, at
+    the configured pace (oldest first: ``claim_for_repair`` orders by id)."""
+    return (
+        (Conversation.status == Status.PENDING)
+        & Conversation.flow_run_id.is_(None)
+        & Conversation.import_id.is_not(None)
+        & _not_just_handed_over(now - lease)
     )
 
 
@@ -67,6 +80,17 @@ def owed_an_ending(now: datetime, lease: timedelta) -> Any:
         & Conversation.wake_requested_at.is_not(None)
         & _not_just_handed_over(now - lease)
     )
+
+
+async def paced_starts_in_flight(session: AsyncSession) -> int:
+    """Imported conversations whose run was created but has not taken them over yet: runs
+    Prefect and the worker still owe a start."""
+    stmt = select(func.count()).where(
+        (Conversation.status == Status.PENDING)
+        & Conversation.import_id.is_not(None)
+        & Conversation.flow_run_id.is_not(None)
+    )
+    return int(await session.scalar(stmt) or 0)
 
 
 def owed_a_wake(clock_now: datetime, now: datetime, lease: timedelta) -> Any:
