@@ -158,7 +158,10 @@ async def test_a_suppressed_lead_is_skipped_and_takes_the_other_edge(
     await _install(db, tmp_path, "nurture", NURTURE)
     await _install(db, tmp_path, "mover", _mover("nurture", second))
     async with db.transaction() as session:
-        await suppression.add(session, "https://www.linkedin.com/in/bo", "unsubscribed")
+        # For the seat it would move to: installation-wide, the mover itself is never started.
+        await suppression.add(
+            session, "https://www.linkedin.com/in/bo", "unsubscribed", identity_id=second
+        )
 
     mover = await _run_mover(rt, first, "https://www.linkedin.com/in/bo")
 
