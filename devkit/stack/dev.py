@@ -41,8 +41,9 @@ from devkit.fakes.whatsapp_fake import FakeWhatsAppAPI
 from devkit.stack.processes import Stack, StackError, api_is_healthy, free_port
 from parley.campaign import load_campaign
 from parley.campaign.registry import install_campaign
-from parley.db import Database, migrate
-from parley.errors import ParleyError
+from parley.db import Database, migrate, queries
+from parley.errors import AlreadyExists, ParleyError
+from parley.outreach import identities
 from parley.settings import Settings, is_loopback
 
 DEFAULT_PREFECT_PORT = 4200
@@ -271,6 +272,70 @@ def _install_outreach_campaign(database_url: str) -> str | None:
     return asyncio.run(install())
 
 
+WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DEV_SEAT_POLICY: dict[str, Any] = {
+    "working_hours": {"weekly": {day: ["00:00-24:00"] for day in WEEK}},
+    "limits": {
+        "actions": {
+            "linkedin_profile_visit": {"spacing": "1s"},
+            "linkedin_connection": {"daily": 25, "spacing": "3s"},
+            "linkedin_message": {"spacing": "3s"},
+            "email": {"spacing": "3s"},
+        }
+    },
+}
+"""Open around the clock, so a trial under ``parley dev`` moves whatever the hour; small caps,
+so the dispatcher's waits show within minutes (``parley identity show``). Change it with
+``parley identity update``: a restart keeps the operator's policy and only re-points the
+seat at this run's fakes."""
+
+
+def _dev_seat(database_url: str, fakes: OutreachFakes) -> int | None:
+    """A LinkedIn seat on the fake gateway (its mailbox on the loopback SMTP server) as a sender
+    identity, so a newcomer can publish a LinkedIn campaign and import leads for it at once:
+    the fakes listen on new ports each start, so the settings are written again every time."""
+    account = fakes.gateway_account_id
+    if account is None or fakes.gateway_url is None:
+        return None
+    seat_settings: dict[str, Any] = {
+        "account_id": account,
+        "gateway_url": fakes.gateway_url,
+        "api_key": fakes.gateway_api_key,
+    }
+    if fakes.smtp_host is not None:
+        seat_settings["email"] = {
+            "address": f"{account}@parley.example",
+            "smtp_host": fakes.smtp_host,
+            "smtp_port": fakes.smtp_port,
+            "starttls": False,
+        }
+
+    async def ensure() -> int:
+        db = Database(database_url)
+        try:
+            try:
+                added = await identities.add_identity(
+                    db,
+                    "linkedin",
+                    account,
+                    name="parley dev seat",
+                    policy=DEV_SEAT_POLICY,
+                    settings=seat_settings,
+                )
+                return int(added["id"])
+            except AlreadyExists:
+                pass
+            async with db.read() as session:
+                found = await queries.identities.find_identity(session, "linkedin", account)
+            assert found is not None
+            await identities.update_identity(db, found.id, settings=seat_settings)
+            return found.id
+        finally:
+            await db.dispose()
+
+    return asyncio.run(ensure())
+
+
 def _linkedin_route_missing(settings: Settings, running: RunningStack) -> None:
     """Until the webhook serves ``/webhooks/linkedin``, the fake keeps its events to itself
     rather than retrying into a 404."""
@@ -337,7 +402,10 @@ def bring_up(settings: Settings, *, fake_providers: bool | None = None) -> Runni
         running.endpoints = _start_endpoints(_campaign_endpoints(settings, fake_providers))
         for name, endpoint in running.endpoints.items():
             console.print(f"[dim]example endpoint for {name} at {endpoint.url}[/]")
-        _start_outreach_fakes(settings, running, fake_providers)
+        fakes = _start_outreach_fakes(settings, running, fake_providers)
+        seat = _dev_seat(settings.resolved_database_url, fakes)
+        if seat is not None:
+            console.print(f"LinkedIn seat {fakes.gateway_account_id}: [bold]identity {seat}[/]")
         console.print("[dim]starting the worker and the webhook...[/]")
         stack.start_worker()
         stack.wait_for_deployment(settings.conversation_deployment)

@@ -5,15 +5,18 @@ it names a busy port instead of crashing, and Ctrl-C stops everything it started
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,9 +106,23 @@ def test_dev_starts_the_stack_and_ctrl_c_stops_all_of_it(
         )
         assert verify.text == "42"
         assert not port_is_free(graph_port)  # the fake Graph API is up on its configured port
+        seat = _dev_seat(tmp_path / "dev.db")
+        # A newcomer's LinkedIn campaign and leads need a seat: it is there, on the fake gateway.
+        assert not port_is_free(int(seat["gateway_url"].rsplit(":", 1)[1].split("/")[0]))
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+        printed = process.stdout.read().decode() if process.stdout else ""
     assert port_is_free(webhook_port) and port_is_free(graph_port)
+    assert f"LinkedIn seat {seat['account_id']}: identity " in printed, printed
+
+
+def _dev_seat(database: Path) -> dict[str, Any]:
+    """The settings of the LinkedIn identity ``parley dev`` added for its fake gateway's seat."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT settings FROM identities WHERE channel = 'linkedin'")
+        found = [json.loads(settings) for (settings,) in rows]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_a_conversation_typed_into_parley_dev_completes_with_the_default_campaign(

@@ -76,7 +76,7 @@ async def test_an_imports_runs_are_started_by_the_dispatcher_a_few_at_a_time(
     stack = import_stack
     async with httpx.AsyncClient(timeout=60) as client:
         published = await client.post(
-            f"http://127.0.0.1:{stack.webhook_port}/api/campaigns",
+            f"http://127.0.0.1:{stack.webhook_port}/api/campaigns?activate=true",
             content=CAMPAIGN.encode(),
             headers={"Authorization": f"Bearer {API_KEY}"},
         )

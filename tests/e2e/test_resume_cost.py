@@ -50,13 +50,13 @@ async def test_resume_cost_does_not_grow_with_the_number_of_earlier_turns(
 ) -> None:
     stack: E2EStack = stack_factory("postgresql", hot_wait=0, campaign=ECHO)
     user = stack.user("Judy")
-    assert await user.say("hello") == ["Say something (or stop)."]
+    assert await user.say("hello") == ["Say something (or quit)."]
     for turn in range(1, TURNS + 1):
         await stack.wait_for_status(user, "suspended")
         answers = await user.say(f"m{turn}", expect=2)
-        assert answers == [f"You said m{turn}.", "Say something (or stop)."]
+        assert answers == [f"You said m{turn}.", "Say something (or quit)."]
     await stack.wait_for_status(user, "suspended")
-    assert await user.say("stop") == ["Bye!"]
+    assert await user.say("quit") == ["Bye!"]
     detail = await stack.wait_for_status(user, "completed")
 
     attempts: dict[int, Counter[str]] = {}
