@@ -12,11 +12,12 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -49,6 +50,16 @@ class E2EStack:
     worker_env: dict[str, str] | None = None  # e.g. its database or Prefect behind a proxy
     shared: bool = False  # the session's pg_stack: outlives the module that started it
     stopped: bool = False
+
+    async def api(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """The operator REST API of this stack, with the test key."""
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await client.request(
+                method,
+                f"http://127.0.0.1:{self.webhook_port}{path}",
+                json=body,
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
 
     @property
     def webhook_url(self) -> str:
@@ -201,3 +212,13 @@ def _stacks_die_with_their_module(stack_factory: Any) -> Iterator[None]:
     for handle in stack_factory.stacks[before:]:
         if not handle.shared:
             handle.stop()
+
+
+async def eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await ready():
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"not within {timeout} s: {what}")

@@ -19,13 +19,11 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -33,7 +31,7 @@ from devkit.fakes.linkedin_gateway import FakeLinkedInGateway
 from parley.clock import DrivenClock
 from parley.db import Database
 from parley.db.models import Action, CampaignVersion, Conversation
-from tests.e2e.conftest import API_KEY, E2EStack
+from tests.e2e.conftest import E2EStack, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -130,16 +128,6 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-async def _api(stack: E2EStack, method: str, path: str, body: Any = None) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await client.request(
-            method,
-            f"http://127.0.0.1:{stack.webhook_port}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-
-
 async def _rows(stack: E2EStack, model: Any, *where: Any) -> list[Any]:
     db = Database(stack.db_url)
     try:
@@ -148,15 +136,6 @@ async def _rows(stack: E2EStack, model: Any, *where: Any) -> list[Any]:
             return list(found.scalars())
     finally:
         await db.dispose()
-
-
-async def _eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await ready():
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def _kinds(gateway: FakeLinkedInGateway, kind: str) -> list[str]:
@@ -180,8 +159,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
 ) -> None:
     stack = own_stack
     clock.set_offset(FRIDAY_15 - datetime.now(UTC))
-    added = await _api(
-        stack,
+    added = await stack.api(
         "POST",
         "/api/identities",
         {
@@ -242,7 +220,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
             and all(a.not_before == MONDAY_09 for a in capped)
         )
 
-    await _eventually("every visit, 10 invitations, the rest put off", friday_done, 120 + LEADS)
+    await eventually("every visit, 10 invitations, the rest put off", friday_done, 120 + LEADS)
     actions = await _rows(stack, Action, Action.identity_id == seat)
     sent = [a for a in actions if a.outcome == "sent"]
     assert all(a.performed_at and a.performed_at.weekday() < 5 for a in sent)
@@ -262,7 +240,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
     capped = [a for a in actions if a.type == "linkedin_connection" and a.status == "queued"]
     suppressed_action = capped[0]
     suppressed_cid = suppressed_action.conversation_id
-    detail = (await _api(stack, "GET", f"/api/conversations/{suppressed_cid}")).json()
+    detail = (await stack.api("GET", f"/api/conversations/{suppressed_cid}")).json()
     suppressed_profile = detail["contact"]
     _ok(_parley(stack, "suppress", "add", suppressed_profile, "--reason", "manual"))
     assert suppressed_profile in _ok(_parley(stack, "suppress", "list"))
@@ -284,7 +262,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
     assert all(versions[c.campaign_version_id] == 2 for c in waiting_accept)
 
     # One of them accepts: its message is version 2's.
-    accepting = (await _api(stack, "GET", f"/api/conversations/{waiting_accept[0].id}")).json()
+    accepting = (await stack.api("GET", f"/api/conversations/{waiting_accept[0].id}")).json()
     accepting_profile = accepting["contact"]
     assert gateway.accept_invitation(SEAT, accepting_profile).wait(15)
 
@@ -294,7 +272,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
             for a in gateway.actions_to(accepting_profile)
         )
 
-    await _eventually("version 2's message to the lead who accepted", v2_message_sent, 90)
+    await eventually("version 2's message to the lead who accepted", v2_message_sent, 90)
 
     # The weekend sends nothing; Monday 09:01 the next 10 invitations, the suppressed lead's
     # invitation is skipped and its conversation ended.
@@ -306,7 +284,7 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
     async def monday_done() -> bool:
         return len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
 
-    await _eventually("Monday's 10 invitations", monday_done, 180)
+    await eventually("Monday's 10 invitations", monday_done, 180)
     skipped = {a.id: a for a in await _rows(stack, Action, Action.identity_id == seat)}[
         suppressed_action.id
     ]
@@ -314,10 +292,10 @@ async def test_own_campaign_imported_leads_suppressed_lead_and_version_two(
     assert "suppressed" in (skipped.reason or "")
 
     async def suppressed_ended() -> bool:
-        body = (await _api(stack, "GET", f"/api/conversations/{suppressed_cid}")).json()
+        body = (await stack.api("GET", f"/api/conversations/{suppressed_cid}")).json()
         return bool(body["status"] in ("completed", "cancelled"))
 
-    await _eventually("the suppressed lead's conversation ended", suppressed_ended, 60)
+    await eventually("the suppressed lead's conversation ended", suppressed_ended, 60)
     assert [a.kind for a in gateway.actions_to(suppressed_profile)] == ["profile_visit"]
     monday = [
         a

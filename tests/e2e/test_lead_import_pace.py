@@ -44,16 +44,6 @@ def import_stack(stack_factory: Any) -> E2EStack:
     return stack
 
 
-async def _api(stack: E2EStack, method: str, path: str, body: Any = None) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await client.request(
-            method,
-            f"http://127.0.0.1:{stack.webhook_port}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-
-
 async def _imported_with_a_run(db: Database) -> tuple[int, int]:
     """(imported conversations with a flow run, imported ones suspended at their wait)."""
     async with db.read() as session:
@@ -81,7 +71,7 @@ async def test_an_imports_runs_are_started_by_the_dispatcher_a_few_at_a_time(
             headers={"Authorization": f"Bearer {API_KEY}"},
         )
     assert published.status_code in (200, 201), published.text
-    seat = await _api(stack, "POST", "/api/identities", {"channel": "linkedin", "address": "s1"})
+    seat = await stack.api("POST", "/api/identities", {"channel": "linkedin", "address": "s1"})
     assert seat.status_code == 201, seat.text
     identity_id = seat.json()["id"]
     rows = [
@@ -89,8 +79,7 @@ async def test_an_imports_runs_are_started_by_the_dispatcher_a_few_at_a_time(
         for n in range(LEADS)
     ]
 
-    posted = await _api(
-        stack,
+    posted = await stack.api(
         "POST",
         "/api/conversations/bulk",
         {"campaign": "slow-burn", "identity_id": identity_id, "rows": rows},
@@ -107,8 +96,7 @@ async def test_an_imports_runs_are_started_by_the_dispatcher_a_few_at_a_time(
             with_run, waiting = await _imported_with_a_run(db)
             seen.append(with_run)
             if single is None and 0 < with_run < LEADS // 2:
-                started = await _api(
-                    stack,
+                started = await stack.api(
                     "POST",
                     "/api/conversations",
                     {
@@ -126,7 +114,7 @@ async def test_an_imports_runs_are_started_by_the_dispatcher_a_few_at_a_time(
             await asyncio.sleep(0.2)
         else:
             raise AssertionError(f"the import's runs never all started: {seen[-5:]}")
-        report = (await _api(stack, "GET", f"/api/imports/{import_id}")).json()
+        report = (await stack.api("GET", f"/api/imports/{import_id}")).json()
     finally:
         await db.dispose()
 

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from sqlalchemy import select
@@ -28,7 +27,7 @@ from parley.clock import DrivenClock
 from parley.conversation import inbox
 from parley.db import Database
 from parley.db.models import Action, utcnow
-from tests.e2e.conftest import API_KEY, ROOT, E2EStack
+from tests.e2e.conftest import ROOT, E2EStack, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -90,16 +89,6 @@ def outreach_stack(
     return stack
 
 
-async def _api(stack: E2EStack, method: str, path: str, body: Any = None) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await client.request(
-            method,
-            f"http://127.0.0.1:{stack.webhook_port}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-
-
 async def _actions(stack: E2EStack, identity_id: int) -> list[Action]:
     db = Database(stack.db_url)
     try:
@@ -110,15 +99,6 @@ async def _actions(stack: E2EStack, identity_id: int) -> list[Action]:
             return list(rows.scalars())
     finally:
         await db.dispose()
-
-
-async def _eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await ready():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def _kinds(gateway: FakeLinkedInGateway, kind: str) -> list[str]:
@@ -132,7 +112,7 @@ def _within_hours(at: datetime) -> bool:
 async def _reply(stack: E2EStack, gateway: FakeLinkedInGateway, profile: str) -> None:
     """Through the gateway's signed webhook once the stack has the route; until then stored in
     the inbox the way that route would (the dispatcher's sweep resumes the run)."""
-    paths = (await _api(stack, "GET", "/openapi.json")).json()["paths"]
+    paths = (await stack.api("GET", "/openapi.json")).json()["paths"]
     if "/webhooks/linkedin" in paths:
         assert gateway.deliver_message(SEAT, profile, "Not interested, thanks").wait(15)
         return
@@ -169,8 +149,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         **gateway.sender(SEAT).settings,
         "email": {"address": "seat@parley.example", **smtp.smtp_settings()},
     }
-    added = await _api(
-        stack,
+    added = await stack.api(
         "POST",
         "/api/identities",
         {"channel": "linkedin", "address": SEAT, "policy": POLICY, "settings": seat_settings},
@@ -181,8 +160,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
     profiles: dict[int, str] = {}
     for n in range(1, LEADS + 1):
         profile = f"https://www.linkedin.com/in/e2e-lead-{n}"
-        started = await _api(
-            stack,
+        started = await stack.api(
             "POST",
             "/api/conversations",
             {
@@ -199,15 +177,15 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         assert started.json()["run"] == "start" and started.json()["run_reached"] is True
         profiles[started.json()["id"]] = profile
     lead = {"campaign": "outreach", "identity_id": identity_id, "address": profiles[1]}
-    again = await _api(
-        stack, "POST", "/api/conversations", {**lead, "variables": {"first_name": "A"}}
+    again = await stack.api(
+        "POST", "/api/conversations", {**lead, "variables": {"first_name": "A"}}
     )
     assert again.status_code == 409, again.text  # already has an active conversation
-    unknown = await _api(
-        stack, "POST", "/api/conversations", {**lead, "identity_id": 999_999, "address": "x"}
+    unknown = await stack.api(
+        "POST", "/api/conversations", {**lead, "identity_id": 999_999, "address": "x"}
     )
     assert unknown.status_code == 404, unknown.text
-    no_inputs = await _api(stack, "POST", "/api/conversations", {**lead, "address": "new"})
+    no_inputs = await stack.api("POST", "/api/conversations", {**lead, "address": "new"})
     assert no_inputs.status_code == 422 and "first_name" in no_inputs.text
 
     # Friday afternoon: every profile visited, exactly the day's 5 connection requests; the
@@ -225,7 +203,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         )
 
     started = time.monotonic()
-    await _eventually("20 visits, 5 connection requests, the rest put off", friday_done, 240)
+    await eventually("20 visits, 5 connection requests, the rest put off", friday_done, 240)
     print(f"Friday's work took {time.monotonic() - started:.1f} s")
     rows = await _actions(stack, identity_id)
     capped = [a for a in rows if a.type == "linkedin_connection" and a.status == "queued"]
@@ -245,7 +223,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
         )
     assert limit.limit == 1
 
-    shown = await _api(stack, "GET", f"/api/identities/{identity_id}")
+    shown = await stack.api("GET", f"/api/identities/{identity_id}")
     assert shown.status_code == 200, shown.text
     explained = shown.json()
     assert explained["status"]["until"] == monday_09.isoformat(), explained["status"]
@@ -259,11 +237,11 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
     await _reply(stack, gateway, profile)
 
     async def stopped() -> bool:
-        detail = await _api(stack, "GET", f"/api/conversations/{replying.conversation_id}")
+        detail = await stack.api("GET", f"/api/conversations/{replying.conversation_id}")
         body = detail.json()
         return bool(body["status"] == "completed" and body["current_node"] == "stopped")
 
-    await _eventually("the replying lead's conversation stopped", stopped, 60)
+    await eventually("the replying lead's conversation stopped", stopped, 60)
 
     # The weekend: nothing.
     clock.set_offset(SATURDAY_12 - datetime.now(UTC))
@@ -276,7 +254,7 @@ async def test_twenty_leads_on_one_seat_within_working_hours_and_the_daily_cap(
     async def monday_done() -> bool:
         return len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
 
-    await _eventually("Monday's 5 connection requests", monday_done, 120)
+    await eventually("Monday's 5 connection requests", monday_done, 120)
     await asyncio.sleep(2)
     assert len(_kinds(gateway, "invitation")) == 2 * DAILY_CONNECTIONS
     skipped = {a.id: a for a in await _actions(stack, identity_id)}[replying.id]
@@ -345,8 +323,7 @@ async def _seat(
         **gateway.sender(seat).settings,
         "email": {"address": f"{seat}@parley.example", **smtp.smtp_settings()},
     }
-    added = await _api(
-        stack,
+    added = await stack.api(
         "POST",
         "/api/identities",
         {"channel": "linkedin", "address": seat, "policy": ALWAYS_OPEN, "settings": settings},
@@ -357,8 +334,7 @@ async def _seat(
 
 async def _start_lead(stack: E2EStack, identity_id: int, name: str) -> tuple[int, str, str]:
     profile, email = f"https://www.linkedin.com/in/e2e-{name}", f"{name}@example.com"
-    started = await _api(
-        stack,
+    started = await stack.api(
         "POST",
         "/api/conversations",
         {
@@ -376,7 +352,7 @@ async def _start_lead(stack: E2EStack, identity_id: int, name: str) -> tuple[int
 
 
 async def _detail(stack: E2EStack, conversation_id: int) -> dict[str, Any]:
-    shown = await _api(stack, "GET", f"/api/conversations/{conversation_id}")
+    shown = await stack.api("GET", f"/api/conversations/{conversation_id}")
     assert shown.status_code == 200, shown.text
     body: dict[str, Any] = shown.json()
     return body
@@ -445,7 +421,7 @@ async def test_past_the_three_day_wait_acceptance_the_email_fallback_and_its_err
 
     async def until(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
         try:
-            await _eventually(what, ready, timeout)
+            await eventually(what, ready, timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{await _snapshot(stack, leads)}") from None
 

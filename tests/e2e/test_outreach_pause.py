@@ -7,7 +7,6 @@ the run on."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from parley.campaign.registry import install_campaign
 from parley.clock import DrivenClock
 from parley.db import Database
 from parley.db.models import Action
-from tests.e2e.conftest import API_KEY, E2EStack
+from tests.e2e.conftest import E2EStack, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -88,16 +87,6 @@ def stack(
     return handle
 
 
-async def _api(stack: E2EStack, method: str, path: str, body: Any = None) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as client:
-        return await client.request(
-            method,
-            f"http://127.0.0.1:{stack.webhook_port}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-
-
 async def _invitation(stack: E2EStack, conversation_id: int) -> Action | None:
     db = Database(stack.db_url)
     try:
@@ -113,15 +102,6 @@ async def _invitation(stack: E2EStack, conversation_id: int) -> Action | None:
         await db.dispose()
 
 
-async def _eventually(what: str, ready: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await ready():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def _invitations(gateway: FakeLinkedInGateway, seat: str) -> list[str]:
     return [
         a.idempotency_key
@@ -135,8 +115,7 @@ async def _queued_friday_evening(
 ) -> int:
     """Friday 17:01: the lead's invitation is queued and put off to Monday 09:00."""
     clock.set_offset(FRIDAY_1701 - datetime.now(UTC))
-    added = await _api(
-        stack,
+    added = await stack.api(
         "POST",
         "/api/identities",
         {
@@ -147,8 +126,7 @@ async def _queued_friday_evening(
         },
     )
     assert added.status_code == 201, added.text
-    started = await _api(
-        stack,
+    started = await stack.api(
         "POST",
         "/api/conversations",
         {
@@ -163,7 +141,7 @@ async def _queued_friday_evening(
 
     async def put_off() -> bool:
         action = await _invitation(stack, cid)
-        shown = (await _api(stack, "GET", f"/api/conversations/{cid}")).json()
+        shown = (await stack.api("GET", f"/api/conversations/{cid}")).json()
         return (
             action is not None
             and action.not_before == MONDAY_09
@@ -171,7 +149,7 @@ async def _queued_friday_evening(
             and shown["waiting_for"] == "action"
         )
 
-    await _eventually("the invitation put off to Monday 09:00, the run asleep", put_off, 120)
+    await eventually("the invitation put off to Monday 09:00, the run asleep", put_off, 120)
     return cid
 
 
@@ -189,11 +167,11 @@ async def _held_then_sent_after(
         action = await _invitation(stack, cid)
         return action is not None and action.queue == "paused"
 
-    await _eventually("the invitation held while paused", held, 60)
+    await eventually("the invitation held while paused", held, 60)
     action = await _invitation(stack, cid)
     assert action is not None and (action.status, action.outcome) == ("queued", None)
     assert _invitations(gateway, seat) == []
-    shown = (await _api(stack, "GET", f"/api/conversations/{cid}")).json()
+    shown = (await stack.api("GET", f"/api/conversations/{cid}")).json()
     assert (shown["status"], shown["current_node"]) == ("paused", "connect")
 
     clock.set_offset(MONDAY_11 - datetime.now(UTC))
@@ -201,12 +179,12 @@ async def _held_then_sent_after(
     assert released.status_code == 200, released.text
 
     async def moved_on() -> bool:
-        shown = (await _api(stack, "GET", f"/api/conversations/{cid}")).json()
+        shown = (await stack.api("GET", f"/api/conversations/{cid}")).json()
         return bool(
             shown["current_node"] == "wait_accept" and shown["status"] in ("suspended", "running")
         )
 
-    await _eventually("the invitation sent and the run at wait_accept", moved_on, 120)
+    await eventually("the invitation sent and the run at wait_accept", moved_on, 120)
     assert _invitations(gateway, seat) == [action.idempotency_key]
     sent = await _invitation(stack, cid)
     assert sent is not None and (sent.status, sent.outcome) == ("done", "sent")
@@ -218,7 +196,7 @@ async def test_conversation_paused_over_the_weekend_sends_its_invitation_after_r
 ) -> None:
     seat = SEATS[0]
     cid = await _queued_friday_evening(stack, clock, gateway, seat)
-    paused = await _api(stack, "POST", f"/api/conversations/{cid}/pause")
+    paused = await stack.api("POST", f"/api/conversations/{cid}/pause")
     assert paused.status_code == 200 and paused.json()["status"] == "paused", paused.text
     await _held_then_sent_after(
         stack,
@@ -226,7 +204,7 @@ async def test_conversation_paused_over_the_weekend_sends_its_invitation_after_r
         gateway,
         seat,
         cid,
-        lambda: _api(stack, "POST", f"/api/conversations/{cid}/resume"),
+        lambda: stack.api("POST", f"/api/conversations/{cid}/resume"),
     )
 
 
@@ -235,7 +213,7 @@ async def test_campaign_paused_over_the_weekend_sends_its_invitation_after_resum
 ) -> None:
     seat = SEATS[1]
     cid = await _queued_friday_evening(stack, clock, gateway, seat)
-    paused = await _api(stack, "POST", "/api/campaigns/invite-first/pause", {"reason": "weekend"})
+    paused = await stack.api("POST", "/api/campaigns/invite-first/pause", {"reason": "weekend"})
     assert paused.status_code == 200, paused.text
     await _held_then_sent_after(
         stack,
@@ -243,7 +221,7 @@ async def test_campaign_paused_over_the_weekend_sends_its_invitation_after_resum
         gateway,
         seat,
         cid,
-        lambda: _api(stack, "POST", "/api/campaigns/invite-first/resume"),
+        lambda: stack.api("POST", "/api/campaigns/invite-first/resume"),
     )
 
 
@@ -255,7 +233,7 @@ async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
     invitation, which is never sent, and the sequence goes on to wait for the lead."""
     seat = SEATS[2]
     cid = await _queued_friday_evening(stack, clock, gateway, seat)
-    paused = await _api(stack, "POST", f"/api/conversations/{cid}/pause")
+    paused = await stack.api("POST", f"/api/conversations/{cid}/pause")
     assert paused.status_code == 200, paused.text
     clock.set_offset(MONDAY_0905 - datetime.now(UTC))
 
@@ -263,17 +241,17 @@ async def test_hand_sent_message_over_rest_then_resume_moves_sequence_on(
         action = await _invitation(stack, cid)
         return action is not None and action.queue == "paused"
 
-    await _eventually("the invitation held while paused", held, 60)
-    sent = await _api(stack, "POST", f"/api/conversations/{cid}/send", {"text": "Hi, Ana here"})
+    await eventually("the invitation held while paused", held, 60)
+    sent = await stack.api("POST", f"/api/conversations/{cid}/send", {"text": "Hi, Ana here"})
     assert sent.status_code == 200 and sent.json()["sent"] is True, sent.text
-    resumed = await _api(stack, "POST", f"/api/conversations/{cid}/resume")
+    resumed = await stack.api("POST", f"/api/conversations/{cid}/resume")
     assert resumed.status_code == 200, resumed.text
 
     async def moved_on() -> bool:
-        shown = (await _api(stack, "GET", f"/api/conversations/{cid}")).json()
+        shown = (await stack.api("GET", f"/api/conversations/{cid}")).json()
         return bool(shown["current_node"] == "wait_accept" and shown["waiting_for"] == "reply")
 
-    await _eventually("the taken-over node left for wait_accept", moved_on, 120)
+    await eventually("the taken-over node left for wait_accept", moved_on, 120)
     invitation = await _invitation(stack, cid)
     assert invitation is not None and (invitation.status, invitation.outcome) == (
         "done",
